@@ -1,0 +1,2 @@
+//! Benchmarks (see benches/README.md).
+fn main() {}

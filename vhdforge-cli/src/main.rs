@@ -1,0 +1,2 @@
+//! The `vhdforge` command line.
+fn main() {}

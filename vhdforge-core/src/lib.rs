@@ -1,0 +1,89 @@
+//! vhdforge-core: read, validate and convert VHD, VHDX and raw disk images into the fixed
+//! VHDs Azure accepts, and upload them as page blobs.
+//!
+//! Start with [`open`] (strict: any structural error is an `Err`) or [`inspect`] (lenient:
+//! everything found is reported as [`Finding`]s).
+
+pub mod azure;
+pub mod convert;
+pub mod error;
+pub mod finding;
+pub mod format;
+pub mod image;
+pub mod io;
+pub mod sparse;
+#[cfg(feature = "upload")]
+pub mod upload;
+
+pub use error::{Error, ErrorKind, Result};
+pub use finding::{Finding, Findings, Severity};
+pub use format::OpenOptions;
+pub use image::{Allocation, DiskImage, DiskType, Extent, Format, ImageInfo};
+
+use std::path::Path;
+
+/// Open an image for reading. Fails on any error-severity structural finding (bad
+/// checksums, out-of-range offsets, missing parents ...), so what opens reads correctly.
+pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn DiskImage>> {
+    let image = format::open_path(path, opts)?;
+    if let Some(f) = image.findings().iter().find(|f| f.severity == Severity::Error) {
+        return Err(Error::new(ErrorKind::Corrupt, f.code, f.message.clone()).in_file(path).at_opt(f.offset));
+    }
+    Ok(image)
+}
+
+impl Error {
+    fn at_opt(self, offset: Option<u64>) -> Self {
+        match offset {
+            Some(o) => self.at(o),
+            None => self,
+        }
+    }
+}
+
+/// Everything `info` and `check` report about an image.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Inspection {
+    /// What the image is; `None` when it could not be parsed at all.
+    pub info: Option<ImageInfo>,
+    /// Virtual bytes backed by stored data per the metadata (through the chain).
+    pub allocated_bytes: Option<u64>,
+    /// Structural findings, then Azure-readiness findings.
+    pub findings: Vec<Finding>,
+    /// No error findings: the file can be uploaded to Azure as it is.
+    pub azure_ready: bool,
+    /// No structural error findings: the file reads correctly (it may still need converting).
+    pub readable: bool,
+}
+
+/// Inspect an image leniently: parse what can be parsed and report every finding.
+/// Fails only when the file cannot be opened or read at all.
+pub fn inspect(path: &Path, opts: &OpenOptions) -> Result<Inspection> {
+    // Surface "cannot open" as an error, not as a finding.
+    std::fs::File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e).in_file(path))?;
+    let mut findings = Vec::new();
+    let (info, allocated_bytes) = match format::open_path(path, opts) {
+        Ok(image) => {
+            findings.extend(image.findings().iter().cloned());
+            let allocated = match image::allocated_bytes(image.as_ref()) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    findings.push(Finding::from(&e));
+                    None
+                }
+            };
+            (Some(image.info().clone()), allocated)
+        }
+        Err(e) if e.kind() == ErrorKind::Io && e.code() == "io.open" => return Err(e),
+        Err(e) => {
+            findings.push(Finding::from(&e));
+            (None, None)
+        }
+    };
+    let readable = !findings.iter().any(|f| f.severity == Severity::Error);
+    if let Some(i) = &info {
+        findings.extend(azure::readiness(i));
+    }
+    let azure_ready = info.is_some() && !findings.iter().any(|f| f.severity == Severity::Error);
+    Ok(Inspection { info, allocated_bytes, findings, azure_ready, readable })
+}

@@ -1,0 +1,1 @@
+//! Parallel, zero-skipping, resumable page-blob upload (azure-page-blob.md).
