@@ -1,2 +1,69 @@
-//! The `vhdforge` command line.
-fn main() {}
+//! The `vhdforge` command line: inspect, check, convert and upload disk images for Azure.
+//!
+//! Exit codes: 0 success (or check passed), 1 check failed / images differ, 2 the tool could
+//! not do its job (unreadable file, bad arguments, I/O or network error).
+
+mod convert_cmd;
+mod inspect_cmd;
+mod ui;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+const ABOUT: &str =
+    "Turn Hyper-V disks (VHDX, VHD, raw) into Azure-ready fixed VHDs and get them into Azure fast";
+
+const LONG_ABOUT: &str = "\
+Turn Hyper-V disks (VHDX, VHD, raw) into Azure-ready fixed VHDs and get them into Azure fast.
+
+Azure accepts only a fixed VHD whose virtual size is a whole number of MiB, with the 512-byte
+footer last. The usual route:
+
+  vhdforge check  disk.vhdx              # what is it, and is it Azure-ready?
+  vhdforge convert disk.vhdx disk.vhd    # -> sparse, Azure-ready fixed VHD
+  vhdforge upload disk.vhd '<SAS URL>'   # page blob or managed disk, zero pages skipped
+  vhdforge verify disk.vhd '<SAS URL>'   # the destination holds exactly that
+
+Images are recognised by content, not file name. Differencing disks (.avhd/.avhdx
+checkpoints) are read through their parents. Inputs are never modified, except by
+`convert --in-place`, which you ask for explicitly.
+
+Exit codes: 0 ok, 1 check failed (or verify found a difference), 2 error.";
+
+#[derive(Parser, Debug)]
+#[command(name = "vhdforge", version, about = ABOUT, long_about = LONG_ABOUT)]
+struct Cli {
+    /// Print more about what is happening (repeat for more); logs go to stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// No progress bars or notes; errors are still printed.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show what an image is: format, type, sizes, allocation, parent, findings.
+    Info(inspect_cmd::InfoArgs),
+    /// Validate an image and say whether Azure will accept it as it is (exit 0 yes, 1 no).
+    Check(inspect_cmd::CheckArgs),
+    /// Convert any image into an Azure-ready fixed VHD (sparse, parallel, safe).
+    Convert(convert_cmd::ConvertArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ui::init_logging(cli.verbose, cli.quiet);
+    let ui = ui::Ui::new(cli.quiet);
+    let result = match cli.command {
+        Command::Info(a) => inspect_cmd::run_info(&a, &ui),
+        Command::Check(a) => inspect_cmd::run_check(&a, &ui),
+        Command::Convert(a) => convert_cmd::run(&a, &ui),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => ui::report_error(&e),
+    }
+}

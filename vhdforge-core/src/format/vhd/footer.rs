@@ -182,7 +182,10 @@ impl HardDiskFooter {
 
 /// Seconds since the VHD epoch for "now" (saturating; 0 before 2000).
 pub fn vhd_timestamp_now() -> u32 {
-    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     u32::try_from(unix.saturating_sub(VHD_EPOCH_UNIX)).unwrap_or(u32::MAX)
 }
 
@@ -216,7 +219,9 @@ mod tests {
 5769326b00000000064000000000000006400000ffff10ff00000002ffffe656\
 43b55bba09954d969cd6274f33055e2e00";
         let mut bytes = [0u8; 512];
-        let raw: Vec<u8> = (0..hex.len() / 2).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
+        let raw: Vec<u8> = (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
         bytes[..raw.len()].copy_from_slice(&raw);
         let f = HardDiskFooter::from_bytes(&bytes);
         assert_eq!(f.checksum.get(), 0xFFFF_E656);
@@ -231,6 +236,9 @@ mod tests {
         assert_eq!(&g.cookie, COOKIE);
         assert_eq!(g.current_size.get(), 30 << 30);
         assert_eq!(g.compute_checksum(), g.checksum.get());
-        assert_eq!((g.cylinders.get(), g.heads, g.sectors_per_track), (62415, 16, 63));
+        assert_eq!(
+            (g.cylinders.get(), g.heads, g.sectors_per_track),
+            (62415, 16, 63)
+        );
     }
 }

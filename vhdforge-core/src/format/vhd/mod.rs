@@ -10,7 +10,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Open a VHD of any type from `src` (whose file is `path`).
-pub fn open(src: Arc<dyn ReadAt>, path: &Path, ctx: &mut OpenContext<'_>) -> Result<Box<dyn DiskImage>> {
+pub fn open(
+    src: Arc<dyn ReadAt>,
+    path: &Path,
+    ctx: &mut OpenContext<'_>,
+) -> Result<Box<dyn DiskImage>> {
     let _ = (src, path, ctx);
-    Err(Error::unsupported("vhd.unimplemented", "VHD reading is not implemented yet"))
+    Err(Error::unsupported(
+        "vhd.unimplemented",
+        "VHD reading is not implemented yet",
+    ))
 }

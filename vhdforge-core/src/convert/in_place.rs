@@ -1,0 +1,312 @@
+//! In-place conversion: raw image → fixed VHD, or a misaligned/damaged fixed VHD → an
+//! Azure-ready one, by touching only the end of the file. O(1) whatever the size.
+//!
+//! Crash safety: before changing anything, the original length and the last 1 KiB of the
+//! file (everything this operation may overwrite) are saved to a small journal beside the
+//! file (`FILE.vhdforge-inplace`) and flushed. If the run is interrupted, the next run finds
+//! the journal, restores the file exactly as it was, and starts over.
+
+use super::{AzurePlan, Policy};
+use crate::azure::{round_up_mib, MAX_VIRTUAL_SIZE, MIN_VIRTUAL_SIZE};
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::vhd::footer::{
+    HardDiskFooter, COOKIE, DISK_TYPE_FIXED, FEATURE_RESERVED, FIXED_DATA_OFFSET, FOOTER_SIZE,
+    FORMAT_VERSION,
+};
+use crate::image::Format;
+use crate::io::{pwrite_all, FileSource, ReadAt};
+use serde::Serialize;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Bytes at the end of the file saved in the journal (covers any old footer).
+const SAVED_TAIL: u64 = 1024;
+const JOURNAL_MAGIC: &str = "vhdforge-inplace v1";
+
+/// What an in-place conversion did.
+#[derive(Debug, Clone, Serialize)]
+pub struct InPlaceReport {
+    /// `converted` (raw → VHD), `repaired` (fixed VHD fixed up), or `unchanged` (already Azure-ready).
+    pub action: &'static str,
+    /// What the file was.
+    pub input_format: Format,
+    /// Bytes of disk data the file held before.
+    pub virtual_size: u64,
+    /// The disk size now (whole MiB).
+    pub disk_size: u64,
+    /// Length of the file now.
+    pub output_size: u64,
+    /// Zero bytes added to reach a whole MiB.
+    pub padded_bytes: u64,
+    /// Whether an interrupted earlier run was rolled back first.
+    pub recovered_interrupted_run: bool,
+    /// Notes on what was wrong with the old footer, if anything.
+    pub notes: Vec<String>,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// The journal path for `path`.
+pub fn journal_path_for(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!("{name}.vhdforge-inplace"))
+}
+
+/// Turn the raw image or fixed VHD at `path` into an Azure-ready fixed VHD in place.
+/// `force` rewrites the footer even when the file is already Azure-ready.
+pub fn convert_in_place(path: &Path, policy: &Policy, force: bool) -> Result<InPlaceReport> {
+    let started = Instant::now();
+    let journal = journal_path_for(path);
+    let recovered = if journal.exists() {
+        rollback(path, &journal)?
+    } else {
+        false
+    };
+
+    let src = FileSource::open(path)
+        .map_err(|e| Error::io(format!("cannot open {}", path.display()), e).in_file(path))?;
+    let len = src.size();
+    let format = crate::format::detect(&src)
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    let mut notes = Vec::new();
+    let (data_len, old_footer) = match format {
+        Format::Vhdx => {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "inplace.unsupported_format",
+                format!("{} is a VHDX; --in-place works on raw images and fixed VHDs only. Run `vhdforge convert IN OUT` instead", path.display()),
+            ))
+        }
+        Format::Raw => (len, None),
+        Format::Vhd => {
+            let (data_len, footer) = read_fixed_footer(&src, path)?;
+            (data_len, Some(footer))
+        }
+    };
+
+    if let Some(f) = &old_footer {
+        notes = footer_problems(f, data_len, len);
+        if notes.is_empty() && !force {
+            return Ok(InPlaceReport {
+                action: "unchanged",
+                input_format: format,
+                virtual_size: data_len,
+                disk_size: data_len,
+                output_size: len,
+                padded_bytes: 0,
+                recovered_interrupted_run: recovered,
+                notes: vec!["already an Azure-ready fixed VHD; nothing to do (use --force to rewrite the footer)".into()],
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+    }
+    let disk_size = round_up_mib(data_len).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Unsupported,
+            "convert.too_large",
+            format!("size {data_len} cannot be rounded up to a whole MiB"),
+        )
+    })?;
+    if !policy.allow_any_size && !(MIN_VIRTUAL_SIZE..=MAX_VIRTUAL_SIZE).contains(&disk_size) {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            "convert.size_out_of_range",
+            format!(
+                "the disk would be {disk_size} bytes, outside Azure's range of {MIN_VIRTUAL_SIZE} bytes (20 MiB) to {MAX_VIRTUAL_SIZE} bytes (32 TiB); \
+                 pass --allow-any-size to convert anyway"
+            ),
+        ));
+    }
+    // Keep a repaired disk's identity; a raw image gets a fresh one.
+    let unique_id = old_footer
+        .as_ref()
+        .map(|f| f.unique_id)
+        .filter(|id| id.iter().any(|&b| b != 0));
+    let footer = HardDiskFooter::new_fixed(
+        disk_size,
+        unique_id.unwrap_or_else(|| *uuid::Uuid::new_v4().as_bytes()),
+        policy
+            .time_stamp
+            .unwrap_or_else(crate::format::vhd::footer::vhd_timestamp_now),
+    );
+    let plan = AzurePlan {
+        source_size: data_len,
+        disk_size,
+        footer,
+    };
+    drop(src);
+
+    write_journal(path, &journal, len)?;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("cannot open {} for writing", path.display()), e))?;
+    let io_err = |what: &str, e| Error::io(format!("cannot {what} {}", path.display()), e);
+    file.set_len(plan.output_size())
+        .map_err(|e| io_err("resize", e))?;
+    // An old footer now inside the disk area must read as zero padding.
+    let stale_end = len.min(disk_size);
+    if stale_end > data_len {
+        let zeros = vec![0u8; (stale_end - data_len) as usize];
+        pwrite_all(&file, &zeros, data_len).map_err(|e| io_err("write", e))?;
+    }
+    pwrite_all(&file, &plan.footer_bytes(), disk_size).map_err(|e| io_err("write", e))?;
+    file.sync_all().map_err(|e| io_err("flush", e))?;
+    drop(file);
+    std::fs::remove_file(&journal)
+        .map_err(|e| Error::io(format!("cannot remove {}", journal.display()), e))?;
+    super::to_file::sync_parent_dir(path);
+    Ok(InPlaceReport {
+        action: if format == Format::Raw {
+            "converted"
+        } else {
+            "repaired"
+        },
+        input_format: format,
+        virtual_size: data_len,
+        disk_size,
+        output_size: plan.output_size(),
+        padded_bytes: plan.padding(),
+        recovered_interrupted_run: recovered,
+        notes,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Find the footer of what must be a fixed VHD; returns the data length and the footer.
+fn read_fixed_footer(src: &FileSource, path: &Path) -> Result<(u64, HardDiskFooter)> {
+    let len = src.size();
+    for footer_len in [FOOTER_SIZE as u64, 511] {
+        if len < footer_len {
+            continue;
+        }
+        let mut bytes = [0u8; FOOTER_SIZE];
+        src.read_exact_at(&mut bytes[..footer_len as usize], len - footer_len)
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        if &bytes[..8] != COOKIE {
+            continue;
+        }
+        let f = HardDiskFooter::from_bytes(&bytes);
+        if f.disk_type.get() != DISK_TYPE_FIXED {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "inplace.not_fixed",
+                format!(
+                    "{} is a VHD of disk type {} (not fixed); --in-place works on raw images and fixed VHDs only. Run `vhdforge convert IN OUT` instead",
+                    path.display(),
+                    f.disk_type.get()
+                ),
+            ));
+        }
+        return Ok((len - footer_len, f));
+    }
+    Err(Error::new(
+        ErrorKind::Unsupported,
+        "inplace.not_fixed",
+        format!("{} is a dynamic or differencing VHD (footer copy at offset 0); run `vhdforge convert IN OUT` instead", path.display()),
+    ))
+}
+
+/// What keeps an existing fixed-VHD footer from being Azure-ready (empty: nothing).
+fn footer_problems(f: &HardDiskFooter, data_len: u64, file_len: u64) -> Vec<String> {
+    let mut p = Vec::new();
+    if file_len - data_len != FOOTER_SIZE as u64 {
+        p.push("the footer is 511 bytes (pre-2004 Virtual PC); rewriting a 512-byte footer".into());
+    }
+    if f.checksum.get() != f.compute_checksum() {
+        p.push(format!(
+            "footer checksum is {:#010x}, expected {:#010x}",
+            f.checksum.get(),
+            f.compute_checksum()
+        ));
+    }
+    if f.current_size.get() != data_len {
+        p.push(format!("footer CurrentSize is {} bytes but the file holds {data_len} bytes of data; using {data_len}", f.current_size.get()));
+    }
+    if data_len % crate::azure::MIB != 0 {
+        p.push(format!(
+            "disk size {data_len} is not a whole number of MiB; padding with zeros"
+        ));
+    }
+    if f.features.get() & FEATURE_RESERVED == 0
+        || f.file_format_version.get() != FORMAT_VERSION
+        || f.data_offset.get() & 0xFFFF_FFFF != FIXED_DATA_OFFSET & 0xFFFF_FFFF
+    {
+        p.push("footer features/version/data offset fields are not the standard values".into());
+    }
+    if f.saved_state != 0 {
+        p.push("footer saved-state flag was set (the VM was saved, not shut down): the guest may not be consistent".into());
+    }
+    p
+}
+
+fn write_journal(path: &Path, journal: &Path, len: u64) -> Result<()> {
+    let src = FileSource::open(path)
+        .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    let tail_len = len.min(SAVED_TAIL);
+    let mut tail = vec![0u8; tail_len as usize];
+    src.read_exact_at(&mut tail, len - tail_len)
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    let hex: String = tail.iter().map(|b| format!("{b:02x}")).collect();
+    let text = format!("{JOURNAL_MAGIC}\nlength={len}\ntail={hex}\n");
+    let tmp = journal.with_extension("vhdforge-inplace-new");
+    std::fs::write(&tmp, text)
+        .map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
+    File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(format!("cannot flush {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, journal)
+        .map_err(|e| Error::io(format!("cannot write {}", journal.display()), e))?;
+    super::to_file::sync_parent_dir(journal);
+    Ok(())
+}
+
+/// Undo an interrupted in-place run described by `journal`. Returns true when done.
+fn rollback(path: &Path, journal: &Path) -> Result<bool> {
+    let bad = |why: &str| {
+        Error::new(
+            ErrorKind::Corrupt,
+            "inplace.journal",
+            format!("{} is damaged ({why}); it records an interrupted in-place conversion of {}. Inspect the file and remove the journal by hand", journal.display(), path.display()),
+        )
+    };
+    let text = std::fs::read_to_string(journal)
+        .map_err(|e| Error::io(format!("cannot read {}", journal.display()), e))?;
+    let mut lines = text.lines();
+    if lines.next() != Some(JOURNAL_MAGIC) {
+        return Err(bad("unknown header"));
+    }
+    let len: u64 = lines
+        .next()
+        .and_then(|l| l.strip_prefix("length="))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| bad("no length"))?;
+    let hex = lines
+        .next()
+        .and_then(|l| l.strip_prefix("tail="))
+        .ok_or_else(|| bad("no tail"))?;
+    if hex.len() % 2 != 0 || hex.len() as u64 > 2 * SAVED_TAIL || (hex.len() / 2) as u64 > len {
+        return Err(bad("tail has the wrong length"));
+    }
+    let tail: Vec<u8> = (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad("tail is not hex"))?;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("cannot open {} for writing", path.display()), e))?;
+    file.set_len(len)
+        .map_err(|e| Error::io(format!("cannot resize {}", path.display()), e))?;
+    pwrite_all(&file, &tail, len - tail.len() as u64)
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+    file.sync_all()
+        .map_err(|e| Error::io(format!("cannot flush {}", path.display()), e))?;
+    std::fs::remove_file(journal)
+        .map_err(|e| Error::io(format!("cannot remove {}", journal.display()), e))?;
+    Ok(true)
+}

@@ -1,0 +1,271 @@
+//! Convert an image into a new Azure-ready fixed VHD file.
+//!
+//! Pipeline: the allocation map names the data pieces (holes and zero blocks are never
+//! read), rayon workers read each piece, test it for zero page by page and write only the
+//! non-zero pages with positional writes into a sparse temporary file next to the output;
+//! the footer goes last, the file is flushed, then renamed into place. Cost grows with the
+//! data in the image, not its virtual size.
+
+use super::{AzurePlan, Policy};
+use crate::error::{Error, ErrorKind, Result};
+use crate::image::DiskImage;
+use crate::io::pwrite_all;
+use crate::progress::Progress;
+use crate::sparse::{data_pieces, for_each_nonzero_run};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::cell::RefCell;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Bytes read per work item; also the largest write.
+const PIECE: u64 = 4 << 20;
+/// Zero-test and write granularity: the file system block size of common file systems,
+/// so every skipped page is a real hole.
+const PAGE: u64 = 4096;
+
+/// How to convert.
+#[derive(Debug, Clone, Default)]
+pub struct ConvertOptions {
+    /// What beyond Azure's rules is allowed.
+    pub policy: Policy,
+    /// Replace an existing output file.
+    pub force: bool,
+    /// Worker threads (0 = rayon's default, one per core).
+    pub threads: usize,
+}
+
+/// What a conversion did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConvertReport {
+    /// Virtual size of the source.
+    pub virtual_size: u64,
+    /// Length of the output file (disk + footer).
+    pub output_size: u64,
+    /// Non-zero bytes written.
+    pub data_bytes_written: u64,
+    /// Bytes of the virtual disk not written because they are zero (by metadata or content).
+    pub zero_bytes_skipped: u64,
+    /// Zero bytes added to reach a whole MiB.
+    pub padded_bytes: u64,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// The temporary file's name for `out`: hidden, in the same folder (so the rename is
+/// atomic), and fixed, so a rerun after a crash finds and replaces a stale one.
+pub fn temp_path_for(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    out.with_file_name(format!(".{name}.vhdforge-partial"))
+}
+
+/// Removes the temporary file unless the conversion completed.
+struct TempGuard {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Convert `image` into an Azure-ready fixed VHD at `out`.
+pub fn convert_to_file(
+    image: &dyn DiskImage,
+    out: &Path,
+    opts: &ConvertOptions,
+    progress: &dyn Progress,
+) -> Result<ConvertReport> {
+    let started = Instant::now();
+    let plan = AzurePlan::new(image, &opts.policy)?;
+    if out.exists() && !opts.force {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "convert.output_exists",
+            format!(
+                "{} already exists; pass --force to replace it",
+                out.display()
+            ),
+        ));
+    }
+    if same_file(&image.info().path, out) {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "convert.output_is_input",
+            format!("{} is the input image; choose another output, or use --in-place for raw and fixed VHD inputs", out.display()),
+        ));
+    }
+    let pieces = data_pieces(image, 0..plan.source_size, PIECE)?;
+    let data_upper_bound: u64 = pieces.iter().map(|r| r.end - r.start).sum();
+    let tmp = temp_path_for(out);
+    check_free_space(out, data_upper_bound)?;
+
+    // A stale partial file from an interrupted run is ours to replace.
+    let _ = std::fs::remove_file(&tmp);
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
+    let mut guard = TempGuard {
+        path: tmp.clone(),
+        keep: false,
+    };
+    file.set_len(plan.output_size())
+        .map_err(|e| Error::io(format!("cannot size {}", tmp.display()), e))?;
+
+    progress.set_total(data_upper_bound);
+    let written = AtomicU64::new(0);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads)
+        .build()
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                "convert.threads",
+                format!("cannot start worker threads: {e}"),
+            )
+        })?;
+    thread_local!(static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) });
+    pool.install(|| {
+        pieces.par_iter().try_for_each(|piece| -> Result<()> {
+            if progress.is_cancelled() {
+                return Err(Error::new(
+                    ErrorKind::Interrupted,
+                    "interrupted",
+                    "conversion interrupted; no output was written",
+                ));
+            }
+            BUF.with(|b| {
+                let mut buf = b.borrow_mut();
+                let len = (piece.end - piece.start) as usize;
+                buf.resize(len, 0);
+                image.read_at(&mut buf[..len], piece.start)?;
+                let mut result = Ok(());
+                for_each_nonzero_run(&buf[..len], piece.start, PAGE, |start, run| {
+                    if result.is_ok() {
+                        let at = (start - piece.start) as usize;
+                        result = pwrite_all(&file, &buf[at..at + run as usize], start)
+                            .map(|()| {
+                                written.fetch_add(run, Ordering::Relaxed);
+                            })
+                            .map_err(|e| {
+                                Error::io(format!("cannot write {}", tmp.display()), e).at(start)
+                            });
+                    }
+                });
+                progress.advance(len as u64);
+                result
+            })
+        })
+    })?;
+    pwrite_all(&file, &plan.footer_bytes(), plan.disk_size)
+        .map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
+    file.sync_all()
+        .map_err(|e| Error::io(format!("cannot flush {}", tmp.display()), e))?;
+    drop(file);
+    if progress.is_cancelled() {
+        return Err(Error::new(
+            ErrorKind::Interrupted,
+            "interrupted",
+            "conversion interrupted; no output was written",
+        ));
+    }
+    std::fs::rename(&tmp, out).map_err(|e| {
+        Error::io(
+            format!("cannot rename {} to {}", tmp.display(), out.display()),
+            e,
+        )
+    })?;
+    guard.keep = true;
+    sync_parent_dir(out);
+    let data_bytes_written = written.into_inner();
+    Ok(ConvertReport {
+        virtual_size: plan.source_size,
+        output_size: plan.output_size(),
+        data_bytes_written,
+        zero_bytes_skipped: plan.disk_size - data_bytes_written,
+        padded_bytes: plan.padding(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Flush the directory entry after a rename, so the new name survives a crash.
+pub(crate) fn sync_parent_dir(path: &Path) {
+    #[cfg(unix)]
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+/// Refuse up front when the output's folder cannot hold the data that will be written.
+fn check_free_space(out: &Path, needed: u64) -> Result<()> {
+    let Some(avail) = free_space(out) else {
+        return Ok(());
+    };
+    // Metadata and file-system overhead: a little slack on top of the data.
+    let want = needed + needed / 64 + (1 << 20);
+    if avail < want {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "convert.no_space",
+            format!(
+                "not enough free space for {}: the output needs up to {} bytes of data (a sparse file; the virtual size does not count), \
+                 but only {avail} bytes are free",
+                out.display(),
+                needed
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn free_space(out: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = out
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe_zeroed_statvfs();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer for statvfs.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| (st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+#[cfg(unix)]
+fn unsafe_zeroed_statvfs() -> libc::statvfs {
+    // SAFETY: statvfs is a plain C struct of integers; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+#[cfg(not(unix))]
+fn free_space(_out: &Path) -> Option<u64> {
+    None
+}
