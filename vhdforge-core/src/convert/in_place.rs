@@ -310,3 +310,67 @@ fn rollback(path: &Path, journal: &Path) -> Result<bool> {
         .map_err(|e| Error::io(format!("cannot remove {}", journal.display()), e))?;
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_file(dir: &Path, size: u64) -> PathBuf {
+        let p = dir.join("d.raw");
+        let mut data = vec![0u8; size as usize];
+        for (i, b) in data.iter_mut().enumerate().step_by(4099) {
+            *b = (i % 251) as u8 | 1;
+        }
+        std::fs::write(&p, &data).unwrap();
+        p
+    }
+
+    #[test]
+    fn interrupted_run_is_rolled_back_and_redone() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 21 * crate::azure::MIB + 1234;
+        let p = raw_file(dir.path(), size);
+        let original = std::fs::read(&p).unwrap();
+        // Simulate a crash after the journal was written and the file was half modified:
+        // extended, with garbage where the footer goes and no footer.
+        write_journal(&p, &journal_path_for(&p), size).unwrap();
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_len(22 * crate::azure::MIB + 100).unwrap();
+        pwrite_all(&f, &[0xAB; 100], 22 * crate::azure::MIB).unwrap();
+        drop(f);
+        let r = convert_in_place(&p, &Policy::default(), false).unwrap();
+        assert!(r.recovered_interrupted_run);
+        assert_eq!(r.action, "converted");
+        assert_eq!(r.disk_size, 22 * crate::azure::MIB);
+        let now = std::fs::read(&p).unwrap();
+        assert_eq!(now.len() as u64, 22 * crate::azure::MIB + 512);
+        assert_eq!(&now[..original.len()], &original[..], "data changed");
+        assert!(now[original.len()..22 * crate::azure::MIB as usize].iter().all(|&b| b == 0), "padding not zero");
+        let footer = HardDiskFooter::from_bytes(now[now.len() - 512..].try_into().unwrap());
+        assert_eq!(footer.current_size.get(), 22 * crate::azure::MIB);
+        assert_eq!(footer.checksum.get(), footer.compute_checksum());
+        assert!(!journal_path_for(&p).exists());
+    }
+
+    #[test]
+    fn damaged_journal_is_an_error_and_file_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = raw_file(dir.path(), 21 * crate::azure::MIB);
+        std::fs::write(journal_path_for(&p), "something else\n").unwrap();
+        let e = convert_in_place(&p, &Policy::default(), false).unwrap_err();
+        assert_eq!(e.code(), "inplace.journal");
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 21 * crate::azure::MIB);
+    }
+
+    #[test]
+    fn dynamic_or_vhdx_inputs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.vhdx");
+        let mut data = vec![0u8; 2 << 20];
+        data[..8].copy_from_slice(b"vhdxfile");
+        std::fs::write(&p, &data).unwrap();
+        let e = convert_in_place(&p, &Policy::default(), false).unwrap_err();
+        assert_eq!(e.code(), "inplace.unsupported_format");
+        assert_eq!(std::fs::read(&p).unwrap(), data);
+    }
+}

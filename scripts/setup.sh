@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install everything vhdforge's tests and demo need on a fresh Debian/Ubuntu machine:
+#   - the oracles: qemu-img (qemu-utils) and libvhdi (vhdiinfo, vhdimount, python3-libvhdi)
+#   - Azurite 3.37 (npm) for the upload tests, under .tools/ in the repo
+# Idempotent: does nothing that is already done. Needs root (or sudo) for apt-get.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v qemu-img >/dev/null 2>&1 || need_apt+=(qemu-utils)
+command -v vhdiinfo >/dev/null 2>&1 || need_apt+=(libvhdi-utils)
+/usr/bin/python3 -c 'import pyvhdi' >/dev/null 2>&1 || need_apt+=(python3-libvhdi)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing ${need_apt[*]} (apt-get)" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ -x scripts/azurite.sh ]; then
+  scripts/azurite.sh install
+fi

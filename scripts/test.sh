@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need (scripts/setup.sh), then runs every
+# test of the workspace, including the differential tests against qemu-img and libvhdi and
+# the upload tests against a local Azurite (each test starts and stops its own instance).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo test --workspace --all-targets "$@"
