@@ -1,2 +1,203 @@
-//! Benchmarks (see benches/README.md).
-fn main() {}
+//! vhdforge benchmarks: each one measures vhdforge and a peer in the same run on the same
+//! inputs and prints the ratio. Not tests: nothing here gates CI.
+//!
+//!   cargo run --release -p vhdforge-benches -- read      # issue 2: read throughput vs raw file
+//!   cargo run --release -p vhdforge-benches -- convert   # issue 3: convert vs qemu-img
+//!
+//! Inputs are built under `$VHDFORGE_BENCH_DIR` (default `target/bench-data`) with qemu-img
+//! and kept between runs. See benches/README.md for the figures measured.
+
+mod util;
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use util::*;
+
+fn main() -> Result<()> {
+    let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    let dir = PathBuf::from(std::env::var("VHDFORGE_BENCH_DIR").unwrap_or_else(|_| "target/bench-data".into()));
+    std::fs::create_dir_all(&dir)?;
+    match what.as_str() {
+        "read" => bench_read(&dir),
+        "convert" => bench_convert(&dir),
+        "all" => {
+            bench_read(&dir)?;
+            bench_convert(&dir)
+        }
+        other => bail!("unknown benchmark {other:?}: use read, convert or all"),
+    }
+}
+
+/// Issue 2: sequential read of the whole virtual content (page cache warm) of a dynamic
+/// VHDX and a dynamic VHD, against reading the equivalent raw file; and the cost of opening
+/// and mapping a 2 TiB sparse VHDX.
+fn bench_read(dir: &Path) -> Result<()> {
+    println!("== read: sequential virtual-content read, 4 MiB reads, one thread, page cache warm");
+    let raw = dir.join("read-4g.raw");
+    // 4 GiB virtual, 1 GiB of data in 64 scattered 16 MiB regions.
+    ensure_sparse_raw(&raw, 4 << 30, &scattered(4 << 30, 64, 16 << 20, 1))?;
+    let vhdx = dir.join("read-4g.vhdx");
+    let vhd = dir.join("read-4g.vhd");
+    ensure_qemu(&raw, &vhdx, &["-O", "vhdx"])?;
+    ensure_qemu(&raw, &vhd, &["-O", "vpc", "-o", "force_size=on"])?;
+    for (label, path) in [("dynamic VHDX", &vhdx), ("dynamic VHD", &vhd)] {
+        let mut ours = Vec::new();
+        let mut peer = Vec::new();
+        for _ in 0..5 {
+            peer.push(time(|| read_raw_file(&raw))?);
+            ours.push(time(|| read_image(path))?);
+        }
+        let (o, p) = (median(&mut ours), median(&mut peer));
+        let size = 4u64 << 30;
+        println!(
+            "{label:>14}: vhdforge {:.0} MiB/s ({o:.3} s), raw file {:.0} MiB/s ({p:.3} s) -> ratio {:.2}x of raw (target >= 0.9x)",
+            mibs(size, o),
+            mibs(size, p),
+            p / o
+        );
+    }
+    // Open + map a 2 TiB sparse VHDX: only metadata may be read.
+    let big = dir.join("map-2t.vhdx");
+    if !big.exists() {
+        run(std::process::Command::new("qemu-img").args(["create", "-q", "-f", "vhdx"]).arg(&big).arg("2T"))?;
+    }
+    let mut t = Vec::new();
+    let mut extents = 0;
+    for _ in 0..5 {
+        t.push(time(|| {
+            let img = vhdforge_core::open(&big, &Default::default())?;
+            let mut v = Vec::new();
+            img.extents(0, img.info().virtual_size, &mut v)?;
+            extents = v.len();
+            Ok(())
+        })?);
+    }
+    println!(
+        "2 TiB sparse VHDX: open + full allocation map in {:.2} ms (median of 5; {} extents; file is {} bytes)",
+        median(&mut t) * 1000.0,
+        extents,
+        std::fs::metadata(&big)?.len()
+    );
+    Ok(())
+}
+
+fn read_raw_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut pos = 0;
+    while pos < len {
+        let n = (len - pos).min(buf.len() as u64) as usize;
+        f.read_exact_at(&mut buf[..n], pos)?;
+        std::hint::black_box(&buf);
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+fn read_image(path: &Path) -> Result<()> {
+    let img = vhdforge_core::open(path, &Default::default())?;
+    let len = img.info().virtual_size;
+    let mut buf = vec![0u8; 4 << 20];
+    let mut pos = 0;
+    while pos < len {
+        let n = (len - pos).min(buf.len() as u64) as usize;
+        img.read_at(&mut buf[..n], pos)?;
+        std::hint::black_box(&buf);
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+/// Issue 3: `vhdforge convert` against `qemu-img convert -O vpc -o subformat=fixed,force_size=on`.
+fn bench_convert(dir: &Path) -> Result<()> {
+    println!("== convert: vhdforge vs qemu-img (fixed VHD, force_size), page cache warm, median of 3");
+    let bin = vhdforge_bin()?;
+    let gib = 1u64 << 30;
+    let cases: Vec<(&str, PathBuf, Vec<&str>, u64)> = vec![
+        ("16 GiB VHDX, 1 GiB data", dir.join("conv-16g.vhdx"), vec!["-f", "vhdx"], 16 * gib),
+        ("127 GiB VHDX, 2 GiB data", dir.join("conv-127g.vhdx"), vec!["-f", "vhdx"], 127 * gib),
+        ("1 TiB raw, 1 GiB data", dir.join("conv-1t.raw"), vec!["-f", "raw"], 1024 * gib),
+    ];
+    // Build inputs: sparse raw with scattered data, then VHDX via qemu-img.
+    let raw16 = dir.join("conv-16g.raw");
+    ensure_sparse_raw(&raw16, 16 * gib, &scattered(16 * gib, 256, 4 << 20, 2))?;
+    ensure_qemu(&raw16, &cases[0].1, &["-O", "vhdx"])?;
+    let raw127 = dir.join("conv-127g.raw");
+    ensure_sparse_raw(&raw127, 127 * gib, &scattered(127 * gib, 512, 4 << 20, 3))?;
+    ensure_qemu(&raw127, &cases[1].1, &["-O", "vhdx"])?;
+    let _ = std::fs::remove_file(&raw127);
+    ensure_sparse_raw(&cases[2].1, 1024 * gib, &scattered(1024 * gib, 256, 4 << 20, 4))?;
+
+    let out = dir.join("out.vhd");
+    let mut ours_16 = 0.0;
+    for (label, input, qfmt, _size) in &cases {
+        let mut ours = Vec::new();
+        let mut peer = Vec::new();
+        let mut rss = 0;
+        let mut usage = 0;
+        let mut data = 0;
+        for _ in 0..3 {
+            let _ = std::fs::remove_file(&out);
+            let (t, r) = time_child(std::process::Command::new(&bin).args(["convert", "--json"]).arg(input).arg(&out))?;
+            ours.push(t);
+            rss = rss.max(r);
+            usage = allocated_bytes(&out)?;
+            data = nonzero_bytes(&out, 4096)?;
+            let _ = std::fs::remove_file(&out);
+            let (t, _) = time_child(
+                std::process::Command::new("qemu-img")
+                    .args(["convert"])
+                    .args(qfmt)
+                    .args(["-O", "vpc", "-o", "subformat=fixed,force_size=on"])
+                    .arg(input)
+                    .arg(&out),
+            )?;
+            peer.push(t);
+        }
+        let _ = std::fs::remove_file(&out);
+        let (o, p) = (median(&mut ours), median(&mut peer));
+        if label.starts_with("16") {
+            ours_16 = o;
+        }
+        println!(
+            "{label:>26}: vhdforge {o:.2} s, qemu-img {p:.2} s -> {:.2}x of qemu's time (target <= 0.7x); output uses {:.3}x its non-zero data (target <= 1.02x); peak RSS {} MiB",
+            o / p,
+            usage as f64 / data.max(1) as f64,
+            rss / 1024
+        );
+        if label.starts_with("1 TiB") && ours_16 > 0.0 {
+            println!("{:>26}  1 TiB / 16 GiB time: {:.2}x (target < 3x)", "", o / ours_16);
+        }
+    }
+    // --in-place on the 1 TiB raw file (on a reflink-free copy: a sparse copy via cp).
+    let copy = dir.join("inplace-1t.raw");
+    let mut t = Vec::new();
+    for _ in 0..3 {
+        let _ = std::fs::remove_file(&copy);
+        run(std::process::Command::new("cp").arg("--sparse=always").arg(&cases[2].1).arg(&copy))?;
+        let start = Instant::now();
+        run(std::process::Command::new(&bin).args(["convert", "--in-place"]).arg(&copy))?;
+        t.push(start.elapsed().as_secs_f64());
+    }
+    let _ = std::fs::remove_file(&copy);
+    println!("{:>26}: {:.1} ms including process start (target < 50 ms)", "--in-place on 1 TiB raw", median(&mut t) * 1000.0);
+    Ok(())
+}
+
+fn vhdforge_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe.parent().context("exe dir")?.join("vhdforge");
+    if !bin.exists() {
+        bail!("{} not found: build it first with `cargo build --release -p vhdforge-cli`", bin.display());
+    }
+    Ok(bin)
+}
+
+fn time(f: impl FnOnce() -> Result<()>) -> Result<f64> {
+    let s = Instant::now();
+    f()?;
+    Ok(s.elapsed().as_secs_f64())
+}
