@@ -39,6 +39,15 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn DiskImage>> {
     Ok(image)
 }
 
+/// Open an image held in memory (tests, fuzzing). Parents are not followed: a differencing
+/// image fails with `parent.not_followed`. Findings are kept (lenient), not turned into errors.
+pub fn open_bytes(data: Vec<u8>) -> Result<Box<dyn DiskImage>> {
+    let opts = OpenOptions { follow_parents: false, ..OpenOptions::default() };
+    let mut ctx = format::OpenContext { opts: &opts, chain: Vec::new() };
+    let src: std::sync::Arc<dyn io::ReadAt> = std::sync::Arc::new(io::MemSource::named(data, "<memory>"));
+    format::open_source(src, Path::new("<memory>"), &mut ctx)
+}
+
 impl Error {
     fn at_opt(self, offset: Option<u64>) -> Self {
         match offset {
