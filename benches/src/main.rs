@@ -16,7 +16,9 @@ use util::*;
 
 fn main() -> Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
-    let dir = PathBuf::from(std::env::var("VHDFORGE_BENCH_DIR").unwrap_or_else(|_| "target/bench-data".into()));
+    let dir = PathBuf::from(
+        std::env::var("VHDFORGE_BENCH_DIR").unwrap_or_else(|_| "target/bench-data".into()),
+    );
     std::fs::create_dir_all(&dir)?;
     match what.as_str() {
         "read" => bench_read(&dir),
@@ -60,7 +62,10 @@ fn bench_read(dir: &Path) -> Result<()> {
     // Open + map a 2 TiB sparse VHDX: only metadata may be read.
     let big = dir.join("map-2t.vhdx");
     if !big.exists() {
-        run(std::process::Command::new("qemu-img").args(["create", "-q", "-f", "vhdx"]).arg(&big).arg("2T"))?;
+        run(std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "vhdx"])
+            .arg(&big)
+            .arg("2T"))?;
     }
     let mut t = Vec::new();
     let mut extents = 0;
@@ -113,13 +118,30 @@ fn read_image(path: &Path) -> Result<()> {
 
 /// Issue 3: `vhdforge convert` against `qemu-img convert -O vpc -o subformat=fixed,force_size=on`.
 fn bench_convert(dir: &Path) -> Result<()> {
-    println!("== convert: vhdforge vs qemu-img (fixed VHD, force_size), page cache warm, median of 3");
+    println!(
+        "== convert: vhdforge vs qemu-img (fixed VHD, force_size), page cache warm, median of 3"
+    );
     let bin = vhdforge_bin()?;
     let gib = 1u64 << 30;
     let cases: Vec<(&str, PathBuf, Vec<&str>, u64)> = vec![
-        ("16 GiB VHDX, 1 GiB data", dir.join("conv-16g.vhdx"), vec!["-f", "vhdx"], 16 * gib),
-        ("127 GiB VHDX, 2 GiB data", dir.join("conv-127g.vhdx"), vec!["-f", "vhdx"], 127 * gib),
-        ("1 TiB raw, 1 GiB data", dir.join("conv-1t.raw"), vec!["-f", "raw"], 1024 * gib),
+        (
+            "16 GiB VHDX, 1 GiB data",
+            dir.join("conv-16g.vhdx"),
+            vec!["-f", "vhdx"],
+            16 * gib,
+        ),
+        (
+            "127 GiB VHDX, 2 GiB data",
+            dir.join("conv-127g.vhdx"),
+            vec!["-f", "vhdx"],
+            127 * gib,
+        ),
+        (
+            "1 TiB raw, 1 GiB data",
+            dir.join("conv-1t.raw"),
+            vec!["-f", "raw"],
+            1024 * gib,
+        ),
     ];
     // Build inputs: sparse raw with scattered data, then VHDX via qemu-img.
     let raw16 = dir.join("conv-16g.raw");
@@ -129,7 +151,11 @@ fn bench_convert(dir: &Path) -> Result<()> {
     ensure_sparse_raw(&raw127, 127 * gib, &scattered(127 * gib, 512, 4 << 20, 3))?;
     ensure_qemu(&raw127, &cases[1].1, &["-O", "vhdx"])?;
     let _ = std::fs::remove_file(&raw127);
-    ensure_sparse_raw(&cases[2].1, 1024 * gib, &scattered(1024 * gib, 256, 4 << 20, 4))?;
+    ensure_sparse_raw(
+        &cases[2].1,
+        1024 * gib,
+        &scattered(1024 * gib, 256, 4 << 20, 4),
+    )?;
 
     let out = dir.join("out.vhd");
     let mut ours_16 = 0.0;
@@ -141,7 +167,12 @@ fn bench_convert(dir: &Path) -> Result<()> {
         let mut data = 0;
         for _ in 0..3 {
             let _ = std::fs::remove_file(&out);
-            let (t, r) = time_child(std::process::Command::new(&bin).args(["convert", "--json"]).arg(input).arg(&out))?;
+            let (t, r) = time_child(
+                std::process::Command::new(&bin)
+                    .args(["convert", "--json"])
+                    .arg(input)
+                    .arg(&out),
+            )?;
             ours.push(t);
             rss = rss.max(r);
             usage = allocated_bytes(&out)?;
@@ -169,7 +200,11 @@ fn bench_convert(dir: &Path) -> Result<()> {
             rss / 1024
         );
         if label.starts_with("1 TiB") && ours_16 > 0.0 {
-            println!("{:>26}  1 TiB / 16 GiB time: {:.2}x (target < 3x)", "", o / ours_16);
+            println!(
+                "{:>26}  1 TiB / 16 GiB time: {:.2}x (target < 3x)",
+                "",
+                o / ours_16
+            );
         }
     }
     // --in-place on the 1 TiB raw file (on a reflink-free copy: a sparse copy via cp).
@@ -177,13 +212,22 @@ fn bench_convert(dir: &Path) -> Result<()> {
     let mut t = Vec::new();
     for _ in 0..3 {
         let _ = std::fs::remove_file(&copy);
-        run(std::process::Command::new("cp").arg("--sparse=always").arg(&cases[2].1).arg(&copy))?;
+        run(std::process::Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&cases[2].1)
+            .arg(&copy))?;
         let start = Instant::now();
-        run(std::process::Command::new(&bin).args(["convert", "--in-place"]).arg(&copy))?;
+        run(std::process::Command::new(&bin)
+            .args(["convert", "--in-place"])
+            .arg(&copy))?;
         t.push(start.elapsed().as_secs_f64());
     }
     let _ = std::fs::remove_file(&copy);
-    println!("{:>26}: {:.1} ms including process start (target < 50 ms)", "--in-place on 1 TiB raw", median(&mut t) * 1000.0);
+    println!(
+        "{:>26}: {:.1} ms including process start (target < 50 ms)",
+        "--in-place on 1 TiB raw",
+        median(&mut t) * 1000.0
+    );
     Ok(())
 }
 
@@ -191,7 +235,10 @@ fn vhdforge_bin() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let bin = exe.parent().context("exe dir")?.join("vhdforge");
     if !bin.exists() {
-        bail!("{} not found: build it first with `cargo build --release -p vhdforge-cli`", bin.display());
+        bail!(
+            "{} not found: build it first with `cargo build --release -p vhdforge-cli`",
+            bin.display()
+        );
     }
     Ok(bin)
 }

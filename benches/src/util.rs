@@ -11,7 +11,9 @@ pub fn scattered(size: u64, count: u64, len: u64, seed: u64) -> Vec<(u64, u64)> 
     let stride = size / count;
     (0..count)
         .map(|i| {
-            let jitter = (i.wrapping_mul(2_654_435_761).wrapping_add(seed * 97) % (stride.saturating_sub(len).max(1) / 4096).max(1)) * 4096;
+            let jitter = (i.wrapping_mul(2_654_435_761).wrapping_add(seed * 97)
+                % (stride.saturating_sub(len).max(1) / 4096).max(1))
+                * 4096;
             (i * stride + jitter, len)
         })
         .collect()
@@ -39,14 +41,24 @@ pub fn ensure_qemu(raw: &Path, out: &Path, args: &[&str]) -> Result<()> {
     if out.exists() {
         return Ok(());
     }
-    run(Command::new("qemu-img").args(["convert", "-f", "raw"]).args(args).arg(raw).arg(out))
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw"])
+        .args(args)
+        .arg(raw)
+        .arg(out))
 }
 
 /// Run a command, failing on a non-zero exit.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -54,7 +66,10 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 /// Run a child to completion; its wall time in seconds and peak RSS in KiB.
 pub fn time_child(cmd: &mut Command) -> Result<(f64, u64)> {
     let start = Instant::now();
-    let child = cmd.stdout(std::process::Stdio::null()).spawn().with_context(|| format!("cannot run {cmd:?}"))?;
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: rusage is plain data; wait4 fills it for our own child.

@@ -19,7 +19,8 @@ fn sparse_raw(path: &Path, size: u64, regions: &[(u64, usize)]) {
     f.set_len(size).unwrap();
     for (i, &(off, len)) in regions.iter().enumerate() {
         f.seek(SeekFrom::Start(off)).unwrap();
-        f.write_all(&fixtures::raw::pattern(i as u64 + 1, len)).unwrap();
+        f.write_all(&fixtures::raw::pattern(i as u64 + 1, len))
+            .unwrap();
     }
 }
 
@@ -51,18 +52,28 @@ fn qemu_compare(raw: &Path, vhd: &Path) {
         .arg(vhd)
         .output()
         .expect("qemu-img is required for these tests (apt-get install qemu-utils)");
-    assert!(out.status.success(), "qemu-img compare: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "qemu-img compare: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn qemu_virtual_size(vhd: &Path) -> u64 {
-    let out = std::process::Command::new("qemu-img").args(["info", "-f", "vpc", "--output=json"]).arg(vhd).output().expect("qemu-img is required");
+    let out = std::process::Command::new("qemu-img")
+        .args(["info", "-f", "vpc", "--output=json"])
+        .arg(vhd)
+        .output()
+        .expect("qemu-img is required");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     v["virtual-size"].as_u64().unwrap()
 }
 
 fn json_of(cmd: &mut Command) -> (i32, Value) {
     let out = cmd.output().unwrap();
-    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    let v = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
     (out.status.code().unwrap(), v)
 }
 
@@ -73,14 +84,27 @@ fn info_json_has_the_promised_fields() {
     sparse_raw(&raw, 64 * MIB, &[(MIB, 4096)]);
     let (code, v) = json_of(vhdforge().args(["info", "--json"]).arg(&raw));
     assert_eq!(code, 0);
-    for key in ["format", "disk_type", "virtual_size", "logical_sector_size", "block_size", "allocated_bytes", "parent", "azure_ready", "findings"] {
+    for key in [
+        "format",
+        "disk_type",
+        "virtual_size",
+        "logical_sector_size",
+        "block_size",
+        "allocated_bytes",
+        "parent",
+        "azure_ready",
+        "findings",
+    ] {
         assert!(v.get(key).is_some(), "missing {key} in {v}");
     }
     assert_eq!(v["format"], "raw");
     assert_eq!(v["disk_type"], "fixed");
     assert_eq!(v["virtual_size"], 64 * MIB);
     assert_eq!(v["azure_ready"], false);
-    assert!(v["allocated_bytes"].as_u64().unwrap() < MIB, "sparse raw counts holes as unallocated: {v}");
+    assert!(
+        v["allocated_bytes"].as_u64().unwrap() < MIB,
+        "sparse raw counts holes as unallocated: {v}"
+    );
 }
 
 #[test]
@@ -89,9 +113,18 @@ fn check_exit_codes() {
     let raw = dir.path().join("disk.raw");
     sparse_raw(&raw, 64 * MIB, &[(0, 512)]);
     // A raw image is readable but not Azure-ready: exit 1 with advice.
-    vhdforge().arg("check").arg(&raw).assert().code(1).stdout(predicates::str::contains("vhdforge convert"));
+    vhdforge()
+        .arg("check")
+        .arg(&raw)
+        .assert()
+        .code(1)
+        .stdout(predicates::str::contains("vhdforge convert"));
     // A missing file: the tool cannot do its job: exit 2.
-    vhdforge().arg("check").arg(dir.path().join("nope.vhd")).assert().code(2);
+    vhdforge()
+        .arg("check")
+        .arg(dir.path().join("nope.vhd"))
+        .assert()
+        .code(2);
     // Bad arguments: exit 2.
     vhdforge().args(["check", "--bogus"]).assert().code(2);
 }
@@ -102,7 +135,16 @@ fn convert_raw_sparse_matches_qemu_and_is_azure_ready() {
     let raw = dir.path().join("disk.raw");
     // Not MiB aligned, data at odd places including the last sector.
     let size = 96 * MIB + 7 * 512;
-    sparse_raw(&raw, size, &[(0, 1000), (5 * MIB + 333, 70_000), (40 * MIB, 2 * MIB as usize), (size - 512, 512)]);
+    sparse_raw(
+        &raw,
+        size,
+        &[
+            (0, 1000),
+            (5 * MIB + 333, 70_000),
+            (40 * MIB, 2 * MIB as usize),
+            (size - 512, 512),
+        ],
+    );
     let out = dir.path().join("disk.vhd");
     let (code, v) = json_of(vhdforge().args(["convert", "--json"]).arg(&raw).arg(&out));
     assert_eq!(code, 0, "{v}");
@@ -114,11 +156,17 @@ fn convert_raw_sparse_matches_qemu_and_is_azure_ready() {
     assert_eq!(std::fs::metadata(&out).unwrap().len(), disk + 512);
     assert_eq!(qemu_virtual_size(&out), disk);
     qemu_compare(&raw, &out);
-    assert_eq!(sha256_file_prefix(&out, disk), sha256_file_prefix(&raw, disk));
+    assert_eq!(
+        sha256_file_prefix(&out, disk),
+        sha256_file_prefix(&raw, disk)
+    );
     // Sparse: allocated blocks of the output about equal the non-zero data.
     use std::os::unix::fs::MetadataExt;
     let used = std::fs::metadata(&out).unwrap().blocks() * 512;
-    assert!(used <= 3 * MIB, "output uses {used} bytes for ~2.1 MiB of data");
+    assert!(
+        used <= 3 * MIB,
+        "output uses {used} bytes for ~2.1 MiB of data"
+    );
     vhdforge().arg("check").arg(&out).assert().code(0);
 }
 
@@ -130,14 +178,31 @@ fn convert_refuses_existing_output_without_force_and_never_touches_input() {
     let before = sha256_file_prefix(&raw, 32 * MIB);
     let out = dir.path().join("out.vhd");
     std::fs::write(&out, b"precious").unwrap();
-    vhdforge().arg("convert").arg(&raw).arg(&out).assert().code(2).stderr(predicates::str::contains("--force"));
+    vhdforge()
+        .arg("convert")
+        .arg(&raw)
+        .arg(&out)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("--force"));
     assert_eq!(std::fs::read(&out).unwrap(), b"precious");
-    vhdforge().args(["convert", "--force"]).arg(&raw).arg(&out).assert().code(0);
+    vhdforge()
+        .args(["convert", "--force"])
+        .arg(&raw)
+        .arg(&out)
+        .assert()
+        .code(0);
     assert_eq!(sha256_file_prefix(&raw, 32 * MIB), before);
     assert_eq!(std::fs::metadata(&raw).unwrap().len(), 32 * MIB);
     // Converting the result again says it is already Azure-ready and does nothing.
     let again = dir.path().join("again.vhd");
-    vhdforge().arg("convert").arg(&out).arg(&again).assert().code(0).stdout(predicates::str::contains("already"));
+    vhdforge()
+        .arg("convert")
+        .arg(&out)
+        .arg(&again)
+        .assert()
+        .code(0)
+        .stdout(predicates::str::contains("already"));
     assert!(!again.exists());
 }
 
@@ -147,9 +212,20 @@ fn convert_refuses_sizes_azure_rejects() {
     let raw = dir.path().join("tiny.raw");
     sparse_raw(&raw, 4 * MIB, &[(0, 512)]);
     let out = dir.path().join("tiny.vhd");
-    vhdforge().arg("convert").arg(&raw).arg(&out).assert().code(2).stderr(predicates::str::contains("20 MiB"));
+    vhdforge()
+        .arg("convert")
+        .arg(&raw)
+        .arg(&out)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("20 MiB"));
     assert!(!out.exists());
-    vhdforge().args(["convert", "--allow-any-size"]).arg(&raw).arg(&out).assert().code(0);
+    vhdforge()
+        .args(["convert", "--allow-any-size"])
+        .arg(&raw)
+        .arg(&out)
+        .assert()
+        .code(0);
 }
 
 #[test]
@@ -163,7 +239,12 @@ fn interrupted_convert_leaves_no_output_and_rerun_succeeds() {
     let bin = assert_cmd::cargo::cargo_bin("vhdforge");
     for delay_ms in [0u64, 5, 20, 60] {
         let _ = std::fs::remove_file(&out);
-        let mut child = std::process::Command::new(&bin).arg("convert").arg(&raw).arg(&out).spawn().unwrap();
+        let mut child = std::process::Command::new(&bin)
+            .arg("convert")
+            .arg(&raw)
+            .arg(&out)
+            .spawn()
+            .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill();
         let _ = child.wait();
@@ -174,10 +255,23 @@ fn interrupted_convert_leaves_no_output_and_rerun_succeeds() {
         }
     }
     let _ = std::fs::remove_file(&out);
-    vhdforge().arg("convert").arg(&raw).arg(&out).assert().code(0);
+    vhdforge()
+        .arg("convert")
+        .arg(&raw)
+        .arg(&out)
+        .assert()
+        .code(0);
     qemu_compare(&raw, &out);
-    assert_eq!(sha256_file_prefix(&raw, 200 * MIB), before, "input modified");
-    let leftovers: Vec<PathBuf> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.to_string_lossy().contains("vhdforge-partial")).collect();
+    assert_eq!(
+        sha256_file_prefix(&raw, 200 * MIB),
+        before,
+        "input modified"
+    );
+    let leftovers: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("vhdforge-partial"))
+        .collect();
     assert!(leftovers.is_empty(), "stale temporary files: {leftovers:?}");
 }
 
@@ -189,7 +283,11 @@ fn in_place_raw_then_repair_misaligned_fixed_vhd() {
     sparse_raw(&raw, size, &[(0, 4096), (size - 4096, 4096)]);
     let reference = dir.path().join("ref.raw");
     std::fs::copy(&raw, &reference).unwrap();
-    let (code, v) = json_of(vhdforge().args(["convert", "--in-place", "--json"]).arg(&raw));
+    let (code, v) = json_of(
+        vhdforge()
+            .args(["convert", "--in-place", "--json"])
+            .arg(&raw),
+    );
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["action"], "converted");
     assert_eq!(v["disk_size"], 31 * MIB);
@@ -197,15 +295,28 @@ fn in_place_raw_then_repair_misaligned_fixed_vhd() {
     qemu_compare(&reference, &raw);
     vhdforge().arg("check").arg(&raw).assert().code(0);
     // A second run finds nothing to do.
-    let (_, v) = json_of(vhdforge().args(["convert", "--in-place", "--json"]).arg(&raw));
+    let (_, v) = json_of(
+        vhdforge()
+            .args(["convert", "--in-place", "--json"])
+            .arg(&raw),
+    );
     assert_eq!(v["action"], "unchanged");
 
     // A fixed VHD whose size is not a whole MiB (as qemu writes without force_size).
     let qvhd = dir.path().join("q.vhd");
-    let st = std::process::Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed"]).arg(&reference).arg(&qvhd).status().unwrap();
+    let st = std::process::Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed"])
+        .arg(&reference)
+        .arg(&qvhd)
+        .status()
+        .unwrap();
     assert!(st.success());
     vhdforge().arg("check").arg(&qvhd).assert().code(1);
-    let (code, v) = json_of(vhdforge().args(["convert", "--in-place", "--json"]).arg(&qvhd));
+    let (code, v) = json_of(
+        vhdforge()
+            .args(["convert", "--in-place", "--json"])
+            .arg(&qvhd),
+    );
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["action"], "repaired");
     vhdforge().arg("check").arg(&qvhd).assert().code(0);

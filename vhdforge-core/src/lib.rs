@@ -42,9 +42,16 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn DiskImage>> {
 /// Open an image held in memory (tests, fuzzing). Parents are not followed: a differencing
 /// image fails with `parent.not_followed`. Findings are kept (lenient), not turned into errors.
 pub fn open_bytes(data: Vec<u8>) -> Result<Box<dyn DiskImage>> {
-    let opts = OpenOptions { follow_parents: false, ..OpenOptions::default() };
-    let mut ctx = format::OpenContext { opts: &opts, chain: Vec::new() };
-    let src: std::sync::Arc<dyn io::ReadAt> = std::sync::Arc::new(io::MemSource::named(data, "<memory>"));
+    let opts = OpenOptions {
+        follow_parents: false,
+        ..OpenOptions::default()
+    };
+    let mut ctx = format::OpenContext {
+        opts: &opts,
+        chain: Vec::new(),
+    };
+    let src: std::sync::Arc<dyn io::ReadAt> =
+        std::sync::Arc::new(io::MemSource::named(data, "<memory>"));
     format::open_source(src, Path::new("<memory>"), &mut ctx)
 }
 

@@ -345,7 +345,12 @@ mod tests {
         let now = std::fs::read(&p).unwrap();
         assert_eq!(now.len() as u64, 22 * crate::azure::MIB + 512);
         assert_eq!(&now[..original.len()], &original[..], "data changed");
-        assert!(now[original.len()..22 * crate::azure::MIB as usize].iter().all(|&b| b == 0), "padding not zero");
+        assert!(
+            now[original.len()..22 * crate::azure::MIB as usize]
+                .iter()
+                .all(|&b| b == 0),
+            "padding not zero"
+        );
         let footer = HardDiskFooter::from_bytes(now[now.len() - 512..].try_into().unwrap());
         assert_eq!(footer.current_size.get(), 22 * crate::azure::MIB);
         assert_eq!(footer.checksum.get(), footer.compute_checksum());
