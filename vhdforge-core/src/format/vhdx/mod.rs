@@ -119,8 +119,14 @@ impl VhdxImage {
         let log_span = (hdr.log_offset.get(), u64::from(hdr.log_length.get()));
 
         // Replay before trusting anything the log may cover (region tables, metadata, BAT).
+        let replay = if hdr.has_log() {
+            log::replay(src.as_ref(), log_span, hdr.log_guid)?
+        } else {
+            None
+        };
+        let replayed = replay.is_some();
         let data: Arc<dyn ReadAt> = if hdr.has_log() {
-            match log::replay(src.as_ref(), log_span, hdr.log_guid)? {
+            match replay {
                 Some(r) => {
                     findings.info(
                         "vhdx.log.replayed",
@@ -144,7 +150,8 @@ impl VhdxImage {
         } else {
             src.clone()
         };
-        let tables = if data.size() == file_size {
+        // The log may have rewritten the region tables: re-read them through the overlay.
+        let tables = if !replayed {
             head
         } else {
             read_vec(data.as_ref(), 0, HEADER_AREA, HEADER_AREA)

@@ -285,6 +285,32 @@ fn dirty_log_is_replayed_in_memory() {
 }
 
 #[test]
+fn replayed_log_can_rewrite_the_region_table() {
+    let content = sample(8 * MIB as usize, 19);
+    let mut bytes = fx::build(&VhdxSpec::dynamic(MIB as u32, Uuid::from_u128(6)), &content).bytes;
+    let good_page = bytes[fx::REGION1..fx::REGION1 + 4096].to_vec();
+    // On disk both tables (checksums valid) put the BAT on top of the metadata region ...
+    let md_entry_offset = bytes[fx::REGION1 + 48 + 16..fx::REGION1 + 48 + 24].to_vec();
+    for at in [fx::REGION1, fx::REGION2] {
+        bytes[at + 16 + 16..at + 16 + 24].copy_from_slice(&md_entry_offset);
+    }
+    fx::fix_checksums(&mut bytes);
+    assert_eq!(
+        open_mem(bytes.clone()).unwrap_err().code(),
+        "vhdx.region.overlap"
+    );
+    // ... and the log holds the correct first page of table 1.
+    fx::write_log(
+        &mut bytes,
+        Uuid::from_u128(0x77),
+        &[(fx::REGION1 as u64, good_page)],
+    );
+    let img = open_mem(bytes).unwrap();
+    assert!(img.findings().iter().any(|f| f.code == "vhdx.log.replayed"));
+    assert!(read_all(&img) == content);
+}
+
+#[test]
 fn structural_errors() {
     let content = sample(8 * MIB as usize, 17);
     let spec = VhdxSpec::dynamic(MIB as u32, Uuid::from_u128(8));
