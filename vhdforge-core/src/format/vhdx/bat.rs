@@ -220,6 +220,8 @@ impl Bat {
                     )
                 })
         };
+        // (file offset, length, block) of every stored payload block, for the overlap check.
+        let mut stored: Vec<(u64, u64, u64)> = Vec::new();
         for i in 0..g.payload_blocks {
             let idx = g.payload_index(i);
             let e = self.entries[idx as usize];
@@ -251,6 +253,21 @@ impl Bat {
             };
             if let Some((code, msg)) = problem {
                 report(findings, idx, msg, code);
+                self.entries[idx as usize] = INVALID;
+            } else if matches!(
+                e & STATE_MASK,
+                PAYLOAD_FULLY_PRESENT | PAYLOAD_PARTIALLY_PRESENT
+            ) {
+                stored.push((e & OFFSET_MASK, g.block_len(i), i));
+            }
+        }
+        // Two blocks sharing file space would make a write to one change the other: corrupt.
+        stored.sort_unstable();
+        for w in stored.windows(2) {
+            let ((a_off, a_len, a), (b_off, _, b)) = (w[0], w[1]);
+            if a_off + a_len > b_off {
+                let idx = g.payload_index(b);
+                report(findings, idx, format!("payload block {b} at {b_off:#x} overlaps payload block {a} at {a_off:#x}+{a_len:#x}"), "vhdx.bat.overlap");
                 self.entries[idx as usize] = INVALID;
             }
         }
@@ -377,6 +394,37 @@ mod tests {
                 f.0
             );
         }
+    }
+
+    #[test]
+    fn overlapping_blocks_are_invalid() {
+        let g = Geometry::new(1 << 20, 512, 8 << 20, false);
+        let mut bytes = vec![0u8; MIB as usize];
+        // Blocks 0 and 2 both claim 5 MiB; block 1 sits alone at 6 MiB.
+        for (k, e) in [6 | (5 * MIB), 6 | (6 * MIB), 6 | (5 * MIB)]
+            .iter()
+            .enumerate()
+        {
+            bytes[8 * k..8 * k + 8].copy_from_slice(&e.to_le_bytes());
+        }
+        let mut f = Findings::default();
+        let bat = Bat::load(
+            &MemSource::new(bytes),
+            (0, MIB),
+            g,
+            false,
+            16 * MIB,
+            &[],
+            &mut f,
+        )
+        .unwrap();
+        assert_eq!(bat.block(0), Block::Present(5 * MIB));
+        assert_eq!(bat.block(1), Block::Present(6 * MIB));
+        assert_eq!(bat.block(2), Block::Invalid);
+        assert_eq!(
+            f.0.iter().map(|f| f.code).collect::<Vec<_>>(),
+            ["vhdx.bat.overlap"]
+        );
     }
 
     #[test]

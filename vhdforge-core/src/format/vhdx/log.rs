@@ -32,6 +32,8 @@ pub const ENTRY_CHECKSUM_OFFSET: usize = 4;
 pub const MAX_LOG_LENGTH: u64 = 64 << 20;
 /// Most 4 KiB pages a replay may patch (1 GiB of file), bounding the overlay's memory.
 pub const MAX_OVERLAY_PAGES: usize = 1 << 18;
+/// Bytes of checksumming allowed per byte of log while searching for entries.
+const CRC_BUDGET_FACTOR: u64 = 8;
 /// Bound on entry-walking steps, so hostile logs of overlapping entries cannot hang us.
 const MAX_WALK_STEPS: usize = 1 << 20;
 
@@ -159,8 +161,23 @@ pub fn replay(src: &dyn ReadAt, log: (u64, u64), log_guid: [u8; 16]) -> Result<O
     })?;
     let slots = (length / LOG_SECTOR) as usize;
     let mut parsed: Vec<Option<Entry>> = Vec::with_capacity(slots);
+    // Checksumming is the costly check; a hostile log of long, overlapping entry headers at
+    // every slot could demand length² bytes of it, so the total is bounded.
+    let mut crc_budget = CRC_BUDGET_FACTOR * length;
     for s in 0..slots {
-        parsed.push(parse_entry(&bytes, s as u64 * LOG_SECTOR, log_guid));
+        parsed.push(parse_entry(
+            &bytes,
+            s as u64 * LOG_SECTOR,
+            log_guid,
+            &mut crc_budget,
+        ));
+    }
+    if crc_budget == 0 {
+        return Err(Error::corrupt(
+            "vhdx.log.invalid",
+            offset,
+            "the log holds too many overlapping entries to search",
+        ));
     }
     // Candidate heads, newest first: the active sequence is the newest whose entries run
     // back-to-back from its Tail up to it.
@@ -271,7 +288,7 @@ fn wrapped(log: &[u8], pos: u64, len: u64) -> Option<std::borrow::Cow<'_, [u8]>>
 }
 
 /// Parse and fully validate the entry at log-relative `pos`; `None` if it is not valid.
-fn parse_entry(log: &[u8], pos: u64, log_guid: [u8; 16]) -> Option<Entry> {
+fn parse_entry(log: &[u8], pos: u64, log_guid: [u8; 16], crc_budget: &mut u64) -> Option<Entry> {
     let first = log.get(pos as usize..pos as usize + 64)?;
     let hdr = LogEntryHeader::read_from_bytes(first).ok()?;
     let length = u64::from(hdr.entry_length.get());
@@ -292,6 +309,11 @@ fn parse_entry(log: &[u8], pos: u64, log_guid: [u8; 16]) -> Option<Entry> {
     if desc_sectors * LOG_SECTOR > length {
         return None;
     }
+    if *crc_budget < length {
+        *crc_budget = 0;
+        return None;
+    }
+    *crc_budget -= length;
     let bytes = wrapped(log, pos, length)?;
     if crc32c_zeroed(&bytes, ENTRY_CHECKSUM_OFFSET) != hdr.checksum.get() {
         return None;
@@ -546,6 +568,19 @@ mod tests {
         let c = crc32c_zeroed(&e, 4);
         e[4..8].copy_from_slice(&c.to_le_bytes());
         log_with(&[(0, e)])
+    }
+
+    #[test]
+    fn overlapping_entry_headers_cannot_hang_the_search() {
+        // A plausible whole-log entry header at every 4 KiB slot, none with a valid CRC.
+        let mut log = vec![0u8; 1 << 20];
+        for slot in log.chunks_mut(4096) {
+            slot[..4].copy_from_slice(ENTRY_SIGNATURE);
+            slot[8..12].copy_from_slice(&(1u32 << 20).to_le_bytes());
+            slot[16..24].copy_from_slice(&1u64.to_le_bytes());
+            slot[32..48].copy_from_slice(&GUID);
+        }
+        assert_eq!(run(log).unwrap_err().code(), "vhdx.log.invalid");
     }
 
     #[test]
