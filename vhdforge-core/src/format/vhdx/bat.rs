@@ -212,7 +212,7 @@ impl Bat {
             }
             forbidden
                 .iter()
-                .find(|(_, o, l)| off < o.saturating_add(*l) && *o < off + len)
+                .find(|(_, o, l)| *l > 0 && off < o.saturating_add(*l) && *o < off + len)
                 .map(|(name, o, l)| {
                     (
                         "vhdx.bat.overlap",

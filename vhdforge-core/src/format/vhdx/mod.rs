@@ -5,6 +5,14 @@
 //! region table, the metadata items and the whole BAT in one call. Reads then map virtual
 //! ranges through the in-memory BAT and fetch each run of stored bytes with one positional
 //! read, so many threads can read one image without a lock.
+//!
+//! Finding and error codes: `vhdx.signature`, `vhdx.truncated`; `vhdx.header.{signature,
+//! checksum,sequence,version,log}`; `vhdx.region.{checksum,bounds,duplicate,overlap,missing,
+//! unknown_required}`; `vhdx.metadata.{bounds,signature,entries,duplicate,length,missing,
+//! unknown_required,block_size,sector_size,virtual_size,page83,parent_locator}`;
+//! `vhdx.bat.{size,bounds,state,offset,overlap,reserved}`; `vhdx.log.{replayed,empty,
+//! truncated,invalid,too_large,bounds}`; `vhdx.parent.{linkage,missing,mismatch,sector_size,
+//! volume_path}`; `vhdx.sector_size_4k`.
 
 pub mod bat;
 pub mod header;
@@ -125,30 +133,28 @@ impl VhdxImage {
             None
         };
         let replayed = replay.is_some();
-        let data: Arc<dyn ReadAt> = if hdr.has_log() {
-            match replay {
-                Some(r) => {
-                    findings.info(
-                        "vhdx.log.replayed",
-                        Some(log_span.0),
-                        format!(
-                            "dirty log replayed in memory ({} entries up to sequence {}); the file was not modified",
-                            r.entries, r.head_sequence
-                        ),
-                    );
-                    Arc::new(log::Overlay::new(src.clone(), r))
-                }
-                None => {
+        let data: Arc<dyn ReadAt> = match replay {
+            Some(r) => {
+                findings.info(
+                    "vhdx.log.replayed",
+                    Some(log_span.0),
+                    format!(
+                        "dirty log replayed in memory ({} entries up to sequence {}); the file was not modified",
+                        r.entries, r.head_sequence
+                    ),
+                );
+                Arc::new(log::Overlay::new(src.clone(), r))
+            }
+            None => {
+                if hdr.has_log() {
                     findings.info(
                         "vhdx.log.empty",
                         Some(log_span.0),
                         "the header names a log but it holds no valid entry sequence; nothing to replay",
                     );
-                    src.clone()
                 }
+                src.clone()
             }
-        } else {
-            src.clone()
         };
         // The log may have rewritten the region tables: re-read them through the overlay.
         let tables = if !replayed {
@@ -175,18 +181,17 @@ impl VhdxImage {
             md.virtual_size,
             md.has_parent,
         );
-        let mut forbidden = vec![
+        // Payload may not overlap any structure the headers and region table place.
+        let forbidden = [
             ("the header section", 0, MIB),
             ("the BAT", regions.bat.0, regions.bat.1),
+            (
+                "the metadata region",
+                regions.metadata.0,
+                regions.metadata.1,
+            ),
+            ("the log", log_span.0, log_span.1),
         ];
-        forbidden.push((
-            "the metadata region",
-            regions.metadata.0,
-            regions.metadata.1,
-        ));
-        if log_span.1 != 0 {
-            forbidden.push(("the log", log_span.0, log_span.1));
-        }
         let bat = Bat::load(
             data.as_ref(),
             regions.bat,
