@@ -397,3 +397,97 @@ fn dirty_log_fixture_replays_in_memory_and_matches_qemu() {
         "qemu's replay of the fixture log"
     );
 }
+
+/// qemu's reading of a VHDX as raw: the SHA-256, or `None` when qemu refuses the file.
+fn qemu_sha(p: &Path, dir: &Path) -> Option<String> {
+    let out = dir.join("qemu-out.raw");
+    let status = Command::new("qemu-img")
+        .args([
+            "convert",
+            "-f",
+            "vhdx",
+            "-O",
+            "raw",
+            p.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("oracle `qemu-img` is required for this test and could not be run: {e}")
+        })
+        .status;
+    status.success().then(|| sha256_file(&out))
+}
+
+/// A deliberate edit of a file's bytes.
+type Damage = fn(&mut [u8]);
+
+#[test]
+fn damaged_copies_compared_with_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = scattered(16 * MIB);
+    let raw_path = fx::write_file(dir.path(), "src.raw", &raw);
+    let clean = dir.path().join("clean.vhdx");
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vhdx",
+            raw_path.to_str().unwrap(),
+            clean.to_str().unwrap(),
+        ],
+    );
+    let clean = std::fs::read(&clean).unwrap();
+    let want = sha256(&raw);
+    // (name, damage, vhdforge reads it, qemu reads it)
+    let cases: [(&str, Damage, bool, bool); 3] = [
+        (
+            "header 1 checksum: both use header 2",
+            fx::corrupt_header1_checksum,
+            true,
+            true,
+        ),
+        (
+            "both headers: both refuse",
+            |b| {
+                fx::corrupt_header1_checksum(b);
+                b[fx::HEADER2 + 1000] ^= 1;
+            },
+            false,
+            false,
+        ),
+        // formats.md §2.5: qemu reads only copy 1; vhdforge's fallback to copy 2 is an extension.
+        (
+            "region table 1: vhdforge falls back, qemu refuses",
+            fx::corrupt_region_table1,
+            true,
+            false,
+        ),
+    ];
+    for (i, (name, damage, ours, qemu)) in cases.into_iter().enumerate() {
+        let mut bytes = clean.clone();
+        damage(&mut bytes);
+        let p = fx::write_file(dir.path(), &format!("d{i}.vhdx"), &bytes);
+        let q = qemu_sha(&p, dir.path());
+        assert_eq!(q.is_some(), qemu, "{name}: qemu");
+        if let Some(q) = q {
+            assert_eq!(q, want, "{name}: qemu content");
+        }
+        match vhdforge_core::open(&p, &OpenOptions::default()) {
+            Ok(img) => {
+                assert!(ours, "{name}: vhdforge opened it");
+                assert!(
+                    img.findings()
+                        .iter()
+                        .any(|f| f.severity == Severity::Warning),
+                    "{name}: no warning"
+                );
+                assert_eq!(vhdforge_sha(img.as_ref()), want, "{name}: vhdforge content");
+            }
+            Err(e) => assert!(!ours, "{name}: vhdforge refused: {e}"),
+        }
+    }
+}

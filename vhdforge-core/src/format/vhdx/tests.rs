@@ -422,6 +422,8 @@ fn child_fixture(
         *p = s % 3 == 0 || (2500..2600).contains(&s);
     }
     let mut spec = VhdxSpec::dynamic(MIB as u32, Uuid::from_u128(0x2222));
+    // Block 6 is ZERO in the child: zeros, whatever the parent (and the stale offset) holds.
+    spec.stale_blocks = vec![(6, fx::ZERO)];
     spec.child = Some(fx::ChildSpec {
         parent_linkage: linkage,
         relative_path: rel.map(str::to_string),
@@ -449,8 +451,19 @@ fn differencing_chain_reads_through_the_parent() {
         info.parent.as_deref().map(|p| p.ends_with("parent.vhdx")),
         Some(true)
     );
-    let want = fx::chain_content(&parent, &child, &present, 512);
+    let mut want = fx::chain_content(&parent, &child, &present, 512);
+    want[6 * MIB as usize..7 * MIB as usize].fill(0);
     assert!(read_all(img.as_ref()) == want);
+    let mut zero = Vec::new();
+    img.extents(6 * MIB, MIB, &mut zero).unwrap();
+    assert_eq!(
+        zero,
+        vec![Extent {
+            start: 6 * MIB,
+            length: MIB,
+            allocation: Allocation::Zero
+        }]
+    );
     // Extents resolve to both layers and cover the range exactly.
     let mut ext = Vec::new();
     img.extents(0, 8 * MIB, &mut ext).unwrap();
@@ -543,6 +556,24 @@ mod mutations {
         .clone()
     }
 
+    fn child_base() -> (Vec<u8>, u64) {
+        static CHILD: std::sync::OnceLock<(Vec<u8>, u64)> = std::sync::OnceLock::new();
+        CHILD
+            .get_or_init(|| {
+                let content = sample(4 * MIB as usize, 31);
+                let mut spec = VhdxSpec::dynamic(MIB as u32, Uuid::from_u128(3));
+                spec.child = Some(fx::ChildSpec {
+                    parent_linkage: Uuid::from_u128(4),
+                    relative_path: Some(".\\p.vhdx".into()),
+                    absolute_win32_path: Some("C:\\p.vhdx".into()),
+                    present: (0..8192).map(|s| s % 3 == 0).collect(),
+                });
+                let built = fx::build(&spec, &content);
+                (built.bytes, built.metadata_offset)
+            })
+            .clone()
+    }
+
     fn dirty_base() -> Vec<u8> {
         static DIRTY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
         DIRTY
@@ -601,6 +632,15 @@ mod mutations {
             let bat = fx::BAT_OFFSET as usize;
             bytes[bat + pos] = val;
             bytes[bat + 8 * entry..bat + 8 * entry + 8].copy_from_slice(&raw.to_le_bytes());
+            exercise(bytes);
+        }
+
+        /// Any byte of a differencing child's metadata items, parent locator included (its
+        /// parent is never found from memory, so this exercises parsing up to the lookup).
+        #[test]
+        fn child_metadata_mutations(pos in 0usize..400, val: u8) {
+            let (mut bytes, md) = child_base();
+            bytes[md as usize + 0x1_0000 + pos] = val;
             exercise(bytes);
         }
 
