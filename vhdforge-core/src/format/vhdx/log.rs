@@ -214,16 +214,15 @@ pub fn replay(src: &dyn ReadAt, log: (u64, u64), log_guid: [u8; 16]) -> Result<O
             if e.pos == head.pos {
                 break;
             }
-            expect_seq = e.seq.checked_add(1);
+            let Some(next) = e.seq.checked_add(1) else {
+                continue 'heads;
+            };
+            expect_seq = Some(next);
             pos = (e.pos + e.length) % length;
         }
-        if chain
-            .first()
-            .is_some_and(|t| t.seq + chain.len() as u64 - 1 == head.seq)
-        {
-            chosen = Some(chain);
-            break;
-        }
+        // Every step checked seq + 1, so the chain is a whole sequence ending at the head.
+        chosen = Some(chain);
+        break;
     }
     let Some(chain) = chosen else { return Ok(None) };
     let head = chain[chain.len() - 1];
@@ -538,6 +537,11 @@ mod tests {
         let c = crc32c_zeroed(&bad_data_seq, 4);
         bad_data_seq[4..8].copy_from_slice(&c.to_le_bytes());
         let cases: Vec<(&str, Vec<u8>, Option<usize>)> = vec![
+            (
+                "sequence number at its maximum",
+                log_with(&[(0, entry(u64::MAX, 0, &[(0x20_0000, 1)], &[]))]),
+                Some(1),
+            ),
             ("empty log", log_with(&[]), None),
             ("single entry", log_with(&[(0, e10.clone())]), Some(1)),
             (
