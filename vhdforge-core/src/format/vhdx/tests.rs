@@ -521,6 +521,17 @@ fn differencing_parent_lookup_errors() {
         "{e}"
     );
 
+    // A child naming itself as its parent: the loop is caught.
+    let dir = tempfile::tempdir().unwrap();
+    child_fixture(
+        dir.path(),
+        Uuid::from_u128(0x2222),
+        Some("child.vhdx"),
+        None,
+    );
+    let e = open_path(&dir.path().join("child.vhdx"), &OpenOptions::default()).unwrap_err();
+    assert_eq!(e.code(), "parent.loop");
+
     // Following parents turned off.
     let dir = tempfile::tempdir().unwrap();
     child_fixture(
