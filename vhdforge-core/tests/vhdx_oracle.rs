@@ -491,3 +491,32 @@ fn damaged_copies_compared_with_qemu() {
         }
     }
 }
+
+#[test]
+fn qemu_created_large_sparse_disks_open_from_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    // (size argument, virtual size, qemu's automatic block size: formats.md §4.1)
+    let cases = [
+        ("2T", 2u64 << 40, 32u64 << 20),
+        ("33T", 33 << 40, 64 << 20),
+        ("100G", 100 << 30, 16 << 20),
+    ];
+    for (arg, size, block) in cases {
+        let p = dir.path().join(format!("{arg}.vhdx"));
+        run(
+            "qemu-img",
+            &["create", "-q", "-f", "vhdx", p.to_str().unwrap(), arg],
+        );
+        let img = open(&p);
+        assert_eq!(img.info().virtual_size, size, "{arg}");
+        assert_eq!(img.info().block_size, Some(block), "{arg}");
+        assert_eq!(
+            vhdforge_core::image::allocated_bytes(img.as_ref()).unwrap(),
+            0,
+            "{arg}"
+        );
+        let mut buf = vec![1u8; 4096];
+        img.read_at(&mut buf, size - 4096).unwrap();
+        assert!(buf.iter().all(|&b| b == 0), "{arg}");
+    }
+}
