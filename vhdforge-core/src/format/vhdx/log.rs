@@ -32,6 +32,8 @@ pub const ENTRY_CHECKSUM_OFFSET: usize = 4;
 pub const MAX_LOG_LENGTH: u64 = 64 << 20;
 /// Most 4 KiB pages a replay may patch (1 GiB of file), bounding the overlay's memory.
 pub const MAX_OVERLAY_PAGES: usize = 1 << 18;
+/// How far past the real end of the file a replay may grow it.
+pub const MAX_LOG_GROWTH: u64 = 1 << 30;
 /// Bytes of checksumming allowed per byte of log while searching for entries.
 const CRC_BUDGET_FACTOR: u64 = 8;
 /// Bound on entry-walking steps, so hostile logs of overlapping entries cannot hang us.
@@ -237,6 +239,18 @@ pub fn replay(src: &dyn ReadAt, log: (u64, u64), log_guid: [u8; 16]) -> Result<O
             ),
         ));
     }
+    // Replay grows the file to LastFileOffset; the growth reads as zeros. Bound it, or a
+    // tiny file could claim terabytes and have tables sized from that "read".
+    if head.last_file_offset > file_len.saturating_add(MAX_LOG_GROWTH) {
+        return Err(Error::corrupt(
+            "vhdx.log.invalid",
+            offset + head.pos,
+            format!(
+                "the log says the file should be {} bytes, more than {MAX_LOG_GROWTH} bytes beyond its real length {file_len}",
+                head.last_file_offset
+            ),
+        ));
+    }
     let mut pages: BTreeMap<u64, Page> = BTreeMap::new();
     for e in &chain {
         for w in &e.writes {
@@ -427,7 +441,7 @@ impl ReadAt for Overlay {
         let first = offset - offset % LOG_SECTOR;
         for (&page_at, page) in self.pages.range(first..end) {
             let s = page_at.max(offset);
-            let e = (page_at + LOG_SECTOR).min(end);
+            let e = page_at.saturating_add(LOG_SECTOR).min(end);
             let dst = &mut buf[(s - offset) as usize..(e - offset) as usize];
             match page {
                 Some(p) => dst.copy_from_slice(&p[(s - page_at) as usize..(e - page_at) as usize]),
@@ -585,6 +599,18 @@ mod tests {
             slot[32..48].copy_from_slice(&GUID);
         }
         assert_eq!(run(log).unwrap_err().code(), "vhdx.log.invalid");
+    }
+
+    #[test]
+    fn absurd_growth_is_refused() {
+        let mut e = entry(10, 0, &[(0x20_0000, 0xAA)], &[]);
+        e[56..64].copy_from_slice(&u64::MAX.to_le_bytes());
+        let c = crc32c_zeroed(&e, 4);
+        e[4..8].copy_from_slice(&c.to_le_bytes());
+        assert_eq!(
+            run(log_with(&[(0, e)])).unwrap_err().code(),
+            "vhdx.log.invalid"
+        );
     }
 
     #[test]
