@@ -198,6 +198,33 @@ fn contiguous_blocks_are_read_with_one_pread() {
 }
 
 #[test]
+fn threads_share_one_image() {
+    let content = sample(8 * MIB as usize, 23);
+    let img =
+        open_mem(fx::build(&VhdxSpec::dynamic(MIB as u32, Uuid::nil()), &content).bytes).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (img, content) = (&img, &content);
+            s.spawn(move || {
+                // Each thread reads the whole disk in its own odd-sized pieces.
+                let piece = 4096 * (t + 1) + 512;
+                let mut buf = vec![0u8; piece as usize];
+                let mut pos = 0u64;
+                while pos < 8 * MIB {
+                    let n = piece.min(8 * MIB - pos) as usize;
+                    img.read_at(&mut buf[..n], pos).unwrap();
+                    assert!(
+                        buf[..n] == content[pos as usize..pos as usize + n],
+                        "thread {t} at {pos}"
+                    );
+                    pos += n as u64;
+                }
+            });
+        }
+    });
+}
+
+#[test]
 fn huge_sparse_disk_opens_reading_only_metadata() {
     // One 32 MiB block of data, then the virtual size patched to 2 TiB: the BAT still fits.
     let content = sample(32 * MIB as usize, 5);
