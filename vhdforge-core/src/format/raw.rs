@@ -198,7 +198,7 @@ mod tests {
             .map(|e| e.length)
             .sum();
         // Filesystems allocate in blocks; tmpfs/ext4 report the 4 KiB write as one data segment.
-        assert!(data >= 4096 && data <= 1 << 20, "data {data} extents {v:?}");
+        assert!((4096..=1 << 20).contains(&data), "data {data} extents {v:?}");
         assert_eq!(v.iter().map(|e| e.length).sum::<u64>(), 64 << 20);
     }
 }
