@@ -63,9 +63,19 @@ pub fn readiness(info: &ImageInfo) -> Vec<Finding> {
         let up = round_up_mib(size).unwrap_or(u64::MAX);
         let msg = format!("virtual size {size} bytes is not a whole number of MiB (Azure requires it); the next whole size is {up} bytes (+{} bytes)", up - size);
         if is_fixed_vhd {
-            f.error("azure.size_unaligned", None, format!("{msg}. Run `vhdforge convert --in-place` (or convert to a new file) to pad it"));
+            f.error(
+                "azure.size_unaligned",
+                None,
+                format!(
+                    "{msg}. Run `vhdforge convert --in-place` (or convert to a new file) to pad it"
+                ),
+            );
         } else {
-            f.info("azure.size_unaligned", None, format!("{msg}; `vhdforge convert` pads it"));
+            f.info(
+                "azure.size_unaligned",
+                None,
+                format!("{msg}; `vhdforge convert` pads it"),
+            );
         }
     }
     let target = round_up_mib(size).unwrap_or(u64::MAX);
@@ -84,7 +94,9 @@ pub fn readiness(info: &ImageInfo) -> Vec<Finding> {
             format!("virtual size {} GiB is above 2040 GiB: fine for a data disk, but OS disks that large fail (Hyper-V limit)", size / GIB),
         );
     }
-    if (MIN_VIRTUAL_SIZE..=MAX_VIRTUAL_SIZE).contains(&target) && !(MARKETPLACE_OS_MIN..=MARKETPLACE_OS_MAX).contains(&target) {
+    if (MIN_VIRTUAL_SIZE..=MAX_VIRTUAL_SIZE).contains(&target)
+        && !(MARKETPLACE_OS_MIN..=MARKETPLACE_OS_MAX).contains(&target)
+    {
         f.warning(
             "marketplace.os_disk_size",
             None,

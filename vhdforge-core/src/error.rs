@@ -45,7 +45,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// A new error of `kind` with a stable `code` and a human message.
     pub fn new(kind: ErrorKind, code: &'static str, message: impl Into<String>) -> Self {
-        Error { kind, code, message: message.into(), offset: None, path: None, source: None }
+        Error {
+            kind,
+            code,
+            message: message.into(),
+            offset: None,
+            path: None,
+            source: None,
+        }
     }
 
     /// A structural error at a byte offset of the image file.
@@ -65,7 +72,14 @@ impl Error {
         } else {
             ErrorKind::Io
         };
-        Error { kind, code: "io", message: context.into(), offset: None, path: None, source: Some(source) }
+        Error {
+            kind,
+            code: "io",
+            message: context.into(),
+            offset: None,
+            path: None,
+            source: Some(source),
+        }
     }
 
     /// Attach a byte offset.

@@ -45,8 +45,18 @@ pub struct Finding {
 
 impl Finding {
     /// A finding of any severity.
-    pub fn new(severity: Severity, code: &'static str, offset: Option<u64>, message: impl Into<String>) -> Self {
-        Finding { severity, code, message: message.into(), offset }
+    pub fn new(
+        severity: Severity,
+        code: &'static str,
+        offset: Option<u64>,
+        message: impl Into<String>,
+    ) -> Self {
+        Finding {
+            severity,
+            code,
+            message: message.into(),
+            offset,
+        }
     }
 }
 
@@ -77,15 +87,18 @@ pub struct Findings(pub Vec<Finding>);
 impl Findings {
     /// Record an error finding.
     pub fn error(&mut self, code: &'static str, offset: Option<u64>, message: impl Into<String>) {
-        self.0.push(Finding::new(Severity::Error, code, offset, message));
+        self.0
+            .push(Finding::new(Severity::Error, code, offset, message));
     }
     /// Record a warning.
     pub fn warning(&mut self, code: &'static str, offset: Option<u64>, message: impl Into<String>) {
-        self.0.push(Finding::new(Severity::Warning, code, offset, message));
+        self.0
+            .push(Finding::new(Severity::Warning, code, offset, message));
     }
     /// Record an informational finding.
     pub fn info(&mut self, code: &'static str, offset: Option<u64>, message: impl Into<String>) {
-        self.0.push(Finding::new(Severity::Info, code, offset, message));
+        self.0
+            .push(Finding::new(Severity::Info, code, offset, message));
     }
     /// True when any finding is an error.
     pub fn has_errors(&self) -> bool {

@@ -139,10 +139,18 @@ pub fn push_extent(out: &mut Vec<Extent>, e: Extent) {
     if let Some(last) = out.last_mut() {
         if last.end() == e.start {
             let merged = match (last.allocation, e.allocation) {
-                (Allocation::Zero, Allocation::Zero) | (Allocation::Unallocated, Allocation::Unallocated) => true,
-                (Allocation::Data { layer: l1, file_offset: o1 }, Allocation::Data { layer: l2, file_offset: o2 }) => {
-                    l1 == l2 && o1 + last.length == o2
-                }
+                (Allocation::Zero, Allocation::Zero)
+                | (Allocation::Unallocated, Allocation::Unallocated) => true,
+                (
+                    Allocation::Data {
+                        layer: l1,
+                        file_offset: o1,
+                    },
+                    Allocation::Data {
+                        layer: l2,
+                        file_offset: o2,
+                    },
+                ) => l1 == l2 && o1 + last.length == o2,
                 _ => false,
             };
             if merged {
@@ -183,7 +191,9 @@ pub fn check_virtual_range(virtual_size: u64, offset: u64, len: u64) -> Result<(
         _ => Err(Error::new(
             crate::ErrorKind::InvalidInput,
             "read.out_of_range",
-            format!("virtual range {offset:#x}+{len:#x} lies beyond the virtual size {virtual_size:#x}"),
+            format!(
+                "virtual range {offset:#x}+{len:#x} lies beyond the virtual size {virtual_size:#x}"
+            ),
         )),
     }
 }
@@ -200,7 +210,11 @@ pub fn allocated_bytes(image: &dyn DiskImage) -> Result<u64> {
         let len = SLICE.min(size - pos);
         buf.clear();
         image.extents(pos, len, &mut buf)?;
-        total += buf.iter().filter(|e| e.allocation.is_data()).map(|e| e.length).sum::<u64>();
+        total += buf
+            .iter()
+            .filter(|e| e.allocation.is_data())
+            .map(|e| e.length)
+            .sum::<u64>();
         pos += len;
     }
     Ok(total)
@@ -209,7 +223,11 @@ pub fn allocated_bytes(image: &dyn DiskImage) -> Result<u64> {
 /// Resolve the parts of `own` (this layer's map) that defer to the parent: `Unallocated`
 /// extents of a differencing image are looked up in `parent` and shifted one layer down.
 /// Images without a parent keep them as `Unallocated`.
-pub fn resolve_through_parent(own: &[Extent], parent: Option<&dyn DiskImage>, out: &mut Vec<Extent>) -> Result<()> {
+pub fn resolve_through_parent(
+    own: &[Extent],
+    parent: Option<&dyn DiskImage>,
+    out: &mut Vec<Extent>,
+) -> Result<()> {
     let mut tmp = Vec::new();
     for e in own {
         match (e.allocation, parent) {
@@ -223,7 +241,10 @@ pub fn resolve_through_parent(own: &[Extent], parent: Option<&dyn DiskImage>, ou
                     p.extents(inside, inside_end - inside, &mut tmp)?;
                     for pe in &tmp {
                         let allocation = match pe.allocation {
-                            Allocation::Data { layer, file_offset } => Allocation::Data { layer: layer + 1, file_offset },
+                            Allocation::Data { layer, file_offset } => Allocation::Data {
+                                layer: layer + 1,
+                                file_offset,
+                            },
                             other => other,
                         };
                         push_extent(out, Extent { allocation, ..*pe });
@@ -231,7 +252,14 @@ pub fn resolve_through_parent(own: &[Extent], parent: Option<&dyn DiskImage>, ou
                 }
                 if e.end() > inside_end.max(e.start) {
                     let s = inside_end.max(e.start);
-                    push_extent(out, Extent { start: s, length: e.end() - s, allocation: Allocation::Unallocated });
+                    push_extent(
+                        out,
+                        Extent {
+                            start: s,
+                            length: e.end() - s,
+                            allocation: Allocation::Unallocated,
+                        },
+                    );
                 }
             }
             _ => push_extent(out, *e),

@@ -38,7 +38,9 @@ pub fn read_vec(src: &dyn ReadAt, offset: u64, len: u64, cap: u64) -> io::Result
             format!("refusing to read {len} bytes at {offset:#x}: more than the {cap}-byte limit for this structure"),
         ));
     }
-    let end = offset.checked_add(len).ok_or_else(|| eof(offset, len, src.size()))?;
+    let end = offset
+        .checked_add(len)
+        .ok_or_else(|| eof(offset, len, src.size()))?;
     if end > src.size() {
         return Err(eof(offset, len, src.size()));
     }
@@ -68,10 +70,17 @@ impl FileSource {
         let file = File::open(path)?;
         let meta = file.metadata()?;
         if meta.is_dir() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "is a directory, not a disk image"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "is a directory, not a disk image",
+            ));
         }
         let len = block_device_len(&file).unwrap_or(meta.len());
-        Ok(FileSource { file, len, path: path.to_path_buf() })
+        Ok(FileSource {
+            file,
+            len,
+            path: path.to_path_buf(),
+        })
     }
 
     /// The path given at open.
@@ -104,7 +113,9 @@ fn block_device_len(_file: &File) -> Option<u64> {
 
 impl ReadAt for FileSource {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let end = offset.checked_add(buf.len() as u64).ok_or_else(|| eof(offset, buf.len() as u64, self.len))?;
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .ok_or_else(|| eof(offset, buf.len() as u64, self.len))?;
         if end > self.len {
             return Err(eof(offset, buf.len() as u64, self.len));
         }
@@ -220,11 +231,17 @@ pub struct MemSource {
 impl MemSource {
     /// Wrap bytes.
     pub fn new(data: Vec<u8>) -> Self {
-        MemSource { data, name: "<memory>".into() }
+        MemSource {
+            data,
+            name: "<memory>".into(),
+        }
     }
     /// Wrap bytes under a name used in messages.
     pub fn named(data: Vec<u8>, name: impl Into<String>) -> Self {
-        MemSource { data, name: name.into() }
+        MemSource {
+            data,
+            name: name.into(),
+        }
     }
 }
 
@@ -237,7 +254,9 @@ impl fmt::Debug for MemSource {
 impl ReadAt for MemSource {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let len = buf.len() as u64;
-        let end = offset.checked_add(len).filter(|&e| e <= self.data.len() as u64);
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= self.data.len() as u64);
         match end {
             Some(end) => {
                 buf.copy_from_slice(&self.data[offset as usize..end as usize]);

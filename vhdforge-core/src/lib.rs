@@ -26,8 +26,14 @@ use std::path::Path;
 /// checksums, out-of-range offsets, missing parents ...), so what opens reads correctly.
 pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn DiskImage>> {
     let image = format::open_path(path, opts)?;
-    if let Some(f) = image.findings().iter().find(|f| f.severity == Severity::Error) {
-        return Err(Error::new(ErrorKind::Corrupt, f.code, f.message.clone()).in_file(path).at_opt(f.offset));
+    if let Some(f) = image
+        .findings()
+        .iter()
+        .find(|f| f.severity == Severity::Error)
+    {
+        return Err(Error::new(ErrorKind::Corrupt, f.code, f.message.clone())
+            .in_file(path)
+            .at_opt(f.offset));
     }
     Ok(image)
 }
@@ -60,7 +66,8 @@ pub struct Inspection {
 /// Fails only when the file cannot be opened or read at all.
 pub fn inspect(path: &Path, opts: &OpenOptions) -> Result<Inspection> {
     // Surface "cannot open" as an error, not as a finding.
-    std::fs::File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e).in_file(path))?;
+    std::fs::File::open(path)
+        .map_err(|e| Error::io(format!("cannot open {}", path.display()), e).in_file(path))?;
     let mut findings = Vec::new();
     let (info, allocated_bytes) = match format::open_path(path, opts) {
         Ok(image) => {
@@ -85,5 +92,11 @@ pub fn inspect(path: &Path, opts: &OpenOptions) -> Result<Inspection> {
         findings.extend(azure::readiness(i));
     }
     let azure_ready = info.is_some() && !findings.iter().any(|f| f.severity == Severity::Error);
-    Ok(Inspection { info, allocated_bytes, findings, azure_ready, readable })
+    Ok(Inspection {
+        info,
+        allocated_bytes,
+        findings,
+        azure_ready,
+        readable,
+    })
 }

@@ -51,7 +51,11 @@ impl AzurePlan {
         }
         let source_size = info.virtual_size;
         let disk_size = round_up_mib(source_size).ok_or_else(|| {
-            Error::new(ErrorKind::Unsupported, "convert.too_large", format!("virtual size {source_size} cannot be rounded up to a whole MiB"))
+            Error::new(
+                ErrorKind::Unsupported,
+                "convert.too_large",
+                format!("virtual size {source_size} cannot be rounded up to a whole MiB"),
+            )
         })?;
         if !policy.allow_any_size && !(MIN_VIRTUAL_SIZE..=MAX_VIRTUAL_SIZE).contains(&disk_size) {
             return Err(Error::new(
@@ -63,9 +67,15 @@ impl AzurePlan {
                 ),
             ));
         }
-        let unique_id = policy.unique_id.unwrap_or_else(|| *uuid::Uuid::new_v4().as_bytes());
+        let unique_id = policy
+            .unique_id
+            .unwrap_or_else(|| *uuid::Uuid::new_v4().as_bytes());
         let time_stamp = policy.time_stamp.unwrap_or_else(vhd_timestamp_now);
-        Ok(AzurePlan { source_size, disk_size, footer: HardDiskFooter::new_fixed(disk_size, unique_id, time_stamp) })
+        Ok(AzurePlan {
+            source_size,
+            disk_size,
+            footer: HardDiskFooter::new_fixed(disk_size, unique_id, time_stamp),
+        })
     }
 
     /// Bytes of zero padding added after the source's data.
@@ -97,7 +107,13 @@ impl AzurePlan {
 
     /// The allocation of the output's disk area `[start, start + length)`: the source's map,
     /// with the padding `Unallocated`.
-    pub fn disk_extents(&self, image: &dyn DiskImage, start: u64, length: u64, out: &mut Vec<Extent>) -> Result<()> {
+    pub fn disk_extents(
+        &self,
+        image: &dyn DiskImage,
+        start: u64,
+        length: u64,
+        out: &mut Vec<Extent>,
+    ) -> Result<()> {
         crate::image::check_virtual_range(self.disk_size, start, length)?;
         let end = start + length;
         let inside_end = end.min(self.source_size);
@@ -108,7 +124,11 @@ impl AzurePlan {
         if end > pad_start {
             crate::image::push_extent(
                 out,
-                Extent { start: pad_start, length: end - pad_start, allocation: crate::image::Allocation::Unallocated },
+                Extent {
+                    start: pad_start,
+                    length: end - pad_start,
+                    allocation: crate::image::Allocation::Unallocated,
+                },
             );
         }
         Ok(())

@@ -25,7 +25,10 @@ pub struct OpenOptions {
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { follow_parents: true, max_chain_depth: 64 }
+        OpenOptions {
+            follow_parents: true,
+            max_chain_depth: 64,
+        }
     }
 }
 
@@ -67,7 +70,10 @@ pub fn detect(src: &dyn ReadAt) -> std::io::Result<Format> {
 
 /// Open an image file, following parents as `opts` says.
 pub fn open_path(path: &Path, opts: &OpenOptions) -> Result<Box<dyn DiskImage>> {
-    let mut ctx = OpenContext { opts, chain: Vec::new() };
+    let mut ctx = OpenContext {
+        opts,
+        chain: Vec::new(),
+    };
     open_in_chain(path, &mut ctx)
 }
 
@@ -84,7 +90,11 @@ pub fn open_parent(path: &Path, ctx: &mut OpenContext<'_>) -> Result<Box<dyn Dis
         return Err(Error::new(
             ErrorKind::Parent,
             "parent.chain_too_deep",
-            format!("parent chain is deeper than {} images; refusing to follow {}", ctx.opts.max_chain_depth, path.display()),
+            format!(
+                "parent chain is deeper than {} images; refusing to follow {}",
+                ctx.opts.max_chain_depth,
+                path.display()
+            ),
         ));
     }
     open_in_chain(path, ctx)
@@ -92,8 +102,16 @@ pub fn open_parent(path: &Path, ctx: &mut OpenContext<'_>) -> Result<Box<dyn Dis
 
 fn open_in_chain(path: &Path, ctx: &mut OpenContext<'_>) -> Result<Box<dyn DiskImage>> {
     let canonical = std::fs::canonicalize(path).map_err(|e| {
-        let code = if ctx.chain.is_empty() { "io.open" } else { "parent.missing" };
-        let kind = if ctx.chain.is_empty() { ErrorKind::Io } else { ErrorKind::Parent };
+        let code = if ctx.chain.is_empty() {
+            "io.open"
+        } else {
+            "parent.missing"
+        };
+        let kind = if ctx.chain.is_empty() {
+            ErrorKind::Io
+        } else {
+            ErrorKind::Parent
+        };
         Error::new(kind, code, format!("cannot open {}: {e}", path.display()))
     })?;
     if ctx.chain.contains(&canonical) {
@@ -103,11 +121,16 @@ fn open_in_chain(path: &Path, ctx: &mut OpenContext<'_>) -> Result<Box<dyn DiskI
             format!(
                 "parent chain loops: {} is already part of the chain ({})",
                 canonical.display(),
-                ctx.chain.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" -> ")
+                ctx.chain
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" -> ")
             ),
         ));
     }
-    let src = FileSource::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    let src = FileSource::open(path)
+        .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
     let src: Arc<dyn ReadAt> = Arc::new(src);
     ctx.chain.push(canonical);
     let result = open_source(src, path, ctx);
@@ -116,8 +139,13 @@ fn open_in_chain(path: &Path, ctx: &mut OpenContext<'_>) -> Result<Box<dyn DiskI
 }
 
 /// Open an already opened source whose path is `path` (used to resolve relative parents).
-pub fn open_source(src: Arc<dyn ReadAt>, path: &Path, ctx: &mut OpenContext<'_>) -> Result<Box<dyn DiskImage>> {
-    let format = detect(src.as_ref()).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+pub fn open_source(
+    src: Arc<dyn ReadAt>,
+    path: &Path,
+    ctx: &mut OpenContext<'_>,
+) -> Result<Box<dyn DiskImage>> {
+    let format = detect(src.as_ref())
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
     match format {
         Format::Raw => Ok(Box::new(raw::RawImage::open(src, path)?)),
         Format::Vhd => vhd::open(src, path, ctx),

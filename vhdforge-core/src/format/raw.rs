@@ -5,7 +5,9 @@
 
 use crate::error::{Error, Result};
 use crate::finding::Finding;
-use crate::image::{check_virtual_range, push_extent, Allocation, DiskImage, DiskType, Extent, Format, ImageInfo};
+use crate::image::{
+    check_virtual_range, push_extent, Allocation, DiskImage, DiskType, Extent, Format, ImageInfo,
+};
 use crate::io::ReadAt;
 use std::path::Path;
 use std::sync::Arc;
@@ -46,34 +48,80 @@ impl RawImage {
             vhd_footer_size: None,
             creator: None,
         };
-        Ok(RawImage { src, info, findings })
+        Ok(RawImage {
+            src,
+            info,
+            findings,
+        })
     }
 }
 
 /// Map `[start, start+length)` of a region that sits at `file_base` in `src` using the
 /// source's data segments: data segments become `Data`, holes `Unallocated`.
-pub fn map_file_region(src: &dyn ReadAt, file_base: u64, start: u64, length: u64, out: &mut Vec<Extent>) -> Result<()> {
+pub fn map_file_region(
+    src: &dyn ReadAt,
+    file_base: u64,
+    start: u64,
+    length: u64,
+    out: &mut Vec<Extent>,
+) -> Result<()> {
     let end = start + length;
     let mut pos = start;
     while pos < end {
-        let seg = src.next_data(file_base + pos).map_err(|e| Error::io(format!("cannot map {}", src.name()), e))?;
+        let seg = src
+            .next_data(file_base + pos)
+            .map_err(|e| Error::io(format!("cannot map {}", src.name()), e))?;
         let Some(seg) = seg else {
-            push_extent(out, Extent { start: pos, length: end - pos, allocation: Allocation::Unallocated });
+            push_extent(
+                out,
+                Extent {
+                    start: pos,
+                    length: end - pos,
+                    allocation: Allocation::Unallocated,
+                },
+            );
             break;
         };
         let data_start = (seg.start.saturating_sub(file_base)).clamp(pos, end);
         let data_end = (seg.end.saturating_sub(file_base)).clamp(data_start, end);
         if data_start > pos {
-            push_extent(out, Extent { start: pos, length: data_start - pos, allocation: Allocation::Unallocated });
+            push_extent(
+                out,
+                Extent {
+                    start: pos,
+                    length: data_start - pos,
+                    allocation: Allocation::Unallocated,
+                },
+            );
         }
         if data_end > data_start {
-            let allocation = Allocation::Data { layer: 0, file_offset: file_base + data_start };
-            push_extent(out, Extent { start: data_start, length: data_end - data_start, allocation });
+            let allocation = Allocation::Data {
+                layer: 0,
+                file_offset: file_base + data_start,
+            };
+            push_extent(
+                out,
+                Extent {
+                    start: data_start,
+                    length: data_end - data_start,
+                    allocation,
+                },
+            );
         }
         if data_end <= pos {
             // The source reported no progress; treat the rest as data rather than loop.
-            let allocation = Allocation::Data { layer: 0, file_offset: file_base + pos };
-            push_extent(out, Extent { start: pos, length: end - pos, allocation });
+            let allocation = Allocation::Data {
+                layer: 0,
+                file_offset: file_base + pos,
+            };
+            push_extent(
+                out,
+                Extent {
+                    start: pos,
+                    length: end - pos,
+                    allocation,
+                },
+            );
             break;
         }
         pos = data_end;
@@ -88,7 +136,9 @@ impl DiskImage for RawImage {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_virtual_range(self.info.virtual_size, offset, buf.len() as u64)?;
-        self.src.read_exact_at(buf, offset).map_err(|e| Error::io(format!("cannot read {}", self.src.name()), e).at(offset))
+        self.src
+            .read_exact_at(buf, offset)
+            .map_err(|e| Error::io(format!("cannot read {}", self.src.name()), e).at(offset))
     }
 
     fn extents(&self, start: u64, length: u64, out: &mut Vec<Extent>) -> Result<()> {
@@ -108,10 +158,21 @@ mod tests {
 
     #[test]
     fn memory_raw_is_all_data() {
-        let img = RawImage::open(Arc::new(MemSource::new(vec![1u8; 4096])), Path::new("m")).unwrap();
+        let img =
+            RawImage::open(Arc::new(MemSource::new(vec![1u8; 4096])), Path::new("m")).unwrap();
         let mut v = Vec::new();
         img.extents(0, 4096, &mut v).unwrap();
-        assert_eq!(v, vec![Extent { start: 0, length: 4096, allocation: Allocation::Data { layer: 0, file_offset: 0 } }]);
+        assert_eq!(
+            v,
+            vec![Extent {
+                start: 0,
+                length: 4096,
+                allocation: Allocation::Data {
+                    layer: 0,
+                    file_offset: 0
+                }
+            }]
+        );
         let mut b = [0u8; 16];
         img.read_at(&mut b, 4080).unwrap();
         assert!(img.read_at(&mut b, 4090).is_err());
@@ -131,9 +192,16 @@ mod tests {
         let img = RawImage::open(Arc::new(src), &p).unwrap();
         let mut v = Vec::new();
         img.extents(0, 64 << 20, &mut v).unwrap();
-        let data: u64 = v.iter().filter(|e| e.allocation.is_data()).map(|e| e.length).sum();
+        let data: u64 = v
+            .iter()
+            .filter(|e| e.allocation.is_data())
+            .map(|e| e.length)
+            .sum();
         // Filesystems allocate in blocks; tmpfs/ext4 report the 4 KiB write as one data segment.
-        assert!(data >= 4096 && data <= 1 << 20, "data {data} extents {v:?}");
+        assert!(
+            (4096..=1 << 20).contains(&data),
+            "data {data} extents {v:?}"
+        );
         assert_eq!(v.iter().map(|e| e.length).sum::<u64>(), 64 << 20);
     }
 }

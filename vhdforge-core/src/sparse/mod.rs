@@ -26,7 +26,9 @@ pub fn is_zero(buf: &[u8]) -> bool {
 #[inline]
 fn words_zero(buf: &[u8]) -> bool {
     let mut words = buf.chunks_exact(8);
-    let acc = (&mut words).fold(0u64, |a, w| a | u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]));
+    let acc = (&mut words).fold(0u64, |a, w| {
+        a | u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]])
+    });
     acc == 0 && words.remainder().iter().all(|&b| b == 0)
 }
 
@@ -60,7 +62,11 @@ pub fn for_each_nonzero_run(buf: &[u8], base: u64, granularity: u64, mut f: impl
 /// The virtual ranges of `[start, end)` that the metadata says hold stored bytes, split
 /// into pieces of at most `max_piece` bytes (split points aligned to `max_piece`).
 /// Walks the map in slices, so memory grows with the number of data pieces only.
-pub fn data_pieces(image: &dyn DiskImage, range: Range<u64>, max_piece: u64) -> Result<Vec<Range<u64>>> {
+pub fn data_pieces(
+    image: &dyn DiskImage,
+    range: Range<u64>,
+    max_piece: u64,
+) -> Result<Vec<Range<u64>>> {
     const SLICE: u64 = 64 << 30;
     let mut out: Vec<Range<u64>> = Vec::new();
     let mut extents: Vec<Extent> = Vec::new();
@@ -75,7 +81,9 @@ pub fn data_pieces(image: &dyn DiskImage, range: Range<u64>, max_piece: u64) -> 
                 let piece_end = ((s / max_piece + 1) * max_piece).min(e.end());
                 match out.last_mut() {
                     // Merge with a preceding adjacent piece in the same aligned window.
-                    Some(last) if last.end == s && (last.start / max_piece) == (s / max_piece) => last.end = piece_end,
+                    Some(last) if last.end == s && (last.start / max_piece) == (s / max_piece) => {
+                        last.end = piece_end
+                    }
                     _ => out.push(s..piece_end),
                 }
                 s = piece_end;

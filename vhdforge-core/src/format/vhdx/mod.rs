@@ -11,7 +11,14 @@ use std::sync::Arc;
 pub const FILE_SIGNATURE: &[u8; 8] = b"vhdxfile";
 
 /// Open a VHDX from `src` (whose file is `path`).
-pub fn open(src: Arc<dyn ReadAt>, path: &Path, ctx: &mut OpenContext<'_>) -> Result<Box<dyn DiskImage>> {
+pub fn open(
+    src: Arc<dyn ReadAt>,
+    path: &Path,
+    ctx: &mut OpenContext<'_>,
+) -> Result<Box<dyn DiskImage>> {
     let _ = (src, path, ctx);
-    Err(Error::unsupported("vhdx.unimplemented", "VHDX reading is not implemented yet"))
+    Err(Error::unsupported(
+        "vhdx.unimplemented",
+        "VHDX reading is not implemented yet",
+    ))
 }
