@@ -48,6 +48,8 @@ enum Layout {
     /// Virtual byte `x` is file byte `x`.
     Fixed,
     /// Blocks through the BAT; `parent` is set for differencing disks whose parent opened.
+    /// Without it (`parent_problem` says why, and an error finding was recorded) reads of
+    /// parent-backed ranges fail and the map leaves them `Unallocated`.
     Sparse {
         bat: Bat,
         differencing: bool,
@@ -99,7 +101,9 @@ fn choose_footer(
         (Some(t), copy) => {
             validate_footer(&t.footer, t.offset, findings);
             if !t.footer.checksum_ok() {
-                if let Some(c) = copy {
+                // Only a copy of the same disk type stands in: a fixed disk has no copy, and
+                // its data may well begin with some other VHD's footer.
+                if let Some(c) = copy.filter(|c| c.disk_type == t.footer.disk_type) {
                     findings.info(
                         "vhd.footer.using_copy",
                         Some(0),

@@ -873,3 +873,58 @@ fn differencing_mutations_are_clean() {
         }
     }
 }
+
+#[test]
+fn fixed_parent_and_bad_locator() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixtures::raw::pattern(77, 16 << 10);
+    let fo = FooterOptions::default();
+    std::fs::write(
+        dir.path().join("base.vhd"),
+        fx::fixed_vhd(&base, &fo, false),
+    )
+    .unwrap();
+    let link = ParentLink {
+        unique_id: fo.unique_id,
+        name: "base.vhd".into(),
+        locators: vec![Locator::relative(".\\base.vhd")],
+    };
+    let mut child = fx::differencing_vhd(
+        16 << 10,
+        4096,
+        link,
+        &[(4096, vec![0x33; 1024])],
+        FooterOptions::default(),
+    );
+    // Locator 0 claims more bytes than it reserves: ignored with a warning, the header
+    // name still finds the (fixed) parent.
+    set_be32(&mut child, 512 + 576 + 8, 4096);
+    fx::refresh_header_checksum(&mut child[512..1536]);
+    let p = dir.path().join("child.vhd");
+    std::fs::write(&p, child).unwrap();
+    let img = crate::open(&p, &OpenOptions::default()).unwrap();
+    assert!(
+        has(img.as_ref(), Severity::Warning, "vhd.parent.locator"),
+        "{:?}",
+        codes(img.as_ref())
+    );
+    let mut want = base;
+    want[4096..5120].fill(0x33);
+    assert_eq!(read_all(img.as_ref()).unwrap(), want);
+}
+
+#[test]
+fn fixed_disk_holding_a_vhd_is_not_confused_with_it() {
+    // A fixed disk whose data starts with a dynamic VHD's footer, and whose own footer
+    // checksum is damaged: it stays a fixed disk (the data is not a footer copy).
+    let inner = small_dynamic();
+    let mut raw = vec![0u8; 64 << 10];
+    raw[..inner.len()].copy_from_slice(&inner);
+    let mut v = fx::fixed_vhd(&raw, &FooterOptions::default(), false);
+    let n = v.len();
+    v[n - 512 + 64] ^= 1;
+    let img = open_mem(v).unwrap();
+    assert_eq!(img.info().disk_type, DiskType::Fixed);
+    assert!(has(&img, Severity::Error, "vhd.footer.checksum"));
+    assert_eq!(read_all(&img).unwrap(), raw);
+}
