@@ -537,6 +537,16 @@ fn open_parent_of(
     parent_id: Uuid,
     ctx: &mut OpenContext<'_>,
 ) -> Result<(Box<dyn DiskImage>, PathBuf)> {
+    if !ctx.opts.follow_parents {
+        // Do not even probe the file system (in-memory and fuzzing opens): open_parent
+        // refuses at once, naming the first candidate.
+        let named = candidates.first().map_or_else(
+            || PathBuf::from("(no parent path recorded)"),
+            |c| c.path.clone(),
+        );
+        let p = open_parent(&named, ctx)?;
+        return Ok((p, named));
+    }
     let mut tried = Vec::new();
     let mut first_failure: Option<Error> = None;
     for c in candidates {
