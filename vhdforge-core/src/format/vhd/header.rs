@@ -34,6 +34,8 @@ pub const MIN_BLOCK_SIZE: u32 = 512;
 pub const PLATFORM_W2KU: [u8; 4] = *b"W2ku";
 /// Platform code `W2ru`: Windows path relative to the child, UTF-16LE.
 pub const PLATFORM_W2RU: [u8; 4] = *b"W2ru";
+/// Platform code `MacX`: file URL, UTF-8 (written by Xen's blktap for Linux paths).
+pub const PLATFORM_MACX: [u8; 4] = *b"MacX";
 
 /// One parent locator entry (spec "Parent Locator Entry"; formats.md §1.9).
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]

@@ -5,11 +5,12 @@
 //! `W2ku` absolute Windows path, both UTF-16LE) and the header's parent Unicode name
 //! (UTF-16BE). Candidates are tried in that order; an absolute Windows path is also tried
 //! by its file name next to the child, so chains copied off a Windows host still open.
+//! Xen's `MacX` locator (a UTF-8 file URL) is tried after the Windows ones.
 //! The parent found must carry the unique id the child's header records.
 
 use super::header::{
-    DynamicDiskHeader, ParentLocatorEntry, LOCATORS_OFFSET, LOCATOR_SIZE, PLATFORM_W2KU,
-    PLATFORM_W2RU,
+    DynamicDiskHeader, ParentLocatorEntry, LOCATORS_OFFSET, LOCATOR_SIZE, PLATFORM_MACX,
+    PLATFORM_W2KU, PLATFORM_W2RU,
 };
 use crate::finding::Findings;
 use crate::io::{read_vec, ReadAt};
@@ -84,23 +85,26 @@ pub fn candidates(
     };
     let mut relative = Vec::new();
     let mut absolute = Vec::new();
+    let mut url = Vec::new();
     for (i, e) in header.parent_locators.iter().enumerate() {
         let code = e.platform_code;
         if code == [0; 4] {
             continue;
         }
-        if code != PLATFORM_W2RU && code != PLATFORM_W2KU {
-            // Deprecated ANSI and Mac locators: Hyper-V writes W2ru/W2ku beside them.
+        if code != PLATFORM_W2RU && code != PLATFORM_W2KU && code != PLATFORM_MACX {
+            // Deprecated ANSI and Mac alias locators: Hyper-V writes W2ru/W2ku beside them.
             continue;
         }
         let at = header_offset + LOCATORS_OFFSET + (i * LOCATOR_SIZE) as u64;
-        let Some(text) = read_locator(src, e, i, at, data_end, findings) else {
+        let Some(bytes) = read_locator(src, e, i, at, data_end, findings) else {
             continue;
         };
         if code == PLATFORM_W2RU {
-            relative.push(text);
+            relative.push(utf16le(&bytes));
+        } else if code == PLATFORM_W2KU {
+            absolute.push(utf16le(&bytes));
         } else {
-            absolute.push(text);
+            url.push(file_url_path(&bytes));
         }
     }
     let mut out: Vec<Candidate> = Vec::new();
@@ -126,6 +130,20 @@ pub fn candidates(
             );
         }
     }
+    for u in &url {
+        let p = Path::new(u);
+        if p.is_absolute() {
+            add(p.to_path_buf(), "MacX locator");
+        } else if let Some(c) = relative_candidate(&child_dir, u) {
+            add(c, "MacX locator");
+        }
+        if let Some(name) = windows_file_name(u) {
+            add(
+                child_dir.join(name),
+                "MacX locator's file name next to the child",
+            );
+        }
+    }
     let name = header.parent_name();
     if let Some(n) = windows_file_name(&name) {
         add(child_dir.join(n), "header parent name next to the child");
@@ -133,7 +151,30 @@ pub fn candidates(
     out
 }
 
-/// The text of one locator, or `None` (with a warning) when its entry is unusable.
+/// The path of a `file://` URL (UTF-8, NUL padded; `%XX` escapes decoded, lossy).
+pub fn file_url_path(bytes: &[u8]) -> String {
+    let used = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    let text = &bytes[..used];
+    let text = text.strip_prefix(b"file://").unwrap_or(text);
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        let escape = (text[i] == b'%')
+            .then(|| Some((hex(*text.get(i + 1)?)?, hex(*text.get(i + 2)?)?)))
+            .flatten();
+        if let Some((h, l)) = escape {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(text[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The data of one locator, or `None` (with a warning) when its entry is unusable.
 fn read_locator(
     src: &dyn ReadAt,
     e: &ParentLocatorEntry,
@@ -141,7 +182,7 @@ fn read_locator(
     at: u64,
     data_end: u64,
     findings: &mut Findings,
-) -> Option<String> {
+) -> Option<Vec<u8>> {
     let code = String::from_utf8_lossy(&e.platform_code).into_owned();
     let len = u64::from(e.platform_data_length.get());
     let offset = e.platform_data_offset.get();
@@ -178,7 +219,7 @@ fn read_locator(
         return None;
     }
     match read_vec(src, offset, len, MAX_LOCATOR_BYTES) {
-        Ok(bytes) => Some(utf16le(&bytes)),
+        Ok(bytes) => Some(bytes),
         Err(err) => {
             findings.warning(
                 "vhd.parent.locator",
@@ -223,6 +264,21 @@ mod tests {
         assert_eq!(windows_file_name("\\\\?\\C:\\b.vhd"), Some("b.vhd"));
         assert_eq!(windows_file_name("C:\\"), Some("C:"));
         assert_eq!(windows_file_name(".."), None);
+    }
+
+    #[test]
+    fn file_urls_decode() {
+        let cases: [(&[u8], &str); 3] = [
+            // blktap's relative form, NUL padded.
+            (b"file://./base.vhd\0\0", "./base.vhd"),
+            // Absolute, with an escaped space.
+            (b"file:///srv/my%20vms/base.vhd", "/srv/my vms/base.vhd"),
+            // A stray percent sign stays as it is.
+            (b"file://50%.vhd", "50%.vhd"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(file_url_path(url), want);
+        }
     }
 
     #[test]

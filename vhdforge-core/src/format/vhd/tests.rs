@@ -690,6 +690,19 @@ fn parent_found_by_each_locator_kind() {
                 ],
             }),
         ),
+        // Xen's MacX file URL only.
+        (
+            "MacX",
+            Box::new(|id| ParentLink {
+                unique_id: id,
+                name: String::new(),
+                locators: vec![Locator {
+                    code: *b"MacX",
+                    path: "file://./base.vhd".into(),
+                    space_in_bytes: false,
+                }],
+            }),
+        ),
         // Header name only.
         (
             "name",
@@ -927,4 +940,26 @@ fn fixed_disk_holding_a_vhd_is_not_confused_with_it() {
     assert_eq!(img.info().disk_type, DiskType::Fixed);
     assert!(has(&img, Severity::Error, "vhd.footer.checksum"));
     assert_eq!(read_all(&img).unwrap(), raw);
+}
+
+#[test]
+fn many_threads_read_one_chain() {
+    // Reads are &self: threads share one open chain and each sees the right bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, want) = chain3(dir.path());
+    let img = crate::open(&paths[2], &OpenOptions::default()).unwrap();
+    let want = &want[2];
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let img = &img;
+            s.spawn(move || {
+                for i in 0..64u64 {
+                    let off = ((t * 7919 + i * 104_729) % (60 << 10)) as usize;
+                    let mut b = vec![0u8; 3000];
+                    img.read_at(&mut b, off as u64).unwrap();
+                    assert_eq!(&b[..], &want[off..off + 3000]);
+                }
+            });
+        }
+    });
 }
