@@ -194,6 +194,25 @@ fn qemu_created_empty_vhd() {
     let (_, digest) = vhdforge_digest(img.as_ref());
     let zeros = vec![0u8; usize::try_from(img.info().virtual_size).unwrap()];
     assert_eq!(digest, hex(&Sha256::digest(&zeros)));
+
+    // The largest dynamic VHD qemu makes: a 1,044,480-entry BAT read in one call.
+    let big = dir.path().join("big.vhd");
+    run(QEMU_IMG, &["create", "-f", "vpc", s(&big), "2040G"]);
+    let img = vhdforge_core::open(&big, &OpenOptions::default()).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&run(
+        QEMU_IMG,
+        &["info", "-f", "vpc", "--output=json", s(&big)],
+    ))
+    .unwrap();
+    assert_eq!(Some(img.info().virtual_size), info["virtual-size"].as_u64());
+    assert_eq!(
+        vhdforge_core::image::allocated_bytes(img.as_ref()).unwrap(),
+        0
+    );
+    let mut tail = vec![1u8; 1 << 20];
+    img.read_at(&mut tail, img.info().virtual_size - (1 << 20))
+        .unwrap();
+    assert!(tail.iter().all(|&b| b == 0));
 }
 
 /// Read a chain with pyvhdi (parents set explicitly, base first), in 1 MiB pieces; returns

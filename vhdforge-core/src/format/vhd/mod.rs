@@ -9,6 +9,13 @@
 //! finding, and [`crate::open`] turns error findings into an `Err`. What stops reading (no
 //! footer anywhere, an unknown disk type, no dynamic header, an unreadable BAT) is an `Err`
 //! right away.
+//!
+//! Finding and error codes: `vhd.footer.{cookie,checksum,disk_type,features,version,
+//! saved_state,size_unaligned,chs_size,data_offset,size_mismatch,size_over_2040gib,
+//! using_copy,copy_mismatch}`; `vhd.truncated`; `vhd.header.{offset,cookie,checksum,version,
+//! block_size}`; `vhd.bat.{too_large,out_of_bounds,overlap,too_small,entry_out_of_bounds,
+//! entry_overlap,entry_shared,entry_invalid}`; `vhd.parent.{locator,missing,id_mismatch}`;
+//! and, from [`open_parent`], `parent.{loop,not_followed,chain_too_deep}`.
 
 pub mod bat;
 pub mod footer;
@@ -87,7 +94,7 @@ fn is_sparse(f: &HardDiskFooter) -> bool {
 
 /// Pick the footer to read with: the trailing one normally; the copy at offset 0 of a
 /// dynamic/differencing disk when the trailing one is missing or fails its checksum.
-/// Returns the footer, the trailing footer's place (if any) and the end of usable data.
+/// Returns the footer to read with and the trailing footer's place (if there is one).
 fn choose_footer(
     src: &dyn ReadAt,
     findings: &mut Findings,
