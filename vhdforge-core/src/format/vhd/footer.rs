@@ -180,6 +180,156 @@ impl HardDiskFooter {
     }
 }
 
+/// Disk type: none (reserved, invalid).
+pub const DISK_TYPE_NONE: u32 = 0;
+/// The geometry qemu writes with `force_size` as a "use CurrentSize" marker (formats.md §1.4).
+pub const CHS_MAX: (u16, u8, u8) = (65535, 16, 255);
+/// Largest dynamic/differencing disk Hyper-V and Virtual PC accept: 2040 GiB (formats.md §1.8).
+pub const MAX_SPARSE_SIZE: u64 = 0xFF00_0000 * 512;
+
+/// A footer as found in a file: the bytes, where they start and how long the footer is
+/// (512, or 511 for pre-2004 Virtual PC images whose last reserved byte is missing).
+#[derive(Debug, Clone, Copy)]
+pub struct FooterAt {
+    /// The footer (a 511-byte footer is padded with one zero byte).
+    pub footer: HardDiskFooter,
+    /// Absolute offset of the first footer byte.
+    pub offset: u64,
+    /// 512 or 511.
+    pub size: u32,
+}
+
+impl HardDiskFooter {
+    /// True when the cookie is `conectix`.
+    pub fn cookie_ok(&self) -> bool {
+        &self.cookie == COOKIE
+    }
+
+    /// True when the stored checksum matches the bytes.
+    pub fn checksum_ok(&self) -> bool {
+        self.checksum.get() == self.compute_checksum()
+    }
+
+    /// The creator application as printable text: non-printable bytes become `\xNN`, and
+    /// trailing NULs are dropped (`wa\0\0` prints as `wa`).
+    pub fn creator_printable(&self) -> String {
+        let app = &self.creator_application;
+        let used = app.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        app[..used]
+            .iter()
+            .map(|&b| {
+                if b.is_ascii_graphic() || b == b' ' {
+                    char::from(b).to_string()
+                } else {
+                    format!("\\x{b:02x}")
+                }
+            })
+            .collect()
+    }
+
+    /// Bytes the CHS geometry describes (C × H × S × 512).
+    pub fn chs_bytes(&self) -> u64 {
+        u64::from(self.cylinders.get())
+            * u64::from(self.heads)
+            * u64::from(self.sectors_per_track)
+            * 512
+    }
+}
+
+/// Check a footer's fields, recording what is wrong at `at` (the footer's file offset).
+/// The cookie and the disk type are checked by the caller, which must stop on them.
+pub fn validate_footer(f: &HardDiskFooter, at: u64, findings: &mut crate::finding::Findings) {
+    let stored = f.checksum.get();
+    let computed = f.compute_checksum();
+    if stored != computed {
+        findings.error(
+            "vhd.footer.checksum",
+            Some(at + CHECKSUM_OFFSET as u64),
+            format!("footer checksum is {stored:#010x}, but the footer bytes sum to {computed:#010x}; the footer is damaged (qemu refuses such files)"),
+        );
+    }
+    let features = f.features.get();
+    if features & FEATURE_RESERVED == 0 || features & !(FEATURE_RESERVED | FEATURE_TEMPORARY) != 0 {
+        findings.warning(
+            "vhd.footer.features",
+            Some(at + 8),
+            format!("footer features are {features:#010x}; expected the reserved bit 0x2 set and no bits other than 0x1 and 0x2"),
+        );
+    }
+    let version = f.file_format_version.get();
+    if version >> 16 != FORMAT_VERSION >> 16 {
+        findings.error(
+            "vhd.footer.version",
+            Some(at + 12),
+            format!("footer file format version is {version:#010x}; only major version 1 (0x00010000) is defined"),
+        );
+    } else if version != FORMAT_VERSION {
+        findings.warning(
+            "vhd.footer.version",
+            Some(at + 12),
+            format!("footer file format version is {version:#010x}, expected 0x00010000"),
+        );
+    }
+    match f.saved_state {
+        0 => {}
+        1 => findings.warning(
+            "vhd.footer.saved_state",
+            Some(at + 84),
+            "the virtual machine was saved (hibernated) with this disk attached, so its contents may be inconsistent; boot the VM and shut it down cleanly before converting or uploading",
+        ),
+        other => findings.warning("vhd.footer.saved_state", Some(at + 84), format!("footer saved-state byte is {other}; expected 0 or 1")),
+    }
+    let size = f.current_size.get();
+    if size % 512 != 0 {
+        findings.warning(
+            "vhd.footer.size_unaligned",
+            Some(at + 48),
+            format!("current size {size} is not a whole number of 512-byte sectors"),
+        );
+    }
+    let chs = (f.cylinders.get(), f.heads, f.sectors_per_track);
+    if matches!(&f.creator_application, b"vpc " | b"qemu")
+        && chs != CHS_MAX
+        && f.chs_bytes() != size
+    {
+        findings.info(
+            "vhd.footer.chs_size",
+            Some(at + 56),
+            format!(
+                "creator {:?} with geometry {}/{}/{} ({} bytes) but current size {size}: vhdforge uses the current size, while qemu reads such a file as {} bytes",
+                f.creator_printable(),
+                chs.0,
+                chs.1,
+                chs.2,
+                f.chs_bytes(),
+                f.chs_bytes()
+            ),
+        );
+    }
+}
+
+/// Find the trailing footer: the cookie at `len − 512`, else at `len − 511` (formats.md §1.6).
+/// `None` when neither place holds the cookie.
+pub fn find_trailing_footer(src: &dyn crate::io::ReadAt) -> std::io::Result<Option<FooterAt>> {
+    let len = src.size();
+    for size in [FOOTER_SIZE as u32, FOOTER_SIZE as u32 - 1] {
+        let Some(offset) = len.checked_sub(u64::from(size)) else {
+            continue;
+        };
+        let mut bytes = [0u8; FOOTER_SIZE];
+        src.read_exact_at(&mut bytes[..size as usize], offset)?;
+        let footer = HardDiskFooter::from_bytes(&bytes);
+        if footer.cookie_ok() {
+            return Ok(Some(FooterAt {
+                footer,
+                offset,
+                size,
+            }));
+        }
+    }
+    Ok(None)
+}
+
 /// Seconds since the VHD epoch for "now" (saturating; 0 before 2000).
 pub fn vhd_timestamp_now() -> u32 {
     let unix = std::time::SystemTime::now()
