@@ -198,7 +198,10 @@ mod tests {
             .map(|e| e.length)
             .sum();
         // Filesystems allocate in blocks; tmpfs/ext4 report the 4 KiB write as one data segment.
-        assert!((4096..=1 << 20).contains(&data), "data {data} extents {v:?}");
+        assert!(
+            (4096..=1 << 20).contains(&data),
+            "data {data} extents {v:?}"
+        );
         assert_eq!(v.iter().map(|e| e.length).sum::<u64>(), 64 << 20);
     }
 }
