@@ -49,7 +49,7 @@ pub struct CheckArgs {
     pub no_parents: bool,
 }
 
-fn run_inspect(file: &PathBuf, no_parents: bool) -> Result<Inspection> {
+fn run_inspect(file: &std::path::Path, no_parents: bool) -> Result<Inspection> {
     let opts = OpenOptions {
         follow_parents: !no_parents,
         ..OpenOptions::default()

@@ -256,7 +256,10 @@ fn free_space(out: &Path) -> Option<u64> {
     let mut st: libc::statvfs = unsafe_zeroed_statvfs();
     // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer for statvfs.
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    (rc == 0).then(|| (st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    // The field types differ between platforms; both fit in u64.
+    #[allow(clippy::useless_conversion)]
+    let avail = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
+    (rc == 0).then_some(avail)
 }
 
 #[cfg(unix)]
