@@ -43,7 +43,10 @@ fn bench_read(dir: &Path) -> Result<()> {
     ensure_sparse_raw(&sparse, 4 << 30, &scattered(4 << 30, 64, 16 << 20, 1))?;
     let dense = dir.join("read-1g-dense.raw");
     ensure_sparse_raw(&dense, 1 << 30, &[(0, 1 << 30)])?;
-    for (name, raw, size) in [("sparse 4 GiB", &sparse, 4u64 << 30), ("dense 1 GiB", &dense, 1 << 30)] {
+    for (name, raw, size) in [
+        ("sparse 4 GiB", &sparse, 4u64 << 30),
+        ("dense 1 GiB", &dense, 1 << 30),
+    ] {
         let vhdx = raw.with_extension("vhdx");
         let vhd = raw.with_extension("vhd");
         ensure_qemu(raw, &vhdx, &["-O", "vhdx"])?;
