@@ -1,1 +1,230 @@
 //! Parallel, zero-skipping, resumable page-blob upload (azure-page-blob.md).
+//!
+//! The uploader always sends the byte stream the converter would write ([`AzurePlan`]):
+//! the disk area, then the 512-byte footer. An Azure-ready fixed VHD keeps its own footer,
+//! so it is uploaded byte for byte; anything else is converted on the fly.
+//!
+//! Flow: plan ([`plan`]: metadata, then a zero test per 512-byte page) → prepare the
+//! destination (create the page blob, or for managed disks check its size) → a reader
+//! thread fills bounded buffers in plan order (CRC-64 per request, whole-stream MD5) →
+//! up to N Put Pages in flight, retried with backoff, N cut on throttling (AIMD) → the
+//! footer page last → optional whole-blob Content-MD5. A journal allows `--resume`.
+
+pub mod auth;
+pub mod client;
+mod engine;
+pub mod journal;
+pub mod plan;
+pub mod redact;
+mod verify;
+
+pub use auth::CredentialEnv;
+pub use client::Integrity;
+pub use engine::upload;
+pub use redact::Redacted;
+pub use verify::{verify, VerifyOptions, VerifyReport};
+
+use crate::convert::{AzurePlan, Policy};
+use crate::error::{Error, Result};
+use crate::format::vhd::footer::{HardDiskFooter, FOOTER_SIZE};
+use crate::image::{DiskImage, DiskType, Format};
+use crate::io::{FileSource, ReadAt};
+use crate::{OpenOptions, Severity};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The x-ms-version vhdforge pins (accepted by Azure and Azurite 3.37).
+pub const DEFAULT_API_VERSION: &str = "2021-08-06";
+
+/// Retry behaviour.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts per request, the first included.
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubles each time (with jitter).
+    pub base_delay: Duration,
+    /// Cap on one delay.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 10,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What an upload does.
+#[derive(Debug, Clone)]
+pub struct UploadOptions {
+    /// Put Pages in flight at most (connections).
+    pub concurrency: usize,
+    /// Replace an existing blob (storage accounts only).
+    pub overwrite: bool,
+    /// Continue an interrupted upload.
+    pub resume: bool,
+    /// Set the whole-blob Content-MD5 at the end (storage accounts only).
+    pub content_md5: bool,
+    /// Per-request Content-MD5 instead of x-ms-content-crc64.
+    pub md5_per_request: bool,
+    /// x-ms-version to send.
+    pub api_version: String,
+    /// Treat the destination as a managed-disk upload SAS whatever its host.
+    pub managed_disk: bool,
+    /// Zero gaps shorter than this are sent as zeros inside a request.
+    pub bridge_bytes: u64,
+    /// Retries.
+    pub retry: RetryPolicy,
+    /// Client timeout of a request with no body; a Put Page gets `timeout_per_mib` more per MiB.
+    pub request_timeout: Duration,
+    /// Extra client timeout per MiB of body.
+    pub timeout_per_mib: Duration,
+    /// Where the resume journal lives (default: next to the source).
+    pub state_dir: Option<PathBuf>,
+    /// Conversion policy for sources that are not Azure-ready VHDs.
+    pub policy: Policy,
+    /// Set to stop the upload (in-flight requests are abandoned; the journal is kept).
+    pub cancel: Arc<AtomicBool>,
+    /// Credentials besides a SAS in the URL.
+    pub credentials: CredentialEnv,
+    /// How to open the source.
+    pub open: OpenOptions,
+}
+
+impl Default for UploadOptions {
+    fn default() -> Self {
+        UploadOptions {
+            concurrency: 8,
+            overwrite: false,
+            resume: false,
+            content_md5: false,
+            md5_per_request: false,
+            api_version: DEFAULT_API_VERSION.into(),
+            managed_disk: false,
+            bridge_bytes: plan::DEFAULT_BRIDGE,
+            retry: RetryPolicy::default(),
+            request_timeout: Duration::from_secs(30),
+            timeout_per_mib: Duration::from_secs(15),
+            state_dir: None,
+            policy: Policy::default(),
+            cancel: Arc::new(AtomicBool::new(false)),
+            credentials: CredentialEnv::default(),
+            open: OpenOptions::default(),
+        }
+    }
+}
+
+/// What the planner decided, shown before sending.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct PlanSummary {
+    /// Output stream length (disk area + footer) = destination size.
+    pub bytes_total: u64,
+    /// Bytes the plan sends in this run (data requests left to do + footer).
+    pub bytes_to_send: u64,
+    /// Bytes never sent because they are zero.
+    pub bytes_skipped: u64,
+    /// Bytes a resumed upload finds already at the destination.
+    pub bytes_already_present: u64,
+    /// Put Page requests to send in this run (footer included).
+    pub requests: u64,
+}
+
+/// Receives progress; the CLI renders it. All methods may be called from several threads.
+pub trait Progress: Send + Sync {
+    /// The plan is known.
+    fn planned(&self, _plan: &PlanSummary) {}
+    /// A request completed with `bytes` of body.
+    fn sent(&self, _bytes: u64) {}
+    /// A request is retried because of `reason`.
+    fn retried(&self, _reason: &str) {}
+    /// A notable event (e.g. "cleared stale pages").
+    fn note(&self, _msg: &str) {}
+}
+
+/// Progress that goes nowhere.
+#[derive(Debug, Default)]
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// The `--json` summary of an upload.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UploadSummary {
+    /// Output stream length = destination size.
+    pub bytes_total: u64,
+    /// Body bytes of successful requests in this run (retries not counted twice).
+    pub bytes_sent: u64,
+    /// Zero bytes never sent.
+    pub bytes_skipped: u64,
+    /// Bytes found already uploaded (resume).
+    pub bytes_already_present: u64,
+    /// Successful Put Page requests in this run.
+    pub requests: u64,
+    /// Retried attempts.
+    pub retries: u64,
+    /// Wall time.
+    pub seconds: f64,
+    /// The destination, redacted.
+    pub destination: String,
+    /// Whole-stream MD5 (base64) when computed.
+    pub content_md5: Option<String>,
+    /// True when the destination was a managed disk.
+    pub managed_disk: bool,
+}
+
+/// A source opened for upload: the image and the output stream's shape.
+#[derive(Debug)]
+pub struct UploadSource {
+    /// The image.
+    pub image: Arc<dyn DiskImage>,
+    /// The output's shape; its footer is what is sent last.
+    pub azure: AzurePlan,
+    /// True when the source is an Azure-ready fixed VHD sent byte for byte (own footer).
+    pub as_is: bool,
+}
+
+impl UploadSource {
+    /// Open `path`; an Azure-ready fixed VHD keeps its footer, anything else gets a new one
+    /// per `policy` (whose unique id and time stamp, if set, are used).
+    pub fn open(path: &Path, open: &OpenOptions, policy: &Policy) -> Result<UploadSource> {
+        let image: Arc<dyn DiskImage> = Arc::from(crate::open(path, open)?);
+        let info = image.info();
+        let ready = info.format == Format::Vhd
+            && info.disk_type == DiskType::Fixed
+            && !crate::azure::readiness(info)
+                .iter()
+                .any(|f| f.severity == Severity::Error);
+        if ready {
+            let file = FileSource::open(path).map_err(|e| {
+                Error::io(format!("cannot open {}", path.display()), e).in_file(path)
+            })?;
+            let at = file.size() - FOOTER_SIZE as u64;
+            let mut bytes = [0u8; FOOTER_SIZE];
+            file.read_exact_at(&mut bytes, at).map_err(|e| {
+                Error::io("cannot read the VHD footer", e)
+                    .in_file(path)
+                    .at(at)
+            })?;
+            let azure = AzurePlan {
+                source_size: info.virtual_size,
+                disk_size: info.virtual_size,
+                footer: HardDiskFooter::from_bytes(&bytes),
+            };
+            return Ok(UploadSource {
+                image,
+                azure,
+                as_is: true,
+            });
+        }
+        let azure = AzurePlan::new(image.as_ref(), policy)?;
+        Ok(UploadSource {
+            image,
+            azure,
+            as_is: false,
+        })
+    }
+}
