@@ -301,16 +301,15 @@ impl BlobClient {
         };
         let mut req = self.http.request(method, &url).timeout(timeout);
         for (n, v) in &all {
-            // reqwest sets Content-Length from the body; setting it twice would duplicate it.
-            if *n != "content-length" {
+            // reqwest sets Content-Length from a non-empty body (setting it too would
+            // duplicate it) but sends none for an empty one, which the service rejects.
+            if *n != "content-length" || len == 0 {
                 req = req.header(*n, v);
             }
         }
-        req = match body {
-            Some(b) => req.body(b),
-            // An explicit empty body makes reqwest send Content-Length: 0 (the service wants it on PUT).
-            None => req.body(Bytes::new()),
-        };
+        if let Some(b) = body {
+            req = req.body(b);
+        }
         let resp = req.send().await.map_err(|e| self.transport(&e))?;
         if resp.status().is_success() {
             return Ok(resp);
