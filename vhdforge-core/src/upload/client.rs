@@ -72,7 +72,7 @@ impl Failure {
                 format!("{op} {dest}: no answer from the service ({message}); check the network, the host name and any proxy, then retry (use --resume to keep what was sent)"),
             ),
             Failure::Status { status, code, message } => {
-                let what = if message.is_empty() { code.clone() } else { format!("{code}: {message}") };
+                let what = if message.is_empty() { code.clone() } else { format!("{code} ({})", message.trim_end_matches('.')) };
                 let (ecode, hint) = match (status, code.as_str()) {
                     (403, "AuthorizationPermissionMismatch") => (
                         "upload.permission",
