@@ -450,6 +450,20 @@ async fn fault_proxy(upstream: u16, stats: Arc<Mutex<FaultStats>>) -> u16 {
                     let stall = put_page
                         && ((n >= 3 && stats.lock().unwrap().stalled == 0)
                             || (roll == 4 && n % 3 == 0));
+                    // The very first request (the create) is throttled once: control
+                    // operations retry too.
+                    if n == 0 {
+                        stats.lock().unwrap().busy += 1;
+                        let _ = wr
+                            .write_all(&response(
+                                503,
+                                "Server Busy",
+                                &[("x-ms-error-code", "ServerBusy".into())],
+                                b"",
+                            ))
+                            .await;
+                        continue;
+                    }
                     if stall {
                         stats.lock().unwrap().stalled += 1;
                         tokio::time::sleep(Duration::from_secs(4)).await;

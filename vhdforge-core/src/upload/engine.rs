@@ -1,7 +1,7 @@
 //! The upload engine: destination preparation, the bounded read → checksum → send
 //! pipeline, retries with backoff and AIMD concurrency, resume, footer last.
 
-use super::client::{md5_header, BlobClient, Class, Failure, Integrity};
+use super::client::{md5_header, with_retries, BlobClient, Class, Failure, Integrity};
 use super::journal::{self, Journal, SourceIdentity};
 use super::plan::{self, is_covered, normalize, subtract, DataPlan, PAGE};
 use super::{PlanSummary, Progress, UploadOptions, UploadSource, UploadSummary};
@@ -11,7 +11,6 @@ use crate::format::vhd::footer::FOOTER_SIZE;
 use crate::image::DiskImage;
 use bytes::Bytes;
 use md5::Digest;
-use rand::Rng;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,14 +80,7 @@ impl Ctx {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        let r = &self.opts.retry;
-        let exp = r
-            .base_delay
-            .saturating_mul(1u32 << attempt.min(16).saturating_sub(1))
-            .min(r.max_delay);
-        // "Equal jitter": half fixed, half random, so concurrent retries spread out.
-        let half = exp / 2;
-        half + half.mul_f64(rand::thread_rng().gen::<f64>())
+        super::client::backoff(&self.opts.retry, attempt)
     }
 
     fn timeout_for(&self, len: u64) -> Duration {
@@ -344,6 +336,16 @@ pub async fn upload(
                 )
             })??
     };
+    if !managed && output_size > crate::azure::MAX_PAGE_BLOB {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            "upload.too_large",
+            format!(
+                "this image uploads as {output_size} bytes, more than the 8 TiB a page blob holds; \
+                 upload it straight to a managed disk (az disk create --upload-type Upload --upload-size-bytes {output_size})"
+            ),
+        ));
+    }
     let footer = azure.footer_bytes();
     let plan_hash = data_plan.hash(&footer);
     if let Some(j) = &old {
@@ -375,9 +377,14 @@ pub async fn upload(
             ),
         ))
     };
+    let pre_retries = AtomicU64::new(0);
+    let on_retry = |f: &Failure| {
+        pre_retries.fetch_add(1, Ordering::Relaxed);
+        progress.retried(&describe(f));
+    };
+    let policy = &opts.retry;
     if managed || opts.resume {
-        let props = client
-            .head()
+        let props = with_retries(policy, &on_retry, || client.head())
             .await
             .map_err(|f| f.into_error("reading the properties of", &shown))?;
         if !props.blob_type.is_empty() && !props.blob_type.eq_ignore_ascii_case("PageBlob") {
@@ -389,16 +396,40 @@ pub async fn upload(
         }
         size_check(props.size)?;
         present = normalize(
-            client
-                .page_ranges()
+            with_retries(policy, &on_retry, || client.page_ranges())
                 .await
                 .map_err(|f| f.into_error("listing the page ranges of", &shown))?,
         );
     } else {
-        client
-            .create_page_blob(output_size, opts.overwrite)
-            .await
-            .map_err(|f| f.into_error("creating", &shown))?;
+        // A retried create whose first attempt did arrive finds the blob existing: accept
+        // it when it has this upload's size and no pages yet.
+        let mut tried = false;
+        let created = with_retries(policy, &on_retry, || {
+            let again = std::mem::replace(&mut tried, true);
+            let client = &client;
+            async move {
+                match client.create_page_blob(output_size, opts.overwrite).await {
+                    Err(Failure::Status {
+                        status: 409, code, ..
+                    }) if again && code == "BlobAlreadyExists" => {
+                        let props = client.head().await?;
+                        let pages = client.page_ranges().await?;
+                        if props.size == output_size && pages.is_empty() {
+                            Ok(())
+                        } else {
+                            Err(Failure::Status {
+                                status: 409,
+                                code,
+                                message: String::new(),
+                            })
+                        }
+                    }
+                    other => other,
+                }
+            }
+        })
+        .await;
+        created.map_err(|f| f.into_error("creating", &shown))?;
     }
 
     // What is already done (resume): a request counts when the destination holds it fully,
@@ -426,8 +457,7 @@ pub async fn upload(
     let stale = subtract(&present, &data_plan.requests);
     let stale = subtract(&stale, std::slice::from_ref(&(azure.disk_size..u64::MAX)));
     for r in &stale {
-        client
-            .clear_pages(r.clone())
+        with_retries(policy, &on_retry, || client.clear_pages(r.clone()))
             .await
             .map_err(|f| f.into_error("clearing stale pages of", &shown))?;
     }
@@ -575,8 +605,7 @@ pub async fn upload(
     progress.sent(FOOTER_SIZE as u64);
 
     if let Some(m) = &md5 {
-        client
-            .set_content_md5(m)
+        with_retries(policy, &on_retry, || client.set_content_md5(m))
             .await
             .map_err(|f| f.into_error("setting Content-MD5 of", &shown))?;
     }
@@ -588,7 +617,7 @@ pub async fn upload(
         bytes_skipped: summary_plan.bytes_skipped,
         bytes_already_present: summary_plan.bytes_already_present,
         requests: ctx.requests.load(Ordering::Relaxed),
-        retries: ctx.retries.load(Ordering::Relaxed),
+        retries: ctx.retries.load(Ordering::Relaxed) + pre_retries.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
         destination: shown,
         content_md5: md5,
@@ -602,4 +631,47 @@ fn cancelled() -> Error {
         "upload.cancelled",
         "upload interrupted; run the same command with --resume to send only what is missing",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aimd_cuts_on_throttle_and_recovers() {
+        let a = Aimd::new(8);
+        assert_eq!(a.limit(), 8);
+        // One burst of 503s is one signal: cut to 70 % once.
+        a.throttled();
+        a.throttled();
+        assert_eq!(a.limit(), 5);
+        // Never below one request in flight.
+        for _ in 0..20 {
+            a.state.lock().unwrap().1 = Instant::now() - Duration::from_secs(1);
+            a.throttled();
+        }
+        assert_eq!(a.limit(), 1);
+        // Successes grow it back gradually, up to the configured maximum and no further.
+        for _ in 0..3 {
+            a.success();
+        }
+        assert!((2..=3).contains(&a.limit()), "{}", a.limit());
+        for _ in 0..1000 {
+            a.success();
+        }
+        assert_eq!(a.limit(), 8);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = super::super::RetryPolicy {
+            max_attempts: 5,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+        };
+        for (attempt, lo, hi) in [(1, 50, 100), (2, 100, 200), (3, 200, 400), (10, 500, 1000)] {
+            let d = super::super::client::backoff(&p, attempt).as_millis();
+            assert!((lo..=hi).contains(&d), "attempt {attempt}: {d} ms");
+        }
+    }
 }

@@ -6,9 +6,10 @@
 //! With `full`: every listed range is read back and compared byte for byte (pages outside
 //! the ranges read as zero, and the coverage check proves the source is zero there).
 
+use super::client::with_retries;
 use super::client::BlobClient;
 use super::plan::{self, subtract, MAX_PUT_PAGE};
-use super::{CredentialEnv, UploadSource, DEFAULT_API_VERSION};
+use super::{CredentialEnv, RetryPolicy, UploadSource, DEFAULT_API_VERSION};
 use crate::convert::Policy;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::vhd::footer::{HardDiskFooter, COOKIE, FOOTER_SIZE};
@@ -36,6 +37,8 @@ pub struct VerifyOptions {
     pub credentials: CredentialEnv,
     /// How to open the source.
     pub open: OpenOptions,
+    /// Retries of the reads.
+    pub retry: RetryPolicy,
 }
 
 impl Default for VerifyOptions {
@@ -47,6 +50,7 @@ impl Default for VerifyOptions {
             bridge_bytes: plan::DEFAULT_BRIDGE,
             credentials: CredentialEnv::default(),
             open: OpenOptions::default(),
+            retry: RetryPolicy::default(),
         }
     }
 }
@@ -110,8 +114,9 @@ pub async fn verify(source: &Path, dest: &str, opts: VerifyOptions) -> Result<Ve
         differences: Vec::new(),
         full: opts.full,
     };
-    let props = client
-        .head()
+    let quiet = |_: &super::client::Failure| {};
+    let policy = &opts.retry;
+    let props = with_retries(policy, &quiet, || client.head())
         .await
         .map_err(|f| f.into_error("reading the properties of", &shown))?;
     if props.size != output_size {
@@ -126,10 +131,11 @@ pub async fn verify(source: &Path, dest: &str, opts: VerifyOptions) -> Result<Ve
     }
 
     // Footer.
-    let got = client
-        .get_range(azure.disk_size..output_size)
-        .await
-        .map_err(|f| f.into_error("reading the footer of", &shown))?;
+    let got = with_retries(policy, &quiet, || {
+        client.get_range(azure.disk_size..output_size)
+    })
+    .await
+    .map_err(|f| f.into_error("reading the footer of", &shown))?;
     let mut got_arr = [0u8; FOOTER_SIZE];
     got_arr.copy_from_slice(&got);
     let want = azure.footer_bytes();
@@ -167,8 +173,7 @@ pub async fn verify(source: &Path, dest: &str, opts: VerifyOptions) -> Result<Ve
 
     // Page ranges against the plan.
     let present = plan::normalize(
-        client
-            .page_ranges()
+        with_retries(policy, &quiet, || client.page_ranges())
             .await
             .map_err(|f| f.into_error("listing the page ranges of", &shown))?,
     );
@@ -237,9 +242,9 @@ pub async fn verify(source: &Path, dest: &str, opts: VerifyOptions) -> Result<Ve
             let image = image.clone();
             let az = az.clone();
             let shown = shown.clone();
+            let policy = opts.retry.clone();
             set.spawn(async move {
-                let remote = client
-                    .get_range(p.clone())
+                let remote = with_retries(&policy, &|_| {}, || client.get_range(p.clone()))
                     .await
                     .map_err(|f| f.into_error("reading", &shown))?;
                 let r2 = p.clone();
