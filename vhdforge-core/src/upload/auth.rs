@@ -162,6 +162,33 @@ pub fn resolve(query: Option<&str>, env: &CredentialEnv) -> Result<Credential> {
     ))
 }
 
+/// The full blob URL for `dest`: a URL is kept; `CONTAINER/BLOB` is joined to the
+/// connection string's BlobEndpoint, or to `https://ACCOUNT.blob.core.windows.net`.
+pub fn expand_destination(dest: &str, env: &CredentialEnv) -> Result<String> {
+    if dest.contains("://") {
+        return Ok(dest.to_string());
+    }
+    let rel = dest.trim_start_matches('/');
+    if let Some(cs) = &env.connection_string {
+        let (key, endpoint) = parse_connection_string(cs)?;
+        let base =
+            endpoint.unwrap_or_else(|| format!("https://{}.blob.core.windows.net", key.account));
+        return Ok(format!("{}/{rel}", base.trim_end_matches('/')));
+    }
+    if let Some(a) = &env.account {
+        return Ok(format!("https://{a}.blob.core.windows.net/{rel}"));
+    }
+    Err(Error::new(
+        ErrorKind::InvalidInput,
+        "upload.url",
+        format!(
+            "{:?} is not a URL; give https://ACCOUNT.blob.core.windows.net/CONTAINER/BLOB, or CONTAINER/BLOB with \
+             AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT set",
+            super::redact::redact(dest)
+        ),
+    ))
+}
+
 /// Standard headers in string-to-sign order (Shared Key, versions ≥ 2015-02-21).
 const SIGNED_STANDARD_HEADERS: [&str; 11] = [
     "content-encoding",
@@ -334,6 +361,50 @@ mod tests {
         // Debug never shows the key.
         assert!(!format!("{env:?}").contains(DEV_KEY));
         assert!(!format!("{:?}", SharedKey::new("a", DEV_KEY).unwrap()).contains(DEV_KEY));
+    }
+
+    #[test]
+    fn destination_expansion() {
+        let cs = CredentialEnv {
+            connection_string: Some(format!("AccountName=devstoreaccount1;AccountKey={DEV_KEY};BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1/;")),
+            ..CredentialEnv::default()
+        };
+        let acct = CredentialEnv {
+            account: Some("acct".into()),
+            key: Some(DEV_KEY.into()),
+            ..CredentialEnv::default()
+        };
+        let cases = [
+            // A URL is kept as it is.
+            (
+                "https://a.blob.core.windows.net/c/b",
+                &acct,
+                Some("https://a.blob.core.windows.net/c/b"),
+            ),
+            // CONTAINER/BLOB joins the connection string's endpoint (emulator path style).
+            (
+                "c/b.vhd",
+                &cs,
+                Some("http://127.0.0.1:10000/devstoreaccount1/c/b.vhd"),
+            ),
+            // ... or the account's public endpoint.
+            (
+                "/c/b.vhd",
+                &acct,
+                Some("https://acct.blob.core.windows.net/c/b.vhd"),
+            ),
+            // Nothing to join to: an error.
+            ("c/b.vhd", &CredentialEnv::default(), None),
+        ];
+        for (dest, env, want) in cases {
+            match want {
+                Some(w) => assert_eq!(expand_destination(dest, env).unwrap(), w, "{dest}"),
+                None => assert_eq!(
+                    expand_destination(dest, env).unwrap_err().code(),
+                    "upload.url"
+                ),
+            }
+        }
     }
 
     #[test]

@@ -220,6 +220,8 @@ impl BlobClient {
         api_version: &str,
         connections: usize,
     ) -> Result<BlobClient> {
+        let expanded = auth::expand_destination(url, env)?;
+        let url = expanded.as_str();
         let display = redact(url);
         let bad = |msg: String| Error::new(ErrorKind::InvalidInput, "upload.url", msg);
         let parsed = reqwest::Url::parse(url).map_err(|e| bad(format!("{display} is not a blob URL ({e}); expected https://ACCOUNT.blob.core.windows.net/CONTAINER/BLOB[?SAS]")))?;
@@ -262,7 +264,12 @@ impl BlobClient {
         let mut base = parsed.clone();
         base.set_query(None);
         base.set_fragment(None);
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if is_loopback_host(&host) {
+            // A proxy from the environment must not intercept an emulator or a local mock.
+            builder = builder.no_proxy();
+        }
+        let http = builder
             .connect_timeout(Duration::from_secs(20))
             .pool_max_idle_per_host(connections.max(1))
             // Azurite closes idle connections after 5 s; do not keep them longer.
@@ -291,6 +298,11 @@ impl BlobClient {
     /// The destination URL, redacted (safe to show).
     pub fn display(&self) -> &str {
         &self.display
+    }
+
+    /// The blob URL without query (no secrets): the destination's identity.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     /// The host name.

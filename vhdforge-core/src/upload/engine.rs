@@ -290,7 +290,7 @@ pub async fn upload(
 
     // The journal: identity checks and the footer identity of a converted source.
     let identity = SourceIdentity::of(source)?;
-    let jpath = journal::path_for(source, dest, opts.state_dir.as_deref());
+    let jpath = journal::path_for(source, client.base(), opts.state_dir.as_deref());
     let old = if opts.resume {
         journal::load(&jpath)?
     } else {
@@ -488,7 +488,7 @@ pub async fn upload(
     let mut jstate = JournalState {
         path: jpath.clone(),
         journal: journal::new(
-            dest,
+            client.base(),
             identity,
             azure.footer.unique_id,
             azure.footer.time_stamp.get(),

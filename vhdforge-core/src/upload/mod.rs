@@ -202,7 +202,16 @@ impl UploadSource {
             let file = FileSource::open(path).map_err(|e| {
                 Error::io(format!("cannot open {}", path.display()), e).in_file(path)
             })?;
-            let at = file.size() - FOOTER_SIZE as u64;
+            // Readiness guarantees file length = size + 512; checked again for a file that
+            // changed under us.
+            let at = file.size().checked_sub(FOOTER_SIZE as u64).ok_or_else(|| {
+                Error::corrupt(
+                    "upload.source_changed",
+                    0,
+                    "the file is shorter than a VHD footer",
+                )
+                .in_file(path)
+            })?;
             let mut bytes = [0u8; FOOTER_SIZE];
             file.read_exact_at(&mut bytes, at).map_err(|e| {
                 Error::io("cannot read the VHD footer", e)

@@ -126,7 +126,10 @@ impl Azurite {
             if qs.is_empty() { "" } else { "?" },
             qs.join("&")
         );
-        let mut req = reqwest::Client::new()
+        let mut req = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
             .request(method.parse().unwrap(), url)
             .header("authorization", auth);
         for (n, v) in &all {
