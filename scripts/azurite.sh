@@ -2,9 +2,10 @@
 # Azurite (the Azure Storage emulator) for vhdforge's upload tests.
 #
 #   scripts/azurite.sh install   npm-install azurite@3.37.0 into .tools/azurite (idempotent)
-#   scripts/azurite.sh start     start azurite-blob on a free 127.0.0.1 port, in memory;
+#   scripts/azurite.sh start [--extentMemoryLimit MB]
+#                                start azurite-blob on a free 127.0.0.1 port, in memory;
 #                                prints the port; pid and port go to .tools/azurite/run/
-#                                (env AZURITE_EXTENT_MEMORY_LIMIT=<MB> caps its memory store)
+#                                (the limit caps its in-memory store; default: half the RAM)
 #   scripts/azurite.sh stop      stop the instance started by `start`
 #
 # The Rust integration tests start their own instance from the same install; they need
@@ -46,8 +47,11 @@ cmd_start() {
   local port
   port="$(free_port)"
   local extra=()
-  if [[ -n "${AZURITE_EXTENT_MEMORY_LIMIT:-}" ]]; then
-    extra+=(--extentMemoryLimit "$AZURITE_EXTENT_MEMORY_LIMIT")
+  if [[ "${1:-}" == "--extentMemoryLimit" && -n "${2:-}" ]]; then
+    extra+=(--extentMemoryLimit "$2")
+  elif [[ -n "${1:-}" ]]; then
+    echo "azurite.sh: unknown start option $1 (expected --extentMemoryLimit MB)" >&2
+    exit 2
   fi
   "$BIN" --blobHost 127.0.0.1 --blobPort "$port" --inMemoryPersistence --disableTelemetry --silent \
     "${extra[@]}" >"$RUN/azurite.log" 2>&1 &
@@ -79,7 +83,7 @@ cmd_stop() {
 
 case "${1:-}" in
   install) cmd_install ;;
-  start) cmd_start ;;
+  start) shift; cmd_start "$@" ;;
   stop) cmd_stop ;;
   *) echo "usage: $0 install|start|stop" >&2; exit 2 ;;
 esac

@@ -298,3 +298,110 @@ pub fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         ExitCode::from(1)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Up {
+        #[command(flatten)]
+        args: UploadArgs,
+    }
+
+    #[derive(Parser)]
+    struct Ver {
+        #[command(flatten)]
+        args: VerifyArgs,
+    }
+
+    #[test]
+    fn upload_arguments() {
+        // Defaults.
+        let a = Up::try_parse_from([
+            "x",
+            "disk.vhdx",
+            "https://a.blob.core.windows.net/c/b?sig=s",
+        ])
+        .unwrap()
+        .args;
+        assert_eq!(
+            (a.concurrency, a.bridge_kib, a.api_version.as_str()),
+            (8, 64, DEFAULT_API_VERSION)
+        );
+        assert!(!a.resume && !a.overwrite && !a.managed_disk);
+        // Resume and overwrite contradict each other.
+        assert!(Up::try_parse_from(["x", "d", "u", "--resume", "--overwrite"]).is_err());
+        // Concurrency is bounded.
+        assert!(Up::try_parse_from(["x", "d", "u", "--concurrency", "0"]).is_err());
+        assert!(Up::try_parse_from(["x", "d", "u", "--concurrency", "300"]).is_err());
+        // Every documented flag parses.
+        let a = Up::try_parse_from([
+            "x",
+            "d",
+            "u",
+            "--concurrency",
+            "16",
+            "--json",
+            "--content-md5",
+            "--md5-per-request",
+            "--managed-disk",
+            "--api-version",
+            "2023-11-03",
+            "--bridge-kib",
+            "0",
+            "--state-dir",
+            "/tmp",
+            "--allow-any-size",
+            "--allow-4k-sectors",
+            "--resume",
+        ])
+        .unwrap()
+        .args;
+        assert_eq!(a.concurrency, 16);
+        assert!(
+            a.json
+                && a.content_md5
+                && a.md5_per_request
+                && a.managed_disk
+                && a.resume
+                && a.allow_any_size
+                && a.allow_4k_sectors
+        );
+        let v = Ver::try_parse_from(["x", "d", "u", "--full", "--json"])
+            .unwrap()
+            .args;
+        assert!(v.full && v.json);
+    }
+
+    #[test]
+    fn help_teaches_the_flows() {
+        use clap::CommandFactory;
+        let help = Up::command().render_long_help().to_string();
+        for needle in [
+            "SAS",
+            "AZURE_STORAGE_CONNECTION_STRING",
+            "grant-access",
+            "--upload-size-bytes",
+            "--resume",
+            "revoke-access",
+        ] {
+            assert!(help.contains(needle), "upload help lacks {needle}");
+        }
+    }
+
+    #[test]
+    fn human_sizes() {
+        let cases = [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1024, "1.0 KiB"),
+            (3 << 20, "3.0 MiB"),
+            (5 << 30, "5.0 GiB"),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(human(bytes), want);
+        }
+    }
+}

@@ -576,13 +576,22 @@ pub async fn upload(
         return Err(e);
     }
     drop(rx);
-    let md5 = reader_task.await.map_err(|e| {
-        Error::new(
-            ErrorKind::Io,
-            "upload.internal",
-            format!("reader task failed: {e}"),
-        )
-    })??;
+    let md5 = match reader_task.await {
+        Ok(Ok(m)) => m,
+        // A read failure (source vanished, I/O error): keep what was sent for --resume.
+        Ok(Err(e)) => {
+            let _ = jstate.flush();
+            return Err(e);
+        }
+        Err(e) => {
+            let _ = jstate.flush();
+            return Err(Error::new(
+                ErrorKind::Io,
+                "upload.internal",
+                format!("reader task failed: {e}"),
+            ));
+        }
+    };
     if ctx.opts.cancel.load(Ordering::Relaxed) {
         let _ = jstate.flush();
         return Err(cancelled());
