@@ -579,3 +579,109 @@ async fn faults_are_retried_and_upload_completes() {
     .unwrap();
     assert!(r.identical, "{:?}", r.differences);
 }
+
+/// Prints `sent <bytes>` per completed request, for the parent to count.
+struct Lines;
+
+impl Progress for Lines {
+    fn sent(&self, bytes: u64) {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "sent {bytes}");
+        let _ = out.flush();
+    }
+}
+
+/// The child half of the SIGKILL test: this test binary re-run with `UPLOAD_CHILD_SRC`
+/// and `UPLOAD_CHILD_DEST` set uploads and reports progress; otherwise a no-op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_upload_entry() {
+    let (Ok(src), Ok(dest)) = (
+        std::env::var("UPLOAD_CHILD_SRC"),
+        std::env::var("UPLOAD_CHILD_DEST"),
+    ) else {
+        return;
+    };
+    let o = UploadOptions {
+        concurrency: 2,
+        credentials: CredentialEnv::from_process_env(),
+        ..UploadOptions::default()
+    };
+    upload::upload(std::path::Path::new(&src), &dest, o, Arc::new(Lines))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_sigkill_of_a_child_process() {
+    use std::io::BufRead;
+    let az = container("killed").await;
+    let dir = tempfile::tempdir().unwrap();
+    let regions: Vec<(u64, usize)> = (0..20).map(|i| (i * 2 * MIB + 777, 700_000)).collect();
+    let src = sparse_image(dir.path(), "k.raw", 48 * MIB, &regions);
+    let area = expected_disk_area(&src);
+    for (trial, kill_after) in [(0u32, 1usize), (1, 6), (2, 13)] {
+        let blob = format!("k{trial}.vhd");
+        let url = az.blob_url("killed", &blob);
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_upload_entry",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("UPLOAD_CHILD_SRC", &src)
+            .env("UPLOAD_CHILD_DEST", &url)
+            .env(
+                "AZURE_STORAGE_CONNECTION_STRING",
+                az.env().connection_string.unwrap(),
+            )
+            .env_remove("AZURE_STORAGE_ACCOUNT")
+            .env_remove("AZURE_STORAGE_KEY")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut sent = 0u64;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut seen = 0;
+        while seen < kill_after {
+            let Some(Ok(l)) = lines.next() else { break };
+            // Lines from the test harness itself are not ours.
+            if let Some(n) = l.strip_prefix("sent ") {
+                sent += n.parse::<u64>().unwrap();
+                seen += 1;
+            }
+        }
+        assert_eq!(
+            seen, kill_after,
+            "trial {trial}: the child ended before {kill_after} requests"
+        );
+        // SIGKILL: no journal flush, no cleanup, requests cut mid-body.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let s = upload::upload(
+            &src,
+            &url,
+            UploadOptions {
+                resume: true,
+                ..opts(az.env())
+            },
+            Arc::new(Counter::default()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("trial {trial}: {e}"));
+        let (bytes, _) = az.download("killed", &blob).await;
+        assert_stream(&bytes, &area);
+        assert!(
+            s.bytes_already_present >= sent,
+            "trial {trial}: completed {sent} bytes, found {}",
+            s.bytes_already_present
+        );
+        eprintln!(
+            "sigkill trial {trial}: killed after {kill_after} requests ({sent} bytes); resume sent {} bytes in {} requests, {} present",
+            s.bytes_sent, s.requests, s.bytes_already_present
+        );
+    }
+}
