@@ -100,6 +100,7 @@ impl Failure {
                         "the service refused the page range: the destination is smaller than the image (for a managed disk, the disk was created with the wrong --upload-size-bytes)"
                             .to_string(),
                     ),
+                    (200, _) => ("upload.protocol", "the service's answer could not be understood (is DEST a Blob service endpoint?)".to_string()),
                     (400, "InvalidHeaderValue") => ("upload.http", "the service refused a header: try another --api-version (the default is 2021-08-06)".to_string()),
                     _ => ("upload.http", "the service refused the request".to_string()),
                 };

@@ -290,7 +290,15 @@ pub async fn upload(
 
     // The journal: identity checks and the footer identity of a converted source.
     let identity = SourceIdentity::of(source)?;
-    let jpath = journal::path_for(source, client.base(), opts.state_dir.as_deref());
+    let state_dir = match &opts.state_dir {
+        Some(d) => Some(d.clone()),
+        // A device node's directory (/dev) is no place for a journal.
+        None if !std::fs::metadata(source).is_ok_and(|m| m.is_file()) => {
+            Some(journal::default_state_dir()?)
+        }
+        None => None,
+    };
+    let jpath = journal::path_for(source, client.base(), state_dir.as_deref());
     let old = if opts.resume {
         journal::load(&jpath)?
     } else {

@@ -98,6 +98,31 @@ pub fn path_for(source: &Path, dest: &str, state_dir: Option<&Path>) -> PathBuf 
     }
 }
 
+/// The per-user state directory (`$XDG_STATE_HOME/vhdforge`, else
+/// `~/.local/state/vhdforge`), created if needed; used when the source is not a regular file.
+pub fn default_state_dir() -> Result<PathBuf> {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .or_else(|| std::env::var_os("LOCALAPPDATA").map(PathBuf::from))
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                "upload.journal",
+                "no state directory (HOME unset): pass --state-dir",
+            )
+        })?;
+    let dir = base.join("vhdforge");
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        Error::io(
+            format!("cannot create the state directory {}", dir.display()),
+            e,
+        )
+    })?;
+    Ok(dir)
+}
+
 /// Load a journal; `Ok(None)` when there is none.
 pub fn load(path: &Path) -> Result<Option<Journal>> {
     let meta = match std::fs::metadata(path) {

@@ -102,7 +102,13 @@ pub async fn verify(source: &Path, dest: &str, opts: VerifyOptions) -> Result<Ve
         opts.concurrency.max(1),
     )?;
     let shown = client.display().to_string();
-    let src = UploadSource::open(source, &opts.open, &Policy::default())?;
+    // Whatever the upload was allowed to send is what is compared: no size/sector policy here.
+    let policy = Policy {
+        allow_any_size: true,
+        allow_4k_sectors: true,
+        ..Policy::default()
+    };
+    let src = UploadSource::open(source, &opts.open, &policy)?;
     let azure = src.azure.clone();
     let output_size = azure.output_size();
     let mut report = VerifyReport {
