@@ -192,6 +192,15 @@ impl UploadSource {
     /// per `policy` (whose unique id and time stamp, if set, are used).
     pub fn open(path: &Path, open: &OpenOptions, policy: &Policy) -> Result<UploadSource> {
         let image: Arc<dyn DiskImage> = Arc::from(crate::open(path, open)?);
+        Self::from_image(image, path, policy)
+    }
+
+    /// As [`UploadSource::open`], for an image already opened from `path`.
+    pub fn from_image(
+        image: Arc<dyn DiskImage>,
+        path: &Path,
+        policy: &Policy,
+    ) -> Result<UploadSource> {
         let info = image.info();
         let ready = info.format == Format::Vhd
             && info.disk_type == DiskType::Fixed
@@ -235,5 +244,92 @@ impl UploadSource {
             azure,
             as_is: false,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::finding::Finding;
+    use crate::image::{Allocation, Extent, ImageInfo};
+    use std::io::Write;
+
+    /// A stand-in for the VHD reader: the first `virtual_size` bytes of a file, declared
+    /// as a fixed VHD.
+    #[derive(Debug)]
+    struct FakeFixedVhd {
+        info: ImageInfo,
+        data: Vec<u8>,
+    }
+
+    impl DiskImage for FakeFixedVhd {
+        fn info(&self) -> &ImageInfo {
+            &self.info
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+            let o = offset as usize;
+            buf.copy_from_slice(&self.data[o..o + buf.len()]);
+            Ok(())
+        }
+        fn extents(&self, start: u64, length: u64, out: &mut Vec<Extent>) -> Result<()> {
+            out.push(Extent {
+                start,
+                length,
+                allocation: Allocation::Data {
+                    layer: 0,
+                    file_offset: start,
+                },
+            });
+            Ok(())
+        }
+        fn findings(&self) -> &[Finding] {
+            &[]
+        }
+    }
+
+    fn fake(dir: &Path, virtual_size: u64) -> (PathBuf, Arc<dyn DiskImage>, [u8; FOOTER_SIZE]) {
+        let footer = HardDiskFooter::new_fixed(virtual_size, [9; 16], 1234).to_bytes();
+        let path = dir.join("fixed.vhd");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let data = vec![0x5a; virtual_size as usize];
+        f.write_all(&data).unwrap();
+        f.write_all(&footer).unwrap();
+        let info = ImageInfo {
+            path: path.clone(),
+            format: Format::Vhd,
+            disk_type: DiskType::Fixed,
+            virtual_size,
+            logical_sector_size: 512,
+            physical_sector_size: 512,
+            block_size: None,
+            file_size: virtual_size + FOOTER_SIZE as u64,
+            identifier: None,
+            parent: None,
+            parent_identifier: None,
+            vhd_footer_size: Some(512),
+            creator: None,
+        };
+        (path, Arc::new(FakeFixedVhd { info, data }), footer)
+    }
+
+    #[test]
+    fn azure_ready_vhd_is_sent_as_is_and_others_are_converted() {
+        let dir = tempfile::tempdir().unwrap();
+        // Azure-ready (20 MiB, whole MiB): its own footer, byte for byte, no padding.
+        let (path, image, footer) = fake(dir.path(), 20 << 20);
+        let policy = Policy {
+            unique_id: Some([1; 16]),
+            ..Policy::default()
+        };
+        let s = UploadSource::from_image(image, &path, &policy).unwrap();
+        assert!(s.as_is);
+        assert_eq!(s.azure.footer_bytes(), footer);
+        assert_eq!(s.azure.output_size(), (20 << 20) + 512);
+        // Not a whole MiB: not Azure-ready, so converted (padded, vhdforge's footer with the policy's id).
+        let (path, image, _) = fake(dir.path(), (20 << 20) + 4096);
+        let s = UploadSource::from_image(image, &path, &policy).unwrap();
+        assert!(!s.as_is);
+        assert_eq!(s.azure.disk_size, 21 << 20);
+        assert_eq!(s.azure.footer.unique_id, [1; 16]);
     }
 }
