@@ -73,11 +73,8 @@ pub struct Journal {
 impl Journal {
     /// Completed ranges.
     pub fn done_ranges(&self) -> Vec<Range<u64>> {
-        self.done
-            .iter()
-            .filter(|(s, e)| s < e)
-            .map(|&(s, e)| s..e)
-            .collect()
+        // From a file: sort and merge before anyone binary-searches it.
+        super::plan::normalize(self.done.iter().map(|&(s, e)| s..e).collect())
     }
 }
 

@@ -145,8 +145,20 @@ pub fn subtract(ranges: &[Range<u64>], covered: &[Range<u64>]) -> Vec<Range<u64>
 }
 
 /// True when `[start, end)` lies entirely inside the union of sorted disjoint `covered`.
+/// A binary search, so checking every request of a big plan stays cheap.
 pub fn is_covered(start: u64, end: u64, covered: &[Range<u64>]) -> bool {
-    subtract(std::slice::from_ref(&(start..end)), covered).is_empty()
+    let mut i = covered.partition_point(|c| c.end <= start);
+    let mut pos = start;
+    while pos < end {
+        match covered.get(i) {
+            Some(c) if c.start <= pos => {
+                pos = c.end;
+                i += 1;
+            }
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Sort and merge touching/overlapping ranges.
@@ -316,6 +328,24 @@ mod tests {
                 .map(|r| (r.start, r.end))
                 .collect();
             assert_eq!(&got, want, "{what}");
+        }
+    }
+
+    proptest! {
+        // subtract and is_covered agree with a page-by-page model.
+        #[test]
+        fn range_ops_match_a_bitmap(a in prop::collection::vec((0u64..200, 1u64..20), 0..12),
+                                     b in prop::collection::vec((0u64..200, 1u64..20), 0..12),
+                                     q in (0u64..220, 1u64..30)) {
+            let ranges = normalize(a.iter().map(|&(s, l)| s..s + l).collect());
+            let covered = normalize(b.iter().map(|&(s, l)| s..s + l).collect());
+            let inside = |v: &[Range<u64>], x: u64| v.iter().any(|r| r.contains(&x));
+            let diff = subtract(&ranges, &covered);
+            for x in 0..240 {
+                prop_assert_eq!(inside(&diff, x), inside(&ranges, x) && !inside(&covered, x), "unit {}", x);
+            }
+            let (qs, qe) = (q.0, q.0 + q.1);
+            prop_assert_eq!(is_covered(qs, qe, &covered), (qs..qe).all(|x| inside(&covered, x)));
         }
     }
 
