@@ -49,22 +49,40 @@ impl DataPlan {
 
 /// Build the plan for the disk area of `plan` read from `image`, bridging gaps `< bridge`.
 pub fn plan_requests(image: &dyn DiskImage, plan: &AzurePlan, bridge: u64) -> Result<DataPlan> {
-    let mut builder = Coalescer::new(bridge);
-    let pieces = data_pieces(image, 0..plan.source_size, MAX_PUT_PAGE)?;
+    Ok(plan_requests_multi(image, plan, &[bridge])?.remove(0))
+}
+
+/// One plan per bridge value from a single pass over the data (verify needs the exact
+/// non-zero pages and the bridged requests).
+pub fn plan_requests_multi(
+    image: &dyn DiskImage,
+    plan: &AzurePlan,
+    bridges: &[u64],
+) -> Result<Vec<DataPlan>> {
+    /// The metadata is walked in windows so the piece list stays small on huge disks.
+    const WINDOW: u64 = 64 << 30;
+    let mut builders: Vec<Coalescer> = bridges.iter().map(|&b| Coalescer::new(b)).collect();
     let mut buf = vec![0u8; MAX_PUT_PAGE as usize];
-    for piece in pieces {
-        let len = (piece.end - piece.start) as usize;
-        let data = &mut buf[..len];
-        plan.read_disk(image, data, piece.start)?;
-        for_each_nonzero_run(data, piece.start, PAGE, |s, l| {
-            // Runs are page-aligned except where a piece starts or ends inside a page;
-            // widen to whole pages (the disk area is a whole number of MiB, so this stays inside).
-            let start = s / PAGE * PAGE;
-            let end = (s + l).div_ceil(PAGE) * PAGE;
-            builder.add(start, end.min(plan.disk_size));
-        });
+    let mut window = 0u64;
+    while window < plan.source_size {
+        let window_end = window.saturating_add(WINDOW).min(plan.source_size);
+        for piece in data_pieces(image, window..window_end, MAX_PUT_PAGE)? {
+            let len = (piece.end - piece.start) as usize;
+            let data = &mut buf[..len];
+            plan.read_disk(image, data, piece.start)?;
+            for_each_nonzero_run(data, piece.start, PAGE, |s, l| {
+                // Runs are page-aligned except where a piece starts or ends inside a page;
+                // widen to whole pages (the disk area is a whole number of MiB, so this stays inside).
+                let start = s / PAGE * PAGE;
+                let end = ((s + l).div_ceil(PAGE) * PAGE).min(plan.disk_size);
+                for b in &mut builders {
+                    b.add(start, end);
+                }
+            });
+        }
+        window = window_end;
     }
-    Ok(builder.finish())
+    Ok(builders.into_iter().map(Coalescer::finish).collect())
 }
 
 /// Turns sorted page-aligned non-zero runs into Put Page requests.

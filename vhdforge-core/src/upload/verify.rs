@@ -188,10 +188,10 @@ pub async fn verify(source: &Path, dest: &str, opts: VerifyOptions) -> Result<Ve
         let az = azure.clone();
         let bridge = opts.bridge_bytes;
         tokio::task::spawn_blocking(move || -> Result<_> {
-            Ok((
-                plan::plan_requests(image.as_ref(), &az, 0)?,
-                plan::plan_requests(image.as_ref(), &az, bridge)?,
-            ))
+            let mut plans = plan::plan_requests_multi(image.as_ref(), &az, &[0, bridge])?;
+            let bridged = plans.pop().unwrap_or_else(|| unreachable!());
+            let exact = plans.pop().unwrap_or_else(|| unreachable!());
+            Ok((exact, bridged))
         })
         .await
         .map_err(|e| {
