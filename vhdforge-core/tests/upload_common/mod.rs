@@ -51,16 +51,20 @@ impl Azurite {
             bin.display()
         );
         let port = free_port();
-        let child = Command::new(&bin)
-            .args([
-                "--blobHost",
-                "127.0.0.1",
-                "--blobPort",
-                &port.to_string(),
-                "--inMemoryPersistence",
-                "--disableTelemetry",
-                "--silent",
-            ])
+        // Through a small watchdog shell: a test binary keeps its Azurite in a static that is
+        // never dropped, so the shell stops Azurite once this process is gone (or on TERM).
+        const WATCHDOG: &str = r#"
+"$1" --blobHost 127.0.0.1 --blobPort "$2" --inMemoryPersistence --disableTelemetry --silent &
+c=$!
+trap 'kill $c 2>/dev/null; exit 0' TERM INT
+while kill -0 "$3" 2>/dev/null && kill -0 $c 2>/dev/null; do sleep 0.2; done
+kill $c 2>/dev/null
+"#;
+        let child = Command::new("sh")
+            .args(["-c", WATCHDOG, "azurite-watchdog"])
+            .arg(&bin)
+            .arg(port.to_string())
+            .arg(std::process::id().to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -170,7 +174,11 @@ impl Azurite {
 
 impl Drop for Azurite {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // TERM lets the watchdog stop Azurite itself; a KILL would orphan it.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
     }
 }
