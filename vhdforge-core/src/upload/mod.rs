@@ -9,6 +9,32 @@
 //! thread fills bounded buffers in plan order (CRC-64 per request, whole-stream MD5) →
 //! up to N Put Pages in flight, retried with backoff, N cut on throttling (AIMD) → the
 //! footer page last → optional whole-blob Content-MD5. A journal allows `--resume`.
+//!
+//! Error codes (all [`crate::ErrorKind::Remote`] unless noted):
+//!
+//! | code | meaning |
+//! |---|---|
+//! | `upload.url` | DEST is not a usable blob URL, or plain http to a non-loopback host (InvalidInput) |
+//! | `upload.credentials` | no credentials, or a malformed key / connection string (InvalidInput) |
+//! | `upload.auth` | 403: bad signature, expired or foreign SAS, wrong key, clock skew |
+//! | `upload.permission` | 403 AuthorizationPermissionMismatch: the SAS lacks write (w) |
+//! | `upload.not_found` | 404: container or blob missing |
+//! | `upload.exists` | 409 BlobAlreadyExists: use --overwrite or --resume |
+//! | `upload.conflict` | other 409 (not a page blob, lease …) |
+//! | `upload.precondition` | 412 |
+//! | `upload.range` | 413/416: page range refused (destination too small) |
+//! | `upload.size_mismatch` | destination size ≠ output size (managed disk: says the right --upload-size-bytes) |
+//! | `upload.managed_disk` | an operation a managed-disk SAS forbids was asked for (--content-md5) |
+//! | `upload.too_large` | more than 8 TiB for a page blob (Unsupported) |
+//! | `upload.http` | any other HTTP error |
+//! | `upload.protocol` | an answer that could not be understood |
+//! | `upload.transport` | no answer after all retries (connection, timeout, TLS) |
+//! | `upload.checksum` | the body kept arriving corrupted (Md5/Crc64Mismatch after all retries) |
+//! | `upload.resume` | --resume refused: no journal, or the source/plan changed (InvalidInput) |
+//! | `upload.journal` | the journal cannot be read or written (Corrupt/Io) |
+//! | `upload.cancelled` | interrupted on request (Interrupted); --resume continues |
+//! | `upload.source_changed` | an Azure-ready VHD shrank while being opened (Corrupt) |
+//! | `upload.internal`, `verify.internal` | a worker task panicked or was cancelled (Io) |
 
 pub mod auth;
 pub mod client;
