@@ -221,10 +221,16 @@ pub fn run_upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
     let cancel = opts.cancel.clone();
     let progress = Arc::new(BarProgress::new());
     let summary = rt.block_on(async {
-        // Ctrl-C: stop sending, keep the journal, tell the user how to resume.
+        // First Ctrl-C: stop sending, keep the journal, say how to resume. Second: quit now.
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 cancel.store(true, Ordering::Relaxed);
+                eprintln!(
+                    "stopping (the journal keeps what was sent; Ctrl-C again to quit at once)"
+                );
+            }
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
             }
         });
         upload::upload(&args.source, &args.dest, opts, progress.clone()).await

@@ -334,15 +334,19 @@ pub async fn upload(
         let image = src.image.clone();
         let az = azure.clone();
         let bridge = opts.bridge_bytes;
-        tokio::task::spawn_blocking(move || plan::plan_requests(image.as_ref(), &az, bridge))
-            .await
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Io,
-                    "upload.internal",
-                    format!("planner failed: {e}"),
-                )
-            })??
+        let cancel = opts.cancel.clone();
+        tokio::task::spawn_blocking(move || {
+            plan::plan_requests_multi(image.as_ref(), &az, &[bridge], &cancel)
+                .map(|mut v| v.remove(0))
+        })
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                "upload.internal",
+                format!("planner failed: {e}"),
+            )
+        })??
     };
     if !managed && output_size > crate::azure::MAX_PAGE_BLOB {
         return Err(Error::new(

@@ -16,6 +16,7 @@ use crate::format::vhd::footer::{HardDiskFooter, COOKIE, FOOTER_SIZE};
 use crate::OpenOptions;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use tokio::task::JoinSet;
 
@@ -188,7 +189,12 @@ pub async fn verify(source: &Path, dest: &str, opts: VerifyOptions) -> Result<Ve
         let az = azure.clone();
         let bridge = opts.bridge_bytes;
         tokio::task::spawn_blocking(move || -> Result<_> {
-            let mut plans = plan::plan_requests_multi(image.as_ref(), &az, &[0, bridge])?;
+            let mut plans = plan::plan_requests_multi(
+                image.as_ref(),
+                &az,
+                &[0, bridge],
+                &AtomicBool::new(false),
+            )?;
             let bridged = plans.pop().unwrap_or_else(|| unreachable!());
             let exact = plans.pop().unwrap_or_else(|| unreachable!());
             Ok((exact, bridged))
