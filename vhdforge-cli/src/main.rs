@@ -6,6 +6,7 @@
 mod convert_cmd;
 mod inspect_cmd;
 mod ui;
+mod upload_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -51,6 +52,10 @@ enum Command {
     Check(inspect_cmd::CheckArgs),
     /// Convert any image into an Azure-ready fixed VHD (sparse, parallel, safe).
     Convert(convert_cmd::ConvertArgs),
+    /// Upload an image to an Azure page blob or managed disk, sending only non-zero pages.
+    Upload(upload_cmd::UploadArgs),
+    /// Check that a destination blob holds exactly what `upload` would send for an image.
+    Verify(upload_cmd::VerifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +66,8 @@ fn main() -> ExitCode {
         Command::Info(a) => inspect_cmd::run_info(&a, &ui),
         Command::Check(a) => inspect_cmd::run_check(&a, &ui),
         Command::Convert(a) => convert_cmd::run(&a, &ui),
+        Command::Upload(a) => upload_cmd::run_upload(a),
+        Command::Verify(a) => upload_cmd::run_verify(a),
     };
     match result {
         Ok(code) => code,

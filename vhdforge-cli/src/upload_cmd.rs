@@ -1,0 +1,413 @@
+//! `vhdforge upload` and `vhdforge verify`: argument definitions, progress rendering and
+//! output; the work is `vhdforge_core::upload`.
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use vhdforge_core::convert::Policy;
+use vhdforge_core::upload::{
+    self, CredentialEnv, PlanSummary, Progress, UploadOptions, VerifyOptions, DEFAULT_API_VERSION,
+};
+
+/// Upload a disk image to an Azure page blob or a managed disk, skipping zeros.
+///
+/// The image (raw, VHD or VHDX) is sent as the Azure-ready fixed VHD `vhdforge convert`
+/// would write: an Azure-ready fixed VHD byte for byte, anything else converted on the fly
+/// (size rounded up to a whole MiB, a fixed-VHD footer added). Only non-zero 512-byte pages
+/// are sent, in parallel, each with a CRC-64; the footer goes last.
+///
+/// CREDENTIALS, in this order: a SAS in DEST (…?sv=…&sig=…; needs write permission:
+/// `az storage blob generate-sas --permissions cw …`, or a container/account SAS with
+/// `w`); else a Shared Key from AZURE_STORAGE_CONNECTION_STRING; else AZURE_STORAGE_ACCOUNT
+/// and AZURE_STORAGE_KEY. SAS signatures and keys are never printed.
+///
+/// STORAGE ACCOUNT: the page blob is created at the exact size; an existing blob is left
+/// alone unless --overwrite.
+///
+/// MANAGED DISK (direct upload): `az disk create … --upload-type Upload
+/// --upload-size-bytes N` where N is this image's output size (`vhdforge info` shows it;
+/// vhdforge says the right N if it differs), then `az disk grant-access … --access-level
+/// Write` and pass its accessSas as DEST. vhdforge recognises the md-… host, never
+/// creates or alters the blob's properties, checks the size, uploads, and you finish with
+/// `az disk revoke-access`.
+///
+/// RESUME: an interrupted upload (Ctrl-C, network loss) leaves a journal next to the source
+/// (or in --state-dir); run the same command with --resume to send only what is missing. A
+/// changed source is refused.
+#[derive(clap::Args, Debug)]
+pub struct UploadArgs {
+    /// The disk image to upload (raw, VHD or VHDX).
+    pub source: PathBuf,
+    /// The destination blob URL, e.g. https://ACCOUNT.blob.core.windows.net/CONTAINER/disk.vhd[?SAS]
+    /// or a managed disk's accessSas. Quote it: a SAS contains '&'.
+    pub dest: String,
+    /// Put Page requests in flight at once (cut automatically while the service throttles).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+    /// Replace an existing blob (storage accounts; a managed disk is always written in place).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Continue an interrupted upload of the same source to the same destination.
+    #[arg(long, conflicts_with = "overwrite")]
+    pub resume: bool,
+    /// Print a JSON summary on stdout instead of the text line.
+    #[arg(long)]
+    pub json: bool,
+    /// Store the whole image's MD5 as the blob's Content-MD5 at the end (storage accounts
+    /// only; computed while sending, no second read).
+    #[arg(long)]
+    pub content_md5: bool,
+    /// Protect each request with Content-MD5 instead of the default CRC-64.
+    #[arg(long)]
+    pub md5_per_request: bool,
+    /// Treat DEST as a managed-disk upload SAS even if its host does not look like one.
+    #[arg(long)]
+    pub managed_disk: bool,
+    /// The x-ms-version to send.
+    #[arg(long, default_value = DEFAULT_API_VERSION, value_name = "VERSION")]
+    pub api_version: String,
+    /// Zero gaps shorter than this many KiB are sent as zeros to keep requests large
+    /// (a page blob takes at most 500 requests/s).
+    #[arg(long, default_value_t = 64, value_name = "KIB")]
+    pub bridge_kib: u64,
+    /// Keep the resume journal in this directory instead of next to the source.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Upload images outside Azure's 20 MiB – 32 TiB range.
+    #[arg(long)]
+    pub allow_any_size: bool,
+    /// Upload 4096-byte-sector images although the guest will then see 512-byte sectors.
+    #[arg(long)]
+    pub allow_4k_sectors: bool,
+}
+
+/// Check that a page blob or managed disk holds exactly what `upload` sends for SOURCE.
+///
+/// Always checks the size, the footer and that every non-zero 512-byte page of the source
+/// is written at the destination while nothing is written where the source is zero
+/// (beyond gaps an upload bridges). With --full, every written range is read back and
+/// compared byte for byte. Exit status: 0 identical, 1 different (the report says where),
+/// 2 error. Credentials as for `upload` (a read SAS is enough).
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// The disk image that was uploaded.
+    pub source: PathBuf,
+    /// The blob URL (with a SAS, or credentials in the environment as for `upload`).
+    pub dest: String,
+    /// Read the written ranges back and compare bytes, not only the page map.
+    #[arg(long)]
+    pub full: bool,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Parallel reads with --full.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+    /// The x-ms-version to send.
+    #[arg(long, default_value = DEFAULT_API_VERSION, value_name = "VERSION")]
+    pub api_version: String,
+    /// The --bridge-kib the upload used.
+    #[arg(long, default_value_t = 64, value_name = "KIB")]
+    pub bridge_kib: u64,
+}
+
+/// Renders upload progress on stderr (nothing when stderr is not a terminal).
+struct BarProgress {
+    bar: Option<ProgressBar>,
+    retries: AtomicU64,
+}
+
+impl BarProgress {
+    fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = ProgressBar::new(0);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b
+        });
+        BarProgress {
+            bar,
+            retries: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Progress for BarProgress {
+    fn planned(&self, p: &PlanSummary) {
+        if let Some(b) = &self.bar {
+            b.println(format!(
+                "plan: send {} in {} requests; skip {} of zeros{}",
+                human(p.bytes_to_send),
+                p.requests,
+                human(p.bytes_skipped),
+                if p.bytes_already_present > 0 {
+                    format!("; {} already uploaded", human(p.bytes_already_present))
+                } else {
+                    String::new()
+                }
+            ));
+            b.set_length(p.bytes_to_send);
+        }
+    }
+    fn sent(&self, bytes: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(bytes);
+        }
+    }
+    fn retried(&self, reason: &str) {
+        let n = self.retries.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(b) = &self.bar {
+            b.set_message(format!("retries {n} (last: {reason})"));
+        }
+    }
+    fn note(&self, msg: &str) {
+        if let Some(b) = &self.bar {
+            b.println(msg);
+        }
+    }
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Run `vhdforge upload`. Errors come back as `Err` (the caller prints them, exit 2).
+pub fn run_upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let opts = UploadOptions {
+        concurrency: usize::from(args.concurrency),
+        overwrite: args.overwrite,
+        resume: args.resume,
+        content_md5: args.content_md5,
+        md5_per_request: args.md5_per_request,
+        api_version: args.api_version.clone(),
+        managed_disk: args.managed_disk,
+        bridge_bytes: args.bridge_kib.saturating_mul(1024),
+        state_dir: args.state_dir.clone(),
+        policy: Policy {
+            allow_4k_sectors: args.allow_4k_sectors,
+            allow_any_size: args.allow_any_size,
+            ..Policy::default()
+        },
+        credentials: CredentialEnv::from_process_env(),
+        ..UploadOptions::default()
+    };
+    let cancel = opts.cancel.clone();
+    let progress = Arc::new(BarProgress::new());
+    let summary = rt.block_on(async {
+        // First Ctrl-C: stop sending, keep the journal, say how to resume. Second: quit now.
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.store(true, Ordering::Relaxed);
+                eprintln!(
+                    "stopping (the journal keeps what was sent; Ctrl-C again to quit at once)"
+                );
+            }
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        });
+        upload::upload(&args.source, &args.dest, opts, progress.clone()).await
+    });
+    if let Some(b) = &progress.bar {
+        b.finish_and_clear();
+    }
+    let summary = summary?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "uploaded {} to {}: sent {} in {} requests, skipped {} of zeros{}, {} retries, {:.1} s",
+            args.source.display(),
+            summary.destination,
+            human(summary.bytes_sent),
+            summary.requests,
+            human(summary.bytes_skipped),
+            if summary.bytes_already_present > 0 {
+                format!(", {} already there", human(summary.bytes_already_present))
+            } else {
+                String::new()
+            },
+            summary.retries,
+            summary.seconds
+        );
+        if summary.managed_disk {
+            println!("next: `az disk revoke-access -g RG -n DISK` to finish the import");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run `vhdforge verify`: exit 0 identical, 1 different; errors come back as `Err` (exit 2).
+pub fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let opts = VerifyOptions {
+        full: args.full,
+        api_version: args.api_version.clone(),
+        concurrency: usize::from(args.concurrency),
+        bridge_bytes: args.bridge_kib.saturating_mul(1024),
+        credentials: CredentialEnv::from_process_env(),
+        ..VerifyOptions::default()
+    };
+    let report = rt.block_on(upload::verify(&args.source, &args.dest, opts))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if report.identical {
+        println!(
+            "identical: {} holds exactly what uploading {} sends ({})",
+            report.destination,
+            args.source.display(),
+            if report.full {
+                format!("{} compared byte for byte", human(report.bytes_compared))
+            } else {
+                "page map and footer checked; --full compares bytes".into()
+            }
+        );
+    } else {
+        println!(
+            "different: {} ({} difference(s))",
+            report.destination, report.difference_count
+        );
+        for d in &report.differences {
+            println!("  at byte {}: {}", d.offset, d.what);
+        }
+    }
+    Ok(if report.identical {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Up {
+        #[command(flatten)]
+        args: UploadArgs,
+    }
+
+    #[derive(Parser)]
+    struct Ver {
+        #[command(flatten)]
+        args: VerifyArgs,
+    }
+
+    #[test]
+    fn upload_arguments() {
+        // Defaults.
+        let a = Up::try_parse_from([
+            "x",
+            "disk.vhdx",
+            "https://a.blob.core.windows.net/c/b?sig=s",
+        ])
+        .unwrap()
+        .args;
+        assert_eq!(
+            (a.concurrency, a.bridge_kib, a.api_version.as_str()),
+            (8, 64, DEFAULT_API_VERSION)
+        );
+        assert!(!a.resume && !a.overwrite && !a.managed_disk);
+        // Resume and overwrite contradict each other.
+        assert!(Up::try_parse_from(["x", "d", "u", "--resume", "--overwrite"]).is_err());
+        // Concurrency is bounded.
+        assert!(Up::try_parse_from(["x", "d", "u", "--concurrency", "0"]).is_err());
+        assert!(Up::try_parse_from(["x", "d", "u", "--concurrency", "300"]).is_err());
+        // Every documented flag parses.
+        let a = Up::try_parse_from([
+            "x",
+            "d",
+            "u",
+            "--concurrency",
+            "16",
+            "--json",
+            "--content-md5",
+            "--md5-per-request",
+            "--managed-disk",
+            "--api-version",
+            "2023-11-03",
+            "--bridge-kib",
+            "0",
+            "--state-dir",
+            "/tmp",
+            "--allow-any-size",
+            "--allow-4k-sectors",
+            "--resume",
+        ])
+        .unwrap()
+        .args;
+        assert_eq!(a.concurrency, 16);
+        assert!(
+            a.json
+                && a.content_md5
+                && a.md5_per_request
+                && a.managed_disk
+                && a.resume
+                && a.allow_any_size
+                && a.allow_4k_sectors
+        );
+        let v = Ver::try_parse_from(["x", "d", "u", "--full", "--json"])
+            .unwrap()
+            .args;
+        assert!(v.full && v.json);
+    }
+
+    #[test]
+    fn help_teaches_the_flows() {
+        use clap::CommandFactory;
+        let help = Up::command().render_long_help().to_string();
+        for needle in [
+            "SAS",
+            "AZURE_STORAGE_CONNECTION_STRING",
+            "grant-access",
+            "--upload-size-bytes",
+            "--resume",
+            "revoke-access",
+        ] {
+            assert!(help.contains(needle), "upload help lacks {needle}");
+        }
+    }
+
+    #[test]
+    fn human_sizes() {
+        let cases = [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1024, "1.0 KiB"),
+            (3 << 20, "3.0 MiB"),
+            (5 << 30, "5.0 GiB"),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(human(bytes), want);
+        }
+    }
+}

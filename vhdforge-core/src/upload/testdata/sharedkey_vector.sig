@@ -1,0 +1,1 @@
+wCjjz/WVVB8gVFngItanMHiDJwx6H9sqNrqQncsrEAQ=

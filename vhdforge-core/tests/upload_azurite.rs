@@ -1,0 +1,687 @@
+//! Upload and verify against a real Azurite (scripts/azurite.sh install), each test binary
+//! starting its own instance on a free port. Raw sparse images stand in for any source:
+//! the uploader sends the converted stream (disk area rounded up to a MiB, then a footer).
+
+mod upload_common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use upload_common::*;
+use vhdforge_core::upload::{
+    self, journal, CredentialEnv, Progress, RetryPolicy, UploadOptions, VerifyOptions,
+};
+
+const MIB: u64 = 1 << 20;
+
+/// One Azurite for the whole test binary (starting one costs ~1 s).
+fn azurite() -> &'static Azurite {
+    static AZ: OnceLock<Azurite> = OnceLock::new();
+    AZ.get_or_init(Azurite::start)
+}
+
+async fn container(name: &str) -> &'static Azurite {
+    let az = azurite();
+    az.create_container(name).await;
+    az
+}
+
+fn opts(env: CredentialEnv) -> UploadOptions {
+    UploadOptions {
+        credentials: env,
+        concurrency: 4,
+        retry: RetryPolicy {
+            max_attempts: 12,
+            base_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(300),
+        },
+        ..UploadOptions::default()
+    }
+}
+
+fn verify_opts(env: CredentialEnv, full: bool) -> VerifyOptions {
+    VerifyOptions {
+        credentials: env,
+        full,
+        ..VerifyOptions::default()
+    }
+}
+
+/// Counts what completes; optionally cancels after `cancel_after` requests.
+#[derive(Default)]
+struct Counter {
+    sent: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+    cancel_after: u64,
+    cancel: Option<Arc<AtomicBool>>,
+}
+
+impl Progress for Counter {
+    fn sent(&self, bytes: u64) {
+        self.sent.fetch_add(bytes, Ordering::SeqCst);
+        let n = self.requests.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(c) = &self.cancel {
+            if n >= self.cancel_after {
+                c.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+    fn retried(&self, _reason: &str) {
+        self.retries.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_key_odd_size_roundtrip_and_verify() {
+    let az = container("skey").await;
+    let dir = tempfile::tempdir().unwrap();
+    // 20 MiB + 1234 bytes: rounded up to 21 MiB; data regions that are not page-aligned,
+    // one crossing the source end, 4 KiB specks 32 KiB apart (bridged) and 128 KiB apart (not).
+    let size = 20 * MIB + 1234;
+    let mut regions = vec![
+        (100, 700),
+        (3 * MIB + 5, 2 * MIB as usize),
+        (size - 1000, 1000),
+    ];
+    regions.extend((0..16).map(|i| (10 * MIB + i * 32768, 4096)));
+    regions.extend((0..8).map(|i| (14 * MIB + i * 131072, 4096)));
+    let src = sparse_image(dir.path(), "odd.raw", size, &regions);
+    let url = az.blob_url("skey", "odd.vhd");
+    let summary = upload::upload(&src, &url, opts(az.env()), Arc::new(Counter::default()))
+        .await
+        .unwrap();
+    let area = expected_disk_area(&src);
+    let (blob, _) = az.download("skey", "odd.vhd").await;
+    assert_stream(&blob, &area);
+    assert_eq!(summary.bytes_total, 21 * MIB + 512);
+    // Only data (and bridged gaps) plus the footer were sent: far below the disk size.
+    assert!(summary.bytes_sent < 4 * MIB, "sent {}", summary.bytes_sent);
+    assert_eq!(
+        summary.bytes_total,
+        summary.bytes_sent + summary.bytes_skipped
+    );
+    eprintln!(
+        "odd-size upload: {} bytes sent in {} requests, {} skipped",
+        summary.bytes_sent, summary.requests, summary.bytes_skipped
+    );
+
+    for full in [false, true] {
+        let r = upload::verify(&src, &url, verify_opts(az.env(), full))
+            .await
+            .unwrap();
+        assert!(r.identical, "full={full}: {:?}", r.differences);
+    }
+    // Damage one data page at the destination: both verify modes must notice.
+    let off = 3 * MIB + 4096;
+    let resp = az
+        .signed(
+            "PUT",
+            "/skey/odd.vhd",
+            &[("comp", "page")],
+            &[
+                ("x-ms-page-write", "clear"),
+                ("x-ms-range", &format!("bytes={off}-{}", off + 511)),
+            ],
+        )
+        .await;
+    assert!(resp.status().is_success());
+    for full in [false, true] {
+        let r = upload::verify(&src, &url, verify_opts(az.env(), full))
+            .await
+            .unwrap();
+        assert!(!r.identical, "full={full} missed a cleared data page");
+        assert!(
+            r.differences
+                .iter()
+                .any(|d| d.offset <= off && off < d.offset + 4 * MIB),
+            "{:?}",
+            r.differences
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sas_blob_container_and_account() {
+    let az = container("sas").await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = sparse_image(
+        dir.path(),
+        "s.raw",
+        20 * MIB,
+        &[(MIB, 300_000), (19 * MIB, 4096)],
+    );
+    let cases = [
+        (
+            "blob SAS",
+            "b1.vhd",
+            service_sas("sas", Some("b1.vhd"), "cw"),
+        ),
+        ("container SAS", "b2.vhd", service_sas("sas", None, "rcw")),
+        ("account SAS", "b3.vhd", account_sas("rwc")),
+    ];
+    for (what, blob, sas) in cases {
+        let url = format!("{}?{sas}", az.blob_url("sas", blob));
+        let sig = sas.split("sig=").nth(1).unwrap().to_string();
+        // No other credential: the SAS alone must do.
+        let s = upload::upload(
+            &src,
+            &url,
+            opts(CredentialEnv::default()),
+            Arc::new(Counter::default()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            s.destination.contains("sig=REDACTED") && !s.destination.contains(&sig),
+            "{what}: {}",
+            s.destination
+        );
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains(&sig), "{what}: JSON leaks the signature");
+        let (blob_bytes, _) = az.download("sas", blob).await;
+        assert_stream(&blob_bytes, &expected_disk_area(&src));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fatal_errors_are_clear() {
+    let az = container("fatal").await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = sparse_image(dir.path(), "f.raw", 20 * MIB, &[(0, 4096)]);
+    // SAS without w (read only).
+    let sas = service_sas("fatal", Some("ro.vhd"), "r");
+    let sig = sas.split("sig=").nth(1).unwrap().to_string();
+    let e = upload::upload(
+        &src,
+        &format!("{}?{sas}", az.blob_url("fatal", "ro.vhd")),
+        opts(CredentialEnv::default()),
+        Arc::new(Counter::default()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), "upload.permission", "{e}");
+    assert!(e.to_string().contains("lacks write (w) permission"), "{e}");
+    assert!(
+        !e.to_string().contains(&sig),
+        "error leaks the signature: {e}"
+    );
+    // Wrong key.
+    let wrong = CredentialEnv { connection_string: None, account: Some(ACCOUNT.into()), key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()) };
+    let e = upload::upload(
+        &src,
+        &az.blob_url("fatal", "k.vhd"),
+        opts(wrong),
+        Arc::new(Counter::default()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), "upload.auth", "{e}");
+    assert!(e.to_string().contains("account key may be wrong"), "{e}");
+    // Existing blob: refused without --overwrite, replaced with it.
+    let url = az.blob_url("fatal", "exists.vhd");
+    upload::upload(&src, &url, opts(az.env()), Arc::new(Counter::default()))
+        .await
+        .unwrap();
+    let e = upload::upload(&src, &url, opts(az.env()), Arc::new(Counter::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "upload.exists", "{e}");
+    assert!(e.to_string().contains("--overwrite"), "{e}");
+    upload::upload(
+        &src,
+        &url,
+        UploadOptions {
+            overwrite: true,
+            ..opts(az.env())
+        },
+        Arc::new(Counter::default()),
+    )
+    .await
+    .unwrap();
+    // Missing container.
+    let e = upload::upload(
+        &src,
+        &az.blob_url("nosuch", "x.vhd"),
+        opts(az.env()),
+        Arc::new(Counter::default()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), "upload.not_found", "{e}");
+    // --resume without a journal.
+    let e = upload::upload(
+        &src,
+        &az.blob_url("fatal", "never.vhd"),
+        UploadOptions {
+            resume: true,
+            ..opts(az.env())
+        },
+        Arc::new(Counter::default()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), "upload.resume", "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_md5_and_md5_per_request() {
+    let az = container("md5").await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = sparse_image(
+        dir.path(),
+        "m.raw",
+        20 * MIB + 512,
+        &[(4096, 1_000_000), (9 * MIB, 70_000)],
+    );
+    let url = az.blob_url("md5", "m.vhd");
+    let o = UploadOptions {
+        content_md5: true,
+        md5_per_request: true,
+        ..opts(az.env())
+    };
+    let s = upload::upload(&src, &url, o, Arc::new(Counter::default()))
+        .await
+        .unwrap();
+    let (blob, headers) = az.download("md5", "m.vhd").await;
+    assert_stream(&blob, &expected_disk_area(&src));
+    use base64::Engine as _;
+    use md5::Digest;
+    let want = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&blob));
+    // The MD5 computed in stream order during the send is the MD5 of the whole blob ...
+    assert_eq!(s.content_md5.as_deref(), Some(want.as_str()));
+    // ... and it is stored as the blob's Content-MD5.
+    assert_eq!(
+        headers.get("content-md5").and_then(|v| v.to_str().ok()),
+        Some(want.as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_interruption() {
+    let az = container("resume").await;
+    let dir = tempfile::tempdir().unwrap();
+    // ~18 MiB of data in 1 MiB-ish regions plus specks: about 30 requests.
+    let mut regions: Vec<(u64, usize)> =
+        (0..12).map(|i| (i * 5 * MIB + 12345, 1_200_000)).collect();
+    regions.extend((0..20).map(|i| (2 * MIB + i * 3 * MIB + 777, 9000)));
+    let src = sparse_image(dir.path(), "r.raw", 64 * MIB, &regions);
+    let area = expected_disk_area(&src);
+    let mut seed = 0x5eedu64;
+    for trial in 0..4u64 {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let blob = format!("r{trial}.vhd");
+        let url = az.blob_url("resume", &blob);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let stop_at = 1 + (seed >> 33) % 24;
+        let first = Arc::new(Counter {
+            cancel_after: stop_at,
+            cancel: Some(cancel.clone()),
+            ..Counter::default()
+        });
+        let e = upload::upload(
+            &src,
+            &url,
+            UploadOptions {
+                cancel: cancel.clone(),
+                ..opts(az.env())
+            },
+            first.clone(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), "upload.cancelled", "trial {trial}: {e}");
+        let done_before = first.sent.load(Ordering::SeqCst);
+        let jpath = journal::path_for(&src, &url, None);
+        if trial % 2 == 1 {
+            // Simulate a hard kill before any journal flush: only the destination knows.
+            let mut j = journal::load(&jpath).unwrap().unwrap();
+            j.done.clear();
+            journal::store(&jpath, &j).unwrap();
+        }
+        let second = upload::upload(
+            &src,
+            &url,
+            UploadOptions {
+                resume: true,
+                ..opts(az.env())
+            },
+            Arc::new(Counter::default()),
+        )
+        .await
+        .unwrap();
+        let (bytes, _) = az.download("resume", &blob).await;
+        assert_stream(&bytes, &area);
+        let planned = second.bytes_already_present + second.bytes_sent - 512;
+        // Nothing completed before is sent again; at most the requests in flight (4 × 4 MiB) are.
+        assert!(
+            second.bytes_already_present >= done_before,
+            "trial {trial}: present {} < completed {done_before}",
+            second.bytes_already_present
+        );
+        assert!(
+            second.bytes_sent - 512 <= planned - done_before + 16 * MIB,
+            "trial {trial}"
+        );
+        assert!(!jpath.exists(), "journal left behind after success");
+        eprintln!(
+            "resume trial {trial}: stopped after {stop_at} requests ({done_before} bytes), resumed with {} bytes in {} requests ({} present)",
+            second.bytes_sent, second.requests, second.bytes_already_present
+        );
+        let r = upload::verify(&src, &url, verify_opts(az.env(), true))
+            .await
+            .unwrap();
+        assert!(r.identical, "trial {trial}: {:?}", r.differences);
+    }
+    // A changed source is refused.
+    let url = az.blob_url("resume", "changed.vhd");
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c = Arc::new(Counter {
+        cancel_after: 2,
+        cancel: Some(cancel.clone()),
+        ..Counter::default()
+    });
+    upload::upload(
+        &src,
+        &url,
+        UploadOptions {
+            cancel,
+            ..opts(az.env())
+        },
+        c,
+    )
+    .await
+    .unwrap_err();
+    std::thread::sleep(Duration::from_millis(20));
+    let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+    f.set_len(64 * MIB + 512).unwrap();
+    drop(f);
+    let e = upload::upload(
+        &src,
+        &url,
+        UploadOptions {
+            resume: true,
+            ..opts(az.env())
+        },
+        Arc::new(Counter::default()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), "upload.resume");
+    assert!(e.to_string().contains("source changed"), "{e}");
+}
+
+/// What the fault proxy did.
+#[derive(Debug, Default)]
+struct FaultStats {
+    forwarded: u64,
+    busy: u64,
+    errors: u64,
+    dropped: u64,
+    stalled: u64,
+    corrupted: u64,
+}
+
+/// A loopback proxy in front of Azurite that answers some Put Pages itself with 503/500,
+/// drops or stalls connections, or corrupts a body byte (the service then reports a
+/// checksum mismatch). Everything else is forwarded on a fresh upstream connection.
+async fn fault_proxy(upstream: u16, stats: Arc<Mutex<FaultStats>>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let counter = Arc::new(AtomicU64::new(0));
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            let stats = stats.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let (rd, mut wr) = sock.into_split();
+                let mut rd = BufReader::new(rd);
+                while let Some(mut req) = read_request(&mut rd).await {
+                    let n = counter.fetch_add(1, Ordering::SeqCst);
+                    let roll = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 20;
+                    let put_page = req.method == "PUT" && req.target.contains("comp=page");
+                    // One guaranteed stall (early), then occasional ones: the client timeout must fire.
+                    let stall = put_page
+                        && ((n >= 3 && stats.lock().unwrap().stalled == 0)
+                            || (roll == 4 && n % 3 == 0));
+                    // The very first request (the create) is throttled once: control
+                    // operations retry too.
+                    if n == 0 {
+                        stats.lock().unwrap().busy += 1;
+                        let _ = wr
+                            .write_all(&response(
+                                503,
+                                "Server Busy",
+                                &[("x-ms-error-code", "ServerBusy".into())],
+                                b"",
+                            ))
+                            .await;
+                        continue;
+                    }
+                    if stall {
+                        stats.lock().unwrap().stalled += 1;
+                        tokio::time::sleep(Duration::from_secs(4)).await;
+                        return;
+                    }
+                    if put_page {
+                        match roll {
+                            0 | 1 => {
+                                stats.lock().unwrap().busy += 1;
+                                let body = b"<?xml version=\"1.0\"?><Error><Code>ServerBusy</Code><Message>Ingress is over the account limit.</Message></Error>";
+                                let _ = wr
+                                    .write_all(&response(
+                                        503,
+                                        "Server Busy",
+                                        &[("x-ms-error-code", "ServerBusy".into())],
+                                        body,
+                                    ))
+                                    .await;
+                                continue;
+                            }
+                            2 => {
+                                stats.lock().unwrap().errors += 1;
+                                let _ = wr
+                                    .write_all(&response(
+                                        500,
+                                        "Internal Server Error",
+                                        &[("x-ms-error-code", "InternalError".into())],
+                                        b"",
+                                    ))
+                                    .await;
+                                continue;
+                            }
+                            3 => {
+                                stats.lock().unwrap().dropped += 1;
+                                return;
+                            }
+                            5 if !req.body.is_empty() => {
+                                stats.lock().unwrap().corrupted += 1;
+                                let i = req.body.len() / 2;
+                                req.body[i] ^= 0x40;
+                            }
+                            _ => {}
+                        }
+                    }
+                    stats.lock().unwrap().forwarded += 1;
+                    // Forward on a fresh connection that closes after the response.
+                    let head = String::from_utf8_lossy(&req.head).to_string();
+                    let mut new_head: String = head
+                        .lines()
+                        .filter(|l| {
+                            !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:")
+                        })
+                        .map(|l| format!("{l}\r\n"))
+                        .collect();
+                    new_head.push_str("connection: close\r\n\r\n");
+                    let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    if up.write_all(new_head.as_bytes()).await.is_err()
+                        || up.write_all(&req.body).await.is_err()
+                    {
+                        return;
+                    }
+                    let mut resp = Vec::new();
+                    let _ = up.read_to_end(&mut resp).await;
+                    let _ = wr.write_all(&resp).await;
+                    // The upstream said "connection: close"; so do we.
+                    return;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_are_retried_and_upload_completes() {
+    let az = container("faults").await;
+    let stats = Arc::new(Mutex::new(FaultStats::default()));
+    let proxy = fault_proxy(az.port, stats.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let regions: Vec<(u64, usize)> = (0..24).map(|i| (i * MIB + 4096 * i, 300_000)).collect();
+    let src = sparse_image(dir.path(), "x.raw", 24 * MIB, &regions);
+    let url = format!("http://127.0.0.1:{proxy}/{ACCOUNT}/faults/x.vhd");
+    let o = UploadOptions {
+        request_timeout: Duration::from_secs(1),
+        timeout_per_mib: Duration::from_millis(500),
+        ..opts(az.env())
+    };
+    let counter = Arc::new(Counter::default());
+    let s = upload::upload(&src, &url, o, counter.clone())
+        .await
+        .unwrap();
+    let st = std::mem::take(&mut *stats.lock().unwrap());
+    eprintln!(
+        "fault proxy: {st:?}; upload: {} bytes in {} requests, {} retries",
+        s.bytes_sent, s.requests, s.retries
+    );
+    assert!(
+        s.retries > 0 && st.busy + st.errors + st.dropped + st.corrupted > 0,
+        "no fault was injected: {st:?}"
+    );
+    assert_eq!(s.retries, counter.retries.load(Ordering::SeqCst));
+    let (bytes, _) = az.download("faults", "x.vhd").await;
+    assert_stream(&bytes, &expected_disk_area(&src));
+    let r = upload::verify(
+        &src,
+        &az.blob_url("faults", "x.vhd"),
+        verify_opts(az.env(), true),
+    )
+    .await
+    .unwrap();
+    assert!(r.identical, "{:?}", r.differences);
+}
+
+/// Prints `sent <bytes>` per completed request, for the parent to count.
+struct Lines;
+
+impl Progress for Lines {
+    fn sent(&self, bytes: u64) {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "sent {bytes}");
+        let _ = out.flush();
+    }
+}
+
+/// The child half of the SIGKILL test: this test binary re-run with `UPLOAD_CHILD_SRC`
+/// and `UPLOAD_CHILD_DEST` set uploads and reports progress; otherwise a no-op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_upload_entry() {
+    let (Ok(src), Ok(dest)) = (
+        std::env::var("UPLOAD_CHILD_SRC"),
+        std::env::var("UPLOAD_CHILD_DEST"),
+    ) else {
+        return;
+    };
+    let o = UploadOptions {
+        concurrency: 2,
+        credentials: CredentialEnv::from_process_env(),
+        ..UploadOptions::default()
+    };
+    upload::upload(std::path::Path::new(&src), &dest, o, Arc::new(Lines))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_sigkill_of_a_child_process() {
+    use std::io::BufRead;
+    let az = container("killed").await;
+    let dir = tempfile::tempdir().unwrap();
+    let regions: Vec<(u64, usize)> = (0..20).map(|i| (i * 2 * MIB + 777, 700_000)).collect();
+    let src = sparse_image(dir.path(), "k.raw", 48 * MIB, &regions);
+    let area = expected_disk_area(&src);
+    for (trial, kill_after) in [(0u32, 1usize), (1, 6), (2, 13)] {
+        let blob = format!("k{trial}.vhd");
+        let url = az.blob_url("killed", &blob);
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_upload_entry",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("UPLOAD_CHILD_SRC", &src)
+            .env("UPLOAD_CHILD_DEST", &url)
+            .env(
+                "AZURE_STORAGE_CONNECTION_STRING",
+                az.env().connection_string.unwrap(),
+            )
+            .env_remove("AZURE_STORAGE_ACCOUNT")
+            .env_remove("AZURE_STORAGE_KEY")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut sent = 0u64;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut seen = 0;
+        while seen < kill_after {
+            let Some(Ok(l)) = lines.next() else { break };
+            // Lines from the test harness itself are not ours.
+            if let Some(n) = l.strip_prefix("sent ") {
+                sent += n.parse::<u64>().unwrap();
+                seen += 1;
+            }
+        }
+        assert_eq!(
+            seen, kill_after,
+            "trial {trial}: the child ended before {kill_after} requests"
+        );
+        // SIGKILL: no journal flush, no cleanup, requests cut mid-body.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let s = upload::upload(
+            &src,
+            &url,
+            UploadOptions {
+                resume: true,
+                ..opts(az.env())
+            },
+            Arc::new(Counter::default()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("trial {trial}: {e}"));
+        let (bytes, _) = az.download("killed", &blob).await;
+        assert_stream(&bytes, &area);
+        assert!(
+            s.bytes_already_present >= sent,
+            "trial {trial}: completed {sent} bytes, found {}",
+            s.bytes_already_present
+        );
+        eprintln!(
+            "sigkill trial {trial}: killed after {kill_after} requests ({sent} bytes); resume sent {} bytes in {} requests, {} present",
+            s.bytes_sent, s.requests, s.bytes_already_present
+        );
+    }
+}

@@ -1,0 +1,301 @@
+//! Managed-disk upload against a loopback mock that enforces the rules of an `md-*`
+//! upload SAS (azure-page-blob.md §2): the blob exists at the exact size, Put Blob and
+//! property writes are forbidden, Put Pages must be aligned, ≤ 4 MiB and inside the blob.
+//! The mock also pages Get Page Ranges (two ranges per answer) so the marker loop runs.
+
+mod upload_common;
+
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncWriteExt, BufReader};
+use upload_common::*;
+use vhdforge_core::upload::{self, CredentialEnv, NoProgress, UploadOptions, VerifyOptions};
+
+const MIB: u64 = 1 << 20;
+
+/// The mock disk.
+#[derive(Default)]
+struct Disk {
+    data: Vec<u8>,
+    written: Vec<Range<u64>>,
+    violations: Vec<String>,
+    marker_requests: u64,
+    clears: u64,
+    put_pages: u64,
+}
+
+fn add_range(v: &mut Vec<Range<u64>>, r: Range<u64>) {
+    v.push(r);
+    v.sort_by_key(|r| r.start);
+    let mut out: Vec<Range<u64>> = Vec::new();
+    for r in v.drain(..) {
+        match out.last_mut() {
+            Some(l) if r.start <= l.end => l.end = l.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    *v = out;
+}
+
+fn remove_range(v: &mut Vec<Range<u64>>, r: Range<u64>) {
+    let mut out = Vec::new();
+    for x in v.drain(..) {
+        if x.end <= r.start || x.start >= r.end {
+            out.push(x);
+            continue;
+        }
+        if x.start < r.start {
+            out.push(x.start..r.start);
+        }
+        if x.end > r.end {
+            out.push(r.end..x.end);
+        }
+    }
+    *v = out;
+}
+
+fn parse_range(v: Option<&str>) -> Option<Range<u64>> {
+    let (s, e) = v?.strip_prefix("bytes=")?.split_once('-')?;
+    let (s, e): (u64, u64) = (s.parse().ok()?, e.parse().ok()?);
+    Some(s..e + 1)
+}
+
+fn error(status: u16, code: &str) -> Vec<u8> {
+    response(
+        status,
+        code,
+        &[("x-ms-error-code", code.to_string())],
+        format!("<Error><Code>{code}</Code></Error>").as_bytes(),
+    )
+}
+
+fn handle(disk: &Mutex<Disk>, req: &Request) -> Vec<u8> {
+    let mut d = disk.lock().unwrap();
+    let size = d.data.len() as u64;
+    let q = req.query();
+    if !q.contains_key("sig") {
+        return error(403, "AuthenticationFailed");
+    }
+    match (req.method.as_str(), q.get("comp").map(String::as_str)) {
+        ("HEAD", None) => {
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\nx-ms-blob-type: PageBlob\r\n\r\n")
+                .into_bytes()
+        }
+        ("PUT", None) => {
+            d.violations.push("Put Blob on a managed-disk SAS".into());
+            error(400, "ManagedDiskPutBlob")
+        }
+        ("PUT", Some("page")) => {
+            let Some(r) = parse_range(req.header("x-ms-range")) else {
+                return error(400, "MissingRange");
+            };
+            if r.start % 512 != 0 || r.end % 512 != 0 || r.end > size {
+                return error(416, "InvalidPageRange");
+            }
+            match req.header("x-ms-page-write") {
+                Some("update") => {
+                    if r.end - r.start > 4 * MIB || req.body.len() as u64 != r.end - r.start {
+                        return error(413, "RequestBodyTooLarge");
+                    }
+                    if let Some(crc) = req.header("x-ms-content-crc64") {
+                        if crc != vhdforge_core::upload::client::crc64_header(&req.body) {
+                            return error(400, "Crc64Mismatch");
+                        }
+                    }
+                    d.data[r.start as usize..r.end as usize].copy_from_slice(&req.body);
+                    add_range(&mut d.written, r);
+                    d.put_pages += 1;
+                }
+                Some("clear") => {
+                    d.data[r.start as usize..r.end as usize].fill(0);
+                    remove_range(&mut d.written, r);
+                    d.clears += 1;
+                }
+                _ => return error(400, "InvalidHeaderValue"),
+            }
+            response(201, "Created", &[], b"")
+        }
+        ("PUT", Some(other)) => {
+            d.violations
+                .push(format!("PUT comp={other} on a managed-disk SAS"));
+            error(403, "AuthorizationPermissionMismatch")
+        }
+        ("GET", Some("pagelist")) => {
+            // Two ranges per answer, the index of the next one as marker.
+            let start: usize = q.get("marker").and_then(|m| m.parse().ok()).unwrap_or(0);
+            if start > 0 {
+                d.marker_requests += 1;
+            }
+            let mut xml = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><PageList>");
+            for r in d.written.iter().skip(start).take(2) {
+                xml.push_str(&format!(
+                    "<PageRange><Start>{}</Start><End>{}</End></PageRange>",
+                    r.start,
+                    r.end - 1
+                ));
+            }
+            if start + 2 < d.written.len() {
+                xml.push_str(&format!("<NextMarker>{}</NextMarker>", start + 2));
+            } else {
+                xml.push_str("<NextMarker />");
+            }
+            xml.push_str("</PageList>");
+            response(
+                200,
+                "OK",
+                &[("x-ms-blob-content-length", size.to_string())],
+                xml.as_bytes(),
+            )
+        }
+        ("GET", None) => match parse_range(req.header("x-ms-range")) {
+            Some(r) if r.end <= size => response(
+                206,
+                "Partial Content",
+                &[],
+                &d.data[r.start as usize..r.end as usize],
+            ),
+            _ => error(416, "InvalidRange"),
+        },
+        _ => error(400, "UnsupportedOperation"),
+    }
+}
+
+/// Start the mock for a disk of `size` bytes; returns its port.
+async fn mock(disk: Arc<Mutex<Disk>>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            let disk = disk.clone();
+            tokio::spawn(async move {
+                let (rd, mut wr) = sock.into_split();
+                let mut rd = BufReader::new(rd);
+                while let Some(req) = read_request(&mut rd).await {
+                    let resp = handle(&disk, &req);
+                    if wr.write_all(&resp).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}/abcd1234/abcd?sv=2021-08-06&sr=b&si=00000000-0000-0000-0000-000000000000&sig=c2VjcmV0U0lH")
+}
+
+fn opts() -> UploadOptions {
+    UploadOptions {
+        managed_disk: true,
+        credentials: CredentialEnv::default(),
+        ..UploadOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_disk_upload_follows_the_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = sparse_image(
+        dir.path(),
+        "d.raw",
+        20 * MIB + 4096,
+        &[(0, 65536), (5 * MIB, 3 * MIB as usize), (20 * MIB, 4096)],
+    );
+    let area = expected_disk_area(&src);
+    let size = area.len() as u64 + 512;
+    // A reused disk: stale data where the source is zero (must be cleared), and where it is not.
+    let mut disk = Disk {
+        data: vec![0u8; size as usize],
+        ..Disk::default()
+    };
+    for r in [
+        MIB..MIB + 4096,
+        2 * MIB..2 * MIB + 512,
+        12 * MIB..13 * MIB,
+        5 * MIB..5 * MIB + 512,
+    ] {
+        disk.data[r.start as usize..r.end as usize].fill(0xee);
+        add_range(&mut disk.written, r);
+    }
+    let disk = Arc::new(Mutex::new(disk));
+    let port = mock(disk.clone()).await;
+    let s = upload::upload(&src, &url(port), opts(), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    assert!(s.managed_disk);
+    assert!(s.destination.contains("sig=REDACTED"), "{}", s.destination);
+    {
+        let d = disk.lock().unwrap();
+        assert!(d.violations.is_empty(), "{:?}", d.violations);
+        assert_eq!(
+            d.clears, 3,
+            "the three stale ranges outside the source's data are cleared"
+        );
+        assert!(
+            d.marker_requests > 0,
+            "the page-range marker loop did not run"
+        );
+        assert_stream(&d.data, &area);
+        eprintln!(
+            "managed disk: {} Put Pages, {} bytes sent, {} clears",
+            d.put_pages, s.bytes_sent, d.clears
+        );
+    }
+    let r = upload::verify(
+        &src,
+        &url(port),
+        VerifyOptions {
+            full: true,
+            credentials: CredentialEnv::default(),
+            ..VerifyOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(r.identical, "{:?}", r.differences);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_disk_size_mismatch_and_md5_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = sparse_image(dir.path(), "d.raw", 21 * MIB, &[(0, 4096)]);
+    // The disk was created for a 20 MiB image.
+    let disk = Arc::new(Mutex::new(Disk {
+        data: vec![0u8; (20 * MIB + 512) as usize],
+        ..Disk::default()
+    }));
+    let port = mock(disk.clone()).await;
+    let e = upload::upload(&src, &url(port), opts(), Arc::new(NoProgress))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "upload.size_mismatch", "{e}");
+    assert!(
+        e.to_string()
+            .contains(&format!("--upload-size-bytes {}", 21 * MIB + 512)),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("c2VjcmV0U0lH"), "{e}");
+    let e = upload::upload(
+        &src,
+        &url(port),
+        UploadOptions {
+            content_md5: true,
+            ..opts()
+        },
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), "upload.managed_disk", "{e}");
+    let d = disk.lock().unwrap();
+    assert!(
+        d.violations.is_empty() && d.put_pages == 0,
+        "{:?}",
+        d.violations
+    );
+}
