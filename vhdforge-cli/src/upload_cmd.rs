@@ -51,6 +51,10 @@ pub struct UploadArgs {
     /// Replace an existing blob (storage accounts; a managed disk is always written in place).
     #[arg(long)]
     pub overwrite: bool,
+    /// Create the container first if it does not exist (storage accounts; needs a Shared
+    /// Key or an account SAS allowed to create containers).
+    #[arg(long)]
+    pub create_container: bool,
     /// Continue an interrupted upload of the same source to the same destination.
     #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
@@ -203,6 +207,7 @@ pub fn run_upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
     let opts = UploadOptions {
         concurrency: usize::from(args.concurrency),
         overwrite: args.overwrite,
+        create_container: args.create_container,
         resume: args.resume,
         content_md5: args.content_md5,
         md5_per_request: args.md5_per_request,

@@ -685,3 +685,128 @@ async fn resume_after_sigkill_of_a_child_process() {
         );
     }
 }
+
+/// Every kind of source the format suite reads, uploaded and downloaded back: the blob is
+/// the source's virtual content, zero padding to a whole MiB and a valid fixed footer; an
+/// Azure-ready fixed VHD arrives byte for byte. Also creates its container on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_format_fixture_round_trips() {
+    use fixtures::vhd::{self as fvhd, ChainLayer, FooterOptions};
+    use fixtures::vhdx::{self as fvhdx, VhdxSpec};
+    use uuid::Uuid;
+    let az = azurite();
+    let dir = tempfile::tempdir().unwrap();
+    let size = 20 * MIB as usize + 3 * 512;
+    let regions = [
+        (0usize, 8192usize),
+        (MIB as usize + 100, 300_000),
+        (size - 4096, 4096),
+    ];
+    let content = fixtures::raw::disk_with_regions(size, &regions, 5);
+    let raw = dir.path().join("src.raw");
+    std::fs::write(&raw, &content).unwrap();
+    let mut cases: Vec<(String, std::path::PathBuf, Vec<u8>)> = Vec::new();
+    // qemu-made dynamic VHDX and VHD.
+    for (name, args) in [
+        ("q.vhdx", &["-O", "vhdx"][..]),
+        ("q.vhd", &["-O", "vpc", "-o", "force_size=on"][..]),
+    ] {
+        let p = dir.path().join(name);
+        let st = std::process::Command::new("qemu-img")
+            .args(["convert", "-f", "raw"])
+            .args(args)
+            .arg(&raw)
+            .arg(&p)
+            .status()
+            .expect("qemu-img is required (scripts/setup.sh)");
+        assert!(st.success());
+        cases.push((name.into(), p, content.clone()));
+    }
+    // A VHD checkpoint chain.
+    let layers = vec![ChainLayer {
+        name: "top.avhd".into(),
+        writes: vec![(4096, fixtures::raw::pattern(9, 8 * 512))],
+    }];
+    let (paths, _) = fvhd::write_chain(dir.path(), &content, "base.vhd", 2 << 20, &layers).unwrap();
+    let mut chain = content.clone();
+    chain[4096..4096 + 8 * 512].copy_from_slice(&fixtures::raw::pattern(9, 8 * 512));
+    cases.push(("chain.avhd".into(), paths.last().unwrap().clone(), chain));
+    // A VHDX differencing child and a dirty-log VHDX.
+    fvhdx::write_file(
+        dir.path(),
+        "p.vhdx",
+        &fvhdx::build(&VhdxSpec::dynamic(1 << 20, Uuid::from_u128(0x51)), &content).bytes,
+    );
+    let child = fixtures::raw::pattern(3, size);
+    let present: Vec<bool> = (0..size / 512).map(|s| s / 2048 == 1).collect();
+    let mut spec = VhdxSpec::dynamic(1 << 20, Uuid::from_u128(0x52));
+    spec.child = Some(fvhdx::ChildSpec {
+        parent_linkage: Uuid::from_u128(0x51),
+        relative_path: Some(".\\p.vhdx".into()),
+        absolute_win32_path: None,
+        present: present.clone(),
+    });
+    let c = fvhdx::write_file(dir.path(), "c.avhdx", &fvhdx::build(&spec, &child).bytes);
+    cases.push((
+        "c.avhdx".into(),
+        c,
+        fvhdx::chain_content(&content, &child, &present, 512),
+    ));
+    let mut dirty = fvhdx::build(&VhdxSpec::dynamic(1 << 20, Uuid::from_u128(0x53)), &content);
+    fvhdx::make_dirty(&mut dirty, Uuid::from_u128(0x54), None);
+    cases.push((
+        "dirty.vhdx".into(),
+        fvhdx::write_file(dir.path(), "dirty.vhdx", &dirty.bytes),
+        content.clone(),
+    ));
+    // A 511-byte-footer VHD.
+    let old = dir.path().join("old.vhd");
+    std::fs::write(
+        &old,
+        fvhd::fixed_vhd(&content, &FooterOptions::default(), true),
+    )
+    .unwrap();
+    cases.push(("old.vhd".into(), old, content.clone()));
+
+    for (i, (name, path, expected)) in cases.iter().enumerate() {
+        let url = az.blob_url("fixtures", &format!("{i}.vhd"));
+        let mut o = opts(az.env());
+        o.create_container = true;
+        let summary = upload::upload(path, &url, o, Arc::new(Counter::default()))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (blob, _) = az.download("fixtures", &format!("{i}.vhd")).await;
+        let mut area = expected.clone();
+        area.resize(expected.len().div_ceil(MIB as usize) * MIB as usize, 0);
+        assert_stream(&blob, &area);
+        assert!(
+            summary.bytes_sent < 2 * MIB,
+            "{name}: sent {}",
+            summary.bytes_sent
+        );
+        let r = upload::verify(path, &url, verify_opts(az.env(), true))
+            .await
+            .unwrap();
+        assert!(r.identical, "{name}: {:?}", r.differences);
+    }
+
+    // An Azure-ready fixed VHD is sent as it is, its own footer included.
+    let image = vhdforge_core::open(&raw, &Default::default()).unwrap();
+    let ready = dir.path().join("ready.vhd");
+    vhdforge_core::convert::convert_to_file(
+        image.as_ref(),
+        &ready,
+        &Default::default(),
+        &vhdforge_core::progress::NoProgress,
+    )
+    .unwrap();
+    let url = az.blob_url("fixtures", "ready.vhd");
+    upload::upload(&ready, &url, opts(az.env()), Arc::new(Counter::default()))
+        .await
+        .unwrap();
+    let (blob, _) = az.download("fixtures", "ready.vhd").await;
+    assert!(
+        blob == std::fs::read(&ready).unwrap(),
+        "an Azure-ready VHD must arrive byte for byte"
+    );
+}

@@ -425,6 +425,52 @@ impl BlobClient {
         }
     }
 
+    /// A client for the container holding this blob (same credentials). Path-style URLs
+    /// (an IP address or localhost, as Azurite uses) carry the account as the first path
+    /// segment; the container is the segment after it.
+    pub fn container(&self) -> BlobClient {
+        let path_style = self.host.parse::<std::net::IpAddr>().is_ok()
+            || self.host.eq_ignore_ascii_case("localhost");
+        let keep = if path_style { 2 } else { 1 };
+        let segments: Vec<&str> = self
+            .path
+            .trim_start_matches('/')
+            .split('/')
+            .take(keep)
+            .collect();
+        let path = format!("/{}", segments.join("/"));
+        let origin = self
+            .base
+            .strip_suffix(self.path.as_str())
+            .unwrap_or(&self.base);
+        let mut c = self.clone();
+        c.base = format!("{origin}{path}");
+        c.display = redact(&c.base);
+        c.path = path;
+        c
+    }
+
+    /// Create Container (for a client made by [`BlobClient::container`]); an existing
+    /// container is fine.
+    pub async fn create_container(&self) -> Result<(), Failure> {
+        match self
+            .send(
+                Method::PUT,
+                &[("restype", "container")],
+                &[],
+                None,
+                Duration::from_secs(60),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Failure::Status {
+                status: 409, code, ..
+            }) if code == "ContainerAlreadyExists" => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Get Blob Properties.
     pub async fn head(&self) -> Result<BlobProps, Failure> {
         let resp = self

@@ -413,6 +413,12 @@ pub async fn upload(
                 .map_err(|f| f.into_error("listing the page ranges of", &shown))?,
         );
     } else {
+        if opts.create_container {
+            let container = client.container();
+            with_retries(policy, &on_retry, || container.create_container())
+                .await
+                .map_err(|f| f.into_error("creating the container", container.display()))?;
+        }
         // A retried create whose first attempt did arrive finds the blob existing: accept
         // it when it has this upload's size and no pages yet.
         let mut tried = false;

@@ -92,6 +92,8 @@ pub struct UploadOptions {
     pub concurrency: usize,
     /// Replace an existing blob (storage accounts only).
     pub overwrite: bool,
+    /// Create the container first when it does not exist (storage accounts only).
+    pub create_container: bool,
     /// Continue an interrupted upload.
     pub resume: bool,
     /// Set the whole-blob Content-MD5 at the end (storage accounts only).
@@ -127,6 +129,7 @@ impl Default for UploadOptions {
         UploadOptions {
             concurrency: 8,
             overwrite: false,
+            create_container: false,
             resume: false,
             content_md5: false,
             md5_per_request: false,
