@@ -3,10 +3,12 @@
 //!
 //!   cargo run --release -p vhdforge-benches -- read      # issue 2: read throughput vs raw file
 //!   cargo run --release -p vhdforge-benches -- convert   # issue 3: convert vs qemu-img
+//!   cargo run --release -p vhdforge-benches -- upload    # issue 4: upload vs Python SDK, curl
 //!
 //! Inputs are built under `$VHDFORGE_BENCH_DIR` (default `target/bench-data`) with qemu-img
 //! and kept between runs. See benches/README.md for the figures measured.
 
+mod upload;
 mod util;
 
 use anyhow::{bail, Context, Result};
@@ -23,11 +25,13 @@ fn main() -> Result<()> {
     match what.as_str() {
         "read" => bench_read(&dir),
         "convert" => bench_convert(&dir),
+        "upload" => upload::bench_upload(&dir, &vhdforge_bin()?),
         "all" => {
             bench_read(&dir)?;
-            bench_convert(&dir)
+            bench_convert(&dir)?;
+            upload::bench_upload(&dir, &vhdforge_bin()?)
         }
-        other => bail!("unknown benchmark {other:?}: use read, convert or all"),
+        other => bail!("unknown benchmark {other:?}: use read, convert, upload or all"),
     }
 }
 

@@ -83,6 +83,28 @@ pub fn time_child(cmd: &mut Command) -> Result<(f64, u64)> {
     Ok((t, ru.ru_maxrss as u64))
 }
 
+/// Run a child to completion capturing stdout; wall seconds, peak RSS (KiB), CPU seconds
+/// (user + system), stdout.
+pub fn time_child_output(cmd: &mut Command) -> Result<(f64, u64, f64, Vec<u8>)> {
+    use std::io::Read;
+    let start = Instant::now();
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("cannot run {cmd:?}"))?;
+    let mut out = Vec::new();
+    child.stdout.take().context("stdout")?.read_to_end(&mut out)?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pid of our child, valid out-pointers.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    let t = start.elapsed().as_secs_f64();
+    if rc < 0 || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("{cmd:?} failed (status {status}): {}", String::from_utf8_lossy(&out));
+    }
+    let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    Ok((t, ru.ru_maxrss as u64, secs(ru.ru_utime) + secs(ru.ru_stime), out))
+}
+
 /// Bytes actually allocated on disk for a file.
 pub fn allocated_bytes(path: &Path) -> Result<u64> {
     use std::os::unix::fs::MetadataExt;

@@ -1,0 +1,204 @@
+//! Issue 4's upload benchmark: vhdforge against the Azure Python SDK on the same Azurite,
+//! the 1 TiB sparse case, and the client alone against a fast loopback sink compared with
+//! curl sending 4 MiB PUTs to the same sink.
+
+use crate::util::*;
+use anyhow::{bail, Context, Result};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+const MIB: u64 = 1 << 20;
+/// Azurite's documented development account key (public; not a secret).
+const DEV_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// The data layout of the benchmark image: 6 large regions at unaligned offsets (240 MiB)
+/// plus 256 scattered 64 KiB blocks (16 MiB): 256 MiB of data in all.
+fn regions(span: u64) -> Vec<(u64, u64)> {
+    let mut r: Vec<(u64, u64)> = (0..6).map(|i| (i * 300 * MIB + 12_345 + i * 4096, 40 * MIB)).collect();
+    // The 64 KiB blocks sit in the last ~180 MiB... of the first 2 GiB, 4 KiB aligned.
+    let base = 1900 * MIB;
+    r.extend((0..256).map(|i: u64| (base + (i * 540_672) % (140 * MIB), 64 << 10)));
+    r.retain(|&(o, l)| o + l <= span);
+    r
+}
+
+struct Repo {
+    root: PathBuf,
+    bin: PathBuf,
+}
+
+pub fn bench_upload(dir: &Path, bin: &Path) -> Result<()> {
+    let root = std::env::current_dir()?;
+    let repo = Repo { root: root.clone(), bin: bin.to_path_buf() };
+    let venv = ensure_venv(&root)?;
+    run(Command::new(root.join("scripts/azurite.sh")).arg("install"))?;
+
+    println!("== upload: vhdforge vs Azure Python SDK 12.31.1 on Azurite 3.37 (median of 3), and vs curl on a loopback sink");
+    let img2g = dir.join("up-2g.vhd");
+    let img1t = dir.join("up-1t.vhd");
+    for (path, size) in [(&img2g, 2048 * MIB), (&img1t, 1 << 40)] {
+        if !path.exists() {
+            let raw = path.with_extension("raw");
+            ensure_sparse_raw(&raw, size, &regions(size))?;
+            run(Command::new(bin).args(["convert", "--in-place"]).arg(&raw))?;
+            std::fs::rename(&raw, path)?;
+        }
+    }
+    let nonzero_64k = nonzero_bytes(&img2g, 64 << 10)?;
+    let nonzero_4m = nonzero_bytes(&img2g, 4 << 20)?;
+    println!("image: 2 GiB fixed VHD, non-zero data {:.1} MiB at 64 KiB granularity, {:.1} MiB at 4 MiB", nonzero_64k as f64 / MIB as f64, nonzero_4m as f64 / MIB as f64);
+
+    let (mut ours, mut sdk, mut ours_1t) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours_sent, mut sdk_sent, mut ours_cpu, mut rss_2g, mut rss_1t, mut ours_req) = (0, 0, 0.0, 0, 0, 0);
+    for round in 0..3 {
+        // A fresh Azurite per round: in memory it keeps every byte ever written.
+        let port = azurite_start(&root)?;
+        let conn = format!("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={DEV_KEY};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;");
+        let url = |blob: &str| format!("http://127.0.0.1:{port}/devstoreaccount1/bench/{blob}");
+        let r = repo.upload(&img2g, &url(&format!("ours-{round}.vhd")), &conn, true)?;
+        ours.push(r.seconds);
+        ours_sent = r.sent;
+        ours_req = r.requests;
+        ours_cpu = r.cpu;
+        rss_2g = rss_2g.max(r.rss_kib);
+        let r = repo.upload(&img1t, &url(&format!("big-{round}.vhd")), &conn, false)?;
+        ours_1t.push(r.seconds);
+        rss_1t = rss_1t.max(r.rss_kib);
+        let start = Instant::now();
+        let out = Command::new(&venv)
+            .arg(root.join("benches/python/sdk_upload.py"))
+            .args([&conn, "bench", &format!("sdk-{round}.vhd")])
+            .arg(&img2g)
+            .arg("8")
+            .output()?;
+        sdk.push(start.elapsed().as_secs_f64());
+        if !out.status.success() {
+            bail!("SDK upload failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        sdk_sent = v["bytes_written"].as_u64().unwrap_or(0);
+        azurite_stop(&root)?;
+    }
+    let (o, s, o1t) = (median(&mut ours), median(&mut sdk), median(&mut ours_1t));
+    println!(
+        "2 GiB VHD -> Azurite: vhdforge {o:.2} s, SDK {s:.2} s -> {:.2}x of the SDK's time (target <= 0.33x)",
+        o / s
+    );
+    println!(
+        "  bytes sent: vhdforge {:.1} MiB in {ours_req} requests = {:.2}x the 64 KiB non-zero data (target <= 1.1x); SDK {:.1} MiB = {:.2}x",
+        ours_sent as f64 / MIB as f64,
+        ours_sent as f64 / nonzero_64k as f64,
+        sdk_sent as f64 / MIB as f64,
+        sdk_sent as f64 / nonzero_64k as f64
+    );
+    println!("  vhdforge client CPU {ours_cpu:.2} s = {:.2} s per GiB sent", ours_cpu / (ours_sent as f64 / (1u64 << 30) as f64));
+    println!(
+        "1 TiB VHD (same data) -> Azurite: vhdforge {o1t:.2} s = {:.2}x the 2 GiB time (target <= 1.3x); peak RSS {} MiB (2 GiB case {} MiB; target <= 64 + 8 x 8 = 128 MiB)",
+        o1t / o,
+        rss_1t / 1024,
+        rss_2g / 1024
+    );
+    sink_vs_curl(&repo, dir)
+}
+
+struct UploadRun {
+    seconds: f64,
+    sent: u64,
+    requests: u64,
+    cpu: f64,
+    rss_kib: u64,
+}
+
+impl Repo {
+    fn upload(&self, src: &Path, url: &str, conn: &str, create: bool) -> Result<UploadRun> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["upload", "--json", "--overwrite", "--concurrency", "8"]);
+        if create {
+            cmd.arg("--create-container");
+        }
+        cmd.arg(src).arg(url).env("AZURE_STORAGE_CONNECTION_STRING", conn).current_dir(&self.root);
+        let (seconds, rss_kib, cpu, stdout) = time_child_output(&mut cmd)?;
+        let v: serde_json::Value = serde_json::from_slice(&stdout).context("upload --json output")?;
+        Ok(UploadRun {
+            seconds,
+            sent: v["bytes_sent"].as_u64().unwrap_or(0),
+            requests: v["requests"].as_u64().unwrap_or(0),
+            cpu,
+            rss_kib,
+        })
+    }
+}
+
+/// The client alone: vhdforge uploading a dense 1 GiB image to `pagesink`, against curl
+/// sending the same amount as 4 MiB PUTs with the same parallelism.
+fn sink_vs_curl(repo: &Repo, dir: &Path) -> Result<()> {
+    let dense = dir.join("read-1g-dense.raw");
+    ensure_sparse_raw(&dense, 1 << 30, &[(0, 1 << 30)])?;
+    let sink_bin = repo.bin.with_file_name("pagesink");
+    let mut sink = Command::new(&sink_bin).args(["--size", &((1u64 << 30) + 512).to_string()]).stdout(Stdio::piped()).spawn().with_context(|| format!("cannot start {}", sink_bin.display()))?;
+    let mut line = String::new();
+    std::io::BufReader::new(sink.stdout.take().context("sink stdout")?).read_line(&mut line)?;
+    let addr = line.trim().rsplit(' ').next().unwrap_or("").to_string();
+    let chunk = dir.join("chunk-4m.bin");
+    std::fs::write(&chunk, fixtures::raw::pattern(99, 4 << 20))?;
+    let mut cfg = String::new();
+    for i in 0..256u64 {
+        let s = i * (4 << 20);
+        cfg.push_str(&format!(
+            "url = \"http://{addr}/acct/c/b?comp=page\"\nupload-file = \"{}\"\nheader = \"x-ms-range: bytes={s}-{}\"\nheader = \"x-ms-page-write: update\"\noutput = \"/dev/null\"\n",
+            chunk.display(),
+            s + (4 << 20) - 1
+        ));
+    }
+    let cfg_path = dir.join("curl.cfg");
+    std::fs::write(&cfg_path, cfg)?;
+    let (mut ours, mut curl, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let url = format!("http://{addr}/acct/c/b.vhd?sv=2021-08-06&sig=benchmark");
+        let mut cmd = Command::new(&repo.bin);
+        cmd.args(["upload", "--json", "--overwrite", "--concurrency", "8"]).arg(&dense).arg(&url);
+        let (t, _, c, _) = time_child_output(&mut cmd)?;
+        ours.push(t);
+        cpu.push(c);
+        let start = Instant::now();
+        run(Command::new("curl").args(["-s", "--parallel", "--parallel-max", "8", "-K"]).arg(&cfg_path))?;
+        curl.push(start.elapsed().as_secs_f64());
+    }
+    let _ = sink.kill();
+    let _ = sink.wait();
+    let (o, c, cpu) = (median(&mut ours), median(&mut curl), median(&mut cpu));
+    let gib = (1u64 << 30) as f64;
+    println!(
+        "loopback sink, 1 GiB dense: vhdforge {:.0} MiB/s ({o:.2} s, incl. planning pass and CRC-64) vs curl 4 MiB PUTs {:.0} MiB/s ({c:.2} s) -> {:.2}x curl (target >= 0.8x); client CPU {:.2} s per GiB",
+        gib / MIB as f64 / o,
+        gib / MIB as f64 / c,
+        c / o,
+        cpu
+    );
+    Ok(())
+}
+
+fn ensure_venv(root: &Path) -> Result<PathBuf> {
+    let venv = root.join(".tools/bench-venv");
+    let py = venv.join("bin/python");
+    let ok = Command::new(&py).args(["-c", "import azure.storage.blob"]).status().is_ok_and(|s| s.success());
+    if !ok {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(venv.join("bin/pip")).args(["install", "-q", "azure-storage-blob==12.31.1"]))?;
+    }
+    Ok(py)
+}
+
+fn azurite_start(root: &Path) -> Result<u16> {
+    let out = Command::new(root.join("scripts/azurite.sh")).args(["start", "--extentMemoryLimit", "4096"]).output()?;
+    if !out.status.success() {
+        bail!("azurite start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+fn azurite_stop(root: &Path) -> Result<()> {
+    run(Command::new(root.join("scripts/azurite.sh")).arg("stop"))
+}
