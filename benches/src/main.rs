@@ -26,6 +26,7 @@ fn main() -> Result<()> {
         "read" => bench_read(&dir),
         "convert" => bench_convert(&dir),
         "upload" => upload::bench_upload(&dir, &vhdforge_bin()?),
+        "sink" => upload::sink_vs_curl_only(&dir, &vhdforge_bin()?),
         "all" => {
             bench_read(&dir)?;
             bench_convert(&dir)?;

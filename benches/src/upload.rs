@@ -11,12 +11,15 @@ use std::time::Instant;
 
 const MIB: u64 = 1 << 20;
 /// Azurite's documented development account key (public; not a secret).
-const DEV_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+const DEV_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 /// The data layout of the benchmark image: 6 large regions at unaligned offsets (240 MiB)
 /// plus 256 scattered 64 KiB blocks (16 MiB): 256 MiB of data in all.
 fn regions(span: u64) -> Vec<(u64, u64)> {
-    let mut r: Vec<(u64, u64)> = (0..6).map(|i| (i * 300 * MIB + 12_345 + i * 4096, 40 * MIB)).collect();
+    let mut r: Vec<(u64, u64)> = (0..6)
+        .map(|i| (i * 300 * MIB + 12_345 + i * 4096, 40 * MIB))
+        .collect();
     // The 64 KiB blocks sit in the last ~180 MiB... of the first 2 GiB, 4 KiB aligned.
     let base = 1900 * MIB;
     r.extend((0..256).map(|i: u64| (base + (i * 540_672) % (140 * MIB), 64 << 10)));
@@ -31,7 +34,10 @@ struct Repo {
 
 pub fn bench_upload(dir: &Path, bin: &Path) -> Result<()> {
     let root = std::env::current_dir()?;
-    let repo = Repo { root: root.clone(), bin: bin.to_path_buf() };
+    let repo = Repo {
+        root: root.clone(),
+        bin: bin.to_path_buf(),
+    };
     let venv = ensure_venv(&root)?;
     run(Command::new(root.join("scripts/azurite.sh")).arg("install"))?;
 
@@ -48,10 +54,15 @@ pub fn bench_upload(dir: &Path, bin: &Path) -> Result<()> {
     }
     let nonzero_64k = nonzero_bytes(&img2g, 64 << 10)?;
     let nonzero_4m = nonzero_bytes(&img2g, 4 << 20)?;
-    println!("image: 2 GiB fixed VHD, non-zero data {:.1} MiB at 64 KiB granularity, {:.1} MiB at 4 MiB", nonzero_64k as f64 / MIB as f64, nonzero_4m as f64 / MIB as f64);
+    println!(
+        "image: 2 GiB fixed VHD, non-zero data {:.1} MiB at 64 KiB granularity, {:.1} MiB at 4 MiB",
+        nonzero_64k as f64 / MIB as f64,
+        nonzero_4m as f64 / MIB as f64
+    );
 
     let (mut ours, mut sdk, mut ours_1t) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut ours_sent, mut sdk_sent, mut ours_cpu, mut rss_2g, mut rss_1t, mut ours_req) = (0, 0, 0.0, 0, 0, 0);
+    let (mut ours_sent, mut sdk_sent, mut ours_cpu, mut rss_2g, mut rss_1t, mut ours_req) =
+        (0, 0, 0.0, 0, 0, 0);
     for round in 0..3 {
         // A fresh Azurite per round: in memory it keeps every byte ever written.
         let port = azurite_start(&root)?;
@@ -75,7 +86,10 @@ pub fn bench_upload(dir: &Path, bin: &Path) -> Result<()> {
             .output()?;
         sdk.push(start.elapsed().as_secs_f64());
         if !out.status.success() {
-            bail!("SDK upload failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "SDK upload failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         sdk_sent = v["bytes_written"].as_u64().unwrap_or(0);
@@ -93,7 +107,10 @@ pub fn bench_upload(dir: &Path, bin: &Path) -> Result<()> {
         sdk_sent as f64 / MIB as f64,
         sdk_sent as f64 / nonzero_64k as f64
     );
-    println!("  vhdforge client CPU {ours_cpu:.2} s = {:.2} s per GiB sent", ours_cpu / (ours_sent as f64 / (1u64 << 30) as f64));
+    println!(
+        "  vhdforge client CPU {ours_cpu:.2} s = {:.2} s per GiB sent",
+        ours_cpu / (ours_sent as f64 / (1u64 << 30) as f64)
+    );
     println!(
         "1 TiB VHD (same data) -> Azurite: vhdforge {o1t:.2} s = {:.2}x the 2 GiB time (target <= 1.3x); peak RSS {} MiB (2 GiB case {} MiB; target <= 64 + 8 x 8 = 128 MiB)",
         o1t / o,
@@ -118,9 +135,13 @@ impl Repo {
         if create {
             cmd.arg("--create-container");
         }
-        cmd.arg(src).arg(url).env("AZURE_STORAGE_CONNECTION_STRING", conn).current_dir(&self.root);
+        cmd.arg(src)
+            .arg(url)
+            .env("AZURE_STORAGE_CONNECTION_STRING", conn)
+            .current_dir(&self.root);
         let (seconds, rss_kib, cpu, stdout) = time_child_output(&mut cmd)?;
-        let v: serde_json::Value = serde_json::from_slice(&stdout).context("upload --json output")?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&stdout).context("upload --json output")?;
         Ok(UploadRun {
             seconds,
             sent: v["bytes_sent"].as_u64().unwrap_or(0),
@@ -133,11 +154,25 @@ impl Repo {
 
 /// The client alone: vhdforge uploading a dense 1 GiB image to `pagesink`, against curl
 /// sending the same amount as 4 MiB PUTs with the same parallelism.
+pub fn sink_vs_curl_only(dir: &Path, bin: &Path) -> Result<()> {
+    sink_vs_curl(
+        &Repo {
+            root: std::env::current_dir()?,
+            bin: bin.to_path_buf(),
+        },
+        dir,
+    )
+}
+
 fn sink_vs_curl(repo: &Repo, dir: &Path) -> Result<()> {
     let dense = dir.join("read-1g-dense.raw");
     ensure_sparse_raw(&dense, 1 << 30, &[(0, 1 << 30)])?;
     let sink_bin = repo.bin.with_file_name("pagesink");
-    let mut sink = Command::new(&sink_bin).args(["--size", &((1u64 << 30) + 512).to_string()]).stdout(Stdio::piped()).spawn().with_context(|| format!("cannot start {}", sink_bin.display()))?;
+    let mut sink = Command::new(&sink_bin)
+        .args(["--size", &((1u64 << 30) + 512).to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", sink_bin.display()))?;
     let mut line = String::new();
     std::io::BufReader::new(sink.stdout.take().context("sink stdout")?).read_line(&mut line)?;
     let addr = line.trim().rsplit(' ').next().unwrap_or("").to_string();
@@ -147,7 +182,7 @@ fn sink_vs_curl(repo: &Repo, dir: &Path) -> Result<()> {
     for i in 0..256u64 {
         let s = i * (4 << 20);
         cfg.push_str(&format!(
-            "url = \"http://{addr}/acct/c/b?comp=page\"\nupload-file = \"{}\"\nheader = \"x-ms-range: bytes={s}-{}\"\nheader = \"x-ms-page-write: update\"\noutput = \"/dev/null\"\n",
+            "url = \"http://{addr}/acct/c/b?comp=page\"\nupload-file = \"{}\"\nheader = \"x-ms-range: bytes={s}-{}\"\nheader = \"x-ms-page-write: update\"\nheader = \"Expect:\"\noutput = \"/dev/null\"\n",
             chunk.display(),
             s + (4 << 20) - 1
         ));
@@ -158,12 +193,16 @@ fn sink_vs_curl(repo: &Repo, dir: &Path) -> Result<()> {
     for _ in 0..3 {
         let url = format!("http://{addr}/acct/c/b.vhd?sv=2021-08-06&sig=benchmark");
         let mut cmd = Command::new(&repo.bin);
-        cmd.args(["upload", "--json", "--overwrite", "--concurrency", "8"]).arg(&dense).arg(&url);
+        cmd.args(["upload", "--json", "--overwrite", "--concurrency", "8"])
+            .arg(&dense)
+            .arg(&url);
         let (t, _, c, _) = time_child_output(&mut cmd)?;
         ours.push(t);
         cpu.push(c);
         let start = Instant::now();
-        run(Command::new("curl").args(["-s", "--parallel", "--parallel-max", "8", "-K"]).arg(&cfg_path))?;
+        run(Command::new("curl")
+            .args(["-s", "--parallel", "--parallel-max", "8", "-K"])
+            .arg(&cfg_path))?;
         curl.push(start.elapsed().as_secs_f64());
     }
     let _ = sink.kill();
@@ -183,16 +222,25 @@ fn sink_vs_curl(repo: &Repo, dir: &Path) -> Result<()> {
 fn ensure_venv(root: &Path) -> Result<PathBuf> {
     let venv = root.join(".tools/bench-venv");
     let py = venv.join("bin/python");
-    let ok = Command::new(&py).args(["-c", "import azure.storage.blob"]).status().is_ok_and(|s| s.success());
+    let ok = Command::new(&py)
+        .args(["-c", "import azure.storage.blob"])
+        .status()
+        .is_ok_and(|s| s.success());
     if !ok {
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-        run(Command::new(venv.join("bin/pip")).args(["install", "-q", "azure-storage-blob==12.31.1"]))?;
+        run(Command::new(venv.join("bin/pip")).args([
+            "install",
+            "-q",
+            "azure-storage-blob==12.31.1",
+        ]))?;
     }
     Ok(py)
 }
 
 fn azurite_start(root: &Path) -> Result<u16> {
-    let out = Command::new(root.join("scripts/azurite.sh")).args(["start", "--extentMemoryLimit", "4096"]).output()?;
+    let out = Command::new(root.join("scripts/azurite.sh"))
+        .args(["start", "--extentMemoryLimit", "4096"])
+        .output()?;
     if !out.status.success() {
         bail!("azurite start: {}", String::from_utf8_lossy(&out.stderr));
     }

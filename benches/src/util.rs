@@ -88,9 +88,16 @@ pub fn time_child(cmd: &mut Command) -> Result<(f64, u64)> {
 pub fn time_child_output(cmd: &mut Command) -> Result<(f64, u64, f64, Vec<u8>)> {
     use std::io::Read;
     let start = Instant::now();
-    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("cannot run {cmd:?}"))?;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     let mut out = Vec::new();
-    child.stdout.take().context("stdout")?.read_to_end(&mut out)?;
+    child
+        .stdout
+        .take()
+        .context("stdout")?
+        .read_to_end(&mut out)?;
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: rusage is plain data; wait4 fills it for our own child.
@@ -99,10 +106,18 @@ pub fn time_child_output(cmd: &mut Command) -> Result<(f64, u64, f64, Vec<u8>)> 
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
     let t = start.elapsed().as_secs_f64();
     if rc < 0 || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("{cmd:?} failed (status {status}): {}", String::from_utf8_lossy(&out));
+        bail!(
+            "{cmd:?} failed (status {status}): {}",
+            String::from_utf8_lossy(&out)
+        );
     }
     let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    Ok((t, ru.ru_maxrss as u64, secs(ru.ru_utime) + secs(ru.ru_stime), out))
+    Ok((
+        t,
+        ru.ru_maxrss as u64,
+        secs(ru.ru_utime) + secs(ru.ru_stime),
+        out,
+    ))
 }
 
 /// Bytes actually allocated on disk for a file.
@@ -118,8 +133,10 @@ pub fn nonzero_bytes(path: &Path, granule: u64) -> Result<u64> {
     let mut total = 0;
     let mut pos = 0;
     let mut buf = vec![0u8; granule as usize];
+    let mut counted_to = 0;
     while let Some(seg) = src.next_data(pos)? {
-        let mut p = seg.start / granule * granule;
+        // Data segments can share a granule: count each granule once.
+        let mut p = (seg.start / granule * granule).max(counted_to);
         while p < seg.end {
             let n = granule.min(src.size() - p) as usize;
             src.read_exact_at(&mut buf[..n], p)?;
@@ -128,6 +145,7 @@ pub fn nonzero_bytes(path: &Path, granule: u64) -> Result<u64> {
             }
             p += granule;
         }
+        counted_to = counted_to.max(p);
         pos = seg.end;
     }
     Ok(total)

@@ -11,6 +11,7 @@ use crate::convert::AzurePlan;
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::DiskImage;
 use crate::sparse::{data_pieces, for_each_nonzero_run};
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,30 +66,45 @@ pub fn plan_requests_multi(
     /// The metadata is walked in windows so the piece list stays small on huge disks.
     const WINDOW: u64 = 64 << 30;
     let mut builders: Vec<Coalescer> = bridges.iter().map(|&b| Coalescer::new(b)).collect();
-    let mut buf = vec![0u8; MAX_PUT_PAGE as usize];
+    thread_local!(static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) });
     let mut window = 0u64;
     while window < plan.source_size {
         let window_end = window.saturating_add(WINDOW).min(plan.source_size);
-        for piece in data_pieces(image, window..window_end, MAX_PUT_PAGE)? {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(Error::new(
-                    ErrorKind::Interrupted,
-                    "upload.cancelled",
-                    "interrupted while planning",
-                ));
-            }
-            let len = (piece.end - piece.start) as usize;
-            let data = &mut buf[..len];
-            plan.read_disk(image, data, piece.start)?;
-            for_each_nonzero_run(data, piece.start, PAGE, |s, l| {
-                // Runs are page-aligned except where a piece starts or ends inside a page;
-                // widen to whole pages (the disk area is a whole number of MiB, so this stays inside).
-                let start = s / PAGE * PAGE;
-                let end = ((s + l).div_ceil(PAGE) * PAGE).min(plan.disk_size);
-                for b in &mut builders {
-                    b.add(start, end);
+        let pieces = data_pieces(image, window..window_end, MAX_PUT_PAGE)?;
+        // Pieces are read and zero-tested in parallel; their runs come back in order.
+        let runs: Vec<Vec<Range<u64>>> = pieces
+            .par_iter()
+            .map(|piece| -> Result<Vec<Range<u64>>> {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(Error::new(
+                        ErrorKind::Interrupted,
+                        "upload.cancelled",
+                        "interrupted while planning",
+                    ));
                 }
-            });
+                BUF.with(|b| {
+                    let mut buf = b.borrow_mut();
+                    let len = (piece.end - piece.start) as usize;
+                    buf.resize(len, 0);
+                    let data = &mut buf[..len];
+                    plan.read_disk(image, data, piece.start)?;
+                    let mut out = Vec::new();
+                    for_each_nonzero_run(data, piece.start, PAGE, |s, l| {
+                        // Runs are page-aligned except where a piece starts or ends inside a
+                        // page; widen to whole pages (the disk area is a whole number of MiB,
+                        // so this stays inside).
+                        let start = s / PAGE * PAGE;
+                        let end = ((s + l).div_ceil(PAGE) * PAGE).min(plan.disk_size);
+                        out.push(start..end);
+                    });
+                    Ok(out)
+                })
+            })
+            .collect::<Result<_>>()?;
+        for r in runs.iter().flatten() {
+            for b in &mut builders {
+                b.add(r.start, r.end);
+            }
         }
         window = window_end;
     }
