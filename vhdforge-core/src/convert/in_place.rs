@@ -22,7 +22,7 @@ use std::time::Instant;
 
 /// Bytes at the end of the file saved in the journal (covers any old footer).
 const SAVED_TAIL: u64 = 1024;
-const JOURNAL_MAGIC: &str = "vhdforge-inplace v1";
+const JOURNAL_MAGIC: &str = "vhdforge-inplace v2";
 
 /// What an in-place conversion did.
 #[derive(Debug, Clone, Serialize)]
@@ -89,20 +89,22 @@ pub fn convert_in_place(path: &Path, policy: &Policy, force: bool) -> Result<InP
     };
 
     if let Some(f) = &old_footer {
-        notes = footer_problems(f, data_len, len);
-        if notes.is_empty() && !force {
-            return Ok(InPlaceReport {
-                action: "unchanged",
-                input_format: format,
-                virtual_size: data_len,
-                disk_size: data_len,
-                output_size: len,
-                padded_bytes: 0,
-                recovered_interrupted_run: recovered,
-                notes: vec!["already an Azure-ready fixed VHD; nothing to do (use --force to rewrite the footer)".into()],
-                seconds: started.elapsed().as_secs_f64(),
-            });
+        // With a valid checksum the footer's CurrentSize is what every reader (and `convert`)
+        // takes as the disk size; in place we may only pad, never drop data, so a size that
+        // disagrees with the data is for `convert IN OUT` to settle.
+        let current = f.current_size.get();
+        if f.checksum.get() == f.compute_checksum() && current != data_len {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "inplace.size_mismatch",
+                format!(
+                    "{}: the footer says the disk is {current} bytes but the file holds {data_len} bytes of data; \
+                     in place vhdforge only pads and appends, so run `vhdforge convert IN OUT` (it uses the footer's size)",
+                    path.display()
+                ),
+            ));
         }
+        notes = footer_problems(f, data_len, len);
     }
     let disk_size = round_up_mib(data_len).ok_or_else(|| {
         Error::new(
@@ -120,6 +122,19 @@ pub fn convert_in_place(path: &Path, policy: &Policy, force: bool) -> Result<InP
                  pass --allow-any-size to convert anyway"
             ),
         ));
+    }
+    if old_footer.is_some() && notes.is_empty() && !force {
+        return Ok(InPlaceReport {
+            action: "unchanged",
+            input_format: format,
+            virtual_size: data_len,
+            disk_size: data_len,
+            output_size: len,
+            padded_bytes: 0,
+            recovered_interrupted_run: recovered,
+            notes: vec!["already an Azure-ready fixed VHD; nothing to do (use --force to rewrite the footer)".into()],
+            seconds: started.elapsed().as_secs_f64(),
+        });
     }
     // Keep a repaired disk's identity; a raw image gets a fresh one.
     let unique_id = old_footer
@@ -140,7 +155,7 @@ pub fn convert_in_place(path: &Path, policy: &Policy, force: bool) -> Result<InP
     };
     drop(src);
 
-    write_journal(path, &journal, len)?;
+    write_journal(path, &journal, len, plan.output_size())?;
     let file = OpenOptions::new()
         .write(true)
         .open(path)
@@ -244,7 +259,24 @@ fn footer_problems(f: &HardDiskFooter, data_len: u64, file_len: u64) -> Vec<Stri
     p
 }
 
-fn write_journal(path: &Path, journal: &Path, len: u64) -> Result<()> {
+/// The identity of a file: device and inode on unix (so a journal is never applied to a
+/// different file that took the name), nothing elsewhere.
+fn file_id(path: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Ok(format!("{}:{}", meta.dev(), meta.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        Ok(String::new())
+    }
+}
+
+fn write_journal(path: &Path, journal: &Path, len: u64, target_len: u64) -> Result<()> {
     let src = FileSource::open(path)
         .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
     let tail_len = len.min(SAVED_TAIL);
@@ -252,7 +284,9 @@ fn write_journal(path: &Path, journal: &Path, len: u64) -> Result<()> {
     src.read_exact_at(&mut tail, len - tail_len)
         .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
     let hex: String = tail.iter().map(|b| format!("{b:02x}")).collect();
-    let text = format!("{JOURNAL_MAGIC}\nlength={len}\ntail={hex}\n");
+    let id = file_id(path)?;
+    let text =
+        format!("{JOURNAL_MAGIC}\nfile={id}\nlength={len}\ntarget={target_len}\ntail={hex}\n");
     let tmp = journal.with_extension("vhdforge-inplace-new");
     std::fs::write(&tmp, text)
         .map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
@@ -266,29 +300,50 @@ fn write_journal(path: &Path, journal: &Path, len: u64) -> Result<()> {
 }
 
 /// Undo an interrupted in-place run described by `journal`. Returns true when done.
+///
+/// The journal is applied only to the file it was written for (same device and inode) and
+/// only while the file is in a state that run could have left (its original length, or the
+/// length it was extending to); anything else means the file changed since, and rolling
+/// back would destroy data, so it is refused.
 fn rollback(path: &Path, journal: &Path) -> Result<bool> {
-    let bad = |why: &str| {
+    let refuse = |code: &'static str, why: String| {
         Error::new(
             ErrorKind::Corrupt,
-            "inplace.journal",
-            format!("{} is damaged ({why}); it records an interrupted in-place conversion of {}. Inspect the file and remove the journal by hand", journal.display(), path.display()),
+            code,
+            format!(
+                "{} records an interrupted in-place conversion of {}, but {why}; it was not applied. \
+                 If the file is as you want it, delete the journal and run again",
+                journal.display(),
+                path.display()
+            ),
         )
     };
+    let bad = |why: &str| refuse("inplace.journal", format!("the journal is damaged ({why})"));
     let text = std::fs::read_to_string(journal)
         .map_err(|e| Error::io(format!("cannot read {}", journal.display()), e))?;
+    let mut fields = std::collections::HashMap::new();
     let mut lines = text.lines();
     if lines.next() != Some(JOURNAL_MAGIC) {
         return Err(bad("unknown header"));
     }
-    let len: u64 = lines
-        .next()
-        .and_then(|l| l.strip_prefix("length="))
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| bad("no length"))?;
-    let hex = lines
-        .next()
-        .and_then(|l| l.strip_prefix("tail="))
-        .ok_or_else(|| bad("no tail"))?;
+    for l in lines {
+        if let Some((k, v)) = l.split_once('=') {
+            fields.insert(k, v);
+        }
+    }
+    let num = |k: &str| {
+        fields
+            .get(k)
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| bad(&format!("no {k}")))
+    };
+    let len = num("length")?;
+    let target = num("target")?;
+    let id = fields
+        .get("file")
+        .copied()
+        .ok_or_else(|| bad("no file identity"))?;
+    let hex = fields.get("tail").copied().ok_or_else(|| bad("no tail"))?;
     if hex.len() % 2 != 0 || hex.len() as u64 > 2 * SAVED_TAIL || (hex.len() / 2) as u64 > len {
         return Err(bad("tail has the wrong length"));
     }
@@ -296,6 +351,21 @@ fn rollback(path: &Path, journal: &Path) -> Result<bool> {
         .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))
         .collect::<Result<_, _>>()
         .map_err(|_| bad("tail is not hex"))?;
+    if file_id(path)? != id {
+        return Err(refuse(
+            "inplace.journal_stale",
+            "the file at that path is not the file it was written for".into(),
+        ));
+    }
+    let now = std::fs::metadata(path)
+        .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?
+        .len();
+    if now != len && now != target {
+        return Err(refuse(
+            "inplace.journal_stale",
+            format!("the file is now {now} bytes, not {len} (before) or {target} (after) as an interrupted run would leave it"),
+        ));
+    }
     let file = OpenOptions::new()
         .write(true)
         .open(path)
@@ -333,9 +403,15 @@ mod tests {
         let original = std::fs::read(&p).unwrap();
         // Simulate a crash after the journal was written and the file was half modified:
         // extended, with garbage where the footer goes and no footer.
-        write_journal(&p, &journal_path_for(&p), size).unwrap();
+        write_journal(
+            &p,
+            &journal_path_for(&p),
+            size,
+            22 * crate::azure::MIB + 512,
+        )
+        .unwrap();
         let f = OpenOptions::new().write(true).open(&p).unwrap();
-        f.set_len(22 * crate::azure::MIB + 100).unwrap();
+        f.set_len(22 * crate::azure::MIB + 512).unwrap();
         pwrite_all(&f, &[0xAB; 100], 22 * crate::azure::MIB).unwrap();
         drop(f);
         let r = convert_in_place(&p, &Policy::default(), false).unwrap();
@@ -355,6 +431,66 @@ mod tests {
         assert_eq!(footer.current_size.get(), 22 * crate::azure::MIB);
         assert_eq!(footer.checksum.get(), footer.compute_checksum());
         assert!(!journal_path_for(&p).exists());
+    }
+
+    #[test]
+    fn stale_journal_is_refused_and_the_file_kept() {
+        // A journal from an earlier run, then the file changed (grew, new data): applying
+        // the journal would truncate it. It must be refused, the file untouched.
+        let dir = tempfile::tempdir().unwrap();
+        let p = raw_file(dir.path(), 21 * crate::azure::MIB);
+        write_journal(
+            &p,
+            &journal_path_for(&p),
+            21 * crate::azure::MIB,
+            21 * crate::azure::MIB + 512,
+        )
+        .unwrap();
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_len(40 * crate::azure::MIB).unwrap();
+        pwrite_all(&f, &[0x55; 4096], 35 * crate::azure::MIB).unwrap();
+        drop(f);
+        let before = std::fs::read(&p).unwrap();
+        let e = convert_in_place(&p, &Policy::default(), false).unwrap_err();
+        assert_eq!(e.code(), "inplace.journal_stale", "{e}");
+        assert!(std::fs::read(&p).unwrap() == before, "file changed");
+
+        // The same name now belongs to another file (replaced): refused too.
+        let other = dir.path().join("other.raw");
+        std::fs::write(&other, vec![1u8; 21 << 20]).unwrap();
+        write_journal(
+            &other,
+            &journal_path_for(&p),
+            21 * crate::azure::MIB,
+            21 * crate::azure::MIB + 512,
+        )
+        .unwrap();
+        let e = convert_in_place(&p, &Policy::default(), false).unwrap_err();
+        assert_eq!(e.code(), "inplace.journal_stale", "{e}");
+    }
+
+    #[test]
+    fn fixed_vhd_whose_footer_size_disagrees_is_left_to_convert() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.vhd");
+        let mut data = vec![0u8; 24 << 20];
+        data[100] = 1;
+        data.extend_from_slice(&HardDiskFooter::new_fixed(21 << 20, [3; 16], 5).to_bytes());
+        std::fs::write(&p, &data).unwrap();
+        let e = convert_in_place(&p, &Policy::default(), false).unwrap_err();
+        assert_eq!(e.code(), "inplace.size_mismatch");
+        assert!(std::fs::read(&p).unwrap() == data);
+    }
+
+    #[test]
+    fn small_ready_looking_vhd_is_not_called_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.vhd");
+        let mut data = vec![0u8; 2 << 20];
+        data.extend_from_slice(&HardDiskFooter::new_fixed(2 << 20, [3; 16], 5).to_bytes());
+        std::fs::write(&p, &data).unwrap();
+        let e = convert_in_place(&p, &Policy::default(), false).unwrap_err();
+        assert_eq!(e.code(), "convert.size_out_of_range");
     }
 
     #[test]
