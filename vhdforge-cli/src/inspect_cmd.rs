@@ -62,7 +62,7 @@ pub fn to_json(file: &std::path::Path, i: &Inspection) -> serde_json::Value {
     let info = i.info.as_ref();
     json!({
         "path": file.display().to_string(),
-        "format": info.map(|x| x.format),
+        "format": i.detected_format,
         "disk_type": info.map(|x| x.disk_type),
         "virtual_size": info.map(|x| x.virtual_size),
         "logical_sector_size": info.map(|x| x.logical_sector_size),

@@ -228,3 +228,24 @@ fn four_k_sector_vhdx_needs_the_explicit_override() {
     assert!(!out.exists());
     convert_and_check(&p, &data, &["--allow-4k-sectors"], None);
 }
+
+#[test]
+fn output_may_not_be_a_parent_of_the_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = content(21 * MIB as usize, 6);
+    let layers = vec![ChainLayer {
+        name: "top.avhd".into(),
+        writes: vec![(512, fixtures::raw::pattern(1, 512))],
+    }];
+    let (paths, _) = fvhd::write_chain(dir.path(), &base, "base.vhd", 2 << 20, &layers).unwrap();
+    let before = sha_file(&paths[0]);
+    Command::cargo_bin("vhdforge")
+        .unwrap()
+        .args(["convert", "--force"])
+        .arg(&paths[1])
+        .arg(&paths[0])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("parent of the input"));
+    assert_eq!(sha_file(&paths[0]), before, "the parent was modified");
+}

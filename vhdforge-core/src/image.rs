@@ -201,7 +201,8 @@ pub fn check_virtual_range(virtual_size: u64, offset: u64, len: u64) -> Result<(
 /// Bytes of the virtual disk backed by stored data (any layer) according to the metadata,
 /// walking the map in slices so memory stays bounded whatever the disk size.
 pub fn allocated_bytes(image: &dyn DiskImage) -> Result<u64> {
-    const SLICE: u64 = 64 << 30;
+    // Small enough that even a map fragmented to one extent per sector stays a few MiB.
+    const SLICE: u64 = 256 << 20;
     let size = image.info().virtual_size;
     let mut total = 0u64;
     let mut pos = 0u64;

@@ -69,6 +69,8 @@ impl Error {
 pub struct Inspection {
     /// What the image is; `None` when it could not be parsed at all.
     pub info: Option<ImageInfo>,
+    /// The format its signatures name, known even when parsing failed.
+    pub detected_format: Option<Format>,
     /// Virtual bytes backed by stored data per the metadata (through the chain).
     pub allocated_bytes: Option<u64>,
     /// Structural findings, then Azure-readiness findings.
@@ -104,6 +106,12 @@ pub fn inspect(path: &Path, opts: &OpenOptions) -> Result<Inspection> {
             (None, None)
         }
     };
+    let detected_format = match &info {
+        Some(i) => Some(i.format),
+        None => io::FileSource::open(path)
+            .ok()
+            .and_then(|src| format::detect(&src).ok()),
+    };
     let readable = !findings.iter().any(|f| f.severity == Severity::Error);
     if let Some(i) = &info {
         findings.extend(azure::readiness(i));
@@ -111,6 +119,7 @@ pub fn inspect(path: &Path, opts: &OpenOptions) -> Result<Inspection> {
     let azure_ready = info.is_some() && !findings.iter().any(|f| f.severity == Severity::Error);
     Ok(Inspection {
         info,
+        detected_format,
         allocated_bytes,
         findings,
         azure_ready,

@@ -46,7 +46,8 @@ pub struct ConvertReport {
     pub output_size: u64,
     /// Non-zero bytes written.
     pub data_bytes_written: u64,
-    /// Bytes of the virtual disk not written because they are zero (by metadata or content).
+    /// Bytes of the source's virtual disk not written because they are zero (by metadata or
+    /// content); the padding is counted apart, in `padded_bytes`.
     pub zero_bytes_skipped: u64,
     /// Zero bytes added to reach a whole MiB.
     pub padded_bytes: u64,
@@ -54,14 +55,58 @@ pub struct ConvertReport {
     pub seconds: f64,
 }
 
-/// The temporary file's name for `out`: hidden, in the same folder (so the rename is
-/// atomic), and fixed, so a rerun after a crash finds and replaces a stale one.
+/// The temporary file's name for `out` in this process: hidden, in the same folder (so
+/// the final rename is atomic), and unique to the process, so two conversions to the same
+/// OUT never write or rename each other's file.
 pub fn temp_path_for(out: &Path) -> PathBuf {
+    out.with_file_name(format!("{}{}", temp_prefix(out), std::process::id()))
+}
+
+fn temp_prefix(out: &Path) -> String {
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out".into());
-    out.with_file_name(format!(".{name}.vhdforge-partial"))
+    format!(".{name}.vhdforge-partial-")
+}
+
+/// Remove temporary files for `out` left by conversions that were killed: those whose
+/// process no longer exists (Linux: /proc tells; elsewhere they are left alone).
+fn remove_stale_temps(out: &Path) {
+    let prefix = temp_prefix(out);
+    let dir = out
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if cfg!(target_os = "linux")
+            && pid != std::process::id()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Every file the image reads from: the image itself and its parents.
+fn chain_paths(image: &dyn DiskImage) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut cur = Some(image);
+    while let Some(i) = cur {
+        out.push(i.info().path.clone());
+        cur = i.parent();
+    }
+    out
 }
 
 /// Removes the temporary file unless the conversion completed.
@@ -97,11 +142,16 @@ pub fn convert_to_file(
             ),
         ));
     }
-    if same_file(&image.info().path, out) {
+    if let Some(p) = chain_paths(image).iter().find(|p| same_file(p, out)) {
+        let what = if *p == image.info().path {
+            "the input image"
+        } else {
+            "a parent of the input image"
+        };
         return Err(Error::new(
             ErrorKind::InvalidInput,
             "convert.output_is_input",
-            format!("{} is the input image; choose another output, or use --in-place for raw and fixed VHD inputs", out.display()),
+            format!("{} is {what}; choose another output (use --in-place to convert raw and fixed VHD inputs where they lie)", out.display()),
         ));
     }
     let pieces = data_pieces(image, 0..plan.source_size, PIECE)?;
@@ -109,7 +159,7 @@ pub fn convert_to_file(
     let tmp = temp_path_for(out);
     check_free_space(out, data_upper_bound)?;
 
-    // A stale partial file from an interrupted run is ours to replace.
+    remove_stale_temps(out);
     let _ = std::fs::remove_file(&tmp);
     let file = OpenOptions::new()
         .write(true)
@@ -183,12 +233,58 @@ pub fn convert_to_file(
             "conversion interrupted; no output was written",
         ));
     }
-    std::fs::rename(&tmp, out).map_err(|e| {
-        Error::io(
-            format!("cannot rename {} to {}", tmp.display(), out.display()),
-            e,
-        )
-    })?;
+    // The output must pass `check` before it gets its name (the size rule excepted when the
+    // user overrode it).
+    let overridden = |code: &str| {
+        opts.policy.allow_any_size && matches!(code, "azure.too_small" | "azure.too_large")
+    };
+    let check = crate::inspect(&tmp, &crate::OpenOptions::default())?;
+    if let Some(f) = check
+        .findings
+        .iter()
+        .find(|f| f.severity == crate::Severity::Error && !overridden(f.code))
+    {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            "convert.self_check",
+            format!("the converted image failed its own check ({f}); nothing was written to {}. Please report this", out.display()),
+        ));
+    }
+    if opts.force {
+        std::fs::rename(&tmp, out).map_err(|e| {
+            Error::io(
+                format!("cannot rename {} to {}", tmp.display(), out.display()),
+                e,
+            )
+        })?;
+    } else {
+        // Without --force never replace a file that appeared meanwhile: a hard link fails
+        // if OUT exists, atomically. File systems without hard links get a checked rename.
+        match std::fs::hard_link(&tmp, out) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    "convert.output_exists",
+                    format!(
+                        "{} appeared while converting; pass --force to replace it",
+                        out.display()
+                    ),
+                ));
+            }
+            Err(_) if !out.exists() => {
+                std::fs::rename(&tmp, out).map_err(|e| {
+                    Error::io(
+                        format!("cannot rename {} to {}", tmp.display(), out.display()),
+                        e,
+                    )
+                })?;
+            }
+            Err(e) => return Err(Error::io(format!("cannot create {}", out.display()), e)),
+        }
+    }
     guard.keep = true;
     sync_parent_dir(out);
     let data_bytes_written = written.into_inner();
@@ -196,7 +292,7 @@ pub fn convert_to_file(
         virtual_size: plan.source_size,
         output_size: plan.output_size(),
         data_bytes_written,
-        zero_bytes_skipped: plan.disk_size - data_bytes_written,
+        zero_bytes_skipped: plan.source_size.saturating_sub(data_bytes_written),
         padded_bytes: plan.padding(),
         seconds: started.elapsed().as_secs_f64(),
     })

@@ -67,7 +67,8 @@ pub fn data_pieces(
     range: Range<u64>,
     max_piece: u64,
 ) -> Result<Vec<Range<u64>>> {
-    const SLICE: u64 = 64 << 30;
+    // Small enough that even a map fragmented to one extent per sector stays a few MiB.
+    const SLICE: u64 = 256 << 20;
     let mut out: Vec<Range<u64>> = Vec::new();
     let mut extents: Vec<Extent> = Vec::new();
     let mut pos = range.start;
