@@ -6,7 +6,7 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vhdforge_core::convert::{convert_in_place, convert_to_file, ConvertOptions, Policy};
-use vhdforge_core::{inspect, open, OpenOptions};
+use vhdforge_core::{inspect_quick as inspect, open, OpenOptions};
 
 /// Arguments of `convert`.
 #[derive(clap::Args, Debug)]

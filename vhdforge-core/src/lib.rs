@@ -84,6 +84,16 @@ pub struct Inspection {
 /// Inspect an image leniently: parse what can be parsed and report every finding.
 /// Fails only when the file cannot be opened or read at all.
 pub fn inspect(path: &Path, opts: &OpenOptions) -> Result<Inspection> {
+    inspect_impl(path, opts, true)
+}
+
+/// [`inspect`] without `allocated_bytes`, which walks the whole allocation map: the
+/// structure and readiness verdict only, in time independent of the disk size.
+pub fn inspect_quick(path: &Path, opts: &OpenOptions) -> Result<Inspection> {
+    inspect_impl(path, opts, false)
+}
+
+fn inspect_impl(path: &Path, opts: &OpenOptions, with_allocation: bool) -> Result<Inspection> {
     // Surface "cannot open" as an error, not as a finding.
     std::fs::File::open(path)
         .map_err(|e| Error::io(format!("cannot open {}", path.display()), e).in_file(path))?;
@@ -91,8 +101,11 @@ pub fn inspect(path: &Path, opts: &OpenOptions) -> Result<Inspection> {
     let (info, allocated_bytes) = match format::open_path(path, opts) {
         Ok(image) => {
             findings.extend(image.findings().iter().cloned());
-            let allocated = match image::allocated_bytes(image.as_ref()) {
-                Ok(a) => Some(a),
+            let allocated = match with_allocation
+                .then(|| image::allocated_bytes(image.as_ref()))
+                .transpose()
+            {
+                Ok(a) => a,
                 Err(e) => {
                     findings.push(Finding::from(&e));
                     None

@@ -238,7 +238,7 @@ pub fn convert_to_file(
     let overridden = |code: &str| {
         opts.policy.allow_any_size && matches!(code, "azure.too_small" | "azure.too_large")
     };
-    let check = crate::inspect(&tmp, &crate::OpenOptions::default())?;
+    let check = crate::inspect_quick(&tmp, &crate::OpenOptions::default())?;
     if let Some(f) = check
         .findings
         .iter()
