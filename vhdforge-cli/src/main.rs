@@ -29,7 +29,7 @@ Images are recognised by content, not file name. Differencing disks (.avhd/.avhd
 checkpoints) are read through their parents. Inputs are never modified, except by
 `convert --in-place`, which you ask for explicitly.
 
-Exit codes: 0 ok, 1 check failed (or verify found a difference), 2 error.";
+Exit codes: 0 ok, 1 check failed (or verify found a difference), 2 error, 130 a second Ctrl-C.";
 
 #[derive(Parser, Debug)]
 #[command(name = "vhdforge", version, about = ABOUT, long_about = LONG_ABOUT)]
