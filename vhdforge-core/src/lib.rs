@@ -46,10 +46,7 @@ pub fn open_bytes(data: Vec<u8>) -> Result<Box<dyn DiskImage>> {
         follow_parents: false,
         ..OpenOptions::default()
     };
-    let mut ctx = format::OpenContext {
-        opts: &opts,
-        chain: Vec::new(),
-    };
+    let mut ctx = format::OpenContext::new(&opts);
     let src: std::sync::Arc<dyn io::ReadAt> =
         std::sync::Arc::new(io::MemSource::named(data, "<memory>"));
     format::open_source(src, Path::new("<memory>"), &mut ctx)

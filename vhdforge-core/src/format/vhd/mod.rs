@@ -15,7 +15,7 @@
 //! using_copy,copy_mismatch}`; `vhd.truncated`; `vhd.header.{offset,cookie,checksum,version,
 //! block_size}`; `vhd.bat.{too_large,out_of_bounds,overlap,too_small,entry_out_of_bounds,
 //! entry_overlap,entry_shared,entry_invalid}`; `vhd.parent.{locator,missing,id_mismatch}`;
-//! and, from [`open_parent`], `parent.{loop,not_followed,chain_too_deep}`.
+//! and, from [`open_parent`], `parent.{loop,not_followed,chain_too_deep,missing}`.
 
 pub mod bat;
 pub mod footer;
@@ -24,7 +24,7 @@ pub mod parent;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::finding::{Finding, Findings};
-use crate::format::{open_parent, raw::map_file_region, OpenContext};
+use crate::format::{open_candidate, open_parent, probe_parent, raw::map_file_region, OpenContext};
 use crate::image::{
     check_virtual_range, push_extent, resolve_through_parent, Allocation, DiskImage, DiskType,
     Extent, Format, ImageInfo,
@@ -83,6 +83,13 @@ fn read_footer_copy(src: &dyn ReadAt) -> Result<Option<HardDiskFooter>> {
     src.read_exact_at(&mut bytes, 0)
         .map_err(|e| Error::io("cannot read the footer copy at offset 0", e).at(0))?;
     Ok(Some(HardDiskFooter::from_bytes(&bytes)))
+}
+
+/// The unique id of the VHD in `src`, from the footer [`VhdImage::open`] would read with
+/// (two 512-byte reads), so parent candidates can be told apart before a full open.
+pub fn identity(src: &dyn ReadAt) -> Result<Uuid> {
+    let (footer, _) = choose_footer(src, &mut Findings::default())?;
+    Ok(Uuid::from_bytes(footer.unique_id))
 }
 
 fn is_sparse(f: &HardDiskFooter) -> bool {
@@ -536,9 +543,12 @@ impl DiskImage for VhdImage {
     }
 }
 
-/// Open the first candidate that exists and carries `parent_id`. Loops, over-long chains
-/// and "parents not followed" stop the search at once; a parent with another id or one
-/// that fails to open lets later candidates try. Fails naming every path tried.
+/// Open the first candidate that is a regular file carrying `parent_id`. Each candidate's
+/// identity is read first ([`probe_parent`], a few hundred bytes) and only a match is fully
+/// opened, so decoy locators cost one probe each rather than a whole chain each (the
+/// context's open budget bounds what is left). Loops, over-long chains and "parents not
+/// followed" stop the search at once; a parent with another id, or that is missing, not a
+/// regular file, or fails to open, lets later candidates try. Fails naming every path tried.
 fn open_parent_of(
     candidates: &[parent::Candidate],
     parent_id: Uuid,
@@ -557,32 +567,36 @@ fn open_parent_of(
     let mut tried = Vec::new();
     let mut first_failure: Option<Error> = None;
     for c in candidates {
-        if std::fs::metadata(&c.path).is_err() {
-            tried.push(format!("{} ({}: not found)", c.path.display(), c.source));
-            continue;
-        }
-        match open_parent(&c.path, ctx) {
-            Ok(p) if p.info().identifier == Some(parent_id) => return Ok((p, c.path.clone())),
-            Ok(p) => {
-                let found = p
-                    .info()
-                    .identifier
-                    .map_or_else(|| "none".to_string(), |u| u.to_string());
-                tried.push(format!(
-                    "{} ({}: unique id {found})",
+        let probe = match probe_parent(&c.path) {
+            Ok(p) => p,
+            Err(e) => {
+                // Missing, not a regular file (FIFO, device) or unreadable: skipped.
+                tried.push(format!("{} ({})", e.message(), c.source));
+                continue;
+            }
+        };
+        if probe.identity != Some(parent_id) {
+            let found = probe
+                .identity
+                .map_or_else(|| "none".to_string(), |u| u.to_string());
+            tried.push(format!(
+                "{} ({}: unique id {found})",
+                c.path.display(),
+                c.source
+            ));
+            first_failure.get_or_insert(Error::new(
+                ErrorKind::Parent,
+                "vhd.parent.id_mismatch",
+                format!(
+                    "the parent found at {} ({}) has unique id {found}, but this differencing disk expects parent id {parent_id}; it is not this disk's parent (or it was modified or replaced)",
                     c.path.display(),
                     c.source
-                ));
-                first_failure.get_or_insert(Error::new(
-                    ErrorKind::Parent,
-                    "vhd.parent.id_mismatch",
-                    format!(
-                        "the parent found at {} ({}) has unique id {found}, but this differencing disk expects parent id {parent_id}; it is not this disk's parent (or it was modified or replaced)",
-                        c.path.display(),
-                        c.source
-                    ),
-                ));
-            }
+                ),
+            ));
+            continue;
+        }
+        match open_candidate(probe, ctx) {
+            Ok(p) => return Ok((p, c.path.clone())),
             Err(e)
                 if matches!(
                     e.code(),

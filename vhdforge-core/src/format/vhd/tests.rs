@@ -14,10 +14,7 @@ type LinkFn = Box<dyn Fn([u8; 16]) -> ParentLink>;
 
 fn open_mem(bytes: Vec<u8>) -> Result<VhdImage> {
     let opts = OpenOptions::default();
-    let mut ctx = OpenContext {
-        opts: &opts,
-        chain: Vec::new(),
-    };
+    let mut ctx = OpenContext::new(&opts);
     VhdImage::open(
         Arc::new(MemSource::new(bytes)),
         Path::new("/nonexistent/mem.vhd"),
@@ -962,4 +959,250 @@ fn many_threads_read_one_chain() {
             });
         }
     });
+}
+
+/// Run `f` on another thread and fail if it has not returned within `secs`: a hang (a
+/// FIFO opened for reading) or an exponential parent search must fail the test, not stall
+/// the run.
+pub(crate) fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("did not return within {secs} s"))
+}
+
+/// Make a FIFO at `p` with the `mkfifo` tool (no unsafe code needed).
+#[cfg(unix)]
+pub(crate) fn mkfifo(p: &Path) {
+    let st = std::process::Command::new("mkfifo")
+        .arg(p)
+        .status()
+        .expect("run mkfifo");
+    assert!(st.success(), "mkfifo {}", p.display());
+}
+
+#[cfg(unix)]
+#[test]
+fn non_regular_parents_are_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let fifo = d.join("fifo");
+    mkfifo(&fifo);
+    std::fs::create_dir(d.join("sub.vhd")).unwrap();
+    std::os::unix::fs::symlink("base.vhd", d.join("link.vhd")).unwrap();
+    // Enough `..` to climb from the temporary directory to `/` (more are harmless).
+    let up = "..\\".repeat(d.components().count() + 2);
+    let macx_fifo = Locator {
+        code: *b"MacX",
+        path: format!("file://{}", fifo.display()),
+        space_in_bytes: false,
+    };
+    // (case, locators, expected error code (None: the real parent opens), text in the error)
+    let cases: Vec<(&str, Vec<Locator>, Option<&str>, &str)> = vec![
+        // A Xen file URL naming a FIFO: opening it would block forever.
+        (
+            "MacX FIFO",
+            vec![macx_fifo.clone()],
+            Some("vhd.parent.missing"),
+            "a FIFO, not a disk image",
+        ),
+        // A relative locator climbing to a character device.
+        (
+            "W2ru /dev/zero",
+            vec![Locator::relative(&format!("{up}dev\\zero"))],
+            Some("vhd.parent.missing"),
+            "a character device, not a disk image",
+        ),
+        // A directory named like a disk.
+        (
+            "directory",
+            vec![Locator::relative(".\\sub.vhd")],
+            Some("vhd.parent.missing"),
+            "a directory, not a disk image",
+        ),
+        // The FIFO first, then the real parent: the FIFO is skipped.
+        (
+            "FIFO then parent",
+            vec![macx_fifo, Locator::relative(".\\base.vhd")],
+            None,
+            "",
+        ),
+        // A symbolic link to the real parent is followed.
+        ("symlink", vec![Locator::relative(".\\link.vhd")], None, ""),
+    ];
+    for (name, locators, code, text) in cases {
+        let link = move |id| ParentLink {
+            unique_id: id,
+            name: String::new(),
+            locators: locators.clone(),
+        };
+        let (p, want) = child_with(d, link, 16 << 10, 16 << 10);
+        let got = within(10, move || {
+            crate::open(&p, &OpenOptions::default())
+                .map(|img| read_all(img.as_ref()).unwrap())
+                .map_err(|e| (e.code(), e.message().to_string()))
+        });
+        match (code, got) {
+            (None, Ok(bytes)) => assert_eq!(bytes, want, "{name}"),
+            (Some(c), Err((got_code, msg))) => {
+                assert_eq!(got_code, c, "{name}: {msg}");
+                assert!(msg.contains(text), "{name}: {msg}");
+            }
+            (want, got) => panic!("{name}: expected {want:?}, got {:?}", got.map(|_| ())),
+        }
+    }
+    // The shared entry point refuses the FIFO itself, naming it and what it is.
+    let e = within(10, move || {
+        crate::format::probe_parent(&fifo).map(|_| ()).unwrap_err()
+    });
+    assert_eq!(e.code(), "parent.missing");
+    assert!(
+        e.message().contains("fifo") && e.message().contains("a FIFO, not a disk image"),
+        "{e}"
+    );
+}
+
+/// A unique id for chain level `i`; `decoy` ids differ from the real ones.
+fn level_id(i: usize, decoy: bool) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[0] = if decoy { 0xDE } else { 0x11 };
+    b[8..].copy_from_slice(&(i as u64).to_be_bytes());
+    b
+}
+
+/// `l0.vhd` (dynamic) ← `l1.vhd` ← … ← `l{levels}.vhd`, where every differencing level
+/// names first a decoy `d{i-1}.vhd` — the right parent's twin with another unique id and
+/// the same locators, so fully opening it would recurse into everything below — and then
+/// its real parent. With `bottom_wrong`, level 1 expects an id neither l0 nor d0 has.
+/// Level `i` writes byte `i` into sector `i % 16`. Returns the top path and its content.
+fn decoy_chain(dir: &Path, levels: usize, bottom_wrong: bool) -> (PathBuf, Vec<u8>) {
+    let size = 16 * 512;
+    let mut want = vec![0x0Fu8; size];
+    for decoy in [false, true] {
+        let o = DynamicOptions {
+            block_size: 4096,
+            footer: FooterOptions {
+                unique_id: level_id(0, decoy),
+                ..FooterOptions::default()
+            },
+            ..DynamicOptions::default()
+        };
+        let name = if decoy { "d0.vhd" } else { "l0.vhd" };
+        std::fs::write(dir.join(name), fx::dynamic_vhd(&want, &o)).unwrap();
+    }
+    for i in 1..=levels {
+        let parent_id = if bottom_wrong && i == 1 {
+            [0xEE; 16]
+        } else {
+            level_id(i - 1, false)
+        };
+        let link = ParentLink {
+            unique_id: parent_id,
+            name: String::new(),
+            locators: vec![
+                Locator::relative(&format!(".\\d{}.vhd", i - 1)),
+                Locator::relative(&format!(".\\l{}.vhd", i - 1)),
+            ],
+        };
+        let sector = (i % 16) * 512;
+        want[sector..sector + 512].fill(i as u8);
+        for decoy in [false, true] {
+            let v = fx::differencing_vhd(
+                size as u64,
+                4096,
+                link.clone(),
+                &[(sector as u64, vec![i as u8; 512])],
+                FooterOptions {
+                    unique_id: level_id(i, decoy),
+                    ..FooterOptions::default()
+                },
+            );
+            let name = format!("{}{i}.vhd", if decoy { "d" } else { "l" });
+            std::fs::write(dir.join(name), v).unwrap();
+        }
+    }
+    (dir.join(format!("l{levels}.vhd")), want)
+}
+
+#[test]
+fn decoy_locators_keep_the_parent_search_linear() {
+    const LEVELS: usize = 30;
+    let dir = tempfile::tempdir().unwrap();
+    let (top, want) = decoy_chain(dir.path(), LEVELS, false);
+    let started = std::time::Instant::now();
+    let (bytes, opened, depth) = within(30, move || {
+        let opts = OpenOptions::default();
+        let mut ctx = OpenContext::new(&opts);
+        let img = open_parent(&top, &mut ctx).unwrap();
+        let mut depth = 0;
+        let mut p = img.parent();
+        while let Some(x) = p {
+            depth += 1;
+            p = x.parent();
+        }
+        (read_all(img.as_ref()).unwrap(), ctx.opened, depth)
+    });
+    // Every layer is opened exactly once: decoys are only probed for their id.
+    assert_eq!(opened, LEVELS + 1);
+    assert_eq!(depth, LEVELS);
+    assert_eq!(bytes, want);
+    assert!(started.elapsed().as_secs() < 10, "{:?}", started.elapsed());
+
+    // Both candidates of the bottom level are wrong: a clean id mismatch naming both.
+    let dir = tempfile::tempdir().unwrap();
+    let (top, _) = decoy_chain(dir.path(), LEVELS, true);
+    let e = within(30, move || {
+        crate::open(&top, &OpenOptions::default())
+            .map(|_| ())
+            .unwrap_err()
+    });
+    assert_eq!(e.code(), "vhd.parent.id_mismatch", "{e}");
+    for id in [level_id(0, false), level_id(0, true), [0xEE; 16]] {
+        let id = Uuid::from_bytes(id).to_string();
+        assert!(e.message().contains(&id), "{id} not in: {e}");
+    }
+}
+
+#[test]
+fn open_budget_bounds_the_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, _) = chain3(dir.path());
+    let opts = OpenOptions {
+        max_chain_depth: 3,
+        ..OpenOptions::default()
+    };
+    // (images already opened, whether opening the 3-image chain is still allowed)
+    let cases = [
+        // Room for the whole chain (the budget is 4 × 3 = 12).
+        (9, true),
+        // The budget runs out while opening the chain's last parent.
+        (10, false),
+        // Spent before the first open.
+        (12, false),
+    ];
+    for (already, ok) in cases {
+        let mut ctx = OpenContext::new(&opts);
+        ctx.opened = already;
+        let img = open_parent(&paths[2], &mut ctx);
+        if ok {
+            let img = img.unwrap();
+            assert!(!img
+                .findings()
+                .iter()
+                .any(|f| f.code == "parent.chain_too_deep"));
+            assert_eq!(ctx.opened, already + 3);
+        } else {
+            // A refused grand-parent is a finding of the layer above, a refused top an Err.
+            let refused = match img {
+                Err(e) => e.code() == "parent.chain_too_deep",
+                Ok(i) => i
+                    .findings()
+                    .iter()
+                    .any(|f| f.code == "parent.chain_too_deep"),
+            };
+            assert!(refused, "{already}");
+        }
+    }
 }

@@ -69,6 +69,25 @@ pub const fn guid(d1: u32, d2: u16, d3: u16, d4: [u8; 8]) -> [u8; 16] {
     ]
 }
 
+/// The DataWriteGuid (identity) of the VHDX in `src`, from the header [`VhdxImage::open`]
+/// would choose (two 4 KiB reads), so parent candidates can be told apart before a full
+/// open. The full open also picks the header before any log replay, so none is needed here.
+pub fn identity(src: &dyn ReadAt) -> Result<Uuid> {
+    let size = header::HEADER_SIZE as u64;
+    let read = |at: u64| {
+        read_vec(src, at, size, size).map_err(|e| {
+            Error::corrupt(
+                "vhdx.truncated",
+                at,
+                format!("cannot read the VHDX header at {at:#x}: {e}"),
+            )
+        })
+    };
+    let (h1, h2) = (read(header::HEADER1_OFFSET)?, read(header::HEADER2_OFFSET)?);
+    let hdr = header::choose(&h1, &h2, &mut Findings::default())?;
+    Ok(Uuid::from_bytes_le(hdr.data_write_guid))
+}
+
 /// An open VHDX.
 pub struct VhdxImage {
     /// The file, with replayed log pages laid over it when the log was dirty.

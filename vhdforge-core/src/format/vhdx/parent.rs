@@ -3,13 +3,15 @@
 //! The parent locator names the parent by DataWriteGuid (`parent_linkage`) and by paths.
 //! vhdforge tries `relative_path` (relative to the child's folder), then
 //! `absolute_win32_path`, then that path's file name next to the child, and accepts the
-//! first file whose identity matches the linkage. Opening goes through
-//! [`crate::format::open_parent`], which guards against loops and over-long chains.
+//! first regular file whose identity matches the linkage. Candidates are probed for their
+//! identity first ([`crate::format::probe_parent`]) and only a match is fully opened,
+//! through [`crate::format::open_candidate`], which guards against loops, over-long chains
+//! and more opens than a chain needs.
 
 use super::metadata::ParentLocator;
 use crate::error::{Error, ErrorKind, Result};
 use crate::finding::Findings;
-use crate::format::{open_parent, OpenContext};
+use crate::format::{not_followed, open_candidate, probe_parent, OpenContext};
 use crate::image::DiskImage;
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
@@ -96,15 +98,28 @@ pub fn open(
     })?;
     let linkage2 = locator.get("parent_linkage2").and_then(parse_linkage);
     let paths = candidates(locator, child, findings);
+    if !ctx.opts.follow_parents {
+        // Refused before the file system is probed (in-memory and fuzzing opens).
+        let named = paths
+            .first()
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from("(no parent path recorded)"));
+        return Err(not_followed(&named));
+    }
     let mut tried = Vec::new();
     let mut mismatch = None;
     for path in paths {
-        if !path.is_file() {
-            tried.push(format!("{} (not found)", path.display()));
-            continue;
-        }
-        let image = open_parent(&path, ctx)?;
-        let id = image.info().identifier;
+        // Only the identity is read first: a full open may recurse into a whole chain, and
+        // a decoy path per level must not make the search exponential.
+        let probe = match probe_parent(&path) {
+            Ok(p) => p,
+            Err(e) => {
+                // Missing, not a regular file (FIFO, device) or unreadable: skipped.
+                tried.push(e.message().to_string());
+                continue;
+            }
+        };
+        let id = probe.identity;
         if id != Some(linkage) && (id.is_none() || id != linkage2) {
             tried.push(format!(
                 "{} (identity {})",
@@ -114,6 +129,7 @@ pub fn open(
             mismatch.get_or_insert((path, id));
             continue;
         }
+        let image = open_candidate(probe, ctx)?;
         if image.info().logical_sector_size != sector_size {
             return Err(Error::new(
                 ErrorKind::Parent,

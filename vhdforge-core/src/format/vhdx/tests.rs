@@ -53,10 +53,7 @@ fn open_mem(bytes: Vec<u8>) -> Result<VhdxImage> {
 
 fn open_src(src: Arc<dyn ReadAt>) -> Result<VhdxImage> {
     let opts = OpenOptions::default();
-    let mut ctx = OpenContext {
-        opts: &opts,
-        chain: Vec::new(),
-    };
+    let mut ctx = OpenContext::new(&opts);
     VhdxImage::open(src, Path::new("/nonexistent/mem.vhdx"), &mut ctx)
 }
 
@@ -742,4 +739,149 @@ mod mutations {
             );
         }
     }
+}
+
+/// Run `f` on another thread and fail if it has not returned within `secs` (a hang or an
+/// exponential parent search must fail the test, not stall the run).
+fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("did not return within {secs} s"))
+}
+
+#[cfg(unix)]
+#[test]
+fn fifo_parent_is_skipped_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = std::process::Command::new("mkfifo")
+        .arg(dir.path().join("fifo.vhdx"))
+        .status()
+        .expect("run mkfifo");
+    assert!(st.success());
+    // (case, absolute_win32_path, expected: Ok(parent file name) or Err((code, text)))
+    let cases: Vec<(&str, Option<&str>, std::result::Result<&str, (&str, &str)>)> = vec![
+        // The FIFO is the relative path; the real parent is found by the absolute path's name.
+        (
+            "FIFO then parent",
+            Some("C:\\VMs\\parent.vhdx"),
+            Ok("parent.vhdx"),
+        ),
+        // Only the FIFO: a clean "missing" naming it and what it is.
+        (
+            "FIFO only",
+            None,
+            Err(("vhdx.parent.missing", "a FIFO, not a disk image")),
+        ),
+    ];
+    for (name, abs, want) in cases {
+        child_fixture(
+            dir.path(),
+            Uuid::from_u128(0x1111),
+            Some(".\\fifo.vhdx"),
+            abs,
+        );
+        let p = dir.path().join("child.vhdx");
+        let got = within(10, move || {
+            open_path(&p, &OpenOptions::default())
+                .map(|i| i.info().parent.clone())
+                .map_err(|e| (e.code(), e.message().to_string()))
+        });
+        match (want, got) {
+            (Ok(file), Ok(Some(parent))) => assert!(parent.ends_with(file), "{name}"),
+            (Err((code, text)), Err((c, msg))) => {
+                assert_eq!(c, code, "{name}: {msg}");
+                assert!(
+                    msg.contains(text) && msg.contains("fifo.vhdx"),
+                    "{name}: {msg}"
+                );
+            }
+            (want, got) => panic!("{name}: expected {want:?}, got {got:?}"),
+        }
+    }
+}
+
+/// `l0.vhdx` (dynamic) ← … ← `l{levels}.vhdx`, where each child's relative path names a
+/// decoy `d{i-1}.vhd` (a differencing VHD with another id over the right parent, so fully
+/// opening it recurses into everything below) and its absolute path the real parent. With
+/// `bottom_wrong`, level 1 links to an identity nobody has. Returns the top path.
+fn vhdx_decoy_chain(dir: &Path, levels: u128, bottom_wrong: bool) -> std::path::PathBuf {
+    let size = MIB as usize;
+    let content = vec![0u8; size];
+    let guid = |i: u128| Uuid::from_u128(0xA000 + i);
+    for i in 0..=levels {
+        let mut spec = VhdxSpec::dynamic(MIB as u32, guid(i));
+        if i > 0 {
+            spec.child = Some(fx::ChildSpec {
+                parent_linkage: if bottom_wrong && i == 1 {
+                    Uuid::from_u128(0xBAD)
+                } else {
+                    guid(i - 1)
+                },
+                relative_path: Some(format!(".\\d{}.vhd", i - 1)),
+                absolute_win32_path: Some(format!("C:\\x\\l{}.vhdx", i - 1)),
+                present: vec![false; size / 512],
+            });
+        }
+        fx::write_file(
+            dir,
+            &format!("l{i}.vhdx"),
+            &fx::build(&spec, &content).bytes,
+        );
+        let decoy = fixtures::vhd::differencing_vhd(
+            size as u64,
+            4096,
+            fixtures::vhd::ParentLink {
+                unique_id: *guid(i).as_bytes(),
+                name: String::new(),
+                locators: vec![fixtures::vhd::Locator::relative(&format!(".\\l{i}.vhdx"))],
+            },
+            &[],
+            fixtures::vhd::FooterOptions {
+                unique_id: *Uuid::from_u128(0xDEC0 + i).as_bytes(),
+                ..fixtures::vhd::FooterOptions::default()
+            },
+        );
+        std::fs::write(dir.join(format!("d{i}.vhd")), decoy).unwrap();
+    }
+    dir.join(format!("l{levels}.vhdx"))
+}
+
+#[test]
+fn decoy_parents_keep_the_search_linear() {
+    const LEVELS: u128 = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let top = vhdx_decoy_chain(dir.path(), LEVELS, false);
+    let (opened, depth) = within(30, move || {
+        let opts = OpenOptions::default();
+        let mut ctx = OpenContext::new(&opts);
+        let img = crate::format::open_parent(&top, &mut ctx).unwrap();
+        let mut depth = 0;
+        let mut p = img.parent();
+        while let Some(x) = p {
+            assert_eq!(x.info().format, Format::Vhdx, "a decoy was taken");
+            depth += 1;
+            p = x.parent();
+        }
+        (ctx.opened, depth)
+    });
+    // Each layer opened once; the decoys were only probed.
+    assert_eq!(opened, LEVELS as usize + 1);
+    assert_eq!(depth, LEVELS as usize);
+
+    // The bottom child's candidates are both wrong: a clean mismatch naming them.
+    let dir = tempfile::tempdir().unwrap();
+    let top = vhdx_decoy_chain(dir.path(), LEVELS, true);
+    let e = within(30, move || {
+        open_path(&top, &OpenOptions::default())
+            .map(|_| ())
+            .unwrap_err()
+    });
+    assert_eq!(e.code(), "vhdx.parent.mismatch", "{e}");
+    assert!(
+        e.message().contains("d0.vhd") && e.message().contains("l0.vhdx"),
+        "{e}"
+    );
 }
