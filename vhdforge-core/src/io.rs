@@ -67,12 +67,18 @@ pub struct FileSource {
 impl FileSource {
     /// Open `path` read-only.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let file = File::open(path)?;
+        let file = open_nonblocking(path)?;
         let meta = file.metadata()?;
         if meta.is_dir() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "is a directory, not a disk image",
+            ));
+        }
+        if !is_file_or_block_device(&meta) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "is not a regular file or block device (a FIFO, socket or character device), not a disk image",
             ));
         }
         let len = block_device_len(&file).unwrap_or(meta.len());
@@ -92,6 +98,33 @@ impl FileSource {
     pub fn file(&self) -> &File {
         &self.file
     }
+}
+
+/// Open read-only without ever blocking: on a FIFO a plain open waits for a writer
+/// forever. Regular files and block devices ignore O_NONBLOCK for reads.
+#[cfg(unix)]
+fn open_nonblocking(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
+
+#[cfg(not(unix))]
+fn open_nonblocking(path: &Path) -> io::Result<File> {
+    File::open(path)
+}
+
+#[cfg(unix)]
+fn is_file_or_block_device(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    meta.file_type().is_file() || meta.file_type().is_block_device()
+}
+
+#[cfg(not(unix))]
+fn is_file_or_block_device(meta: &std::fs::Metadata) -> bool {
+    meta.is_file()
 }
 
 #[cfg(target_os = "linux")]
@@ -272,5 +305,29 @@ impl ReadAt for MemSource {
 
     fn name(&self) -> String {
         self.name.clone()
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fifo_is_refused_at_once_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo has no other memory effects.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(FileSource::open(&fifo).map(|_| ()));
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("opening a FIFO hung");
+        assert!(r.unwrap_err().to_string().contains("not a regular file"));
+        // Character devices are no disk images either.
+        assert!(FileSource::open(Path::new("/dev/zero")).is_err());
     }
 }

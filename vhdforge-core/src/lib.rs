@@ -92,8 +92,7 @@ pub fn inspect_quick(path: &Path, opts: &OpenOptions) -> Result<Inspection> {
 
 fn inspect_impl(path: &Path, opts: &OpenOptions, with_allocation: bool) -> Result<Inspection> {
     // Surface "cannot open" as an error, not as a finding.
-    std::fs::File::open(path)
-        .map_err(|e| Error::io(format!("cannot open {}", path.display()), e).in_file(path))?;
+    io::FileSource::open(path).map_err(|e| Error::io("cannot open", e).in_file(path))?;
     let mut findings = Vec::new();
     let (info, allocated_bytes) = match format::open_path(path, opts) {
         Ok(image) => {
