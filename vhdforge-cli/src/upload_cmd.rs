@@ -233,7 +233,7 @@ pub fn run_upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
             if tokio::signal::ctrl_c().await.is_ok() {
                 cancel.store(true, Ordering::Relaxed);
                 eprintln!(
-                    "stopping (the journal keeps what was sent; Ctrl-C again to quit at once)"
+                    "stopping (what completed is kept in the journal; Ctrl-C again to quit at once)"
                 );
             }
             if tokio::signal::ctrl_c().await.is_ok() {

@@ -224,7 +224,7 @@ pub fn load(path: &Path) -> Result<Option<Journal>> {
             ErrorKind::Unsupported,
             "upload.journal",
             format!(
-                "resume journal {} has version {}, expected {VERSION}",
+                "resume journal {} has version {}, expected {VERSION} (written by another vhdforge release); delete it and upload again with --overwrite",
                 path.display(),
                 j.version
             ),

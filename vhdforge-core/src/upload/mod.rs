@@ -31,7 +31,7 @@
 //! | `upload.protocol` | an answer that could not be understood |
 //! | `upload.transport` | no answer after all retries (connection, timeout, TLS) |
 //! | `upload.checksum` | the body kept arriving corrupted (Md5/Crc64Mismatch after all retries) |
-//! | `upload.resume` | --resume refused: no journal, or the source/plan changed (InvalidInput) |
+//! | `upload.resume` | --resume refused: no journal, or the source, a parent of it, or the plan changed (InvalidInput) |
 //! | `upload.journal` | the journal cannot be read or written (Corrupt/Io) |
 //! | `upload.cancelled` | interrupted on request (Interrupted); --resume continues |
 //! | `upload.source_changed` | an Azure-ready VHD shrank while being opened (Corrupt) |
