@@ -36,8 +36,9 @@ use vhdforge_core::upload::{
 /// `az disk revoke-access`.
 ///
 /// RESUME: an interrupted upload (Ctrl-C, network loss) leaves a journal next to the source
-/// (or in --state-dir); run the same command with --resume to send only what is missing. A
-/// changed source is refused.
+/// (in ~/.local/state/vhdforge when that folder is read-only, or in --state-dir); run the
+/// same command with --resume to send only what the journal does not record as sent. A
+/// changed source (or any parent of a differencing disk) is refused.
 #[derive(clap::Args, Debug)]
 pub struct UploadArgs {
     /// The disk image to upload (raw, VHD or VHDX).
@@ -78,7 +79,8 @@ pub struct UploadArgs {
     /// (a page blob takes at most 500 requests/s).
     #[arg(long, default_value_t = 64, value_name = "KIB")]
     pub bridge_kib: u64,
-    /// Keep the resume journal in this directory instead of next to the source.
+    /// Keep the resume journal in this directory instead of next to the source (default:
+    /// next to the source, or ~/.local/state/vhdforge when that folder is read-only).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Upload images outside Azure's 20 MiB – 32 TiB range.
@@ -231,7 +233,7 @@ pub fn run_upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
             if tokio::signal::ctrl_c().await.is_ok() {
                 cancel.store(true, Ordering::Relaxed);
                 eprintln!(
-                    "stopping (the journal keeps what was sent; Ctrl-C again to quit at once)"
+                    "stopping (what completed is kept in the journal; Ctrl-C again to quit at once)"
                 );
             }
             if tokio::signal::ctrl_c().await.is_ok() {

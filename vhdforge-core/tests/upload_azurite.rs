@@ -336,8 +336,10 @@ async fn resume_after_interruption() {
         assert_eq!(e.code(), "upload.cancelled", "trial {trial}: {e}");
         let done_before = first.sent.load(Ordering::SeqCst);
         let jpath = journal::path_for(&src, &url, None);
-        if trial % 2 == 1 {
-            // Simulate a hard kill before any journal flush: only the destination knows.
+        let lost = trial % 2 == 1;
+        if lost {
+            // A hard kill before any journal write: the destination lists pages, but
+            // nothing proves this upload sent them, so everything is sent again.
             let mut j = journal::load(&jpath).unwrap().unwrap();
             j.done.clear();
             journal::store(&jpath, &j).unwrap();
@@ -356,16 +358,21 @@ async fn resume_after_interruption() {
         let (bytes, _) = az.download("resume", &blob).await;
         assert_stream(&bytes, &area);
         let planned = second.bytes_already_present + second.bytes_sent - 512;
-        // Nothing completed before is sent again; at most the requests in flight (4 × 4 MiB) are.
-        assert!(
-            second.bytes_already_present >= done_before,
-            "trial {trial}: present {} < completed {done_before}",
-            second.bytes_already_present
-        );
-        assert!(
-            second.bytes_sent - 512 <= planned - done_before + 16 * MIB,
-            "trial {trial}"
-        );
+        if lost {
+            assert_eq!(second.bytes_already_present, 0, "trial {trial}");
+        } else {
+            // A cancel writes the journal: nothing completed before is sent again; at most
+            // the requests in flight at the cancel (4 × 4 MiB) are.
+            assert!(
+                second.bytes_already_present >= done_before,
+                "trial {trial}: present {} < completed {done_before}",
+                second.bytes_already_present
+            );
+            assert!(
+                second.bytes_sent - 512 <= planned - done_before + 16 * MIB,
+                "trial {trial}"
+            );
+        }
         assert!(!jpath.exists(), "journal left behind after success");
         eprintln!(
             "resume trial {trial}: stopped after {stop_at} requests ({done_before} bytes), resumed with {} bytes in {} requests ({} present)",
@@ -602,11 +609,17 @@ async fn child_upload_entry() {
     ) else {
         return;
     };
-    let o = UploadOptions {
+    let mut o = UploadOptions {
         concurrency: 2,
         credentials: CredentialEnv::from_process_env(),
         ..UploadOptions::default()
     };
+    if let Some(ms) = std::env::var("UPLOAD_CHILD_JOURNAL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        o.journal_interval = Duration::from_millis(ms);
+    }
     upload::upload(std::path::Path::new(&src), &dest, o, Arc::new(Lines))
         .await
         .unwrap();
@@ -620,7 +633,13 @@ async fn resume_after_sigkill_of_a_child_process() {
     let regions: Vec<(u64, usize)> = (0..20).map(|i| (i * 2 * MIB + 777, 700_000)).collect();
     let src = sparse_image(dir.path(), "k.raw", 48 * MIB, &regions);
     let area = expected_disk_area(&src);
-    for (trial, kill_after) in [(0u32, 1usize), (1, 6), (2, 13)] {
+    // The journal is the only proof of what was sent. Written on every completion (0 ms),
+    // each request the child reported is durable, so none is sent again. With the default
+    // interval, what completed since the last write (≤ 1 s of sending) plus what was in
+    // flight (2 × 4 MiB) may be sent again; that run only checks the result.
+    for (trial, kill_after, journal_ms) in
+        [(0u32, 1usize, 0u64), (1, 6, 0), (2, 13, 0), (3, 9, 1000)]
+    {
         let blob = format!("k{trial}.vhd");
         let url = az.blob_url("killed", &blob);
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
@@ -632,6 +651,7 @@ async fn resume_after_sigkill_of_a_child_process() {
             ])
             .env("UPLOAD_CHILD_SRC", &src)
             .env("UPLOAD_CHILD_DEST", &url)
+            .env("UPLOAD_CHILD_JOURNAL_MS", journal_ms.to_string())
             .env(
                 "AZURE_STORAGE_CONNECTION_STRING",
                 az.env().connection_string.unwrap(),
@@ -674,11 +694,13 @@ async fn resume_after_sigkill_of_a_child_process() {
         .unwrap_or_else(|e| panic!("trial {trial}: {e}"));
         let (bytes, _) = az.download("killed", &blob).await;
         assert_stream(&bytes, &area);
-        assert!(
-            s.bytes_already_present >= sent,
-            "trial {trial}: completed {sent} bytes, found {}",
-            s.bytes_already_present
-        );
+        if journal_ms == 0 {
+            assert!(
+                s.bytes_already_present >= sent,
+                "trial {trial}: completed {sent} bytes, found {}",
+                s.bytes_already_present
+            );
+        }
         eprintln!(
             "sigkill trial {trial}: killed after {kill_after} requests ({sent} bytes); resume sent {} bytes in {} requests, {} present",
             s.bytes_sent, s.requests, s.bytes_already_present
@@ -809,4 +831,108 @@ async fn every_format_fixture_round_trips() {
         blob == std::fs::read(&ready).unwrap(),
         "an Azure-ready VHD must arrive byte for byte"
     );
+}
+
+/// Cancels as soon as the plan is known: the journal is written, nothing is sent.
+struct CancelAtPlan(Arc<AtomicBool>);
+
+impl Progress for CancelAtPlan {
+    fn planned(&self, _plan: &upload::PlanSummary) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Resume of a differencing source checks every file of the chain: a parent rewritten in
+/// place (same size, mtime put back, so only ctime tells) or replaced by another file is
+/// refused, although the top file and the plan are unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_refuses_a_changed_parent() {
+    use fixtures::vhd::{self as fvhd, ChainLayer};
+    let az = container("chain").await;
+    let dir = tempfile::tempdir().unwrap();
+    let size = 20 * MIB as usize;
+    let content = fixtures::raw::disk_with_regions(size, &[(0, 8192), (3 * MIB as usize, 4096)], 7);
+    let layers = vec![ChainLayer {
+        name: "top.avhd".into(),
+        writes: vec![(4096, fixtures::raw::pattern(9, 8 * 512))],
+    }];
+    let (paths, _) = fvhd::write_chain(dir.path(), &content, "base.vhd", 2 << 20, &layers).unwrap();
+    let (base, top) = (paths[0].clone(), paths.last().unwrap().clone());
+    let top_ref = &top;
+    let interrupted = |blob: &'static str| {
+        let url = az.blob_url("chain", blob);
+        async move {
+            let cancel = Arc::new(AtomicBool::new(false));
+            let e = upload::upload(
+                top_ref,
+                &url,
+                UploadOptions {
+                    cancel: cancel.clone(),
+                    ..opts(az.env())
+                },
+                Arc::new(CancelAtPlan(cancel)),
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(e.code(), "upload.cancelled", "{e}");
+            assert!(e.to_string().contains("with --resume"), "{e}");
+            url
+        }
+    };
+    let resume = |url: String| async move {
+        upload::upload(
+            top_ref,
+            &url,
+            UploadOptions {
+                resume: true,
+                ..opts(az.env())
+            },
+            Arc::new(Counter::default()),
+        )
+        .await
+    };
+    // Control: nothing changed, resume completes.
+    let url = interrupted("same.vhd").await;
+    resume(url.clone()).await.unwrap();
+    let r = upload::verify(&top, &url, verify_opts(az.env(), true))
+        .await
+        .unwrap();
+    assert!(r.identical, "{:?}", r.differences);
+
+    // The parent's data rewritten in place, size and mtime kept.
+    let url = interrupted("rewritten.vhd").await;
+    let mtime = std::fs::metadata(&base).unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    {
+        // A data byte of the parent (found by content), so the plan and the top file stay
+        // the same: only the parent's identity can tell.
+        use std::os::unix::fs::FileExt;
+        let bytes = std::fs::read(&base).unwrap();
+        let at = bytes
+            .windows(64)
+            .position(|w| w == &content[..64])
+            .expect("the parent holds the first data sector") as u64;
+        let f = std::fs::File::options().write(true).open(&base).unwrap();
+        f.write_all_at(&[content[0] ^ 0xff], at).unwrap();
+        f.set_modified(mtime).unwrap();
+    }
+    let e = resume(url).await.unwrap_err();
+    assert_eq!(e.code(), "upload.resume", "{e}");
+    assert!(e.to_string().contains("parent"), "{e}");
+    assert!(e.to_string().contains("base.vhd"), "{e}");
+
+    // The parent replaced by a copy (new inode) with the same size and mtime.
+    let url = interrupted("replaced.vhd").await;
+    let copy = dir.path().join("copy.vhd");
+    std::fs::copy(&base, &copy).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&copy)
+        .unwrap()
+        .set_modified(std::fs::metadata(&base).unwrap().modified().unwrap())
+        .unwrap();
+    std::fs::rename(&copy, &base).unwrap();
+    let e = resume(url).await.unwrap_err();
+    assert_eq!(e.code(), "upload.resume", "{e}");
+    assert!(e.to_string().contains("parent"), "{e}");
 }

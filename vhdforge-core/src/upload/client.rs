@@ -69,7 +69,7 @@ impl Failure {
             Failure::Transport { message } => Error::new(
                 ErrorKind::Remote,
                 "upload.transport",
-                format!("{op} {dest}: no answer from the service ({message}); check the network, the host name and any proxy, then retry (use --resume to keep what was sent)"),
+                format!("{op} {dest}: no answer from the service ({message}); check the network, the host name and any proxy"),
             ),
             Failure::Status { status, code, message } => {
                 let what = if message.is_empty() { code.clone() } else { format!("{code} ({})", message.trim_end_matches('.')) };
@@ -98,6 +98,12 @@ impl Failure {
                     (413 | 416, _) => (
                         "upload.range",
                         "the service refused the page range: the destination is smaller than the image (for a managed disk, the disk was created with the wrong --upload-size-bytes)"
+                            .to_string(),
+                    ),
+                    (300..=399, _) => (
+                        "upload.redirect",
+                        "the service answered with a redirect, which vhdforge never follows (it could carry the SAS or signed requests elsewhere, or to plain http): \
+                         use the blob's final URL (check the account name and endpoint)"
                             .to_string(),
                     ),
                     (200, _) => ("upload.protocol", "the service's answer could not be understood (is DEST a Blob service endpoint?)".to_string()),
@@ -276,6 +282,9 @@ impl BlobClient {
             // Azurite closes idle connections after 5 s; do not keep them longer.
             .pool_idle_timeout(Duration::from_secs(4))
             .http1_only()
+            // Never follow a redirect: it could send the SAS or a signed request to another
+            // host, or downgrade https to http. A 3xx is a fatal error instead.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| {
                 Error::new(
@@ -392,6 +401,22 @@ impl BlobClient {
 
     async fn status_failure(&self, resp: reqwest::Response) -> Failure {
         let status = resp.status().as_u16();
+        if resp.status().is_redirection() {
+            // Name where it pointed (scheme and host only: a query could hold secrets).
+            let to = match resp.headers().get("location").map(|v| v.to_str()) {
+                None => "without a Location".to_string(),
+                Some(Ok(l)) => match reqwest::Url::parse(l) {
+                    Ok(u) => format!("to {}://{}", u.scheme(), u.host_str().unwrap_or("?")),
+                    Err(_) => "to another path on the same host".to_string(),
+                },
+                Some(Err(_)) => "to an unreadable Location".to_string(),
+            };
+            return Failure::Status {
+                status,
+                code: "Redirect".to_string(),
+                message: self.scrub(&to),
+            };
+        }
         let header_code = resp
             .headers()
             .get("x-ms-error-code")

@@ -18,8 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
-/// How often the journal is rewritten while sending.
-const JOURNAL_INTERVAL: Duration = Duration::from_secs(2);
 /// Zero source for whole-stream MD5 over gaps.
 static ZEROS: [u8; 64 << 10] = [0u8; 64 << 10];
 
@@ -252,13 +250,19 @@ fn reader(
 struct JournalState {
     path: PathBuf,
     journal: Journal,
+    /// Requests whose Put Page returned success (this run's and the journal's earlier ones).
     done: Vec<Range<u64>>,
     last_write: Instant,
+    /// Rewrite the journal at most this often (each rewrite is fsynced).
+    interval: Duration,
 }
 
 impl JournalState {
     fn record(&mut self, r: Range<u64>) {
         self.done.push(r);
+    }
+    fn due(&self) -> bool {
+        self.last_write.elapsed() >= self.interval
     }
     fn flush(&mut self) -> Result<()> {
         self.done = normalize(std::mem::take(&mut self.done));
@@ -275,6 +279,81 @@ pub async fn upload(
     opts: UploadOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<UploadSummary> {
+    let mut journal_at = None;
+    upload_inner(source, dest, opts, progress, &mut journal_at)
+        .await
+        .map_err(|e| with_resume_hint(e, journal_at.as_deref()))
+}
+
+/// Say whether `--resume` can help after `e`: only when a journal exists (`journal`), which
+/// is not the case when the upload failed before its first journal write (e.g. the blob
+/// could never be created), where --resume would be refused.
+fn with_resume_hint(e: Error, journal: Option<&Path>) -> Error {
+    let transient = matches!(e.code(), "upload.transport" | "upload.checksum")
+        || e.kind() == ErrorKind::Interrupted;
+    let hint = match journal {
+        Some(p) if transient || e.kind() == ErrorKind::Remote => format!(
+            "the journal {} keeps what was sent: fix the cause, then run the same command with --resume to send only what is missing",
+            p.display()
+        ),
+        None if transient => {
+            "nothing was sent and no journal was written: run the same command again (without --resume)".to_string()
+        }
+        _ => return e,
+    };
+    let mut out = Error::new(e.kind(), e.code(), format!("{}; {hint}", e.message()));
+    if let Some(o) = e.offset() {
+        out = out.at(o);
+    }
+    if let Some(p) = e.path() {
+        out = out.in_file(p);
+    }
+    out
+}
+
+/// `--resume` refused because a file of the source changed (`what`).
+fn source_changed(what: &str) -> Error {
+    Error::new(
+        ErrorKind::InvalidInput,
+        "upload.resume",
+        format!(
+            "--resume refused: the source changed since the interrupted upload ({what}); \
+             upload again from the start with --overwrite"
+        ),
+    )
+}
+
+/// Which planned requests this run sends. Without resume, all of them. On resume, all but
+/// those the journal records as completed by this upload (`journal_done`) whose first and
+/// last pages the destination still lists (`present`; a service may not list pages it
+/// stored as zeros, and a blob recreated meanwhile lists none). Destination pages alone
+/// never count: they may hold an earlier upload's or another source's data.
+fn requests_to_send(
+    requests: &[Range<u64>],
+    resume: bool,
+    journal_done: &[Range<u64>],
+    present: &[Range<u64>],
+) -> Vec<bool> {
+    requests
+        .iter()
+        .map(|r| {
+            let done = resume
+                && is_covered(r.start, r.end, journal_done)
+                && is_covered(r.start, r.start + PAGE, present)
+                && is_covered(r.end - PAGE, r.end, present);
+            !done
+        })
+        .collect()
+}
+
+/// The upload proper; sets `journal_at` once a journal exists on disk for this upload.
+async fn upload_inner(
+    source: &Path,
+    dest: &str,
+    opts: UploadOptions,
+    progress: Arc<dyn Progress>,
+    journal_at: &mut Option<PathBuf>,
+) -> Result<UploadSummary> {
     let started = Instant::now();
     let concurrency = opts.concurrency.clamp(1, 256);
     let client = BlobClient::new(dest, &opts.credentials, &opts.api_version, concurrency)?;
@@ -288,46 +367,70 @@ pub async fn upload(
         ));
     }
 
-    // The journal: identity checks and the footer identity of a converted source.
+    // The journal: identity checks and the footer identity of a converted source. It lives
+    // next to the source unless that folder is read-only (or the source is a device), then
+    // in the per-user state directory; --resume looks in both.
     let identity = SourceIdentity::of(source)?;
-    let state_dir = match &opts.state_dir {
-        Some(d) => Some(d.clone()),
-        // A device node's directory (/dev) is no place for a journal.
-        None if !std::fs::metadata(source).is_ok_and(|m| m.is_file()) => {
-            Some(journal::default_state_dir()?)
+    let fallback = journal::state_dir_location();
+    let (jpath, old) = if opts.resume {
+        let places = journal::candidates(
+            source,
+            client.base(),
+            opts.state_dir.as_deref(),
+            fallback.as_deref(),
+        );
+        match journal::find_existing(&places) {
+            Some(p) => {
+                let j = journal::load(&p)?;
+                *journal_at = Some(p.clone());
+                (p, j)
+            }
+            None => {
+                let shown: Vec<String> = places.iter().map(|p| p.display().to_string()).collect();
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    "upload.resume",
+                    format!("--resume: no journal for this source and destination (looked for {}), so nothing proves what was sent; upload again without --resume (with --overwrite if the blob exists)", shown.join(" and ")),
+                ));
+            }
         }
-        None => None,
-    };
-    let jpath = journal::path_for(source, client.base(), state_dir.as_deref());
-    let old = if opts.resume {
-        journal::load(&jpath)?
     } else {
-        None
+        let p = journal::choose_path(
+            source,
+            client.base(),
+            opts.state_dir.as_deref(),
+            journal::default_state_dir,
+        )?;
+        (p, None)
     };
-    if opts.resume && old.is_none() {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            "upload.resume",
-            format!("--resume: no journal {} for this source and destination, so nothing proves what was sent; upload again without --resume (with --overwrite if the blob exists)", jpath.display()),
-        ));
-    }
     let mut policy = opts.policy.clone();
     if let Some(j) = &old {
-        if j.source != identity {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                "upload.resume",
-                format!(
-                    "--resume refused: the source changed since the interrupted upload (then {} bytes, mtime {} ns; now {} bytes, mtime {} ns). \
-                     Upload again from the start with --overwrite",
-                    j.source.size, j.source.mtime_ns, identity.size, identity.mtime_ns
-                ),
-            ));
+        if let Some(what) = j.source.change(&identity) {
+            return Err(source_changed(&what));
         }
         policy.unique_id = journal::parse_unique_id(&j.footer_unique_id);
         policy.time_stamp = Some(j.footer_time_stamp);
     }
     let src = UploadSource::open(source, &opts.open, &policy)?;
+    // A differencing source is only as unchanged as its parents.
+    let parents = journal::parent_identities(src.image.as_ref())?;
+    if let Some(j) = &old {
+        if j.parents.len() != parents.len() {
+            return Err(source_changed(&format!(
+                "the chain had {} parent(s), now {}",
+                j.parents.len(),
+                parents.len()
+            )));
+        }
+        if let Some(what) = j
+            .parents
+            .iter()
+            .zip(&parents)
+            .find_map(|(a, b)| a.change(b))
+        {
+            return Err(source_changed(&format!("parent {what}")));
+        }
+    }
     let azure = src.azure.clone();
     let output_size = azure.output_size();
     let data_plan: DataPlan = {
@@ -450,24 +553,9 @@ pub async fn upload(
         created.map_err(|f| f.into_error("creating", &shown))?;
     }
 
-    // What is already done (resume): a request counts when the destination holds it fully,
-    // or the journal says it completed and the destination holds its first and last page
-    // (a service may not list pages it stored as zeros).
+    // What is already done (resume): only what the journal proves this upload sent.
     let journal_done = old.as_ref().map(Journal::done_ranges).unwrap_or_default();
-    let todo: Vec<bool> = data_plan
-        .requests
-        .iter()
-        .map(|r| {
-            if !opts.resume {
-                return true;
-            }
-            let full = is_covered(r.start, r.end, &present);
-            let by_journal = is_covered(r.start, r.end, &journal_done)
-                && is_covered(r.start, r.start + PAGE, &present)
-                && is_covered(r.end - PAGE, r.end, &present);
-            !(full || by_journal)
-        })
-        .collect();
+    let todo = requests_to_send(&data_plan.requests, opts.resume, &journal_done, &present);
 
     // A destination that already holds data where the source is zero (a reused managed
     // disk, or a resumed blob whose earlier data differs) gets those pages cleared, so the
@@ -508,6 +596,7 @@ pub async fn upload(
         journal: journal::new(
             client.base(),
             identity,
+            parents,
             azure.footer.unique_id,
             azure.footer.time_stamp.get(),
             plan_hash,
@@ -520,8 +609,22 @@ pub async fn upload(
             .map(|(r, _)| r.clone())
             .collect(),
         last_write: Instant::now(),
+        interval: opts.journal_interval,
     };
     jstate.flush()?;
+    *journal_at = Some(jpath.clone());
+    // A journal of an earlier run for the same source and destination elsewhere (the other
+    // candidate place) would only confuse a later --resume.
+    for other in journal::candidates(
+        source,
+        client.base(),
+        opts.state_dir.as_deref(),
+        fallback.as_deref(),
+    ) {
+        if other != jpath {
+            let _ = std::fs::remove_file(&other);
+        }
+    }
 
     let ctx = Arc::new(Ctx {
         client: client.clone(),
@@ -572,11 +675,13 @@ pub async fn upload(
                         let len = r.end - r.start;
                         ctx.sent_bytes.fetch_add(len, Ordering::Relaxed);
                         ctx.requests.fetch_add(1, Ordering::Relaxed);
-                        progress.sent(len);
+                        // Journal first, then report: with a zero interval a reported
+                        // request is durably recorded.
                         jstate.record(r);
-                        if jstate.last_write.elapsed() >= JOURNAL_INTERVAL {
+                        if jstate.due() {
                             if let Err(e) = jstate.flush() { break Err(e); }
                         }
+                        progress.sent(len);
                     }
                     Ok(Err(e)) => break Err(e),
                     Err(e) => break Err(Error::new(ErrorKind::Io, "upload.internal", format!("send task failed: {e}"))),
@@ -652,17 +757,108 @@ pub async fn upload(
     })
 }
 
+/// Interrupted on request; [`with_resume_hint`] says whether --resume can continue.
 fn cancelled() -> Error {
     Error::new(
         ErrorKind::Interrupted,
         "upload.cancelled",
-        "upload interrupted; run the same command with --resume to send only what is missing",
+        "upload interrupted",
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resume_sends_all_but_what_the_journal_proves() {
+        const K: u64 = 1024;
+        let requests = [0..4 * K, 8 * K..12 * K, 16 * K..20 * K];
+        let all = 0..1 << 20;
+        /// Name, resume, journal-completed ranges, listed ranges, expected to-send flags.
+        type Case = (
+            &'static str,
+            bool,
+            Vec<Range<u64>>,
+            Vec<Range<u64>>,
+            [bool; 3],
+        );
+        #[rustfmt::skip]
+        #[allow(clippy::single_range_in_vec_init)]
+        let cases: [Case; 6] = [
+            // A fresh upload sends everything, whatever the journal or the destination say.
+            ("fresh", false, vec![all.clone()], vec![all.clone()], [true; 3]),
+            // The regression: a reused disk lists every page, the journal nothing → all sent.
+            ("pages from elsewhere", true, vec![], vec![all.clone()], [true; 3]),
+            // Journal-completed and still listed: skipped.
+            ("journal and present", true, vec![0..4 * K, 16 * K..20 * K], vec![all.clone()], [false, true, false]),
+            // Journal-completed but the blob lists nothing (recreated meanwhile): sent again.
+            ("journal, blob empty", true, vec![all.clone()], vec![], [true; 3]),
+            // Only first and last pages listed (zeros inside not listed): skipped.
+            ("ends listed", true, vec![8 * K..12 * K], vec![8 * K..8 * K + 512, 12 * K - 512..12 * K], [true, false, true]),
+            // The journal covers only part of a request: the whole request is sent.
+            ("partial journal", true, vec![0..2 * K], vec![all], [true; 3]),
+        ];
+        for (name, resume, journal_done, present, want) in cases {
+            assert_eq!(
+                requests_to_send(&requests, resume, &journal_done, &present),
+                want,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn resume_hint_only_when_a_journal_exists() {
+        let j = Path::new("/tmp/x.json");
+        let transport = || Error::new(ErrorKind::Remote, "upload.transport", "no answer");
+        let cases: [(&str, Error, Option<&Path>, Option<&str>); 5] = [
+            // Creation never succeeded: no journal, so --resume would be refused.
+            (
+                "transport, no journal",
+                transport(),
+                None,
+                Some("without --resume"),
+            ),
+            // Data was being sent: the journal exists, --resume continues.
+            (
+                "transport, journal",
+                transport(),
+                Some(j),
+                Some("with --resume"),
+            ),
+            // Interrupted before the first journal write.
+            (
+                "cancel, no journal",
+                cancelled(),
+                None,
+                Some("without --resume"),
+            ),
+            // A fatal answer before anything was sent gets no resume talk.
+            (
+                "auth, no journal",
+                Error::new(ErrorKind::Remote, "upload.auth", "403"),
+                None,
+                None,
+            ),
+            // A local refusal is not about resuming.
+            ("resume refused", source_changed("x"), Some(j), None),
+        ];
+        for (name, e, journal, want) in cases {
+            let code = e.code();
+            let before = e.to_string();
+            let out = with_resume_hint(e, journal);
+            assert_eq!(out.code(), code, "{name}");
+            let text = out.to_string();
+            match want {
+                Some(w) => assert!(text.contains(w), "{name}: {text}"),
+                None => assert_eq!(text, before, "{name}"),
+            }
+            if journal.is_none() {
+                assert!(!text.contains("with --resume"), "{name}: {text}");
+            }
+        }
+    }
 
     #[test]
     fn aimd_cuts_on_throttle_and_recovers() {

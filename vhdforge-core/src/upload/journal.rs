@@ -1,10 +1,14 @@
 //! The resume journal: a small JSON file next to the source (or in a state directory)
 //! recording which Put Page requests completed, keyed by the destination (without any
-//! secret) and the source's identity (path, size, mtime, footer unique id, plan hash).
+//! secret), the identity of every file of the source's chain (path, size, mtime, and on
+//! Unix device, inode and ctime), the footer identity and the plan hash.
 //!
-//! It is rewritten atomically (temp file + rename) every few seconds, not per request and
-//! without fsync: after a crash the destination's Get Page Ranges is the authority on what
-//! arrived; the journal proves the source is still the same and keeps the footer identity.
+//! The journal is the only authority on what this upload sent: the destination's page
+//! list cannot tell this upload's pages from an earlier upload's (a reused managed disk, a
+//! blob written from another source). So a range enters the journal only after its Put
+//! Page returned success, and each rewrite is durable (temp file, fsync, rename, fsync of
+//! the folder) before it counts. Completions since the last rewrite may be lost in a crash;
+//! they are simply sent again.
 
 use super::redact::without_query;
 use crate::error::{Error, ErrorKind, Result};
@@ -13,13 +17,13 @@ use sha2::{Digest, Sha256};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-/// Journal format version.
-const VERSION: u32 = 1;
+/// Journal format version (2: identity of every file of the chain, durable rewrites).
+const VERSION: u32 = 2;
 
 /// Largest journal accepted when loading (a plan of millions of ranges is still far below).
 const MAX_JOURNAL_BYTES: u64 = 256 << 20;
 
-/// What identifies the source file.
+/// What identifies one file of the source (the top image or a parent).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceIdentity {
     /// Canonical path.
@@ -28,6 +32,13 @@ pub struct SourceIdentity {
     pub size: u64,
     /// Modification time, nanoseconds since the Unix epoch.
     pub mtime_ns: u128,
+    /// Device number (Unix; 0 elsewhere): a file replaced by another one at the same path.
+    pub dev: u64,
+    /// Inode number (Unix; 0 elsewhere).
+    pub ino: u64,
+    /// Status-change time, nanoseconds since the Unix epoch (Unix; 0 elsewhere): catches
+    /// a write whose mtime was set back (`touch -r`, a restore keeping times).
+    pub ctime_ns: i128,
 }
 
 impl SourceIdentity {
@@ -43,12 +54,62 @@ impl SourceIdentity {
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos());
+        #[cfg(unix)]
+        let (dev, ino, ctime_ns) = {
+            use std::os::unix::fs::MetadataExt;
+            (
+                meta.dev(),
+                meta.ino(),
+                i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+            )
+        };
+        #[cfg(not(unix))]
+        let (dev, ino, ctime_ns) = (0, 0, 0);
         Ok(SourceIdentity {
             path: canon.display().to_string(),
             size: meta.len(),
             mtime_ns,
+            dev,
+            ino,
+            ctime_ns,
         })
     }
+
+    /// What differs between `self` (recorded) and `now`, for a refusal message; `None`
+    /// when they are the same.
+    pub fn change(&self, now: &SourceIdentity) -> Option<String> {
+        if self == now {
+            return None;
+        }
+        let mut what = Vec::new();
+        if self.path != now.path {
+            what.push(format!("path {} → {}", self.path, now.path));
+        }
+        if self.size != now.size {
+            what.push(format!("{} → {} bytes", self.size, now.size));
+        }
+        if self.mtime_ns != now.mtime_ns {
+            what.push(format!("mtime {} → {} ns", self.mtime_ns, now.mtime_ns));
+        }
+        if (self.dev, self.ino) != (now.dev, now.ino) {
+            what.push("replaced by another file (device/inode differ)".to_string());
+        }
+        if self.ctime_ns != now.ctime_ns {
+            what.push(format!("ctime {} → {} ns", self.ctime_ns, now.ctime_ns));
+        }
+        Some(format!("{}: {}", now.path, what.join(", ")))
+    }
+}
+
+/// Identity of every parent of `image`, nearest first (empty for a non-differencing image).
+pub fn parent_identities(image: &dyn crate::image::DiskImage) -> Result<Vec<SourceIdentity>> {
+    let mut out = Vec::new();
+    let mut cur = image.parent();
+    while let Some(p) = cur {
+        out.push(SourceIdentity::of(&p.info().path)?);
+        cur = p.parent();
+    }
+    Ok(out)
 }
 
 /// The journal's content.
@@ -58,15 +119,17 @@ pub struct Journal {
     pub version: u32,
     /// Destination URL without query (no secrets).
     pub destination: String,
-    /// The source when the upload started.
+    /// The source (top file) when the upload started.
     pub source: SourceIdentity,
+    /// Its parents when the upload started, nearest first (differencing sources).
+    pub parents: Vec<SourceIdentity>,
     /// Footer unique id (hex) of the output stream.
     pub footer_unique_id: String,
     /// Footer time stamp of the output stream.
     pub footer_time_stamp: u32,
     /// Digest of the plan (requests and footer).
     pub plan_hash: String,
-    /// Completed data requests, merged, `[start, end)`.
+    /// Data requests this upload completed (Put Page returned success), merged, `[start, end)`.
     pub done: Vec<(u64, u64)>,
 }
 
@@ -95,22 +158,27 @@ pub fn path_for(source: &Path, dest: &str, state_dir: Option<&Path>) -> PathBuf 
     }
 }
 
-/// The per-user state directory (`$XDG_STATE_HOME/vhdforge`, else
-/// `~/.local/state/vhdforge`), created if needed; used when the source is not a regular file.
-pub fn default_state_dir() -> Result<PathBuf> {
-    let base = std::env::var_os("XDG_STATE_HOME")
+/// Where the per-user state directory is (`$XDG_STATE_HOME/vhdforge`, else
+/// `~/.local/state/vhdforge`, else `%LOCALAPPDATA%\\vhdforge`), without creating it.
+pub fn state_dir_location() -> Option<PathBuf> {
+    std::env::var_os("XDG_STATE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
         .or_else(|| std::env::var_os("LOCALAPPDATA").map(PathBuf::from))
-        .ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidInput,
-                "upload.journal",
-                "no state directory (HOME unset): pass --state-dir",
-            )
-        })?;
-    let dir = base.join("vhdforge");
+        .map(|b| b.join("vhdforge"))
+}
+
+/// The per-user state directory ([`state_dir_location`]), created if needed; used when the
+/// source is not a regular file or its folder is read-only.
+pub fn default_state_dir() -> Result<PathBuf> {
+    let dir = state_dir_location().ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            "upload.journal",
+            "no state directory (HOME unset): pass --state-dir",
+        )
+    })?;
     std::fs::create_dir_all(&dir).map_err(|e| {
         Error::io(
             format!("cannot create the state directory {}", dir.display()),
@@ -156,7 +224,7 @@ pub fn load(path: &Path) -> Result<Option<Journal>> {
             ErrorKind::Unsupported,
             "upload.journal",
             format!(
-                "resume journal {} has version {}, expected {VERSION}",
+                "resume journal {} has version {}, expected {VERSION} (written by another vhdforge release); delete it and upload again with --overwrite",
                 path.display(),
                 j.version
             ),
@@ -165,8 +233,11 @@ pub fn load(path: &Path) -> Result<Option<Journal>> {
     Ok(Some(j))
 }
 
-/// Write the journal atomically (no fsync: see the module docs).
+/// Write the journal atomically and durably: temp file, fsync, rename over the old one,
+/// fsync of the folder (Unix). When this returns `Ok`, the recorded ranges survive a crash
+/// or power loss; a crash before leaves the previous journal intact.
 pub fn store(path: &Path, j: &Journal) -> Result<()> {
+    use std::io::Write;
     let tmp = path.with_extension("json.tmp-vhdforge");
     let text = serde_json::to_vec(j).map_err(|e| {
         Error::new(
@@ -175,24 +246,112 @@ pub fn store(path: &Path, j: &Journal) -> Result<()> {
             format!("cannot encode the journal: {e}"),
         )
     })?;
-    std::fs::write(&tmp, text).map_err(|e| {
+    let werr = |p: &Path, e| {
         Error::io(
-            format!("cannot write the resume journal {}", tmp.display()),
+            format!("cannot write the resume journal {}", p.display()),
             e,
         )
-    })?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        Error::io(
-            format!("cannot write the resume journal {}", path.display()),
-            e,
-        )
-    })
+    };
+    let mut f = std::fs::File::create(&tmp).map_err(|e| werr(&tmp, e))?;
+    f.write_all(&text).map_err(|e| werr(&tmp, e))?;
+    f.sync_all().map_err(|e| werr(&tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| werr(path, e))?;
+    // The rename itself is durable only once the folder is synced.
+    #[cfg(unix)]
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| werr(path, e))?;
+    }
+    Ok(())
+}
+
+/// True when a new file can be created in `dir` (probed by creating and removing one:
+/// permission bits say nothing about a read-only mount, ACLs or root).
+fn accepts_new_file(dir: &Path) -> bool {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let probe = dir.join(format!(".vhdforge-probe-{}-{nanos}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// The places a journal for `source` → `dest` may be: `state_dir` alone when given;
+/// otherwise next to the source (when the source is a regular file) and in the per-user
+/// state directory `fallback` (when there is one).
+pub fn candidates(
+    source: &Path,
+    dest: &str,
+    state_dir: Option<&Path>,
+    fallback: Option<&Path>,
+) -> Vec<PathBuf> {
+    if let Some(d) = state_dir {
+        return vec![path_for(source, dest, Some(d))];
+    }
+    let mut out = Vec::new();
+    if std::fs::metadata(source).is_ok_and(|m| m.is_file()) {
+        out.push(path_for(source, dest, None));
+    }
+    if let Some(d) = fallback {
+        out.push(path_for(source, dest, Some(d)));
+    }
+    out
+}
+
+/// Where a new journal goes: `state_dir` when given; next to the source when it is a
+/// regular file whose folder accepts a new file (a read-only folder, a device node's /dev
+/// do not); otherwise the per-user state directory from `fallback`.
+pub fn choose_path(
+    source: &Path,
+    dest: &str,
+    state_dir: Option<&Path>,
+    fallback: impl FnOnce() -> Result<PathBuf>,
+) -> Result<PathBuf> {
+    if let Some(d) = state_dir {
+        return Ok(path_for(source, dest, Some(d)));
+    }
+    let beside = path_for(source, dest, None);
+    let folder = beside.parent().unwrap_or(Path::new("."));
+    let folder = if folder.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        folder
+    };
+    if std::fs::metadata(source).is_ok_and(|m| m.is_file()) && accepts_new_file(folder) {
+        return Ok(beside);
+    }
+    Ok(path_for(source, dest, Some(&fallback()?)))
+}
+
+/// The existing journal among `candidates` to resume from: the most recently written one
+/// (an older one elsewhere is a leftover of an earlier run). `None` when there is none.
+pub fn find_existing(candidates: &[PathBuf]) -> Option<PathBuf> {
+    candidates
+        .iter()
+        .filter_map(|p| {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok(), p))
+        })
+        .max_by_key(|(t, _)| *t)
+        .map(|(_, p)| p.clone())
 }
 
 /// A new journal.
 pub fn new(
     dest: &str,
     source: SourceIdentity,
+    parents: Vec<SourceIdentity>,
     footer_unique_id: [u8; 16],
     footer_time_stamp: u32,
     plan_hash: String,
@@ -201,6 +360,7 @@ pub fn new(
         version: VERSION,
         destination: without_query(dest).to_string(),
         source,
+        parents,
         footer_unique_id: footer_unique_id
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -240,6 +400,7 @@ mod tests {
         let mut j = new(
             "https://a/c/b?sig=SECRET",
             id.clone(),
+            vec![id.clone()],
             [7; 16],
             5,
             "h".into(),
@@ -248,6 +409,7 @@ mod tests {
         store(&p1, &j).unwrap();
         let back = load(&p1).unwrap().unwrap();
         assert_eq!(back.source, id);
+        assert_eq!(back.parents, vec![id.clone()]);
         assert_eq!(back.done_ranges(), vec![0..512]);
         assert_eq!(parse_unique_id(&back.footer_unique_id), Some([7; 16]));
         assert!(!std::fs::read_to_string(&p1).unwrap().contains("SECRET"));
@@ -255,5 +417,89 @@ mod tests {
         std::fs::write(&p1, b"{not json").unwrap();
         assert_eq!(load(&p1).unwrap_err().code(), "upload.journal");
         assert!(load(&dir.path().join("none.json")).unwrap().is_none());
+    }
+
+    #[test]
+    fn identity_notices_changes_that_keep_size_and_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("base.vhd");
+        std::fs::write(&p, b"0123456789").unwrap();
+        let before = SourceIdentity::of(&p).unwrap();
+        let mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
+        assert_eq!(before.change(&SourceIdentity::of(&p).unwrap()), None);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // Rewritten in place, same size, mtime put back: only ctime tells (Unix).
+        std::fs::write(&p, b"0123456780").unwrap();
+        let f = std::fs::File::options().write(true).open(&p).unwrap();
+        f.set_modified(mtime).unwrap();
+        drop(f);
+        let now = SourceIdentity::of(&p).unwrap();
+        assert_eq!((now.size, now.mtime_ns), (before.size, before.mtime_ns));
+        if cfg!(unix) {
+            let what = before.change(&now).expect("ctime must differ");
+            assert!(what.contains("ctime"), "{what}");
+        }
+        // Replaced by another file (new inode), same size and mtime.
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"0123456789").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&other)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let before = SourceIdentity::of(&p).unwrap();
+        std::fs::rename(&other, &p).unwrap();
+        let now = SourceIdentity::of(&p).unwrap();
+        if cfg!(unix) {
+            let what = before.change(&now).expect("inode must differ");
+            assert!(what.contains("device/inode"), "{what}");
+        }
+    }
+
+    #[test]
+    fn journal_place_falls_back_and_resume_finds_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let src = dir.path().join("disk.raw");
+        std::fs::write(&src, b"x").unwrap();
+        let dest = "https://a/c/b";
+        let fallback = || Ok(state.clone());
+        // Writable folder: next to the source.
+        let beside = path_for(&src, dest, None);
+        assert_eq!(choose_path(&src, dest, None, fallback).unwrap(), beside);
+        // An explicit state directory wins.
+        assert_eq!(
+            choose_path(&src, dest, Some(&state), || unreachable!()).unwrap(),
+            path_for(&src, dest, Some(&state))
+        );
+        // A source that is not a regular file (here a directory, like /dev for a device).
+        assert_eq!(
+            choose_path(dir.path(), dest, None, fallback).unwrap(),
+            path_for(dir.path(), dest, Some(&state))
+        );
+        // A folder that refuses new files even to root (procfs): the state directory.
+        #[cfg(target_os = "linux")]
+        {
+            assert!(!accepts_new_file(Path::new("/proc/self")));
+            let ro = Path::new("/proc/self/status");
+            assert_eq!(
+                choose_path(ro, dest, None, fallback).unwrap(),
+                path_for(ro, dest, Some(&state))
+            );
+        }
+        // Resume looks in both places and takes the newest journal.
+        let places = candidates(&src, dest, None, Some(&state));
+        assert_eq!(
+            places,
+            vec![beside.clone(), path_for(&src, dest, Some(&state))]
+        );
+        assert_eq!(find_existing(&places), None);
+        std::fs::write(&places[1], b"{}").unwrap();
+        assert_eq!(find_existing(&places).as_ref(), Some(&places[1]));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&places[0], b"{}").unwrap();
+        assert_eq!(find_existing(&places).as_ref(), Some(&places[0]));
     }
 }

@@ -26,11 +26,12 @@
 //! | `upload.size_mismatch` | destination size ≠ output size (managed disk: says the right --upload-size-bytes) |
 //! | `upload.managed_disk` | an operation a managed-disk SAS forbids was asked for (--content-md5) |
 //! | `upload.too_large` | more than 8 TiB for a page blob (Unsupported) |
+//! | `upload.redirect` | a 3xx answer: redirects are never followed (the SAS must not go elsewhere) |
 //! | `upload.http` | any other HTTP error |
 //! | `upload.protocol` | an answer that could not be understood |
 //! | `upload.transport` | no answer after all retries (connection, timeout, TLS) |
 //! | `upload.checksum` | the body kept arriving corrupted (Md5/Crc64Mismatch after all retries) |
-//! | `upload.resume` | --resume refused: no journal, or the source/plan changed (InvalidInput) |
+//! | `upload.resume` | --resume refused: no journal, or the source, a parent of it, or the plan changed (InvalidInput) |
 //! | `upload.journal` | the journal cannot be read or written (Corrupt/Io) |
 //! | `upload.cancelled` | interrupted on request (Interrupted); --resume continues |
 //! | `upload.source_changed` | an Azure-ready VHD shrank while being opened (Corrupt) |
@@ -112,8 +113,12 @@ pub struct UploadOptions {
     pub request_timeout: Duration,
     /// Extra client timeout per MiB of body.
     pub timeout_per_mib: Duration,
-    /// Where the resume journal lives (default: next to the source).
+    /// Where the resume journal lives (default: next to the source, or the per-user state
+    /// directory when the source's folder is read-only or the source is a device).
     pub state_dir: Option<PathBuf>,
+    /// Rewrite (and fsync) the journal at most this often while sending. Completions since
+    /// the last rewrite are sent again after a crash; zero records every completion.
+    pub journal_interval: Duration,
     /// Conversion policy for sources that are not Azure-ready VHDs.
     pub policy: Policy,
     /// Set to stop the upload (in-flight requests are abandoned; the journal is kept).
@@ -140,6 +145,7 @@ impl Default for UploadOptions {
             request_timeout: Duration::from_secs(30),
             timeout_per_mib: Duration::from_secs(15),
             state_dir: None,
+            journal_interval: Duration::from_secs(1),
             policy: Policy::default(),
             cancel: Arc::new(AtomicBool::new(false)),
             credentials: CredentialEnv::default(),
