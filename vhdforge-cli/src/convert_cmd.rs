@@ -61,6 +61,18 @@ pub struct ConvertArgs {
     pub threads: usize,
 }
 
+/// A conversion report as JSON, with the output's findings and verdict.
+fn print_report_json(
+    ui: &Ui,
+    report: &impl serde::Serialize,
+    after: &vhdforge_core::Inspection,
+) -> Result<()> {
+    let mut v = serde_json::to_value(report)?;
+    v["findings"] = serde_json::to_value(&after.findings)?;
+    v["azure_ready"] = json!(after.azure_ready);
+    ui.print_json(&v)
+}
+
 /// `vhdforge convert`.
 pub fn run(a: &ConvertArgs, ui: &Ui) -> Result<ExitCode> {
     let policy = Policy {
@@ -72,10 +84,7 @@ pub fn run(a: &ConvertArgs, ui: &Ui) -> Result<ExitCode> {
         let r = convert_in_place(&a.input, &policy, a.force)?;
         let after = inspect(&a.input, &OpenOptions::default())?;
         if a.json {
-            let mut v = serde_json::to_value(&r)?;
-            v["findings"] = serde_json::to_value(&after.findings)?;
-            v["azure_ready"] = json!(after.azure_ready);
-            ui.print_json(&v)?;
+            print_report_json(ui, &r, &after)?;
         } else {
             let mut s = String::new();
             if r.recovered_interrupted_run {
@@ -131,10 +140,7 @@ pub fn run(a: &ConvertArgs, ui: &Ui) -> Result<ExitCode> {
     let r = r?;
     let after = inspect(out, &OpenOptions::default())?;
     if a.json {
-        let mut v = serde_json::to_value(&r)?;
-        v["findings"] = serde_json::to_value(&after.findings)?;
-        v["azure_ready"] = json!(after.azure_ready);
-        ui.print_json(&v)?;
+        print_report_json(ui, &r, &after)?;
     } else {
         let mut s = String::new();
         if r.padded_bytes > 0 {

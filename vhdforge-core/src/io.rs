@@ -81,6 +81,7 @@ impl FileSource {
                 "is not a regular file or block device (a FIFO, socket or character device), not a disk image",
             ));
         }
+        clear_nonblocking(&file)?;
         let len = block_device_len(&file).unwrap_or(meta.len());
         Ok(FileSource {
             file,
@@ -114,6 +115,26 @@ fn open_nonblocking(path: &Path) -> io::Result<File> {
 #[cfg(not(unix))]
 fn open_nonblocking(path: &Path) -> io::Result<File> {
     File::open(path)
+}
+
+/// Back to blocking reads once the file is known to be a file or block device: some
+/// kernels turn O_NONBLOCK into "fail instead of waiting for the disk" on reads.
+#[cfg(unix)]
+fn clear_nonblocking(file: &File) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own; F_GETFL/F_SETFL take no pointers.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn clear_nonblocking(_file: &File) -> io::Result<()> {
+    Ok(())
 }
 
 #[cfg(unix)]

@@ -7,7 +7,6 @@
 //! the journal, restores the file exactly as it was, and starts over.
 
 use super::{AzurePlan, Policy};
-use crate::azure::{round_up_mib, MAX_VIRTUAL_SIZE, MIN_VIRTUAL_SIZE};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::vhd::footer::{
     HardDiskFooter, COOKIE, DISK_TYPE_FIXED, FEATURE_RESERVED, FIXED_DATA_OFFSET, FOOTER_SIZE,
@@ -106,23 +105,7 @@ pub fn convert_in_place(path: &Path, policy: &Policy, force: bool) -> Result<InP
         }
         notes = footer_problems(f, data_len, len);
     }
-    let disk_size = round_up_mib(data_len).ok_or_else(|| {
-        Error::new(
-            ErrorKind::Unsupported,
-            "convert.too_large",
-            format!("size {data_len} cannot be rounded up to a whole MiB"),
-        )
-    })?;
-    if !policy.allow_any_size && !(MIN_VIRTUAL_SIZE..=MAX_VIRTUAL_SIZE).contains(&disk_size) {
-        return Err(Error::new(
-            ErrorKind::Unsupported,
-            "convert.size_out_of_range",
-            format!(
-                "the disk would be {disk_size} bytes, outside Azure's range of {MIN_VIRTUAL_SIZE} bytes (20 MiB) to {MAX_VIRTUAL_SIZE} bytes (32 TiB); \
-                 pass --allow-any-size to convert anyway"
-            ),
-        ));
-    }
+    let disk_size = super::disk_size_for(data_len, policy)?;
     if old_footer.is_some() && notes.is_empty() && !force {
         return Ok(InPlaceReport {
             action: "unchanged",

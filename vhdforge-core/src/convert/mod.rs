@@ -28,6 +28,29 @@ pub struct Policy {
     pub time_stamp: Option<u32>,
 }
 
+/// The disk size Azure gets for `source_size` bytes of disk: rounded up to a whole MiB,
+/// and refused outside 20 MiB – 32 TiB unless the policy allows any size.
+pub fn disk_size_for(source_size: u64, policy: &Policy) -> Result<u64> {
+    let disk_size = round_up_mib(source_size).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Unsupported,
+            "convert.too_large",
+            format!("size {source_size} cannot be rounded up to a whole MiB"),
+        )
+    })?;
+    if !policy.allow_any_size && !(MIN_VIRTUAL_SIZE..=MAX_VIRTUAL_SIZE).contains(&disk_size) {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            "convert.size_out_of_range",
+            format!(
+                "the disk would be {disk_size} bytes, outside Azure's range of {MIN_VIRTUAL_SIZE} bytes (20 MiB) to {MAX_VIRTUAL_SIZE} bytes (32 TiB); \
+                 pass --allow-any-size to convert anyway"
+            ),
+        ));
+    }
+    Ok(disk_size)
+}
+
 /// The shape of the Azure-ready fixed VHD made from an image.
 #[derive(Debug, Clone)]
 pub struct AzurePlan {
@@ -56,23 +79,7 @@ impl AzurePlan {
             ));
         }
         let source_size = info.virtual_size;
-        let disk_size = round_up_mib(source_size).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Unsupported,
-                "convert.too_large",
-                format!("virtual size {source_size} cannot be rounded up to a whole MiB"),
-            )
-        })?;
-        if !policy.allow_any_size && !(MIN_VIRTUAL_SIZE..=MAX_VIRTUAL_SIZE).contains(&disk_size) {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "convert.size_out_of_range",
-                format!(
-                    "the output would be {disk_size} bytes, outside Azure's range of {MIN_VIRTUAL_SIZE} bytes (20 MiB) to {MAX_VIRTUAL_SIZE} bytes (32 TiB); \
-                     pass --allow-any-size to convert anyway"
-                ),
-            ));
-        }
+        let disk_size = disk_size_for(source_size, policy)?;
         let unique_id = policy
             .unique_id
             .unwrap_or_else(|| *uuid::Uuid::new_v4().as_bytes());
