@@ -4,6 +4,8 @@
 //! Start with [`open`] (strict: any structural error is an `Err`) or [`inspect`] (lenient:
 //! everything found is reported as [`Finding`]s).
 
+#![warn(missing_docs)]
+
 pub mod azure;
 pub mod convert;
 pub mod error;
