@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job end to end on a built-in sample, on this machine only:
-#   1. build a sample disk: a 2 GiB dynamic VHDX holding ~40 MiB of data (made with qemu-img,
+#   1. build a sample disk: a 2 GiB dynamic VHDX holding ~32 MiB of data (made with qemu-img,
 #      the way a Hyper-V disk is mostly empty)
 #   2. `vhdforge check` it (not Azure-ready: exit 1), `vhdforge convert` it to a fixed VHD,
 #      `vhdforge check` the result (exit 0)
