@@ -133,17 +133,7 @@ fn qemu_made_vhdx_dynamic_fixed_and_block_sizes() {
         ("b1.vhdx", &["-O", "vhdx", "-o", "block_size=1M"]),
         ("b32.vhdx", &["-O", "vhdx", "-o", "block_size=32M"]),
     ];
-    for (name, args) in variants {
-        let img = dir.path().join(name);
-        run_ok(
-            oracle("qemu-img")
-                .args(["convert", "-f", "raw"])
-                .args(args)
-                .arg(&raw)
-                .arg(&img),
-        );
-        convert_and_check(&img, "vhdx", &raw, size);
-    }
+    convert_qemu_variants(dir.path(), &raw, size, "vhdx", &variants);
 }
 
 #[test]
@@ -151,22 +141,34 @@ fn qemu_made_vhd_dynamic_and_fixed() {
     let dir = tempfile::tempdir().unwrap();
     let size = 48 * MIB + 512;
     let raw = scattered_raw(dir.path(), "src.raw", size);
-    for (name, args) in [
-        ("dyn.vhd", &["-O", "vpc", "-o", "force_size=on"][..]),
+    let variants: [(&str, &[&str]); 2] = [
+        ("dyn.vhd", &["-O", "vpc", "-o", "force_size=on"]),
         (
             "fixed.vhd",
-            &["-O", "vpc", "-o", "subformat=fixed,force_size=on"][..],
+            &["-O", "vpc", "-o", "subformat=fixed,force_size=on"],
         ),
-    ] {
-        let img = dir.path().join(name);
+    ];
+    convert_qemu_variants(dir.path(), &raw, size, "vpc", &variants);
+}
+
+/// Make each variant of `raw` with `qemu-img convert`, then convert and check it.
+fn convert_qemu_variants(
+    dir: &Path,
+    raw: &Path,
+    size: u64,
+    qemu_fmt: &str,
+    variants: &[(&str, &[&str])],
+) {
+    for (name, args) in variants {
+        let img = dir.join(name);
         run_ok(
             oracle("qemu-img")
                 .args(["convert", "-f", "raw"])
-                .args(args)
-                .arg(&raw)
+                .args(*args)
+                .arg(raw)
                 .arg(&img),
         );
-        convert_and_check(&img, "vpc", &raw, size);
+        convert_and_check(&img, qemu_fmt, raw, size);
     }
 }
 
