@@ -65,22 +65,8 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Run a child to completion; its wall time in seconds and peak RSS in KiB.
 pub fn time_child(cmd: &mut Command) -> Result<(f64, u64)> {
-    let start = Instant::now();
-    let child = cmd
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: rusage is plain data; wait4 fills it for our own child.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pid of our child, valid out-pointers.
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    let t = start.elapsed().as_secs_f64();
-    if rc < 0 || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("{cmd:?} failed (status {status})");
-    }
-    Ok((t, ru.ru_maxrss as u64))
+    let (t, rss, _, _) = time_child_output(cmd)?;
+    Ok((t, rss))
 }
 
 /// Run a child to completion capturing stdout; wall seconds, peak RSS (KiB), CPU seconds
