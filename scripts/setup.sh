@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything vhdforge's tests and demo need on a fresh Debian/Ubuntu machine:
-#   - the oracles: qemu-img (qemu-utils) and libvhdi (vhdiinfo, vhdimount, python3-libvhdi)
+#   - the oracles: qemu-img (qemu-utils) and libvhdi (vhdiinfo, vhdimount, python3-libvhdi);
+#     sfdisk, partx, sgdisk and lvm2 for the guest partition/volume tests
 #   - Azurite 3.37 (npm) for the upload tests, under .tools/ in the repo
 # Idempotent: does nothing that is already done. Needs root (or sudo) for apt-get.
 set -euo pipefail
@@ -11,6 +12,11 @@ command -v qemu-img >/dev/null 2>&1 || need_apt+=(qemu-utils)
 command -v vhdiinfo >/dev/null 2>&1 || need_apt+=(libvhdi-utils)
 /usr/bin/python3 -c 'import pyvhdi' >/dev/null 2>&1 || need_apt+=(python3-libvhdi)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+# Partition-table oracles for the guest tests: sfdisk/partx (util-linux), sgdisk; LVM tools.
+command -v sfdisk >/dev/null 2>&1 || need_apt+=(fdisk)
+command -v sgdisk >/dev/null 2>&1 || need_apt+=(gdisk)
+command -v partx >/dev/null 2>&1 || need_apt+=(util-linux)
+command -v pvcreate >/dev/null 2>&1 || need_apt+=(lvm2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
