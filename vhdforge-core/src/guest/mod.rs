@@ -1,13 +1,14 @@
-//! Guest inspection: what lies *inside* the virtual disk — partition tables today, volumes
-//! and file systems built on them later.
+//! Guest inspection: what lies *inside* the virtual disk — partition tables and LVM2 volumes
+//! today, file systems built on them later.
 //!
 //! Everything here reads through the [`DiskImage`](crate::DiskImage) seam with positional
 //! reads, so it works the same on raw disks, VHD, VHDX and differencing chains. A partition
-//! (and later a logical volume) is a [`Window`]: a bounds-checked byte range of the disk
+//! is a [`Window`] and a linear logical volume an [`lvm::LvWindow`]: a bounds-checked byte range of the disk
 //! that is read the same way. Nothing here trusts a field of the guest's structures: every
 //! offset is checked against the disk, every table size is capped, and defects are reported
 //! as findings with stable `guest.*` codes instead of panics.
 
+pub mod lvm;
 pub mod partition;
 mod window;
 
