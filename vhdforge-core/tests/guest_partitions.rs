@@ -441,9 +441,17 @@ fn gpt_from_sgdisk_matches_sfdisk_and_partx() {
     assert_agrees(&t, &img);
     // BIOS boot and no ESP: a Gen1 (BIOS) guest on GPT.
     assert_eq!(t.generation, Some(Generation::Gen1));
+    // sgdisk's own type codes land on the kinds vhdforge names.
+    let kinds: Vec<(u32, PartitionKind)> =
+        t.partitions.iter().map(|p| (p.number, p.kind)).collect();
     assert_eq!(
-        t.partitions.iter().map(|p| p.number).collect::<Vec<_>>(),
-        [1, 2, 5, 9]
+        kinds,
+        [
+            (1, PartitionKind::BiosBoot),
+            (2, PartitionKind::LinuxFilesystem),
+            (5, PartitionKind::LinuxSwap),
+            (9, PartitionKind::LinuxLvm),
+        ]
     );
 }
 

@@ -3,8 +3,8 @@
 //!
 //! Everything here reads through the [`DiskImage`](crate::DiskImage) seam with positional
 //! reads, so it works the same on raw disks, VHD, VHDX and differencing chains. A partition
-//! is a [`Window`] and a linear logical volume an [`lvm::LvWindow`]: a bounds-checked byte range of the disk
-//! that is read the same way. Nothing here trusts a field of the guest's structures: every
+//! is a [`Window`] and a linear logical volume an [`lvm::LvWindow`]: bounds-checked byte
+//! ranges of the disk, read the same way. Nothing here trusts a field of the guest's structures: every
 //! offset is checked against the disk, every table size is capped, and defects are reported
 //! as findings with stable `guest.*` codes instead of panics.
 
