@@ -281,3 +281,131 @@ fn linear_lvs_match_lvs_and_read_from_the_extents_lvm_reports() {
         assert!(lvw.read_at(&mut buf, root.size_bytes - 100).is_err());
     }
 }
+
+#[test]
+fn striped_and_other_pv_segments_from_lvm_are_reported_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let img: PathBuf = dir.path().join("two.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 * MIB)
+        .unwrap();
+    run("sfdisk", &["-q", img.to_str().unwrap()], Some("label: gpt\nsize=30M, type=E6D6D379-F507-44C2-A23C-238F2A3DF928\ntype=E6D6D379-F507-44C2-A23C-238F2A3DF928\n"));
+    let table = partition::partitions(open(&img).as_ref()).unwrap();
+    let (p1, p2) = (table.get(1).unwrap().clone(), table.get(2).unwrap().clone());
+    let attach = |p: &partition::Partition| Pv {
+        dev: run(
+            "losetup",
+            &[
+                "-f",
+                "--show",
+                "--offset",
+                &p.start_bytes.to_string(),
+                "--sizelimit",
+                &p.size_bytes.to_string(),
+                img.to_str().unwrap(),
+            ],
+            None,
+        )
+        .trim()
+        .to_string(),
+    };
+    let (a, b) = (attach(&p1), attach(&p2));
+    let vg = format!("vgs{}", std::process::id());
+    lvm("pvcreate", &["-y", &a.dev, &b.dev]);
+    lvm("vgcreate", &["-s", "1M", &vg, &a.dev, &b.dev]);
+    lvm(
+        "lvcreate",
+        &[
+            "--driverloaded",
+            "n",
+            "-an",
+            "-Zn",
+            "-y",
+            "-i",
+            "2",
+            "-I",
+            "64k",
+            "-L",
+            "8M",
+            "-n",
+            "striped",
+            &vg,
+        ],
+    );
+    lvm(
+        "lvcreate",
+        &[
+            "--driverloaded",
+            "n",
+            "-an",
+            "-Zn",
+            "-y",
+            "-L",
+            "4M",
+            "-n",
+            "onb",
+            &vg,
+            &b.dev,
+        ],
+    );
+    let lvs: Value = serde_json::from_str(&lvm(
+        "lvs",
+        &[
+            "--reportformat",
+            "json",
+            "--segments",
+            "-o",
+            "lv_name,segtype,stripes,devices",
+            &vg,
+        ],
+    ))
+    .unwrap();
+    let pvs: Value = serde_json::from_str(&lvm(
+        "pvs",
+        &["--reportformat", "json", "-o", "pv_name,pv_uuid", &a.dev],
+    ))
+    .unwrap();
+    drop((a, b));
+    let segs = lvs["report"][0]["seg"].as_array().unwrap();
+    let striped = segs.iter().find(|s| s["lv_name"] == "striped").unwrap();
+    assert_eq!(
+        (striped["segtype"].as_str(), striped["stripes"].as_str()),
+        (Some("striped"), Some("2"))
+    );
+
+    let image = open(&img);
+    let w = p1.window(image.as_ref()).unwrap();
+    let got = lvm::read_pv(&w).unwrap().unwrap();
+    assert_eq!(
+        got.pv_uuid,
+        pvs["report"][0]["pv"][0]["pv_uuid"].as_str().unwrap()
+    );
+    let codes: Vec<&str> = got.findings.iter().map(|f| f.code).collect();
+    assert_eq!(codes, [lvm::CODE_SEGMENT_UNSUPPORTED]);
+    let st = got.lv("striped").unwrap();
+    assert_eq!(st.size_bytes, 8 * MIB);
+    assert_eq!(
+        st.segments[0].map,
+        SegmentMap::Unsupported {
+            segment_type: "striped (2 stripes)".into()
+        }
+    );
+    assert_eq!(
+        got.lv_window(st, &w).unwrap_err().code(),
+        lvm::CODE_SEGMENT_UNSUPPORTED
+    );
+    // A linear LV that LVM put on the other PV: known, but not readable from this one.
+    let onb = got.lv("onb").unwrap();
+    assert_eq!(
+        got.lv_window(onb, &w).unwrap_err().code(),
+        lvm::CODE_PV_MISSING
+    );
+    // Read from the PV it is on, it maps.
+    let w2 = p2.window(image.as_ref()).unwrap();
+    let got2 = lvm::read_pv(&w2).unwrap().unwrap();
+    assert_eq!(
+        got2.lv_window(got2.lv("onb").unwrap(), &w2).unwrap().len(),
+        4 * MIB
+    );
+}
