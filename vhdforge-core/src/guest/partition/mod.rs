@@ -100,7 +100,7 @@ pub struct Partition {
     pub kind: PartitionKind,
     /// How the table records it.
     pub role: Role,
-    /// GPT partition name (UTF-16 in the entry); `None` on MBR.
+    /// GPT partition name (UTF-16 in the entry; empty when unnamed); `None` on MBR.
     pub name: Option<String>,
     /// `PARTUUID` as Linux spells it: the GPT unique GUID (lower case), or
     /// `<disk signature>-<number>` in hex on MBR.
