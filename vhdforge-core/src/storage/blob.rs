@@ -77,6 +77,11 @@ impl std::fmt::Debug for BlobClient {
 /// certificate: UnknownIssuer", "...: NotValidForName", "...: Expired") are the seam. An
 /// `io::Error`'s `source()` skips the error it wraps, so that one is looked at too.
 fn transport_kind(e: &reqwest::Error) -> TransportKind {
+    if e.is_builder() {
+        // The request could not even be built (a header value that cannot be sent):
+        // it will not build next time either.
+        return TransportKind::Request;
+    }
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
         let mut texts = vec![s.to_string()];
@@ -92,6 +97,18 @@ fn transport_kind(e: &reqwest::Error) -> TransportKind {
         src = s.source();
     }
     TransportKind::Network
+}
+
+/// `YYYY-MM-DD`, optionally followed by a `-suffix` of letters and digits (preview versions).
+fn is_api_version(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.len() >= 10
+        && b[..10].iter().enumerate().all(|(i, &c)| match i {
+            4 | 7 => c == b'-',
+            _ => c.is_ascii_digit(),
+        })
+        && (b.len() == 10
+            || (b[10] == b'-' && b.len() > 11 && b[11..].iter().all(u8::is_ascii_alphanumeric)))
 }
 
 fn is_certificate_message(text: &str) -> bool {
@@ -140,6 +157,18 @@ impl BlobClient {
                 "{display}: the URL carries a user name or password (user:…@), which the Blob service \
                  does not use; remove it and authorize with a SAS or an account key"
             )));
+        }
+        if !is_api_version(api_version) {
+            // Not sendable as a header (or not a version at all): every request would fail
+            // the same way, so say so now instead of retrying.
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "upload.invalid_request",
+                format!(
+                    "--api-version {:?} is not a service version (YYYY-MM-DD, e.g. 2021-08-06)",
+                    super::redact::redact_text(api_version)
+                ),
+            ));
         }
         let cred = auth::resolve(parsed.query(), env)?;
         if let Credential::SharedKey(key) = &cred {
@@ -564,6 +593,24 @@ mod tests {
         let want = base64::engine::general_purpose::STANDARD
             .encode(0xae8b_1486_0a79_9888u64.to_le_bytes());
         assert_eq!(crc64_header(b"123456789"), want);
+    }
+
+    #[test]
+    fn api_versions() {
+        for good in ["2021-08-06", "2025-01-05", "2019-02-02-preview"] {
+            assert!(is_api_version(good), "{good}");
+        }
+        // A non-ASCII dash, a newline, garbage: never sent.
+        for bad in [
+            "2021\u{2011}08-06",
+            "2021-08-06\n",
+            "latest",
+            "",
+            "2021-08-06-",
+            "2021-8-6",
+        ] {
+            assert!(!is_api_version(bad), "{bad:?}");
+        }
     }
 
     #[test]

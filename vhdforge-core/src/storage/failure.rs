@@ -26,6 +26,9 @@ pub enum TransportKind {
     /// The server's TLS certificate was refused (unknown issuer, wrong name, expired): the
     /// same certificate comes back on every retry, so this is fatal.
     Certificate,
+    /// The request could not be built (e.g. a header value that cannot be sent): the
+    /// same request fails the same way every time, so this is fatal.
+    Request,
 }
 
 /// A failed request.
@@ -77,7 +80,7 @@ impl Failure {
     pub fn class(&self) -> Class {
         match self {
             Failure::Transport {
-                kind: TransportKind::Certificate,
+                kind: TransportKind::Certificate | TransportKind::Request,
                 ..
             } => Class::Fatal,
             Failure::Transport { .. } => Class::Retry,
@@ -104,6 +107,14 @@ impl Failure {
                      check the host name in DEST, and that no proxy or firewall intercepts TLS \
                      (a certificate this machine does not trust is never accepted)"
                 ),
+            ),
+            Failure::Transport {
+                message,
+                kind: TransportKind::Request,
+            } => Error::new(
+                ErrorKind::InvalidInput,
+                "upload.invalid_request",
+                format!("{op} {dest}: the request could not be built ({message}); check --api-version and DEST for characters that cannot be sent"),
             ),
             Failure::Transport { message, .. } => Error::new(
                 ErrorKind::Remote,
