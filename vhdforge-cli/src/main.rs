@@ -101,3 +101,42 @@ fn redacted(e: &anyhow::Error) -> anyhow::Error {
     }
     out
 }
+
+/// Standard error for log lines, with every secret redacted. The fmt layer writes each
+/// event with one `write_all`, so each call holds whole lines; logs come from reqwest,
+/// hyper and rustls too, at `-vvv`, and none of their text may carry a secret out.
+struct RedactingStderr;
+
+impl std::io::Write for RedactingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = redact_text(&String::from_utf8_lossy(buf));
+        std::io::stderr().write_all(text.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// The writer `ui::init_logging` hands to the log formatter.
+pub(crate) fn log_writer() -> impl std::io::Write {
+    RedactingStderr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_redacted_through_the_whole_chain() {
+        let e = anyhow::Error::msg("GET https://a/c/b?sig=s3cr3tSIGNATURE failed")
+            .context("cannot open https://user:s3cr3tPASS@a/c/b");
+        let r = redacted(&e);
+        let all: Vec<String> = r.chain().map(ToString::to_string).collect();
+        assert_eq!(all.len(), 2, "the chain keeps its causes");
+        for t in &all {
+            assert!(!t.contains("s3cr3t"), "{t}");
+        }
+    }
+}

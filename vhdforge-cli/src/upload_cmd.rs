@@ -470,6 +470,47 @@ mod tests {
     }
 
     #[test]
+    fn sas_file_is_joined_to_dest() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("sas");
+        let cases: [(&str, &str, Option<&str>); 5] = [
+            // A query string, with a newline as editors leave it.
+            (
+                "sv=1&sig=abc\n",
+                "https://a/c/b",
+                Some("https://a/c/b?sv=1&sig=abc"),
+            ),
+            // A whole SAS URL: only its query is taken; DEST's own query is kept.
+            (
+                "https://x/y/z?sv=1&sig=abc",
+                "https://a/c/b?timeout=5",
+                Some("https://a/c/b?timeout=5&sv=1&sig=abc"),
+            ),
+            // A leading '?' is fine.
+            (
+                "?sv=1&sig=abc",
+                "https://a/c/b",
+                Some("https://a/c/b?sv=1&sig=abc"),
+            ),
+            // No signature in the file: refused.
+            ("sv=1&sp=r", "https://a/c/b", None),
+            // Two SASes: refused rather than guessing.
+            ("sv=1&sig=abc", "https://a/c/b?sig=def", None),
+        ];
+        for (content, dest, want) in cases {
+            std::fs::write(&f, content).unwrap();
+            let got = dest_with_sas(dest, Some(&f));
+            match want {
+                Some(w) => assert_eq!(got.unwrap(), w, "{content:?}"),
+                None => {
+                    let e = got.unwrap_err().to_string();
+                    assert!(!e.contains("abc") && !e.contains("def"), "{e}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn human_sizes() {
         let cases = [
             (0, "0 B"),
