@@ -113,12 +113,22 @@ impl SharedKey {
 }
 
 /// How requests are authorized.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum Credential {
     /// The SAS query string of the destination URL (appended verbatim).
     Sas(String),
     /// Shared Key signing.
     SharedKey(SharedKey),
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // The SAS query minus its signature: still useful to see sp/se/sr.
+            Credential::Sas(q) => write!(f, "Sas({})", super::redact::redact_text(q)),
+            Credential::SharedKey(k) => write!(f, "{k:?}"),
+        }
+    }
 }
 
 /// Parse a connection string (`Key=Value;...`) into a Shared Key and the blob endpoint if given.
@@ -382,7 +392,9 @@ mod tests {
         let e = resolve(None, &CredentialEnv::default()).unwrap_err();
         assert_eq!(e.code(), "upload.credentials");
         assert!(e.message().contains("AZURE_STORAGE_CONNECTION_STRING"));
-        // Debug never shows the key.
+        // Debug never shows the key or the signature.
+        let sas = resolve(Some("sv=1&sig=s3cr3tsignature"), &env).unwrap();
+        assert!(!format!("{sas:?}").contains("s3cr3t"));
         assert!(!format!("{env:?}").contains(DEV_KEY));
         assert!(!format!("{:?}", SharedKey::new("a", DEV_KEY).unwrap()).contains(DEV_KEY));
     }
