@@ -57,11 +57,16 @@ fn run_inspect(file: &std::path::Path, no_parents: bool) -> Result<Inspection> {
     Ok(inspect(file, &opts)?)
 }
 
+/// A path as shown: a SAS URL given where a path belongs must not show its signature.
+fn shown(file: &std::path::Path) -> String {
+    vhdforge_core::storage::redact_text(&file.display().to_string())
+}
+
 /// The JSON object `info --json` and `check --json` print.
 pub fn to_json(file: &std::path::Path, i: &Inspection) -> serde_json::Value {
     let info = i.info.as_ref();
     json!({
-        "path": file.display().to_string(),
+        "path": shown(file),
         "format": i.detected_format,
         "disk_type": info.map(|x| x.disk_type),
         "virtual_size": info.map(|x| x.virtual_size),
@@ -86,7 +91,7 @@ fn human(file: &std::path::Path, i: &Inspection) -> String {
         Some(info) => {
             s.push_str(&format!(
                 "{}: {} {}\n",
-                file.display(),
+                shown(file),
                 info.disk_type,
                 info.format.to_string().to_uppercase()
             ));
@@ -112,7 +117,7 @@ fn human(file: &std::path::Path, i: &Inspection) -> String {
                 s.push_str(&format!("  parent          {}\n", p.display()));
             }
         }
-        None => s.push_str(&format!("{}: could not be parsed\n", file.display())),
+        None => s.push_str(&format!("{}: could not be parsed\n", shown(file))),
     }
     s.push_str(&format!(
         "  azure ready     {}\n",
@@ -156,7 +161,7 @@ pub fn run_check(a: &CheckArgs, ui: &Ui) -> Result<ExitCode> {
             .filter(|f| f.severity == Severity::Warning)
             .count();
         if i.azure_ready {
-            s.push_str(&format!("OK: {} is a valid, Azure-ready fixed VHD ({warnings} warning(s)). Upload it with `vhdforge upload`.\n", a.file.display()));
+            s.push_str(&format!("OK: {} is a valid, Azure-ready fixed VHD ({warnings} warning(s)). Upload it with `vhdforge upload`.\n", shown(&a.file)));
         } else if !i.readable {
             s.push_str(&format!(
                 "FAILED: {errors} error(s). The image is damaged or unsupported as described above; vhdforge will not convert it until that is fixed.\n"
@@ -164,7 +169,7 @@ pub fn run_check(a: &CheckArgs, ui: &Ui) -> Result<ExitCode> {
         } else {
             s.push_str(&format!(
                 "FAILED: {errors} error(s); the image reads fine but Azure will not accept it as it is. Run `vhdforge convert {} OUT.vhd`.\n",
-                a.file.display()
+                shown(&a.file)
             ));
         }
         ui.print(&s)?;

@@ -10,6 +10,7 @@ mod upload_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
+use vhdforge_core::storage::redact_text;
 
 const ABOUT: &str =
     "Turn Hyper-V disks (VHDX, VHD, raw) into Azure-ready fixed VHDs and get them into Azure fast";
@@ -59,7 +60,21 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Parse errors echo the offending argument, and a SAS URL given to the wrong option
+    // must not be echoed with its signature: render clap's message ourselves, redacted.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let text = redact_text(&e.render().to_string());
+            // --help and --version are "errors" that go to stdout and exit 0.
+            if e.use_stderr() {
+                eprint!("{text}");
+            } else {
+                print!("{text}");
+            }
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     ui::init_logging(cli.verbose, cli.quiet);
     let ui = ui::Ui::new(cli.quiet);
     let result = match cli.command {
@@ -71,6 +86,57 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
-        Err(e) => ui::report_error(&e),
+        Err(e) => ui::report_error(&redacted(&e)),
+    }
+}
+
+/// `e` with every secret in its chain redacted (a path that is really a SAS URL, a URL
+/// with a password, an echoed key), keeping the chain so every cause is still printed.
+fn redacted(e: &anyhow::Error) -> anyhow::Error {
+    let texts: Vec<String> = e.chain().map(|c| redact_text(&c.to_string())).collect();
+    let mut it = texts.into_iter().rev();
+    let mut out = anyhow::Error::msg(it.next().unwrap_or_default());
+    for t in it {
+        out = out.context(t);
+    }
+    out
+}
+
+/// Standard error for log lines, with every secret redacted. The fmt layer writes each
+/// event with one `write_all`, so each call holds whole lines; logs come from reqwest,
+/// hyper and rustls too, at `-vvv`, and none of their text may carry a secret out.
+struct RedactingStderr;
+
+impl std::io::Write for RedactingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = redact_text(&String::from_utf8_lossy(buf));
+        std::io::stderr().write_all(text.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// The writer `ui::init_logging` hands to the log formatter.
+pub(crate) fn log_writer() -> impl std::io::Write {
+    RedactingStderr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_redacted_through_the_whole_chain() {
+        let e = anyhow::Error::msg("GET https://a/c/b?sig=s3cr3tSIGNATURE failed")
+            .context("cannot open https://user:s3cr3tPASS@a/c/b");
+        let r = redacted(&e);
+        let all: Vec<String> = r.chain().map(ToString::to_string).collect();
+        assert_eq!(all.len(), 2, "the chain keeps its causes");
+        for t in &all {
+            assert!(!t.contains("s3cr3t"), "{t}");
+        }
     }
 }

@@ -23,7 +23,10 @@ use vhdforge_core::upload::{
 /// CREDENTIALS, in this order: a SAS in DEST (…?sv=…&sig=…; needs write permission:
 /// `az storage blob generate-sas --permissions cw …`, or a container/account SAS with
 /// `w`); else a Shared Key from AZURE_STORAGE_CONNECTION_STRING; else AZURE_STORAGE_ACCOUNT
-/// and AZURE_STORAGE_KEY. SAS signatures and keys are never printed.
+/// and AZURE_STORAGE_KEY. SAS signatures and keys are never printed. To keep the SAS out
+/// of the process list and shell history, leave it out of DEST and give it with --sas-file
+/// or the VHDFORGE_DEST_SAS environment variable (the query string, or the whole SAS URL).
+/// An account key only signs requests to that account's own endpoints.
 ///
 /// STORAGE ACCOUNT: the page blob is created at the exact size; an existing blob is left
 /// alone unless --overwrite.
@@ -46,6 +49,11 @@ pub struct UploadArgs {
     /// The destination blob URL, e.g. https://ACCOUNT.blob.core.windows.net/CONTAINER/disk.vhd[?SAS]
     /// or a managed disk's accessSas. Quote it: a SAS contains '&'.
     pub dest: String,
+    /// Read the SAS from this file (its query string `sv=…&sig=…`, or the whole SAS URL)
+    /// instead of DEST: a SAS in DEST is visible to every user of this machine for as long
+    /// as the upload runs. VHDFORGE_DEST_SAS does the same from the environment.
+    #[arg(long, value_name = "FILE")]
+    pub sas_file: Option<PathBuf>,
     /// Put Page requests in flight at once (cut automatically while the service throttles).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
@@ -104,6 +112,9 @@ pub struct VerifyArgs {
     pub source: PathBuf,
     /// The blob URL (with a SAS, or credentials in the environment as for `upload`).
     pub dest: String,
+    /// Read the SAS from this file instead of DEST (as for `upload`; also VHDFORGE_DEST_SAS).
+    #[arg(long, value_name = "FILE")]
+    pub sas_file: Option<PathBuf>,
     /// Read the written ranges back and compare bytes, not only the page map.
     #[arg(long)]
     pub full: bool,
@@ -203,8 +214,61 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// The environment variable that may hold the destination's SAS.
+const SAS_ENV: &str = "VHDFORGE_DEST_SAS";
+
+/// The largest SAS file read (a SAS is a few hundred bytes).
+const MAX_SAS_FILE: u64 = 64 << 10;
+
+/// DEST with the SAS from `--sas-file` or VHDFORGE_DEST_SAS appended, if one is given.
+fn dest_with_sas(dest: &str, sas_file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let (text, from) = if let Some(path) = sas_file {
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_SAS_FILE + 1).read_to_string(&mut text))
+            .with_context(|| format!("cannot read the SAS file {}", path.display()))?;
+        anyhow::ensure!(
+            text.len() as u64 <= MAX_SAS_FILE,
+            "the SAS file {} is larger than 64 KiB; it should hold only the SAS (sv=…&sig=…) or the SAS URL",
+            path.display()
+        );
+        (text, format!("--sas-file {}", path.display()))
+    } else {
+        match std::env::var(SAS_ENV) {
+            Ok(v) if !v.trim().is_empty() => (v, SAS_ENV.to_string()),
+            _ => return Ok(dest.to_string()),
+        }
+    };
+    let text = text.trim();
+    // A whole SAS URL: keep its query only (DEST names the blob).
+    let query = match text.split_once('?') {
+        Some((_, q)) => q,
+        None => text,
+    };
+    let has_sig = |q: &str| {
+        q.split('&').any(|p| {
+            p.split('=')
+                .next()
+                .is_some_and(|n| n.eq_ignore_ascii_case("sig"))
+        })
+    };
+    anyhow::ensure!(
+        has_sig(query),
+        "{from} holds no SAS (expected sv=…&sig=…, or a URL with one)"
+    );
+    let (base, dest_query) = dest.split_once('?').unwrap_or((dest, ""));
+    anyhow::ensure!(
+        !has_sig(dest_query),
+        "DEST already carries a SAS and {from} gives another: keep only one"
+    );
+    let sep = if dest_query.is_empty() { "" } else { "&" };
+    Ok(format!("{base}?{dest_query}{sep}{query}"))
+}
+
 /// Run `vhdforge upload`. Errors come back as `Err` (the caller prints them, exit 2).
 pub fn run_upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
+    let dest = dest_with_sas(&args.dest, args.sas_file.as_deref())?;
     let rt = runtime()?;
     let opts = UploadOptions {
         concurrency: usize::from(args.concurrency),
@@ -240,7 +304,7 @@ pub fn run_upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
                 std::process::exit(130);
             }
         });
-        upload::upload(&args.source, &args.dest, opts, progress.clone()).await
+        upload::upload(&args.source, &dest, opts, progress.clone()).await
     });
     if let Some(b) = &progress.bar {
         b.finish_and_clear();
@@ -273,6 +337,7 @@ pub fn run_upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
 
 /// Run `vhdforge verify`: exit 0 identical, 1 different; errors come back as `Err` (exit 2).
 pub fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let dest = dest_with_sas(&args.dest, args.sas_file.as_deref())?;
     let rt = runtime()?;
     let opts = VerifyOptions {
         full: args.full,
@@ -282,7 +347,7 @@ pub fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         credentials: CredentialEnv::from_process_env(),
         ..VerifyOptions::default()
     };
-    let report = rt.block_on(upload::verify(&args.source, &args.dest, opts))?;
+    let report = rt.block_on(upload::verify(&args.source, &dest, opts))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if report.identical {
@@ -401,6 +466,47 @@ mod tests {
             "revoke-access",
         ] {
             assert!(help.contains(needle), "upload help lacks {needle}");
+        }
+    }
+
+    #[test]
+    fn sas_file_is_joined_to_dest() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("sas");
+        let cases: [(&str, &str, Option<&str>); 5] = [
+            // A query string, with a newline as editors leave it.
+            (
+                "sv=1&sig=abc\n",
+                "https://a/c/b",
+                Some("https://a/c/b?sv=1&sig=abc"),
+            ),
+            // A whole SAS URL: only its query is taken; DEST's own query is kept.
+            (
+                "https://x/y/z?sv=1&sig=abc",
+                "https://a/c/b?timeout=5",
+                Some("https://a/c/b?timeout=5&sv=1&sig=abc"),
+            ),
+            // A leading '?' is fine.
+            (
+                "?sv=1&sig=abc",
+                "https://a/c/b",
+                Some("https://a/c/b?sv=1&sig=abc"),
+            ),
+            // No signature in the file: refused.
+            ("sv=1&sp=r", "https://a/c/b", None),
+            // Two SASes: refused rather than guessing.
+            ("sv=1&sig=abc", "https://a/c/b?sig=def", None),
+        ];
+        for (content, dest, want) in cases {
+            std::fs::write(&f, content).unwrap();
+            let got = dest_with_sas(dest, Some(&f));
+            match want {
+                Some(w) => assert_eq!(got.unwrap(), w, "{content:?}"),
+                None => {
+                    let e = got.unwrap_err().to_string();
+                    assert!(!e.contains("abc") && !e.contains("def"), "{e}");
+                }
+            }
         }
     }
 

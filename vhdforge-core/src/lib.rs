@@ -17,6 +17,8 @@ pub mod io;
 pub mod progress;
 pub mod sparse;
 #[cfg(feature = "upload")]
+pub mod storage;
+#[cfg(feature = "upload")]
 pub mod upload;
 
 pub use error::{Error, ErrorKind, Result};

@@ -182,7 +182,7 @@ async fn send_one(
 fn describe(f: &Failure) -> String {
     match f {
         Failure::Status { status, code, .. } => format!("HTTP {status} {code}"),
-        Failure::Transport { message } => message.clone(),
+        Failure::Transport { message, .. } => message.clone(),
     }
 }
 

@@ -37,14 +37,23 @@
 //! | `upload.source_changed` | an Azure-ready VHD shrank while being opened (Corrupt) |
 //! | `upload.internal`, `verify.internal` | a worker task panicked or was cancelled (Io) |
 
-pub mod auth;
-pub mod client;
 mod engine;
 pub mod journal;
 pub mod plan;
-pub mod redact;
 mod verify;
 
+// The storage client moved to `crate::storage`; these names keep the engine and verify
+// code compiling unchanged until they import from there.
+pub use crate::storage::{auth, redact};
+/// Re-export of [`crate::storage`]'s client, failure, retry and host items under their old path.
+pub mod client {
+    pub use crate::storage::blob::*;
+    pub use crate::storage::failure::*;
+    pub use crate::storage::hosts::*;
+    pub use crate::storage::retry::*;
+    pub use crate::storage::xml::parse_page_list;
+}
+pub use crate::storage::retry::RetryPolicy;
 pub use auth::CredentialEnv;
 pub use client::Integrity;
 pub use engine::upload;
@@ -64,27 +73,6 @@ use std::time::Duration;
 
 /// The x-ms-version vhdforge pins (accepted by Azure and Azurite 3.37).
 pub const DEFAULT_API_VERSION: &str = "2021-08-06";
-
-/// Retry behaviour.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Attempts per request, the first included.
-    pub max_attempts: u32,
-    /// Delay before the first retry; doubles each time (with jitter).
-    pub base_delay: Duration,
-    /// Cap on one delay.
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 10,
-            base_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(30),
-        }
-    }
-}
 
 /// What an upload does.
 #[derive(Debug, Clone)]

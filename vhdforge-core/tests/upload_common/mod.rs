@@ -1,11 +1,8 @@
 //! Test support for the upload tests: an Azurite process per test binary, signed helper
-//! requests, SAS generation with the development key (test-only), sparse raw images, the
+//! requests, SAS tokens signed by the library with the development key, sparse raw images, the
 //! expected output stream, and a tiny HTTP/1.1 reader used by the proxy and the mock.
 #![allow(dead_code)]
 
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::TcpListener;
@@ -13,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use vhdforge_core::upload::auth::{string_to_sign, SharedKey};
-use vhdforge_core::upload::CredentialEnv;
+use vhdforge_core::storage::auth::{string_to_sign, SharedKey};
+use vhdforge_core::storage::sas::{self, SasResource, SasTerms};
+use vhdforge_core::storage::CredentialEnv;
 
 /// Azurite's documented development account.
 pub const ACCOUNT: &str = "devstoreaccount1";
@@ -183,49 +181,39 @@ impl Drop for Azurite {
     }
 }
 
-fn hmac_b64(s: &str) -> String {
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(KEY)
-        .unwrap();
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
-    mac.update(s.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-}
-
-fn enc(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
 const EXPIRY: &str = "2099-01-01T00:00:00Z";
 
-/// A service SAS (version ≥ 2020-12-06 string-to-sign) for a blob (`blob` Some) or a container.
-pub fn service_sas(container: &str, blob: Option<&str>, perms: &str) -> String {
-    let (resource, canonical) = match blob {
-        Some(b) => ("b", format!("/blob/{ACCOUNT}/{container}/{b}")),
-        None => ("c", format!("/blob/{ACCOUNT}/{container}")),
-    };
-    let sts = [
-        perms, "", EXPIRY, &canonical, "", "", "", VERSION, resource, "", "", "", "", "", "", "",
-    ]
-    .join("\n");
-    format!(
-        "sv={VERSION}&sr={resource}&sp={perms}&se={}&sig={}",
-        enc(EXPIRY),
-        enc(&hmac_b64(&sts))
-    )
+fn terms(perms: &str) -> SasTerms {
+    SasTerms {
+        permissions: perms.into(),
+        start: None,
+        expiry: EXPIRY.into(),
+        // Azurite here speaks plain http on loopback.
+        https_only: false,
+    }
 }
 
-/// An account SAS for the blob service, object resources.
+/// A service SAS for a blob (`blob` Some) or a container, signed by the library.
+pub fn service_sas(container: &str, blob: Option<&str>, perms: &str) -> String {
+    let resource = match blob {
+        Some(b) => SasResource::Blob {
+            container: container.into(),
+            blob: b.into(),
+        },
+        None => SasResource::Container {
+            container: container.into(),
+        },
+    };
+    sas::service_sas(&dev_key(), &resource, &terms(perms)).unwrap()
+}
+
+/// An account SAS for the blob service, object resources, signed by the library.
 pub fn account_sas(perms: &str) -> String {
-    let sts = [
-        ACCOUNT, perms, "b", "sco", "", EXPIRY, "", "", VERSION, "", "",
-    ]
-    .join("\n");
-    format!(
-        "sv={VERSION}&ss=b&srt=sco&sp={perms}&se={}&sig={}",
-        enc(EXPIRY),
-        enc(&hmac_b64(&sts))
-    )
+    sas::account_sas(&dev_key(), &terms(perms)).unwrap()
+}
+
+fn dev_key() -> SharedKey {
+    SharedKey::new(ACCOUNT, KEY).unwrap()
 }
 
 /// Deterministic pseudo-random bytes.

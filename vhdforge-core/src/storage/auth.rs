@@ -1,9 +1,12 @@
-//! Credentials for the Blob service (azure-page-blob.md §1.5, §1.6).
+//! Credentials for the Blob service (docs/azure-page-blob.md §1.5, §1.6): which one a
+//! request uses, and Shared Key request signing.
 //!
 //! Order of precedence: a SAS in the destination URL; else Shared Key from
 //! `AZURE_STORAGE_CONNECTION_STRING` (AccountName/AccountKey); else Shared Key from
-//! `AZURE_STORAGE_ACCOUNT` + `AZURE_STORAGE_KEY`. Keys are held decoded and never displayed.
+//! `AZURE_STORAGE_ACCOUNT` + `AZURE_STORAGE_KEY`. Keys are held decoded and never displayed,
+//! and sign only for their own account's endpoints ([`super::hosts::key_may_sign_for`]).
 
+use super::hosts::KeyScope;
 use crate::error::{Error, ErrorKind, Result};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -54,6 +57,8 @@ pub struct SharedKey {
     pub account: String,
     key: Vec<u8>,
     key_b64: String,
+    /// Where, besides the account's public endpoints, this key may sign requests.
+    pub scope: KeyScope,
 }
 
 impl fmt::Debug for SharedKey {
@@ -83,6 +88,7 @@ impl SharedKey {
             account: account.to_string(),
             key,
             key_b64: key_b64.trim().to_string(),
+            scope: KeyScope::default(),
         })
     }
 
@@ -93,16 +99,21 @@ impl SharedKey {
 
     /// `SharedKey <account>:<signature>` for `string_to_sign`.
     pub fn authorization(&self, string_to_sign: &str) -> String {
+        format!("SharedKey {}:{}", self.account, self.sign(string_to_sign))
+    }
+
+    /// Base64 HMAC-SHA256 of `string_to_sign` with the key: the signature of a Shared Key
+    /// request or of a SAS.
+    pub fn sign(&self, string_to_sign: &str) -> String {
         // HMAC accepts keys of any length: new_from_slice cannot fail for Hmac<Sha256>.
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!());
         mac.update(string_to_sign.as_bytes());
-        let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-        format!("SharedKey {}:{sig}", self.account)
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
     }
 }
 
 /// How requests are authorized.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum Credential {
     /// The SAS query string of the destination URL (appended verbatim).
     Sas(String),
@@ -110,11 +121,22 @@ pub enum Credential {
     SharedKey(SharedKey),
 }
 
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // The SAS query minus its signature: still useful to see sp/se/sr.
+            Credential::Sas(q) => write!(f, "Sas({})", super::redact::redact_text(q)),
+            Credential::SharedKey(k) => write!(f, "{k:?}"),
+        }
+    }
+}
+
 /// Parse a connection string (`Key=Value;...`) into a Shared Key and the blob endpoint if given.
 pub fn parse_connection_string(s: &str) -> Result<(SharedKey, Option<String>)> {
     let mut account = None;
     let mut key = None;
     let mut endpoint = None;
+    let mut suffix = None;
     for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
         // Keys are base64 and end in '=': split at the first '=' only.
         let Some((k, v)) = part.split_once('=') else {
@@ -124,11 +146,23 @@ pub fn parse_connection_string(s: &str) -> Result<(SharedKey, Option<String>)> {
             "accountname" => account = Some(v.trim().to_string()),
             "accountkey" => key = Some(v.trim().to_string()),
             "blobendpoint" => endpoint = Some(v.trim().to_string()),
+            "endpointsuffix" => suffix = Some(v.trim().to_string()),
             _ => {}
         }
     }
     match (account, key) {
-        (Some(a), Some(k)) => Ok((SharedKey::new(&a, &k)?, endpoint)),
+        (Some(a), Some(k)) => {
+            let mut key = SharedKey::new(&a, &k)?;
+            key.scope = KeyScope {
+                blob_endpoint: endpoint.clone(),
+                endpoint_suffix: suffix.clone(),
+            };
+            // Without a BlobEndpoint, blobs live at ACCOUNT.blob.SUFFIX.
+            let endpoint = endpoint.or_else(|| {
+                suffix.map(|s| format!("https://{a}.blob.{}", s.trim_matches('.')))
+            });
+            Ok((key, endpoint))
+        }
         _ => Err(Error::new(
             ErrorKind::InvalidInput,
             "upload.credentials",
@@ -358,7 +392,9 @@ mod tests {
         let e = resolve(None, &CredentialEnv::default()).unwrap_err();
         assert_eq!(e.code(), "upload.credentials");
         assert!(e.message().contains("AZURE_STORAGE_CONNECTION_STRING"));
-        // Debug never shows the key.
+        // Debug never shows the key or the signature.
+        let sas = resolve(Some("sv=1&sig=s3cr3tsignature"), &env).unwrap();
+        assert!(!format!("{sas:?}").contains("s3cr3t"));
         assert!(!format!("{env:?}").contains(DEV_KEY));
         assert!(!format!("{:?}", SharedKey::new("a", DEV_KEY).unwrap()).contains(DEV_KEY));
     }

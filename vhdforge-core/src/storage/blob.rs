@@ -1,11 +1,15 @@
-//! The few Blob service operations vhdforge needs (azure-page-blob.md §1.1), signed with
-//! Shared Key or carrying a SAS, and the classification of their failures (§1.4).
+//! The few Blob service operations vhdforge needs (docs/azure-page-blob.md §1.1), signed
+//! with Shared Key or carrying a SAS: [`BlobClient`], one per blob.
 //!
-//! Nothing here retries: [`Failure::class`] tells the engine what to do. Every message that
-//! can leave this module is scrubbed of SAS signatures and keys.
+//! Nothing here retries: [`Failure::class`] tells the caller what to do. Every message that
+//! can leave this module is scrubbed of SAS signatures and keys, a key signs only for its
+//! own account ([`key_may_sign_for`]), and a URL with a password is refused.
 
 use super::auth::{self, Credential, CredentialEnv};
+use super::failure::{Failure, TransportKind};
+use super::hosts::{is_loopback_host, key_may_sign_for};
 use super::redact::{redact, scrub};
+use super::xml::{parse_page_list, xml_text};
 use crate::error::{Error, ErrorKind, Result};
 use base64::Engine as _;
 use bytes::Bytes;
@@ -16,143 +20,6 @@ use std::time::{Duration, SystemTime};
 
 /// Largest error body read from the service (they are a few hundred bytes).
 const MAX_ERROR_BODY: usize = 16 << 10;
-
-/// What to do about a failed request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
-    /// Transient: back off and retry.
-    Retry,
-    /// Throttled (503/429): back off, retry, and send less at once.
-    Throttle,
-    /// The body was corrupted in transit: re-read it from disk and retry.
-    Checksum,
-    /// Retrying cannot help.
-    Fatal,
-}
-
-/// A failed request.
-#[derive(Debug, Clone)]
-pub enum Failure {
-    /// The service answered with an error status.
-    Status {
-        /// HTTP status.
-        status: u16,
-        /// `x-ms-error-code` or the XML `<Code>`.
-        code: String,
-        /// The XML `<Message>` (first line), scrubbed.
-        message: String,
-    },
-    /// No usable answer: connection refused/reset, timeout, TLS ...
-    Transport {
-        /// What happened, scrubbed.
-        message: String,
-    },
-}
-
-impl Failure {
-    /// How to react (azure-page-blob.md §1.4).
-    pub fn class(&self) -> Class {
-        match self {
-            Failure::Transport { .. } => Class::Retry,
-            Failure::Status { status, code, .. } => match *status {
-                503 | 429 => Class::Throttle,
-                408 | 500 | 502 | 504 => Class::Retry,
-                400 if code == "Md5Mismatch" || code == "Crc64Mismatch" => Class::Checksum,
-                _ => Class::Fatal,
-            },
-        }
-    }
-
-    /// A user-facing error: what happened during `op` on `dest` (already redacted), and what to fix.
-    pub fn into_error(self, op: &str, dest: &str) -> Error {
-        match self {
-            Failure::Transport { message } => Error::new(
-                ErrorKind::Remote,
-                "upload.transport",
-                format!("{op} {dest}: no answer from the service ({message}); check the network, the host name and any proxy"),
-            ),
-            Failure::Status { status, code, message } => {
-                let what = if message.is_empty() { code.clone() } else { format!("{code} ({})", message.trim_end_matches('.')) };
-                let (ecode, hint) = match (status, code.as_str()) {
-                    (403, "AuthorizationPermissionMismatch") => (
-                        "upload.permission",
-                        "the SAS lacks write (w) permission for this blob: generate one with write permission \
-                         (e.g. `az storage blob generate-sas --permissions cw`), or for a managed disk `az disk grant-access --access-level Write`"
-                            .to_string(),
-                    ),
-                    (403, _) => (
-                        "upload.auth",
-                        "the service rejected the credentials: a SAS may be expired, issued for another blob or copied incompletely \
-                         (managed disk: run `az disk grant-access` again); an account key may be wrong (check AZURE_STORAGE_KEY or the connection string); \
-                         also check this machine's clock"
-                            .to_string(),
-                    ),
-                    (404, _) => ("upload.not_found", "the container or blob does not exist: create the container first, and check the URL".to_string()),
-                    (409, "BlobAlreadyExists") => (
-                        "upload.exists",
-                        "the destination blob already exists: pass --overwrite to replace it, or --resume to continue an interrupted upload".to_string(),
-                    ),
-                    (409, "InvalidBlobType") => ("upload.conflict", "the destination exists but is not a page blob: delete it or choose another name".to_string()),
-                    (409, _) => ("upload.conflict", "the destination is busy or in a conflicting state (lease, snapshot, disk state)".to_string()),
-                    (412, _) => ("upload.precondition", "a precondition failed (the blob changed meanwhile, or a lease/sequence condition)".to_string()),
-                    (413 | 416, _) => (
-                        "upload.range",
-                        "the service refused the page range: the destination is smaller than the image (for a managed disk, the disk was created with the wrong --upload-size-bytes)"
-                            .to_string(),
-                    ),
-                    (300..=399, _) => (
-                        "upload.redirect",
-                        "the service answered with a redirect, which vhdforge never follows (it could carry the SAS or signed requests elsewhere, or to plain http): \
-                         use the blob's final URL (check the account name and endpoint)"
-                            .to_string(),
-                    ),
-                    (200, _) => ("upload.protocol", "the service's answer could not be understood (is DEST a Blob service endpoint?)".to_string()),
-                    (400, "InvalidHeaderValue") => ("upload.http", "the service refused a header: try another --api-version (the default is 2021-08-06)".to_string()),
-                    _ => ("upload.http", "the service refused the request".to_string()),
-                };
-                Error::new(ErrorKind::Remote, ecode, format!("{op} {dest}: HTTP {status} {what}; {hint}"))
-            }
-        }
-    }
-}
-
-/// Run a control operation (HEAD, create, page list, clear, properties, read) with the
-/// retry policy: transient failures and throttling back off and retry, fatal ones return.
-/// `on_retry` hears about each retry.
-pub async fn with_retries<T, F, Fut>(
-    policy: &super::RetryPolicy,
-    on_retry: &(dyn Fn(&Failure) + Sync),
-    mut op: F,
-) -> Result<T, Failure>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, Failure>>,
-{
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(f) if f.class() == Class::Fatal || attempt >= policy.max_attempts => return Err(f),
-            Err(f) => {
-                on_retry(&f);
-                tokio::time::sleep(backoff(policy, attempt)).await;
-            }
-        }
-    }
-}
-
-/// Delay before retry number `attempt` (1-based): exponential, capped, with "equal
-/// jitter" (half fixed, half random) so concurrent retries spread out.
-pub fn backoff(policy: &super::RetryPolicy, attempt: u32) -> Duration {
-    use rand::Rng;
-    let exp = policy
-        .base_delay
-        .saturating_mul(1u32 << attempt.clamp(1, 16).saturating_sub(1))
-        .min(policy.max_delay);
-    let half = exp / 2;
-    half + half.mul_f64(rand::thread_rng().gen::<f64>())
-}
 
 /// The properties vhdforge reads with HEAD.
 #[derive(Debug, Clone)]
@@ -184,20 +51,6 @@ pub fn md5_header(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(data))
 }
 
-/// True for hosts where plain HTTP is acceptable (the traffic never leaves the machine).
-pub fn is_loopback_host(host: &str) -> bool {
-    let h = host.trim_start_matches('[').trim_end_matches(']');
-    h.eq_ignore_ascii_case("localhost")
-        || h.parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// True for managed-disk upload endpoints (`md-*` hosts, `*.blob.storage.azure.net`).
-pub fn is_managed_disk_host(host: &str) -> bool {
-    let h = host.to_ascii_lowercase();
-    h.starts_with("md-") || h.ends_with(".blob.storage.azure.net")
-}
-
 /// A client for one blob.
 #[derive(Clone)]
 pub struct BlobClient {
@@ -217,6 +70,52 @@ impl std::fmt::Debug for BlobClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "BlobClient({})", self.display)
     }
+}
+
+/// Whether a transport error is a refused server certificate. rustls is not a direct
+/// dependency, so its error type cannot be downcast; its messages ("invalid peer
+/// certificate: UnknownIssuer", "...: NotValidForName", "...: Expired") are the seam. An
+/// `io::Error`'s `source()` skips the error it wraps, so that one is looked at too.
+fn transport_kind(e: &reqwest::Error) -> TransportKind {
+    if e.is_builder() {
+        // The request could not even be built (a header value that cannot be sent):
+        // it will not build next time either.
+        return TransportKind::Request;
+    }
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        let mut texts = vec![s.to_string()];
+        if let Some(inner) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            texts.push(inner.to_string());
+        }
+        if texts.iter().any(|t| is_certificate_message(t)) {
+            return TransportKind::Certificate;
+        }
+        src = s.source();
+    }
+    TransportKind::Network
+}
+
+/// `YYYY-MM-DD`, optionally followed by a `-suffix` of letters and digits (preview versions).
+fn is_api_version(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.len() >= 10
+        && b[..10].iter().enumerate().all(|(i, &c)| match i {
+            4 | 7 => c == b'-',
+            _ => c.is_ascii_digit(),
+        })
+        && (b.len() == 10
+            || (b[10] == b'-' && b.len() > 11 && b[11..].iter().all(u8::is_ascii_alphanumeric)))
+}
+
+fn is_certificate_message(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("invalid peer certificate")
+        || t.contains("certificate verify failed")
+        || t.contains("unknownissuer")
 }
 
 impl BlobClient {
@@ -251,7 +150,42 @@ impl BlobClient {
                 "{display}: the URL names no blob; expected …/CONTAINER/BLOB"
             )));
         }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            // Azure never uses URL user information, and reqwest would turn it into a Basic
+            // Authorization header; it would also end up in the journal. Refuse it.
+            return Err(bad(format!(
+                "{display}: the URL carries a user name or password (user:…@), which the Blob service \
+                 does not use; remove it and authorize with a SAS or an account key"
+            )));
+        }
+        if !is_api_version(api_version) {
+            // Not sendable as a header (or not a version at all): every request would fail
+            // the same way, so say so now instead of retrying.
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "upload.invalid_request",
+                format!(
+                    "--api-version {:?} is not a service version (YYYY-MM-DD, e.g. 2021-08-06)",
+                    super::redact::redact_text(api_version)
+                ),
+            ));
+        }
         let cred = auth::resolve(parsed.query(), env)?;
+        if let Credential::SharedKey(key) = &cred {
+            if !key_may_sign_for(&parsed, &key.account, &key.scope) {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    "upload.key_host",
+                    format!(
+                        "{display} is not an endpoint of storage account {:?}, so its account key will not \
+                         sign requests to it (the signed header could be replayed by that host); use \
+                         https://{}.blob.core.windows.net/…, set BlobEndpoint in AZURE_STORAGE_CONNECTION_STRING \
+                         for a private endpoint or emulator, or give a SAS URL instead",
+                        key.account, key.account
+                    ),
+                ));
+            }
+        }
         let mut secrets = Vec::new();
         match &cred {
             Credential::Sas(q) => {
@@ -396,6 +330,7 @@ impl BlobClient {
         }
         Failure::Transport {
             message: self.scrub(&msg),
+            kind: transport_kind(e),
         }
     }
 
@@ -586,10 +521,11 @@ impl BlobClient {
                 .send(Method::GET, &q, &[], None, Duration::from_secs(300))
                 .await?;
             let text = resp.text().await.map_err(|e| self.transport(&e))?;
+            // The snippet quoted in the error comes from the server: scrub it.
             let (ranges, next) = parse_page_list(&text).map_err(|m| Failure::Status {
                 status: 200,
                 code: "UnparsablePageList".into(),
-                message: m,
+                message: self.scrub(&m),
             })?;
             out.extend(ranges);
             match next {
@@ -633,62 +569,14 @@ impl BlobClient {
             .await?;
         let b = resp.bytes().await.map_err(|e| self.transport(&e))?;
         if b.len() as u64 != range.end - range.start {
-            return Err(Failure::Transport {
-                message: format!(
-                    "short read: {} bytes for a range of {}",
-                    b.len(),
-                    range.end - range.start
-                ),
-            });
+            return Err(Failure::network(format!(
+                "short read: {} bytes for a range of {}",
+                b.len(),
+                range.end - range.start
+            )));
         }
         Ok(b)
     }
-}
-
-/// The text of the first `<tag>…</tag>` in `xml`.
-fn xml_text(xml: &str, tag: &str) -> Option<String> {
-    let open = format!("<{tag}>");
-    let close = format!("</{tag}>");
-    let s = xml.find(&open)? + open.len();
-    let e = xml[s..].find(&close)? + s;
-    Some(xml[s..e].trim().to_string())
-}
-
-/// Parse a `PageList` document: `<PageRange><Start>s</Start><End>e</End></PageRange>`
-/// (inclusive ends) and the optional `NextMarker`. `ClearRange` elements (diffs) are skipped.
-pub fn parse_page_list(
-    xml: &str,
-) -> std::result::Result<(Vec<Range<u64>>, Option<String>), String> {
-    if !xml.contains("<PageList") {
-        return Err(format!(
-            "expected a <PageList> document, got {:?}",
-            xml.chars().take(80).collect::<String>()
-        ));
-    }
-    let mut out = Vec::new();
-    let mut rest = xml;
-    while let Some(i) = rest.find("<PageRange>") {
-        let after = &rest[i + "<PageRange>".len()..];
-        let end = after
-            .find("</PageRange>")
-            .ok_or("unterminated <PageRange>")?;
-        let item = &after[..end];
-        let num = |t: &str| -> std::result::Result<u64, String> {
-            xml_text(item, t)
-                .ok_or_else(|| format!("<PageRange> without <{t}>"))?
-                .parse::<u64>()
-                .map_err(|e| format!("bad <{t}>: {e}"))
-        };
-        let (s, e) = (num("Start")?, num("End")?);
-        let e1 = e.checked_add(1).ok_or("End overflows")?;
-        if e1 <= s {
-            return Err(format!("page range {s}-{e} ends before it starts"));
-        }
-        out.push(s..e1);
-        rest = &after[end..];
-    }
-    let next = xml_text(xml, "NextMarker").filter(|m| !m.is_empty());
-    Ok((out, next))
 }
 
 #[cfg(test)]
@@ -708,107 +596,21 @@ mod tests {
     }
 
     #[test]
-    fn failure_classes() {
-        let st = |status: u16, code: &str| Failure::Status {
-            status,
-            code: code.into(),
-            message: String::new(),
-        };
-        let cases = [
-            // Throttling cuts concurrency.
-            (st(503, "ServerBusy"), Class::Throttle),
-            (st(429, ""), Class::Throttle),
-            // Transient server and transport failures retry.
-            (st(500, "OperationTimedOut"), Class::Retry),
-            (st(502, ""), Class::Retry),
-            (st(504, ""), Class::Retry),
-            (st(408, ""), Class::Retry),
-            (
-                Failure::Transport {
-                    message: "reset".into(),
-                },
-                Class::Retry,
-            ),
-            // Corrupted bodies are re-read.
-            (st(400, "Crc64Mismatch"), Class::Checksum),
-            (st(400, "Md5Mismatch"), Class::Checksum),
-            // Everything a retry cannot fix is fatal.
-            (st(400, "InvalidHeaderValue"), Class::Fatal),
-            (st(403, "AuthorizationFailure"), Class::Fatal),
-            (st(404, "BlobNotFound"), Class::Fatal),
-            (st(409, "BlobAlreadyExists"), Class::Fatal),
-            (st(412, ""), Class::Fatal),
-            (st(413, ""), Class::Fatal),
-            (st(416, ""), Class::Fatal),
-        ];
-        for (f, want) in cases {
-            assert_eq!(f.class(), want, "{f:?}");
+    fn api_versions() {
+        for good in ["2021-08-06", "2025-01-05", "2019-02-02-preview"] {
+            assert!(is_api_version(good), "{good}");
         }
-    }
-
-    #[test]
-    fn fatal_messages_say_what_to_fix() {
-        let st = |status: u16, code: &str| Failure::Status {
-            status,
-            code: code.into(),
-            message: String::new(),
-        };
-        let cases = [
-            (
-                st(403, "AuthorizationPermissionMismatch"),
-                "upload.permission",
-                "lacks write (w) permission",
-            ),
-            (
-                st(403, "AuthorizationFailure"),
-                "upload.auth",
-                "grant-access",
-            ),
-            (st(409, "BlobAlreadyExists"), "upload.exists", "--overwrite"),
-            (
-                st(416, "InvalidPageRange"),
-                "upload.range",
-                "--upload-size-bytes",
-            ),
-        ];
-        for (f, code, text) in cases {
-            let e = f.into_error("upload to", "https://x/c/b?sig=REDACTED");
-            assert_eq!(e.code(), code);
-            assert!(e.message().contains(text), "{}", e.message());
+        // A non-ASCII dash, a newline, garbage: never sent.
+        for bad in [
+            "2021\u{2011}08-06",
+            "2021-08-06\n",
+            "latest",
+            "",
+            "2021-08-06-",
+            "2021-8-6",
+        ] {
+            assert!(!is_api_version(bad), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn page_list_parsing() {
-        let xml = "<?xml version=\"1.0\"?><PageList><PageRange><Start>0</Start><End>511</End></PageRange>\
-                   <ClearRange><Start>512</Start><End>1023</End></ClearRange>\
-                   <PageRange><Start>1048576</Start><End>2097151</End></PageRange><NextMarker>abc</NextMarker></PageList>";
-        let (r, next) = parse_page_list(xml).unwrap();
-        assert_eq!(r, vec![0..512, 1_048_576..2_097_152]);
-        assert_eq!(next.as_deref(), Some("abc"));
-        // Empty list, empty marker.
-        assert_eq!(
-            parse_page_list("<PageList><NextMarker/></PageList>").unwrap(),
-            (vec![], None)
-        );
-        // Hostile input: errors, no panic.
-        for bad in ["", "<PageList><PageRange><Start>5</Start></PageRange></PageList>", "<PageList><PageRange><Start>9</Start><End>3</End></PageRange></PageList>",
-                    "<PageList><PageRange><Start>0</Start><End>18446744073709551615</End></PageRange></PageList>", "<PageList><PageRange>"] {
-            assert!(parse_page_list(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn host_rules() {
-        assert!(
-            is_loopback_host("127.0.0.1")
-                && is_loopback_host("localhost")
-                && is_loopback_host("[::1]")
-        );
-        assert!(!is_loopback_host("example.com") && !is_loopback_host("10.0.0.1"));
-        assert!(is_managed_disk_host("md-impexp-abc.blob.core.windows.net"));
-        assert!(is_managed_disk_host("md-x.z1.blob.storage.azure.net"));
-        assert!(!is_managed_disk_host("acct.blob.core.windows.net"));
     }
 
     #[test]

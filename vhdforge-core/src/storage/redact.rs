@@ -1,0 +1,304 @@
+//! Redaction of secrets in anything vhdforge shows or stores (docs/azure-page-blob.md §1.5).
+//!
+//! A SAS URL is a bearer credential: its `sig` is the secret. So are an account key
+//! (`AccountKey=` in a connection string), a password in a URL (`https://user:PASS@host`)
+//! and the signature after `SharedKey account:` in an echoed Authorization header. None may
+//! reach progress lines, logs, errors, JSON or journals.
+//!
+//! Redaction works by *parsing* the text for those shapes, not by looking for the exact
+//! secret we hold: a server may echo a signature lower-cased, percent-encoded or decoded,
+//! and a user may paste a SAS where a path or a number was expected. [`scrub`] adds a
+//! second net for text from elsewhere: every known secret in any case and encoding.
+
+use std::fmt;
+
+/// The text shown instead of a secret value.
+pub const REDACTED: &str = "REDACTED";
+
+/// Displays text (a URL, a path, a message) with every secret replaced by `REDACTED`.
+#[derive(Clone, Copy)]
+pub struct Redacted<'a>(pub &'a str);
+
+impl fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact(self.0))
+    }
+}
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", redact(self.0))
+    }
+}
+
+/// `url` with its fragment dropped (it could carry anything) and every secret redacted
+/// ([`redact_text`]). Works on the raw text, so a URL that does not parse is shown safely.
+pub fn redact(url: &str) -> String {
+    redact_text(url.split('#').next().unwrap_or(""))
+}
+
+/// `url` without query and fragment: the identity of a destination, free of SAS secrets.
+/// (A URL with a password is refused before any journal is named after it.)
+pub fn without_query(url: &str) -> &str {
+    let end = url.find(['?', '#']).unwrap_or(url.len());
+    &url[..end]
+}
+
+/// Characters a secret value can be made of (base64, URL-safe base64, percent-encoding).
+/// A value is taken as the longest run of these, so `%26` (an encoded `&`) does not end it:
+/// redacting a little too much is safe, too little is not.
+fn is_value_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'%' | b'+' | b'/' | b'=' | b'-' | b'_' | b'.' | b'~')
+}
+
+/// Case-insensitive ASCII prefix test at byte `i`.
+fn starts_with_ci(bytes: &[u8], i: usize, pat: &str) -> bool {
+    bytes
+        .get(i..i + pat.len())
+        .is_some_and(|s| s.eq_ignore_ascii_case(pat.as_bytes()))
+}
+
+/// If a `NAME=` / `NAME%3D` assignment starts at byte `i`, the byte index where its value
+/// starts. `NAME` must not continue a longer word (so `config=` is not `fig=`); an encoded
+/// separator (`%26`, `%3F`) before it counts as a boundary.
+fn assignment_value_start(bytes: &[u8], i: usize, name: &str) -> Option<usize> {
+    if !starts_with_ci(bytes, i, name) {
+        return None;
+    }
+    let boundary = i == 0
+        || !bytes[i - 1].is_ascii_alphanumeric()
+        || (i >= 3 && (starts_with_ci(bytes, i - 3, "%26") || starts_with_ci(bytes, i - 3, "%3f")));
+    if !boundary {
+        return None;
+    }
+    let j = i + name.len();
+    if bytes.get(j) == Some(&b'=') {
+        Some(j + 1)
+    } else if starts_with_ci(bytes, j, "%3d") {
+        Some(j + 3)
+    } else {
+        None
+    }
+}
+
+/// `text` with every secret it visibly carries replaced by `REDACTED`:
+/// the value of any `sig` parameter (any case, plain or percent-encoded), the user
+/// information of any URL (`scheme://user:password@`), any `AccountKey=` value, and the
+/// signature of any `SharedKey account:signature`.
+pub fn redact_text(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    // Everything before `copied` is in `out`; only ASCII positions are ever cut at, so
+    // slicing stays on character boundaries.
+    let mut copied = 0;
+    while i < bytes.len() {
+        let value = assignment_value_start(bytes, i, "sig")
+            .map(|v| (v, is_value_char as fn(u8) -> bool))
+            .or_else(|| {
+                assignment_value_start(bytes, i, "accountkey").map(|v| {
+                    (
+                        v,
+                        (|c: u8| {
+                            !c.is_ascii_whitespace()
+                                && !matches!(c, b';' | b'"' | b'\'' | b'<' | b'&')
+                        }) as fn(u8) -> bool,
+                    )
+                })
+            })
+            .or_else(|| {
+                shared_key_signature(bytes, i).map(|v| (v, is_value_char as fn(u8) -> bool))
+            });
+        if let Some((start, allowed)) = value {
+            let mut end = start;
+            while end < bytes.len() && allowed(bytes[end]) {
+                end += 1;
+            }
+            if end > start {
+                out.push_str(&text[copied..start]);
+                out.push_str(REDACTED);
+                copied = end;
+            }
+            i = end.max(i + 1);
+            continue;
+        }
+        if starts_with_ci(bytes, i, "://") {
+            let auth_start = i + 3;
+            let mut end = auth_start;
+            while end < bytes.len()
+                && !matches!(bytes[end], b'/' | b'?' | b'#' | b'"' | b'\'' | b'<' | b'>')
+                && !bytes[end].is_ascii_whitespace()
+            {
+                end += 1;
+            }
+            if let Some(at) = text[auth_start..end].rfind('@') {
+                out.push_str(&text[copied..auth_start]);
+                out.push_str(REDACTED);
+                copied = auth_start + at;
+            }
+            i = end.max(i + 1);
+            continue;
+        }
+        i += 1;
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+/// If `SharedKey ACCOUNT:` starts at `i`, where the signature starts.
+fn shared_key_signature(bytes: &[u8], i: usize) -> Option<usize> {
+    if !starts_with_ci(bytes, i, "sharedkey ") {
+        return None;
+    }
+    let mut j = i + "sharedkey ".len();
+    while j < bytes.len() && (bytes[j].is_ascii_alphanumeric() || bytes[j] == b'-') {
+        j += 1;
+    }
+    (bytes.get(j) == Some(&b':')).then_some(j + 1)
+}
+
+/// Every form in which `secret` may come back: as given, percent-decoded, percent-encoded.
+fn variants(secret: &str) -> Vec<String> {
+    use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC};
+    let decoded = percent_decode_str(secret).decode_utf8_lossy().into_owned();
+    let mut v = vec![
+        secret.to_string(),
+        utf8_percent_encode(&decoded, NON_ALPHANUMERIC).to_string(),
+        decoded,
+    ];
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Remove every occurrence of each `secret` (an account key, a signature), in any ASCII
+/// case and plain or percent-encoded, from `text`; then [`redact_text`]. For messages that
+/// come from elsewhere (a server's error body, a transport error).
+pub fn scrub(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_string();
+    for s in secrets.iter().filter(|s| s.len() >= 8) {
+        for v in variants(s) {
+            out = replace_ci(&out, &v);
+        }
+    }
+    redact_text(&out)
+}
+
+/// `text` with every ASCII-case-insensitive occurrence of `pat` replaced by `REDACTED`.
+fn replace_ci(text: &str, pat: &str) -> String {
+    if pat.is_empty() {
+        return text.to_string();
+    }
+    // ASCII lower-casing keeps byte offsets, so matches found in the lowered copy cut the
+    // original at the same places.
+    let lower = text.to_ascii_lowercase();
+    let pat = pat.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    let mut from = 0;
+    while let Some(k) = lower[from..].find(&pat) {
+        let at = from + k;
+        out.push_str(&text[last..at]);
+        out.push_str(REDACTED);
+        last = at + pat.len();
+        from = last;
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_table() {
+        let cases = [
+            // Blob SAS: only sig is hidden, the rest stays useful for diagnosis.
+            (
+                "https://a.blob.core.windows.net/c/b.vhd?sv=2021-08-06&sr=b&sp=w&sig=abc%2Bdef%3D",
+                "https://a.blob.core.windows.net/c/b.vhd?sv=2021-08-06&sr=b&sp=w&sig=REDACTED",
+            ),
+            // Case-insensitive parameter name, sig first.
+            (
+                "http://127.0.0.1:1/d/c/b?SIG=xyz&se=2030",
+                "http://127.0.0.1:1/d/c/b?SIG=REDACTED&se=2030",
+            ),
+            // No query: unchanged.
+            ("https://a/c/b", "https://a/c/b"),
+            // Fragment dropped (it could carry anything).
+            ("https://a/c/b?sig=s#frag", "https://a/c/b?sig=REDACTED"),
+            // Not a URL at all: still no secret.
+            ("garbage?sig=s3cr3t", "garbage?sig=REDACTED"),
+            // A password (and the user name with it) in the URL.
+            (
+                "https://user:s3cr3t@a.blob.core.windows.net/c/b",
+                "https://REDACTED@a.blob.core.windows.net/c/b",
+            ),
+            // A whole SAS URL percent-encoded inside another text.
+            (
+                "GET /x?u=https%3A%2F%2Fa%2Fc%2Fb%3Fsv%3D1%26sig%3Ds3cr3t%252B",
+                "GET /x?u=https%3A%2F%2Fa%2Fc%2Fb%3Fsv%3D1%26sig%3DREDACTED",
+            ),
+            // A connection string and an echoed Authorization header.
+            (
+                "AccountName=a;AccountKey=s3cr3t+/==;BlobEndpoint=x",
+                "AccountName=a;AccountKey=REDACTED;BlobEndpoint=x",
+            ),
+            (
+                "Authorization: SharedKey acct:s3cr3t/+=",
+                "Authorization: SharedKey acct:REDACTED",
+            ),
+            // Words that merely end in "sig" are left alone.
+            ("design=1", "design=1"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(Redacted(input).to_string(), want, "{input}");
+            assert!(!format!("{:?}", Redacted(input)).contains("s3cr3t"));
+        }
+    }
+
+    #[test]
+    fn redaction_never_panics_on_odd_text() {
+        for t in [
+            "",
+            "sig",
+            "sig=",
+            "://",
+            "://@",
+            "é://ü@x?sig=é",
+            "SharedKey a:",
+            "%3",
+            "accountkey%3D",
+        ] {
+            let _ = redact_text(t);
+        }
+    }
+
+    #[test]
+    fn without_query_drops_secrets() {
+        assert_eq!(without_query("https://a/c/b?sig=x"), "https://a/c/b");
+        assert_eq!(without_query("https://a/c/b#x"), "https://a/c/b");
+        assert_eq!(without_query("https://a/c/b"), "https://a/c/b");
+    }
+
+    #[test]
+    fn scrub_finds_secrets_in_any_case_and_encoding() {
+        let secret = "Eby8vdM02xNO+q/K==";
+        let cases = [
+            // As given.
+            "key Eby8vdM02xNO+q/K== echoed",
+            // Lower-cased by a server.
+            "key eby8vdm02xno+q/k== echoed",
+            // Percent-encoded, in either case.
+            "key Eby8vdM02xNO%2Bq%2FK%3D%3D echoed",
+            "key eby8vdm02xno%2bq%2fk%3d%3d echoed",
+        ];
+        for text in cases {
+            let got = scrub(text, &[secret]);
+            assert_eq!(got, "key REDACTED echoed", "{text}");
+        }
+        // Short strings are not treated as secrets (would mangle ordinary text).
+        assert_eq!(scrub("a b", &["a"]), "a b");
+    }
+}
