@@ -39,10 +39,13 @@
 
 pub mod auth;
 pub mod client;
+mod destination;
 mod engine;
 pub mod journal;
 pub mod plan;
 pub mod redact;
+mod resume;
+mod send;
 mod verify;
 
 pub use auth::CredentialEnv;
@@ -201,6 +204,9 @@ pub struct UploadSummary {
     pub requests: u64,
     /// Retried attempts.
     pub retries: u64,
+    /// Destination ranges cleared before sending because they held data where the source
+    /// is zero (a reused managed disk, a resumed blob).
+    pub stale_ranges_cleared: u64,
     /// Wall time.
     pub seconds: f64,
     /// The destination, redacted.
