@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use upload_common::*;
 use vhdforge_core::upload::{
-    self, journal, CredentialEnv, Progress, RetryPolicy, UploadOptions, VerifyOptions,
+    self, journal, Compared, CredentialEnv, Progress, RetryPolicy, UploadOptions, VerifyOptions,
 };
 
 const MIB: u64 = 1 << 20;
@@ -1036,6 +1036,17 @@ async fn resume_refuses_a_blob_overwritten_by_another_upload() {
     // Refused before writing anything: the blob still holds q exactly.
     let (bytes, _) = az.download("foreign", "x.vhd").await;
     assert_stream(&bytes, &expected_disk_area(&q));
+    // A plain verify says it compared the layout only (the CLI then prints "layout
+    // matches", never "identical"); --full says it compared bytes.
+    for (full, compared) in [(false, Compared::Layout), (true, Compared::Bytes)] {
+        let r = upload::verify(&q, &url, verify_opts(az.env(), full))
+            .await
+            .unwrap();
+        assert!(r.identical, "full={full}: {:?}", r.differences);
+        assert_eq!(r.compared, compared);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["compared"], if full { "bytes" } else { "layout" });
+    }
 }
 
 /// Issue 7 item 1, during an upload: a blob recreated by someone else while vhdforge sends

@@ -52,7 +52,7 @@ pub use auth::CredentialEnv;
 pub use client::Integrity;
 pub use engine::upload;
 pub use redact::Redacted;
-pub use verify::{verify, VerifyOptions, VerifyReport};
+pub use verify::{verify, Compared, VerifyOptions, VerifyReport};
 
 use crate::convert::{AzurePlan, Policy};
 use crate::error::{Error, Result};
