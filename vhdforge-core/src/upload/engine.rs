@@ -73,14 +73,7 @@ async fn upload_inner(
     opts.concurrency = opts.concurrency.clamp(1, 256);
     let client = BlobClient::new(dest, &opts.credentials, &opts.api_version, opts.concurrency)?;
     let shown = client.display().to_string();
-    let managed = opts.managed_disk || super::client::is_managed_disk_host(client.host());
-    if managed && opts.content_md5 {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            "upload.managed_disk",
-            "--content-md5 is not possible on a managed-disk upload SAS (no property writes are allowed there); use `vhdforge verify --full` instead",
-        ));
-    }
+    let managed = is_managed_disk(&client, &opts)?;
     let place = resume::locate(source, client.base(), &opts)?;
     if place.old.is_some() {
         *journal_at = Some(place.path.clone());
@@ -153,6 +146,20 @@ async fn upload_inner(
         content_md5: sent.md5,
         managed_disk: managed,
     })
+}
+
+/// True for a managed-disk upload SAS (by host, or `--managed-disk`); refuses options such a
+/// SAS cannot honour.
+fn is_managed_disk(client: &BlobClient, opts: &UploadOptions) -> Result<bool> {
+    let managed = opts.managed_disk || super::client::is_managed_disk_host(client.host());
+    if managed && opts.content_md5 {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "upload.managed_disk",
+            "--content-md5 is not possible on a managed-disk upload SAS (no property writes are allowed there); use `vhdforge verify --full` instead",
+        ));
+    }
+    Ok(managed)
 }
 
 /// Open the source (on resume with the interrupted upload's footer identity), check its
