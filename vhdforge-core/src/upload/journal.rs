@@ -600,4 +600,44 @@ mod tests {
         std::fs::write(&places[0], b"{}").unwrap();
         assert_eq!(find_existing(&places).as_ref(), Some(&places[0]));
     }
+
+    #[test]
+    fn long_source_names_get_bounded_journal_names() {
+        let dest = "https://a/c/b";
+        let long = |c: &str| PathBuf::from("/d").join(format!("{}.raw", c.repeat(246)));
+        // (case, source, expected file name length bound, name kept whole)
+        let short = PathBuf::from("/d/disk.raw");
+        let cases = [
+            // Short names are unchanged, so journals of earlier releases are still found.
+            ("short", short, 60, true),
+            // 250 bytes: the name used to exceed the 255-byte limit with its suffixes.
+            ("250 bytes", long("n"), 160, false),
+            // Multi-byte characters: cut at a character boundary, never inside one.
+            ("multi-byte", long("é"), 160, false),
+        ];
+        for (name, src, bound, whole) in cases {
+            let p = path_for(&src, dest, None);
+            let file = p.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(file.len() <= bound, "{name}: {} bytes", file.len());
+            let stem = src.file_name().unwrap().to_string_lossy().into_owned();
+            assert_eq!(file.starts_with(&stem), whole, "{name}");
+        }
+        // Two long names that share their first bytes keep distinct journals.
+        let a = PathBuf::from(format!("/d/{}a.raw", "n".repeat(200)));
+        let b = PathBuf::from(format!("/d/{}b.raw", "n".repeat(200)));
+        assert_ne!(path_for(&a, dest, None), path_for(&b, dest, None));
+    }
+
+    #[test]
+    fn probe_refuses_a_missing_folder_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing").join("j.json");
+        let e = probe_writable(&missing).unwrap_err();
+        assert_eq!(e.code(), "upload.journal");
+        assert!(e.to_string().contains("--state-dir"), "{e}");
+        // A writable folder passes, and the probe leaves nothing behind (nor a journal).
+        let ok = dir.path().join("j.json");
+        probe_writable(&ok).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 }
