@@ -1095,6 +1095,7 @@ async fn a_blob_recreated_during_the_upload_stops_it() {
     .unwrap_err();
     assert_eq!(e.code(), "upload.precondition", "{e}");
     assert!(e.to_string().contains("someone else"), "{e}");
+    assert!(!e.to_string().contains("with --resume"), "{e}");
     // Nothing of p after the first page reached the new blob, and no footer.
     let (bytes, _) = az.download("recreated", "y.vhd").await;
     assert!(

@@ -41,8 +41,10 @@ pub async fn upload(
 fn with_resume_hint(e: Error, journal: Option<&Path>) -> Error {
     let transient = matches!(e.code(), "upload.transport" | "upload.checksum")
         || e.kind() == ErrorKind::Interrupted;
+    // A blob replaced under the upload: --resume would (rightly) be refused.
+    let replaced = e.code() == "upload.precondition";
     let hint = match journal {
-        Some(p) if transient || e.kind() == ErrorKind::Remote => format!(
+        Some(p) if !replaced && (transient || e.kind() == ErrorKind::Remote) => format!(
             "the journal {} keeps what was sent: fix the cause, then run the same command with --resume to send only what is missing",
             p.display()
         ),
@@ -297,7 +299,7 @@ mod tests {
     fn resume_hint_only_when_a_journal_exists() {
         let j = Path::new("/tmp/x.json");
         let transport = || Error::new(ErrorKind::Remote, "upload.transport", "no answer");
-        let cases: [(&str, Error, Option<&Path>, Option<&str>); 5] = [
+        let cases: [(&str, Error, Option<&Path>, Option<&str>); 6] = [
             // Creation never succeeded: no journal, so --resume would be refused.
             (
                 "transport, no journal",
@@ -328,6 +330,8 @@ mod tests {
             ),
             // A local refusal is not about resuming.
             ("resume refused", source_changed("x"), Some(j), None),
+            // The blob was replaced during the upload: resuming into it is refused too.
+            ("blob replaced", send::foreign_write("d"), Some(j), None),
         ];
         for (name, e, journal, want) in cases {
             let code = e.code();
