@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use vhdforge_core::convert::Policy;
 use vhdforge_core::upload::{
-    self, CredentialEnv, PlanSummary, Progress, UploadOptions, VerifyOptions, DEFAULT_API_VERSION,
+    self, Compared, CredentialEnv, PlanSummary, Progress, UploadOptions, VerifyOptions,
+    DEFAULT_API_VERSION,
 };
 
 /// Upload a disk image to an Azure page blob or a managed disk, skipping zeros.
@@ -104,8 +105,9 @@ pub struct UploadArgs {
 /// Always checks the size, the footer and that every non-zero 512-byte page of the source
 /// is written at the destination while nothing is written where the source is zero
 /// (beyond gaps an upload bridges). With --full, every written range is read back and
-/// compared byte for byte. Exit status: 0 identical, 1 different (the report says where),
-/// 2 error. Credentials as for `upload` (a read SAS is enough).
+/// compared byte for byte; without it the data itself is not read, so the report says
+/// "layout matches", not "identical". Exit status: 0 no difference found in what was
+/// compared, 1 different (the report says where), 2 error. Credentials as for `upload` (a read SAS is enough).
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
     /// The disk image that was uploaded.
@@ -350,16 +352,21 @@ pub fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let report = rt.block_on(upload::verify(&args.source, &dest, opts))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-    } else if report.identical {
+    } else if report.identical && report.compared == Compared::Bytes {
         println!(
-            "identical: {} holds exactly what uploading {} sends ({})",
+            "identical: {} holds exactly what uploading {} sends ({} compared byte for byte)",
             report.destination,
             args.source.display(),
-            if report.full {
-                format!("{} compared byte for byte", human(report.bytes_compared))
-            } else {
-                "page map and footer checked; --full compares bytes".into()
-            }
+            human(report.bytes_compared)
+        );
+    } else if report.identical {
+        // Only the layout was compared: a blob of the same shape holding other data passes
+        // this, so it must not be called identical.
+        println!(
+            "layout matches: {} has the size, footer and written pages uploading {} produces; \
+             the data was not read back: run `vhdforge verify --full` to compare bytes",
+            report.destination,
+            args.source.display()
         );
     } else {
         println!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use upload_common::*;
 use vhdforge_core::upload::{
-    self, journal, CredentialEnv, Progress, RetryPolicy, UploadOptions, VerifyOptions,
+    self, journal, Compared, CredentialEnv, Progress, RetryPolicy, UploadOptions, VerifyOptions,
 };
 
 const MIB: u64 = 1 << 20;
@@ -935,4 +935,446 @@ async fn resume_refuses_a_changed_parent() {
     let e = resume(url).await.unwrap_err();
     assert_eq!(e.code(), "upload.resume", "{e}");
     assert!(e.to_string().contains("parent"), "{e}");
+}
+
+/// Cancels the upload at its first completed data request, after running `probe` (which
+/// sees the destination while the upload is between data pages).
+struct AtFirstPage<F: Fn() + Send + Sync> {
+    cancel: Arc<AtomicBool>,
+    probe: F,
+    seen: AtomicU64,
+}
+
+impl<F: Fn() + Send + Sync> Progress for AtFirstPage<F> {
+    fn sent(&self, _bytes: u64) {
+        if self.seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            (self.probe)();
+            self.cancel.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Run `fut` to completion from a synchronous progress callback (a worker thread of the
+/// test's multi-thread runtime): the other worker runs it while this one waits.
+fn block_on_other_worker<T: Send + 'static>(
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    tokio::runtime::Handle::current().spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv_timeout(Duration::from_secs(20)).unwrap()
+}
+
+/// Two images of the same size whose data differs, q's partly where p is zero.
+fn two_images(dir: &std::path::Path, size: u64) -> (std::path::PathBuf, std::path::PathBuf) {
+    let regions: Vec<(u64, usize)> = (0..10).map(|i| (i * 3 * MIB + 4096, 1_500_000)).collect();
+    let shifted: Vec<(u64, usize)> = regions.iter().map(|&(o, l)| (o + MIB, l)).collect();
+    (
+        sparse_image(dir, "p.raw", size, &regions),
+        sparse_image(dir, "q.raw", size, &shifted),
+    )
+}
+
+/// Issue 7 item 1: p interrupted, q uploaded over the same blob with --overwrite (the same
+/// second, same size), then `--resume p` must be refused: the journal's ranges were written
+/// to a blob that no longer exists. Before, it reported most bytes "already there", exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_refuses_a_blob_overwritten_by_another_upload() {
+    let az = container("foreign").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (p, q) = two_images(dir.path(), 32 * MIB);
+    let url = az.blob_url("foreign", "x.vhd");
+    let cancel = Arc::new(AtomicBool::new(false));
+    let first = Arc::new(Counter {
+        cancel_after: 3,
+        cancel: Some(cancel.clone()),
+        ..Counter::default()
+    });
+    let e = upload::upload(
+        &p,
+        &url,
+        UploadOptions {
+            cancel,
+            concurrency: 1,
+            ..opts(az.env())
+        },
+        first,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), "upload.cancelled", "{e}");
+    let j = journal::load(&journal::path_for(&p, &url, None))
+        .unwrap()
+        .unwrap();
+    assert!(!j.done.is_empty(), "the journal must hold completed ranges");
+    assert!(j.blob.sequence_number.is_some(), "{:?}", j.blob);
+    upload::upload(
+        &q,
+        &url,
+        UploadOptions {
+            overwrite: true,
+            ..opts(az.env())
+        },
+        Arc::new(Counter::default()),
+    )
+    .await
+    .unwrap();
+    let e = upload::upload(
+        &p,
+        &url,
+        UploadOptions {
+            resume: true,
+            ..opts(az.env())
+        },
+        Arc::new(Counter::default()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), "upload.resume", "{e}");
+    assert!(e.to_string().contains("not the blob"), "{e}");
+    // Refused before writing anything: the blob still holds q exactly.
+    let (bytes, _) = az.download("foreign", "x.vhd").await;
+    assert_stream(&bytes, &expected_disk_area(&q));
+    // A plain verify says it compared the layout only (the CLI then prints "layout
+    // matches", never "identical"); --full says it compared bytes.
+    for (full, compared) in [(false, Compared::Layout), (true, Compared::Bytes)] {
+        let r = upload::verify(&q, &url, verify_opts(az.env(), full))
+            .await
+            .unwrap();
+        assert!(r.identical, "full={full}: {:?}", r.differences);
+        assert_eq!(r.compared, compared);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["compared"], if full { "bytes" } else { "layout" });
+    }
+}
+
+/// Issue 7 item 1, during an upload: a blob recreated by someone else while vhdforge sends
+/// fails the next Put Page (conditional on this upload's sequence number) with 412 instead
+/// of writing into the other blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_recreated_during_the_upload_stops_it() {
+    let az = container("recreated").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (p, _) = two_images(dir.path(), 32 * MIB);
+    let url = az.blob_url("recreated", "y.vhd");
+    let size = (32 * MIB + 512).to_string();
+    let progress = Arc::new(AtFirstPage {
+        cancel: Arc::new(AtomicBool::new(false)),
+        probe: move || {
+            let size = size.clone();
+            let status = block_on_other_worker(async move {
+                azurite()
+                    .signed(
+                        "PUT",
+                        "/recreated/y.vhd",
+                        &[],
+                        &[
+                            ("x-ms-blob-type", "PageBlob"),
+                            ("x-ms-blob-content-length", &size),
+                        ],
+                    )
+                    .await
+                    .status()
+            });
+            assert!(status.is_success(), "{status}");
+        },
+        seen: AtomicU64::new(0),
+    });
+    // The probe's cancel flag is not the upload's: the upload runs on until a write fails.
+    let e = upload::upload(
+        &p,
+        &url,
+        UploadOptions {
+            concurrency: 1,
+            ..opts(az.env())
+        },
+        progress,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), "upload.precondition", "{e}");
+    assert!(e.to_string().contains("someone else"), "{e}");
+    assert!(!e.to_string().contains("with --resume"), "{e}");
+    // Nothing of p after the first page reached the new blob, and no footer.
+    let (bytes, _) = az.download("recreated", "y.vhd").await;
+    assert!(
+        bytes.iter().all(|&b| b == 0),
+        "the recreated blob was written"
+    );
+}
+
+/// Issue 7 item 3: a managed disk (or any existing blob) that held another image keeps its
+/// `conectix` footer until vhdforge clears it; it must be cleared before the first data page,
+/// so an interrupted upload never looks like a valid VHD with mixed contents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_destination_loses_its_old_footer_before_any_data() {
+    let az = container("reused").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (p, q) = two_images(dir.path(), 32 * MIB);
+    let url = az.blob_url("reused", "w.vhd");
+    upload::upload(&q, &url, opts(az.env()), Arc::new(Counter::default()))
+        .await
+        .unwrap();
+    let footer_at = 32 * MIB;
+    let read_footer = move || async move {
+        let r = azurite()
+            .signed(
+                "GET",
+                "/reused/w.vhd",
+                &[],
+                &[(
+                    "x-ms-range",
+                    &format!("bytes={footer_at}-{}", footer_at + 511),
+                )],
+            )
+            .await;
+        r.bytes().await.unwrap().to_vec()
+    };
+    assert_eq!(&read_footer().await[..8], b"conectix");
+    let cancel = Arc::new(AtomicBool::new(false));
+    let footer_during = Arc::new(Mutex::new(Vec::new()));
+    let seen = footer_during.clone();
+    let progress = Arc::new(AtFirstPage {
+        cancel: cancel.clone(),
+        probe: move || *seen.lock().unwrap() = block_on_other_worker(read_footer()),
+        seen: AtomicU64::new(0),
+    });
+    let managed = || UploadOptions {
+        managed_disk: true,
+        concurrency: 1,
+        ..opts(az.env())
+    };
+    let e = upload::upload(
+        &p,
+        &url,
+        UploadOptions {
+            cancel,
+            ..managed()
+        },
+        progress,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), "upload.cancelled", "{e}");
+    let during = footer_during.lock().unwrap().clone();
+    assert_eq!(during.len(), 512, "the probe did not run");
+    assert!(
+        during.iter().all(|&b| b == 0),
+        "old footer while data was sent"
+    );
+    assert!(
+        read_footer().await.iter().all(|&b| b == 0),
+        "old footer after the interruption"
+    );
+    // The resume completes it (q's data where p is zero was cleared by the first run).
+    upload::upload(
+        &p,
+        &url,
+        UploadOptions {
+            resume: true,
+            ..managed()
+        },
+        Arc::new(Counter::default()),
+    )
+    .await
+    .unwrap();
+    let (bytes, _) = az.download("reused", "w.vhd").await;
+    assert_stream(&bytes, &expected_disk_area(&p));
+    // Issue 7 item 12: q over p again clears p's data where q is zero, and says so in the
+    // summary the CLI prints with --json.
+    let done = upload::upload(&q, &url, managed(), Arc::new(Counter::default()))
+        .await
+        .unwrap();
+    assert!(done.stale_ranges_cleared > 0, "{done:?}");
+    let json = serde_json::to_value(&done).unwrap();
+    assert_eq!(json["stale_ranges_cleared"], done.stale_ranges_cleared);
+    let (bytes, _) = az.download("reused", "w.vhd").await;
+    assert_stream(&bytes, &expected_disk_area(&q));
+}
+
+/// Issue 7 item 10: a journal that cannot be written is found before the blob is created
+/// (before, the blob was created empty and the rerun got 409).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_journal_stops_before_the_destination() {
+    let az = container("nojournal").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (p, _) = two_images(dir.path(), 32 * MIB);
+    let url = az.blob_url("nojournal", "z.vhd");
+    let e = upload::upload(
+        &p,
+        &url,
+        UploadOptions {
+            state_dir: Some(dir.path().join("missing")),
+            ..opts(az.env())
+        },
+        Arc::new(Counter::default()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), "upload.journal", "{e}");
+    let r = az.signed("HEAD", "/nojournal/z.vhd", &[], &[]).await;
+    assert_eq!(r.status().as_u16(), 404, "the blob was created");
+    // The same command with a writable state directory then works without --overwrite.
+    upload::upload(
+        &p,
+        &url,
+        UploadOptions {
+            state_dir: Some(dir.path().to_path_buf()),
+            ..opts(az.env())
+        },
+        Arc::new(Counter::default()),
+    )
+    .await
+    .unwrap();
+}
+
+/// Issue 7 item 10: a 250-byte source name (the journal's name used to exceed 255 bytes),
+/// interrupted and resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_source_name_uploads_and_resumes() {
+    let az = container("longname").await;
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("{}.raw", "n".repeat(246));
+    assert_eq!(name.len(), 250);
+    let regions: Vec<(u64, usize)> = (0..8).map(|i| (i * 3 * MIB, 1_000_000)).collect();
+    let src = sparse_image(dir.path(), &name, 24 * MIB, &regions);
+    let url = az.blob_url("longname", "l.vhd");
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c = Arc::new(Counter {
+        cancel_after: 2,
+        cancel: Some(cancel.clone()),
+        ..Counter::default()
+    });
+    let e = upload::upload(
+        &src,
+        &url,
+        UploadOptions {
+            cancel,
+            concurrency: 1,
+            ..opts(az.env())
+        },
+        c,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), "upload.cancelled", "{e}");
+    let jpath = journal::path_for(&src, &url, None);
+    assert!(jpath.exists() && jpath.file_name().unwrap().len() < 200);
+    let done = upload::upload(
+        &src,
+        &url,
+        UploadOptions {
+            resume: true,
+            ..opts(az.env())
+        },
+        Arc::new(Counter::default()),
+    )
+    .await
+    .unwrap();
+    assert!(done.bytes_already_present > 0);
+    let (bytes, _) = az.download("longname", "l.vhd").await;
+    assert_stream(&bytes, &expected_disk_area(&src));
+}
+
+/// Issue 7 item 12: the 8 TiB page-blob limit is checked before planning. The upload is
+/// cancelled before it starts: planning would report the cancel, so the size refusal proves
+/// the check came first (before, a dense image was read in full before the refusal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_blob_limit_is_checked_before_planning() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("huge.raw");
+    let f = std::fs::File::create(&src).unwrap();
+    f.set_len((8 << 40) + MIB).unwrap();
+    drop(f);
+    let e = upload::upload(
+        &src,
+        "http://127.0.0.1:9/devstoreaccount1/c/huge.vhd?sv=2021-08-06&sig=x",
+        UploadOptions {
+            cancel: Arc::new(AtomicBool::new(true)),
+            ..UploadOptions::default()
+        },
+        Arc::new(Counter::default()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), "upload.too_large", "{e}");
+}
+
+/// Detaches a loop device when dropped (also when the test fails).
+struct LoopDevice(String);
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+/// Issue 7 item 2: a block device's node keeps size 0 and its times while the file behind
+/// it changes, so `--resume` from a device is refused up front, before the destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_refuses_a_block_device_source() {
+    let az = container("device").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (p, _) = two_images(dir.path(), 32 * MIB);
+    let out = std::process::Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&p)
+        .output()
+        .expect("losetup is required for this test (util-linux, run as root)");
+    assert!(
+        out.status.success(),
+        "losetup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dev = LoopDevice(String::from_utf8(out.stdout).unwrap().trim().to_string());
+    let url = az.blob_url("device", "d.vhd");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c = Arc::new(Counter {
+        cancel_after: 2,
+        cancel: Some(cancel.clone()),
+        ..Counter::default()
+    });
+    let with = |o: UploadOptions| UploadOptions {
+        state_dir: Some(state.clone()),
+        concurrency: 1,
+        ..o
+    };
+    let e = upload::upload(
+        std::path::Path::new(&dev.0),
+        &url,
+        with(UploadOptions {
+            cancel,
+            ..opts(az.env())
+        }),
+        c,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), "upload.cancelled", "{e}");
+    // Change 8 MiB behind the device.
+    {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.seek(std::io::SeekFrom::Start(MIB)).unwrap();
+        f.write_all(&noise(99, 8 * MIB as usize)).unwrap();
+        f.sync_all().unwrap();
+    }
+    let e = upload::upload(
+        std::path::Path::new(&dev.0),
+        &url,
+        with(UploadOptions {
+            resume: true,
+            ..opts(az.env())
+        }),
+        Arc::new(Counter::default()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), "upload.resume", "{e}");
+    assert!(e.to_string().contains("not a regular file"), "{e}");
 }

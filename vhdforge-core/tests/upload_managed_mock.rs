@@ -92,6 +92,12 @@ fn handle(disk: &Mutex<Disk>, req: &Request) -> Vec<u8> {
             error(400, "ManagedDiskPutBlob")
         }
         ("PUT", Some("page")) => {
+            // vhdforge never sets a managed disk's sequence number, so it must not make its
+            // writes conditional on one either (the disk's is whatever Azure left there).
+            if req.header("x-ms-if-sequence-number-eq").is_some() {
+                d.violations
+                    .push("sequence-number condition on a managed-disk write".into());
+            }
             let Some(r) = parse_range(req.header("x-ms-range")) else {
                 return error(400, "MissingRange");
             };

@@ -28,6 +28,10 @@ pub struct BlobProps {
     pub size: u64,
     /// `x-ms-blob-type`.
     pub blob_type: String,
+    /// `x-ms-creation-time` as sent (absent on services that do not report it).
+    pub creation_time: Option<String>,
+    /// `x-ms-blob-sequence-number` (page blobs).
+    pub sequence_number: Option<u64>,
 }
 
 /// Per-request integrity header.
@@ -447,7 +451,13 @@ impl BlobClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        Ok(BlobProps { size, blob_type })
+        let text = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+        Ok(BlobProps {
+            size,
+            blob_type,
+            creation_time: text("x-ms-creation-time"),
+            sequence_number: text("x-ms-blob-sequence-number").and_then(|v| v.parse().ok()),
+        })
     }
 
     /// Put Blob creating an empty page blob of `size` bytes; without `overwrite`, only if
@@ -576,6 +586,59 @@ impl BlobClient {
             )));
         }
         Ok(b)
+    }
+
+    /// Put Blob creating an empty page blob of `size` bytes whose sequence number is `seq`
+    /// (the upload's mark on this blob); without `overwrite`, only if nothing exists there.
+    pub async fn create_page_blob_sequenced(
+        &self,
+        size: u64,
+        overwrite: bool,
+        seq: u64,
+    ) -> Result<(), Failure> {
+        let mut h = vec![
+            ("x-ms-blob-type", "PageBlob".to_string()),
+            ("x-ms-blob-content-length", size.to_string()),
+            ("x-ms-blob-sequence-number", seq.to_string()),
+        ];
+        if !overwrite {
+            h.push(("if-none-match", "*".to_string()));
+        }
+        self.send(Method::PUT, &[], &h, None, Duration::from_secs(60))
+            .await
+            .map(drop)
+    }
+
+    /// Put Page, update (`body` at `start`) or clear (`clear` of that length, `body` empty),
+    /// refused with 412 unless the blob's sequence number is `seq` (when given): a blob
+    /// recreated or re-marked by someone else fails the write instead of mixing contents.
+    pub async fn put_page_if_sequence(
+        &self,
+        range: Range<u64>,
+        body: Option<Bytes>,
+        integrity: Option<(Integrity, String)>,
+        seq: Option<u64>,
+        timeout: Duration,
+    ) -> Result<(), Failure> {
+        let write = if body.is_some() { "update" } else { "clear" };
+        let mut h = vec![
+            ("x-ms-page-write", write.to_string()),
+            (
+                "x-ms-range",
+                format!("bytes={}-{}", range.start, range.end - 1),
+            ),
+        ];
+        match integrity {
+            Some((Integrity::Crc64, v)) => h.push(("x-ms-content-crc64", v)),
+            Some((Integrity::Md5, v)) => h.push(("content-md5", v)),
+            None => {}
+        }
+        if let Some(n) = seq {
+            h.push(("x-ms-if-sequence-number-eq", n.to_string()));
+        }
+        self.send(Method::PUT, &[("comp", "page")], &h, body, timeout)
+            .await
+            .map(drop)
     }
 }
 

@@ -17,8 +17,14 @@ use sha2::{Digest, Sha256};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-/// Journal format version (2: identity of every file of the chain, durable rewrites).
-const VERSION: u32 = 2;
+/// Journal format version (2: identity of every file of the chain, durable rewrites;
+/// 3: identity of the destination blob).
+const VERSION: u32 = 3;
+
+/// Longest part of the source's file name kept in the journal's name; a longer name is cut
+/// there and followed by a hash of the whole name, so the journal's name (and its temp
+/// file's) stays well under the 255-byte limit of common file systems.
+const MAX_NAME_PREFIX: usize = 96;
 
 /// Largest journal accepted when loading (a plan of millions of ranges is still far below).
 const MAX_JOURNAL_BYTES: u64 = 256 << 20;
@@ -101,6 +107,48 @@ impl SourceIdentity {
     }
 }
 
+/// What identifies the destination blob this upload writes: a blob deleted and recreated
+/// (another `upload --overwrite`, `az storage blob upload`) gets a new creation time, and a
+/// page blob vhdforge creates carries a random sequence number that only this upload's
+/// journal knows. Neither changes when pages are written, so a run killed between a
+/// completed request and its journal write still resumes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobIdentity {
+    /// `x-ms-creation-time` as the service reported it (None when it reports none).
+    pub creation_time: Option<String>,
+    /// The random `x-ms-blob-sequence-number` set at creation (page blobs vhdforge created;
+    /// None for managed disks, which must not be given properties).
+    pub sequence_number: Option<u64>,
+}
+
+impl BlobIdentity {
+    /// What differs between `self` (recorded) and `now`; `None` when nothing proves a change.
+    pub fn change(&self, now: &BlobIdentity) -> Option<String> {
+        let mut what = Vec::new();
+        if self.creation_time.is_some() && self.creation_time != now.creation_time {
+            what.push(format!(
+                "created {} then, {} now",
+                self.creation_time.as_deref().unwrap_or("?"),
+                now.creation_time.as_deref().unwrap_or("(not reported)")
+            ));
+        }
+        if self.sequence_number.is_some() && self.sequence_number != now.sequence_number {
+            what.push(format!(
+                "sequence number {} then, {} now",
+                self.sequence_number.unwrap_or(0),
+                now.sequence_number
+                    .map_or_else(|| "(none)".to_string(), |n| n.to_string())
+            ));
+        }
+        (!what.is_empty()).then(|| what.join(", "))
+    }
+
+    /// True when the service gave nothing to tie a journal to this blob.
+    pub fn is_unknown(&self) -> bool {
+        self.creation_time.is_none() && self.sequence_number.is_none()
+    }
+}
+
 /// Identity of every parent of `image`, nearest first (empty for a non-differencing image).
 pub fn parent_identities(image: &dyn crate::image::DiskImage) -> Result<Vec<SourceIdentity>> {
     let mut out = Vec::new();
@@ -129,6 +177,8 @@ pub struct Journal {
     pub footer_time_stamp: u32,
     /// Digest of the plan (requests and footer).
     pub plan_hash: String,
+    /// The destination blob the recorded ranges were written to.
+    pub blob: BlobIdentity,
     /// Data requests this upload completed (Put Page returned success), merged, `[start, end)`.
     pub done: Vec<(u64, u64)>,
 }
@@ -151,11 +201,58 @@ pub fn path_for(source: &Path, dest: &str, state_dir: Option<&Path>) -> PathBuf 
     let name = source
         .file_name()
         .map_or_else(|| "source".into(), |n| n.to_string_lossy().into_owned());
+    let name = bounded_name(&name);
     let file = format!("{name}.vhdforge-upload-{key}.json");
     match state_dir {
         Some(d) => d.join(file),
         None => source.parent().unwrap_or(Path::new(".")).join(file),
     }
+}
+
+/// `name` when it is short; otherwise its first [`MAX_NAME_PREFIX`] bytes (at a character
+/// boundary) and a hash of the whole name, so distinct long names keep distinct journals.
+fn bounded_name(name: &str) -> String {
+    if name.len() <= MAX_NAME_PREFIX {
+        return name.to_string();
+    }
+    let mut cut = MAX_NAME_PREFIX;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let hash: String = Sha256::digest(name.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{}~{hash}", &name[..cut])
+}
+
+/// Check, before anything is sent, that the journal at `path` can be written: a file with a
+/// longer name than the journal's is created exclusively in its folder, written and removed.
+/// An existing journal is left alone (a mistaken run without --resume must not destroy it).
+pub fn probe_writable(path: &Path) -> Result<()> {
+    use std::io::Write;
+    let suffix: u64 = rand::random();
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".probe-{suffix:016x}"));
+    let probe = path.with_file_name(name);
+    let result = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .and_then(|mut f| f.write_all(b"{}"));
+    let _ = std::fs::remove_file(&probe);
+    result.map_err(|e| {
+        Error::new(
+            ErrorKind::Io,
+            "upload.journal",
+            format!(
+                "cannot write the resume journal {} ({e}); nothing was sent and the destination \
+                 was not touched: pass --state-dir with an existing writable folder",
+                path.display()
+            ),
+        )
+    })
 }
 
 /// Where the per-user state directory is (`$XDG_STATE_HOME/vhdforge`, else
@@ -367,6 +464,7 @@ pub fn new(
             .collect(),
         footer_time_stamp,
         plan_hash,
+        blob: BlobIdentity::default(),
         done: Vec::new(),
     }
 }
@@ -501,5 +599,45 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&places[0], b"{}").unwrap();
         assert_eq!(find_existing(&places).as_ref(), Some(&places[0]));
+    }
+
+    #[test]
+    fn long_source_names_get_bounded_journal_names() {
+        let dest = "https://a/c/b";
+        let long = |c: &str| PathBuf::from("/d").join(format!("{}.raw", c.repeat(246)));
+        // (case, source, expected file name length bound, name kept whole)
+        let short = PathBuf::from("/d/disk.raw");
+        let cases = [
+            // Short names are unchanged, so journals of earlier releases are still found.
+            ("short", short, 60, true),
+            // 250 bytes: the name used to exceed the 255-byte limit with its suffixes.
+            ("250 bytes", long("n"), 160, false),
+            // Multi-byte characters: cut at a character boundary, never inside one.
+            ("multi-byte", long("é"), 160, false),
+        ];
+        for (name, src, bound, whole) in cases {
+            let p = path_for(&src, dest, None);
+            let file = p.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(file.len() <= bound, "{name}: {} bytes", file.len());
+            let stem = src.file_name().unwrap().to_string_lossy().into_owned();
+            assert_eq!(file.starts_with(&stem), whole, "{name}");
+        }
+        // Two long names that share their first bytes keep distinct journals.
+        let a = PathBuf::from(format!("/d/{}a.raw", "n".repeat(200)));
+        let b = PathBuf::from(format!("/d/{}b.raw", "n".repeat(200)));
+        assert_ne!(path_for(&a, dest, None), path_for(&b, dest, None));
+    }
+
+    #[test]
+    fn probe_refuses_a_missing_folder_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing").join("j.json");
+        let e = probe_writable(&missing).unwrap_err();
+        assert_eq!(e.code(), "upload.journal");
+        assert!(e.to_string().contains("--state-dir"), "{e}");
+        // A writable folder passes, and the probe leaves nothing behind (nor a journal).
+        let ok = dir.path().join("j.json");
+        probe_writable(&ok).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

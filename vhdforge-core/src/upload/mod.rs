@@ -4,8 +4,10 @@
 //! the disk area, then the 512-byte footer. An Azure-ready fixed VHD keeps its own footer,
 //! so it is uploaded byte for byte; anything else is converted on the fly.
 //!
-//! Flow: plan ([`plan`]: metadata, then a zero test per 512-byte page) → prepare the
-//! destination (create the page blob, or for managed disks check its size) → a reader
+//! Flow (phases in `engine.rs`): journal and resume checks (`resume.rs`) → plan ([`plan`]:
+//! metadata, then a zero test per 512-byte page) → prepare the destination
+//! (`destination.rs`: create the page blob, or for managed disks check its size; clear an
+//! old footer page and stale pages) → the send pipeline (`send.rs`): a reader
 //! thread fills bounded buffers in plan order (CRC-64 per request, whole-stream MD5) →
 //! up to N Put Pages in flight, retried with backoff, N cut on throttling (AIMD) → the
 //! footer page last → optional whole-blob Content-MD5. A journal allows `--resume`.
@@ -21,7 +23,7 @@
 //! | `upload.not_found` | 404: container or blob missing |
 //! | `upload.exists` | 409 BlobAlreadyExists: use --overwrite or --resume |
 //! | `upload.conflict` | other 409 (not a page blob, lease …) |
-//! | `upload.precondition` | 412 |
+//! | `upload.precondition` | 412: the blob was replaced during the upload (sequence number), or another condition |
 //! | `upload.range` | 413/416: page range refused (destination too small) |
 //! | `upload.size_mismatch` | destination size ≠ output size (managed disk: says the right --upload-size-bytes) |
 //! | `upload.managed_disk` | an operation a managed-disk SAS forbids was asked for (--content-md5) |
@@ -31,15 +33,18 @@
 //! | `upload.protocol` | an answer that could not be understood |
 //! | `upload.transport` | no answer after all retries (connection, timeout, TLS) |
 //! | `upload.checksum` | the body kept arriving corrupted (Md5/Crc64Mismatch after all retries) |
-//! | `upload.resume` | --resume refused: no journal, or the source, a parent of it, or the plan changed (InvalidInput) |
+//! | `upload.resume` | --resume refused: no journal, the source, a parent of it, the plan or the blob changed, or the source is not a regular file (InvalidInput) |
 //! | `upload.journal` | the journal cannot be read or written (Corrupt/Io) |
 //! | `upload.cancelled` | interrupted on request (Interrupted); --resume continues |
 //! | `upload.source_changed` | an Azure-ready VHD shrank while being opened (Corrupt) |
 //! | `upload.internal`, `verify.internal` | a worker task panicked or was cancelled (Io) |
 
+mod destination;
 mod engine;
 pub mod journal;
 pub mod plan;
+mod resume;
+mod send;
 mod verify;
 
 // The storage client moved to `crate::storage`; these names keep the engine and verify
@@ -58,7 +63,7 @@ pub use auth::CredentialEnv;
 pub use client::Integrity;
 pub use engine::upload;
 pub use redact::Redacted;
-pub use verify::{verify, VerifyOptions, VerifyReport};
+pub use verify::{verify, Compared, VerifyOptions, VerifyReport};
 
 use crate::convert::{AzurePlan, Policy};
 use crate::error::{Error, Result};
@@ -189,6 +194,9 @@ pub struct UploadSummary {
     pub requests: u64,
     /// Retried attempts.
     pub retries: u64,
+    /// Destination ranges cleared before sending because they held data where the source
+    /// is zero (a reused managed disk, a resumed blob).
+    pub stale_ranges_cleared: u64,
     /// Wall time.
     pub seconds: f64,
     /// The destination, redacted.

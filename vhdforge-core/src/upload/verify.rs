@@ -3,6 +3,8 @@
 //! Always: size, footer (byte-equal for an as-is VHD; equal except unique id, time stamp
 //! and checksum for a source converted on the fly), every non-zero page of the source
 //! listed in the destination's page ranges, and no listed page outside the upload plan.
+//! That is a layout check: a blob whose pages hold other data of the same shape passes it,
+//! which is why the report names what it compared ([`Compared`]).
 //! With `full`: every listed range is read back and compared byte for byte (pages outside
 //! the ranges read as zero, and the coverage check proves the source is zero there).
 
@@ -82,6 +84,19 @@ pub struct VerifyReport {
     pub differences: Vec<Difference>,
     /// True when bytes were compared (`full`), false for the metadata check.
     pub full: bool,
+    /// What was compared: `layout` (size, footer, page map: the data itself was not read)
+    /// or `bytes` (`full`). Only `bytes` proves the destination holds the source's data.
+    pub compared: Compared,
+}
+
+/// How deep a verification went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compared {
+    /// Size, footer and the page map against the plan; no data read back.
+    Layout,
+    /// The above, and every written range read back and compared byte for byte.
+    Bytes,
 }
 
 impl VerifyReport {
@@ -110,8 +125,7 @@ pub async fn verify(source: &Path, dest: &str, opts: VerifyOptions) -> Result<Ve
         ..Policy::default()
     };
     let src = UploadSource::open(source, &opts.open, &policy)?;
-    let azure = src.azure.clone();
-    let output_size = azure.output_size();
+    let output_size = src.azure.output_size();
     let mut report = VerifyReport {
         identical: true,
         destination: shown.clone(),
@@ -120,10 +134,13 @@ pub async fn verify(source: &Path, dest: &str, opts: VerifyOptions) -> Result<Ve
         difference_count: 0,
         differences: Vec::new(),
         full: opts.full,
+        compared: if opts.full {
+            Compared::Bytes
+        } else {
+            Compared::Layout
+        },
     };
-    let quiet = |_: &super::client::Failure| {};
-    let policy = &opts.retry;
-    let props = with_retries(policy, &quiet, || client.head())
+    let props = with_retries(&opts.retry, &quiet, || client.head())
         .await
         .map_err(|f| f.into_error("reading the properties of", &shown))?;
     if props.size != output_size {
@@ -136,13 +153,32 @@ pub async fn verify(source: &Path, dest: &str, opts: VerifyOptions) -> Result<Ve
         );
         return Ok(report);
     }
+    check_footer(&client, &src, &opts, &mut report).await?;
+    let present = check_page_map(&client, &src, &opts, &mut report).await?;
+    if opts.full {
+        compare_bytes(&client, &src, &opts, &present, &mut report).await?;
+        report.differences.sort_by_key(|d| d.offset);
+    }
+    Ok(report)
+}
 
-    // Footer.
-    let got = with_retries(policy, &quiet, || {
-        client.get_range(azure.disk_size..output_size)
+/// Retries of a verification are not reported.
+fn quiet(_: &super::client::Failure) {}
+
+/// The footer: byte-equal for an as-is VHD; for a converted source equal except unique id,
+/// time stamp and checksum (each upload of a conversion may pick its own).
+async fn check_footer(
+    client: &BlobClient,
+    src: &UploadSource,
+    opts: &VerifyOptions,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    let azure = &src.azure;
+    let got = with_retries(&opts.retry, &quiet, || {
+        client.get_range(azure.disk_size..azure.output_size())
     })
     .await
-    .map_err(|f| f.into_error("reading the footer of", &shown))?;
+    .map_err(|f| f.into_error("reading the footer of", client.display()))?;
     let mut got_arr = [0u8; FOOTER_SIZE];
     got_arr.copy_from_slice(&got);
     let want = azure.footer_bytes();
@@ -153,61 +189,48 @@ pub async fn verify(source: &Path, dest: &str, opts: VerifyOptions) -> Result<Ve
                 "the footer differs from the source VHD's footer".into(),
             );
         }
-    } else {
-        let got_footer = HardDiskFooter::from_bytes(&got_arr);
-        let mut expect = azure.footer;
-        expect.unique_id = got_footer.unique_id;
-        expect.time_stamp = got_footer.time_stamp;
-        expect.checksum = zerocopy::byteorder::big_endian::U32::new(0);
-        expect.checksum = zerocopy::byteorder::big_endian::U32::new(expect.compute_checksum());
-        if &got_footer.cookie != COOKIE {
-            report.differ(
-                azure.disk_size,
-                "the last 512 bytes are not a VHD footer (no `conectix` cookie)".into(),
-            );
-        } else if expect.to_bytes() != got_arr {
-            report.differ(
-                azure.disk_size,
-                format!(
-                    "the footer differs from the one vhdforge writes for this source (current size {} vs {}, disk type {} vs 2)",
-                    got_footer.current_size.get(),
-                    azure.disk_size,
-                    got_footer.disk_type.get()
-                ),
-            );
-        }
+        return Ok(());
     }
+    let got_footer = HardDiskFooter::from_bytes(&got_arr);
+    let mut expect = azure.footer;
+    expect.unique_id = got_footer.unique_id;
+    expect.time_stamp = got_footer.time_stamp;
+    expect.checksum = zerocopy::byteorder::big_endian::U32::new(0);
+    expect.checksum = zerocopy::byteorder::big_endian::U32::new(expect.compute_checksum());
+    if &got_footer.cookie != COOKIE {
+        report.differ(
+            azure.disk_size,
+            "the last 512 bytes are not a VHD footer (no `conectix` cookie)".into(),
+        );
+    } else if expect.to_bytes() != got_arr {
+        report.differ(
+            azure.disk_size,
+            format!(
+                "the footer differs from the one vhdforge writes for this source (current size {} vs {}, disk type {} vs 2)",
+                got_footer.current_size.get(),
+                azure.disk_size,
+                got_footer.disk_type.get()
+            ),
+        );
+    }
+    Ok(())
+}
 
-    // Page ranges against the plan.
+/// The page map against the plan: every non-zero page of the source listed, the footer page
+/// listed, and (without `full`) nothing listed outside what an upload sends. Returns the
+/// listed ranges.
+async fn check_page_map(
+    client: &BlobClient,
+    src: &UploadSource,
+    opts: &VerifyOptions,
+    report: &mut VerifyReport,
+) -> Result<Vec<Range<u64>>> {
     let present = plan::normalize(
-        with_retries(policy, &quiet, || client.page_ranges())
+        with_retries(&opts.retry, &quiet, || client.page_ranges())
             .await
-            .map_err(|f| f.into_error("listing the page ranges of", &shown))?,
+            .map_err(|f| f.into_error("listing the page ranges of", client.display()))?,
     );
-    let (exact, bridged) = {
-        let image = src.image.clone();
-        let az = azure.clone();
-        let bridge = opts.bridge_bytes;
-        tokio::task::spawn_blocking(move || -> Result<_> {
-            let mut plans = plan::plan_requests_multi(
-                image.as_ref(),
-                &az,
-                &[0, bridge],
-                &AtomicBool::new(false),
-            )?;
-            let bridged = plans.pop().unwrap_or_else(|| unreachable!());
-            let exact = plans.pop().unwrap_or_else(|| unreachable!());
-            Ok((exact, bridged))
-        })
-        .await
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Io,
-                "verify.internal",
-                format!("planner failed: {e}"),
-            )
-        })??
-    };
+    let (exact, bridged) = plan_both(src, opts.bridge_bytes).await?;
     for r in subtract(&exact.requests, &present) {
         report.differ(
             r.start,
@@ -217,79 +240,82 @@ pub async fn verify(source: &Path, dest: &str, opts: VerifyOptions) -> Result<Ve
             ),
         );
     }
-    let footer_range = azure.disk_size..output_size;
+    let footer_range = src.azure.disk_size..src.azure.output_size();
     if !plan::is_covered(footer_range.start, footer_range.end, &present) {
         report.differ(footer_range.start, "the footer page is not written".into());
     }
-    let outside = subtract(
-        &subtract(&present, &bridged.requests),
-        std::slice::from_ref(&footer_range),
-    );
     if !opts.full {
+        let outside = subtract(
+            &subtract(&present, &bridged.requests),
+            std::slice::from_ref(&footer_range),
+        );
         for r in &outside {
             report.differ(r.start, format!("the destination holds pages at {}..{} where the source is zero (use --full to compare bytes)", r.start, r.end));
         }
-        return Ok(report);
     }
+    Ok(present)
+}
 
-    // Full: read every written range back, in ≤ 4 MiB pieces, a few at a time.
-    let pieces: Vec<Range<u64>> = present
+/// The plan without bridging (what must be there) and with the upload's bridge (what may).
+async fn plan_both(src: &UploadSource, bridge: u64) -> Result<(plan::DataPlan, plan::DataPlan)> {
+    let image = src.image.clone();
+    let az = src.azure.clone();
+    tokio::task::spawn_blocking(move || -> Result<_> {
+        let mut plans =
+            plan::plan_requests_multi(image.as_ref(), &az, &[0, bridge], &AtomicBool::new(false))?;
+        let bridged = plans.pop().unwrap_or_else(|| unreachable!());
+        let exact = plans.pop().unwrap_or_else(|| unreachable!());
+        Ok((exact, bridged))
+    })
+    .await
+    .map_err(|e| internal("planner", &e))?
+}
+
+fn internal(what: &str, e: &tokio::task::JoinError) -> Error {
+    Error::new(
+        ErrorKind::Io,
+        "verify.internal",
+        format!("{what} failed: {e}"),
+    )
+}
+
+/// Read every written range of the disk area back, in ≤ 4 MiB pieces, a few at a time, and
+/// compare it with the source (pages outside the ranges read as zero, and the page-map check
+/// proves the source is zero there).
+async fn compare_bytes(
+    client: &BlobClient,
+    src: &UploadSource,
+    opts: &VerifyOptions,
+    present: &[Range<u64>],
+    report: &mut VerifyReport,
+) -> Result<()> {
+    let disk_size = src.azure.disk_size;
+    let mut pieces = present
         .iter()
-        .filter(|r| r.start < azure.disk_size)
+        .filter(|r| r.start < disk_size)
         .flat_map(|r| {
-            let end = r.end.min(azure.disk_size);
+            let end = r.end.min(disk_size);
             (r.start..end)
                 .step_by(MAX_PUT_PAGE as usize)
                 .map(move |s| s..(s + MAX_PUT_PAGE).min(end))
-        })
-        .collect();
-    let image = src.image.clone();
-    let az = Arc::new(azure.clone());
+        });
+    let az = Arc::new(src.azure.clone());
     let mut set: JoinSet<Result<(u64, Option<u64>)>> = JoinSet::new();
-    let mut iter = pieces.into_iter();
     loop {
         while set.len() < opts.concurrency.max(1) {
-            let Some(p) = iter.next() else { break };
-            let client = client.clone();
-            let image = image.clone();
-            let az = az.clone();
-            let shown = shown.clone();
-            let policy = opts.retry.clone();
-            set.spawn(async move {
-                let remote = with_retries(&policy, &|_| {}, || client.get_range(p.clone()))
-                    .await
-                    .map_err(|f| f.into_error("reading", &shown))?;
-                let r2 = p.clone();
-                let first_diff = tokio::task::spawn_blocking(move || -> Result<Option<u64>> {
-                    let mut local = vec![0u8; (r2.end - r2.start) as usize];
-                    az.read_disk(image.as_ref(), &mut local, r2.start)?;
-                    Ok(local
-                        .iter()
-                        .zip(remote.iter())
-                        .position(|(a, b)| a != b)
-                        .map(|i| r2.start + i as u64))
-                })
-                .await
-                .map_err(|e| {
-                    Error::new(
-                        ErrorKind::Io,
-                        "verify.internal",
-                        format!("compare task failed: {e}"),
-                    )
-                })??;
-                Ok((p.end - p.start, first_diff))
-            });
+            let Some(p) = pieces.next() else { break };
+            set.spawn(compare_piece(
+                client.clone(),
+                src.image.clone(),
+                az.clone(),
+                opts.retry.clone(),
+                p,
+            ));
         }
         let Some(res) = set.join_next().await else {
             break;
         };
-        let (len, diff) = res.map_err(|e| {
-            Error::new(
-                ErrorKind::Io,
-                "verify.internal",
-                format!("compare task failed: {e}"),
-            )
-        })??;
+        let (len, diff) = res.map_err(|e| internal("compare task", &e))??;
         report.bytes_compared += len;
         if let Some(at) = diff {
             report.differ(
@@ -300,6 +326,31 @@ pub async fn verify(source: &Path, dest: &str, opts: VerifyOptions) -> Result<Ve
             );
         }
     }
-    report.differences.sort_by_key(|d| d.offset);
-    Ok(report)
+    Ok(())
+}
+
+/// Read one piece back and find its first byte that differs from the source.
+async fn compare_piece(
+    client: BlobClient,
+    image: Arc<dyn crate::image::DiskImage>,
+    az: Arc<crate::convert::AzurePlan>,
+    policy: RetryPolicy,
+    p: Range<u64>,
+) -> Result<(u64, Option<u64>)> {
+    let remote = with_retries(&policy, &quiet, || client.get_range(p.clone()))
+        .await
+        .map_err(|f| f.into_error("reading", client.display()))?;
+    let r2 = p.clone();
+    let first_diff = tokio::task::spawn_blocking(move || -> Result<Option<u64>> {
+        let mut local = vec![0u8; (r2.end - r2.start) as usize];
+        az.read_disk(image.as_ref(), &mut local, r2.start)?;
+        Ok(local
+            .iter()
+            .zip(remote.iter())
+            .position(|(a, b)| a != b)
+            .map(|i| r2.start + i as u64))
+    })
+    .await
+    .map_err(|e| internal("compare task", &e))??;
+    Ok((p.end - p.start, first_diff))
 }

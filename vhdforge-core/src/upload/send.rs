@@ -1,0 +1,522 @@
+//! The send phase: a reader thread fills bounded buffers in plan order (CRC-64 or MD5 per
+//! request, the whole-stream MD5 when asked), up to N Put Pages in flight, retried with
+//! backoff, N cut on throttling (AIMD), each completion recorded in the journal; then the
+//! footer page, last (docs/azure-page-blob.md).
+
+use super::client::{md5_header, BlobClient, Class, Failure, Integrity};
+use super::journal::{self, Journal};
+use super::plan::normalize;
+use super::{Progress, UploadOptions};
+use crate::convert::AzurePlan;
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::vhd::footer::FOOTER_SIZE;
+use crate::image::DiskImage;
+use bytes::Bytes;
+use md5::Digest;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+
+/// Zero source for whole-stream MD5 over gaps.
+static ZEROS: [u8; 64 << 10] = [0u8; 64 << 10];
+
+/// Additive-increase / multiplicative-decrease limit on requests in flight.
+#[derive(Debug)]
+struct Aimd {
+    max: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl Aimd {
+    fn new(max: usize) -> Self {
+        Aimd {
+            max: max.max(1) as f64,
+            state: Mutex::new((max.max(1) as f64, Instant::now() - Duration::from_secs(10))),
+        }
+    }
+    fn limit(&self) -> usize {
+        self.state.lock().map_or(1, |s| s.0 as usize).max(1)
+    }
+    /// Throttled: cut to 70 %, at most once per half second (one burst of 503s is one signal).
+    fn throttled(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            if s.1.elapsed() >= Duration::from_millis(500) {
+                s.0 = (s.0 * 0.7).max(1.0);
+                s.1 = Instant::now();
+            }
+        }
+    }
+    /// Success: grow by about one request per round trip of the whole window.
+    fn success(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.0 = (s.0 + 1.0 / s.0).min(self.max);
+        }
+    }
+}
+
+/// Shared state of the senders.
+struct Ctx {
+    client: BlobClient,
+    /// The sequence number every Put Page is conditional on (page blobs vhdforge created).
+    seq: Option<u64>,
+    image: Arc<dyn DiskImage>,
+    azure: AzurePlan,
+    opts: UploadOptions,
+    progress: Arc<dyn Progress>,
+    aimd: Aimd,
+    retries: AtomicU64,
+    sent_bytes: AtomicU64,
+    requests: AtomicU64,
+}
+
+impl Ctx {
+    fn integrity(&self) -> Integrity {
+        if self.opts.md5_per_request {
+            Integrity::Md5
+        } else {
+            Integrity::Crc64
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        super::client::backoff(&self.opts.retry, attempt)
+    }
+
+    fn timeout_for(&self, len: u64) -> Duration {
+        self.opts.request_timeout
+            + self
+                .opts
+                .timeout_per_mib
+                .mul_f64(len as f64 / (1 << 20) as f64)
+    }
+
+    /// Read stream bytes `range` (disk area or footer).
+    fn read(&self, range: &Range<u64>) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        if range.start >= self.azure.disk_size {
+            buf.copy_from_slice(&self.azure.footer_bytes());
+        } else {
+            self.azure
+                .read_disk(self.image.as_ref(), &mut buf, range.start)?;
+        }
+        Ok(buf)
+    }
+}
+
+fn integrity_value(kind: Integrity, data: &[u8]) -> (Integrity, String) {
+    match kind {
+        Integrity::Crc64 => (kind, super::client::crc64_header(data)),
+        Integrity::Md5 => (kind, md5_header(data)),
+    }
+}
+
+/// Send one Put Page, retrying what can be retried.
+async fn send_one(
+    ctx: Arc<Ctx>,
+    range: Range<u64>,
+    mut body: Bytes,
+    mut integ: (Integrity, String),
+) -> Result<Range<u64>> {
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let res = ctx
+            .client
+            .put_page_if_sequence(
+                range.clone(),
+                Some(body.clone()),
+                Some(integ.clone()),
+                ctx.seq,
+                ctx.timeout_for(range.end - range.start),
+            )
+            .await;
+        let failure = match res {
+            Ok(()) => {
+                ctx.aimd.success();
+                return Ok(range);
+            }
+            Err(f) => f,
+        };
+        let class = failure.class();
+        if class == Class::Fatal || attempt >= ctx.opts.retry.max_attempts {
+            let op = if class == Class::Fatal {
+                "Put Page to".to_string()
+            } else {
+                format!("Put Page to (gave up after {attempt} attempts)")
+            };
+            if ctx.seq.is_some() && matches!(failure, Failure::Status { status: 412, .. }) {
+                return Err(foreign_write(ctx.client.display()));
+            }
+            let e = failure.into_error(&op, ctx.client.display());
+            return Err(if class == Class::Checksum {
+                Error::new(
+                    e.kind(),
+                    "upload.checksum",
+                    format!("{}; the data keeps arriving corrupted", e.message()),
+                )
+            } else {
+                e
+            });
+        }
+        ctx.retries.fetch_add(1, Ordering::Relaxed);
+        ctx.progress.retried(&describe(&failure));
+        match class {
+            Class::Throttle => ctx.aimd.throttled(),
+            Class::Checksum => {
+                // The body may have been corrupted in our memory: read it again from disk.
+                let c = ctx.clone();
+                let r = range.clone();
+                let data = tokio::task::spawn_blocking(move || c.read(&r))
+                    .await
+                    .map_err(|e| {
+                        Error::new(
+                            ErrorKind::Io,
+                            "upload.internal",
+                            format!("reader task failed: {e}"),
+                        )
+                    })??;
+                integ = integrity_value(integ.0, &data);
+                body = Bytes::from(data);
+            }
+            _ => {}
+        }
+        tokio::time::sleep(ctx.backoff(attempt)).await;
+    }
+}
+
+pub(super) fn describe(f: &Failure) -> String {
+    match f {
+        Failure::Status { status, code, .. } => format!("HTTP {status} {code}"),
+        Failure::Transport { message, .. } => message.clone(),
+    }
+}
+
+/// One buffer handed from the reader to the senders.
+struct Chunk {
+    range: Range<u64>,
+    body: Bytes,
+    integ: (Integrity, String),
+}
+
+/// The reader: fills buffers in plan order, feeding the whole-stream MD5 (zeros for gaps)
+/// when asked. `todo[i]` says whether `requests[i]` must be sent.
+fn reader(
+    ctx: &Ctx,
+    requests: &[Range<u64>],
+    todo: &[bool],
+    whole_md5: bool,
+    tx: &tokio::sync::mpsc::Sender<Chunk>,
+) -> Result<Option<String>> {
+    let mut md5 = whole_md5.then(md5::Md5::new);
+    let mut pos = 0u64;
+    let feed_zeros = |md5: &mut md5::Md5, mut n: u64| {
+        while n > 0 {
+            let k = n.min(ZEROS.len() as u64);
+            md5.update(&ZEROS[..k as usize]);
+            n -= k;
+        }
+    };
+    for (r, &send) in requests.iter().zip(todo) {
+        if ctx.opts.cancel.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        if !send && md5.is_none() {
+            continue;
+        }
+        let data = ctx.read(r)?;
+        if let Some(m) = md5.as_mut() {
+            feed_zeros(m, r.start - pos);
+            m.update(&data);
+            pos = r.end;
+        }
+        if send {
+            let integ = integrity_value(ctx.integrity(), &data);
+            if tx
+                .blocking_send(Chunk {
+                    range: r.clone(),
+                    body: Bytes::from(data),
+                    integ,
+                })
+                .is_err()
+            {
+                // The senders stopped (error or cancel): nothing more to do.
+                return Ok(None);
+            }
+        }
+    }
+    Ok(md5.map(|mut m| {
+        feed_zeros(&mut m, ctx.azure.disk_size - pos);
+        m.update(ctx.azure.footer_bytes());
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(m.finalize())
+    }))
+}
+
+pub(super) struct JournalState {
+    path: PathBuf,
+    journal: Journal,
+    /// Requests whose Put Page returned success (this run's and the journal's earlier ones).
+    done: Vec<Range<u64>>,
+    last_write: Instant,
+    /// Rewrite the journal at most this often (each rewrite is fsynced).
+    interval: Duration,
+}
+
+impl JournalState {
+    /// A journal at `path` starting from `journal`, with `done` already completed.
+    pub(super) fn new(
+        path: PathBuf,
+        journal: Journal,
+        done: Vec<Range<u64>>,
+        interval: Duration,
+    ) -> Self {
+        JournalState {
+            path,
+            journal,
+            done,
+            last_write: Instant::now(),
+            interval,
+        }
+    }
+    fn record(&mut self, r: Range<u64>) {
+        self.done.push(r);
+    }
+    fn due(&self) -> bool {
+        self.last_write.elapsed() >= self.interval
+    }
+    /// Where the journal is.
+    pub(super) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+    pub(super) fn flush(&mut self) -> Result<()> {
+        self.done = normalize(std::mem::take(&mut self.done));
+        self.journal.done = self.done.iter().map(|r| (r.start, r.end)).collect();
+        self.last_write = Instant::now();
+        journal::store(&self.path, &self.journal)
+    }
+}
+
+/// 412 on a write conditional on this upload's sequence number: the blob is not the one
+/// this upload created.
+pub(super) fn foreign_write(shown: &str) -> Error {
+    Error::new(
+        ErrorKind::Remote,
+        "upload.precondition",
+        format!(
+            "{shown} was replaced or re-marked by someone else during the upload (its sequence \
+             number is no longer this upload's); nothing more was written: find out who else \
+             writes there, then upload again with --overwrite"
+        ),
+    )
+}
+
+/// Interrupted on request; the engine's resume hint says whether --resume can continue.
+pub(super) fn cancelled() -> Error {
+    Error::new(
+        ErrorKind::Interrupted,
+        "upload.cancelled",
+        "upload interrupted",
+    )
+}
+
+/// What the send phase works on.
+pub(super) struct SendInput {
+    pub client: BlobClient,
+    pub image: Arc<dyn DiskImage>,
+    pub azure: AzurePlan,
+    /// The options, concurrency already clamped.
+    pub opts: UploadOptions,
+    pub progress: Arc<dyn Progress>,
+    pub seq: Option<u64>,
+    pub requests: Vec<Range<u64>>,
+    /// `todo[i]`: `requests[i]` must be sent in this run.
+    pub todo: Vec<bool>,
+}
+
+/// What the send phase did.
+pub(super) struct Sent {
+    pub bytes: u64,
+    pub requests: u64,
+    pub retries: u64,
+    /// Whole-stream MD5 (base64) when asked for.
+    pub md5: Option<String>,
+}
+
+/// Send every data request still to do, journaling each completion, then the footer.
+pub(super) async fn send_all(input: SendInput, jstate: &mut JournalState) -> Result<Sent> {
+    let concurrency = input.opts.concurrency;
+    let ctx = Arc::new(Ctx {
+        client: input.client,
+        seq: input.seq,
+        image: input.image,
+        azure: input.azure,
+        opts: input.opts,
+        progress: input.progress,
+        aimd: Aimd::new(concurrency),
+        retries: AtomicU64::new(0),
+        sent_bytes: AtomicU64::new(0),
+        requests: AtomicU64::new(0),
+    });
+    let md5 = send_data(&ctx, input.requests, input.todo, jstate).await?;
+    if ctx.opts.cancel.load(Ordering::Relaxed) {
+        let _ = jstate.flush();
+        return Err(cancelled());
+    }
+    jstate.flush()?;
+    send_footer(&ctx).await?;
+    Ok(Sent {
+        bytes: ctx.sent_bytes.load(Ordering::Relaxed),
+        requests: ctx.requests.load(Ordering::Relaxed),
+        retries: ctx.retries.load(Ordering::Relaxed),
+        md5,
+    })
+}
+
+/// The data pipeline: at most `concurrency` buffers queued plus `concurrency` in flight,
+/// each ≤ 4 MiB, so memory is bounded whatever the disk size. On any failure what completed
+/// is kept in the journal for --resume (a failure to write it must not hide the cause).
+async fn send_data(
+    ctx: &Arc<Ctx>,
+    requests: Vec<Range<u64>>,
+    todo: Vec<bool>,
+    jstate: &mut JournalState,
+) -> Result<Option<String>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(ctx.opts.concurrency);
+    let reader_task = {
+        let ctx = ctx.clone();
+        let whole = ctx.opts.content_md5;
+        tokio::task::spawn_blocking(move || reader(&ctx, &requests, &todo, whole, &tx))
+    };
+    let outcome = drive(ctx, rx, jstate).await;
+    let read = reader_task.await;
+    if let Err(e) = outcome {
+        let _ = jstate.flush();
+        return Err(e);
+    }
+    match read {
+        Ok(Ok(m)) => Ok(m),
+        // A read failure (source vanished, I/O error): keep what was sent for --resume.
+        Ok(Err(e)) => {
+            let _ = jstate.flush();
+            Err(e)
+        }
+        Err(e) => {
+            let _ = jstate.flush();
+            Err(Error::new(
+                ErrorKind::Io,
+                "upload.internal",
+                format!("reader task failed: {e}"),
+            ))
+        }
+    }
+}
+
+/// Hand chunks to senders (no more than the AIMD limit in flight) and record completions,
+/// until the reader is done and every request has completed, or something fails.
+async fn drive(
+    ctx: &Arc<Ctx>,
+    mut rx: tokio::sync::mpsc::Receiver<Chunk>,
+    jstate: &mut JournalState,
+) -> Result<()> {
+    let mut set: JoinSet<Result<Range<u64>>> = JoinSet::new();
+    let mut open = true;
+    let outcome = loop {
+        if ctx.opts.cancel.load(Ordering::Relaxed) {
+            break Err(cancelled());
+        }
+        if !open && set.is_empty() {
+            break Ok(());
+        }
+        let full = set.len() >= ctx.aimd.limit();
+        tokio::select! {
+            chunk = rx.recv(), if open && !full => match chunk {
+                Some(c) => {
+                    set.spawn(send_one(ctx.clone(), c.range, c.body, c.integ));
+                }
+                None => open = false,
+            },
+            Some(res) = set.join_next(), if !set.is_empty() => {
+                let r = match res {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => break Err(e),
+                    Err(e) => break Err(Error::new(ErrorKind::Io, "upload.internal", format!("send task failed: {e}"))),
+                };
+                let len = r.end - r.start;
+                ctx.sent_bytes.fetch_add(len, Ordering::Relaxed);
+                ctx.requests.fetch_add(1, Ordering::Relaxed);
+                // Journal first, then report: with a zero interval a reported request is
+                // durably recorded.
+                jstate.record(r);
+                if jstate.due() {
+                    if let Err(e) = jstate.flush() { break Err(e); }
+                }
+                ctx.progress.sent(len);
+            },
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    };
+    if outcome.is_err() {
+        set.abort_all();
+    }
+    // Dropping the receiver stops a reader blocked on a full channel.
+    drop(rx);
+    outcome
+}
+
+/// Every data page is in: only now the footer, which makes the blob a valid VHD.
+async fn send_footer(ctx: &Arc<Ctx>) -> Result<()> {
+    let footer = ctx.azure.footer_bytes();
+    let range = ctx.azure.disk_size..ctx.azure.output_size();
+    let integ = integrity_value(ctx.integrity(), &footer);
+    send_one(ctx.clone(), range, Bytes::copy_from_slice(&footer), integ).await?;
+    ctx.sent_bytes
+        .fetch_add(FOOTER_SIZE as u64, Ordering::Relaxed);
+    ctx.requests.fetch_add(1, Ordering::Relaxed);
+    ctx.progress.sent(FOOTER_SIZE as u64);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn aimd_cuts_on_throttle_and_recovers() {
+        let a = Aimd::new(8);
+        assert_eq!(a.limit(), 8);
+        // One burst of 503s is one signal: cut to 70 % once.
+        a.throttled();
+        a.throttled();
+        assert_eq!(a.limit(), 5);
+        // Never below one request in flight.
+        for _ in 0..20 {
+            a.state.lock().unwrap().1 = Instant::now() - Duration::from_secs(1);
+            a.throttled();
+        }
+        assert_eq!(a.limit(), 1);
+        // Successes grow it back gradually, up to the configured maximum and no further.
+        for _ in 0..3 {
+            a.success();
+        }
+        assert!((2..=3).contains(&a.limit()), "{}", a.limit());
+        for _ in 0..1000 {
+            a.success();
+        }
+        assert_eq!(a.limit(), 8);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = super::super::RetryPolicy {
+            max_attempts: 5,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+        };
+        for (attempt, lo, hi) in [(1, 50, 100), (2, 100, 200), (3, 200, 400), (10, 500, 1000)] {
+            let d = super::super::client::backoff(&p, attempt).as_millis();
+            assert!((lo..=hi).contains(&d), "attempt {attempt}: {d} ms");
+        }
+    }
+}
