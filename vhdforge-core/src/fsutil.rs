@@ -556,6 +556,37 @@ mod tests {
         assert_eq!(names(dir.path()), ["fresh.vhd", "out.vhd"]);
     }
 
+    /// The upload journal is written through [`TempFile`]: links planted at its old fixed
+    /// temporary name and at the predictable start of the new one are not followed.
+    #[cfg(all(unix, feature = "upload"))]
+    #[test]
+    fn links_planted_beside_the_upload_journal_are_never_followed() {
+        use crate::upload::journal;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("disk.raw");
+        std::fs::write(&src, b"x").unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let path = journal::path_for(&src, "https://a/c/b", None);
+        for planted in [
+            path.with_extension("json.tmp-vhdforge"),
+            PathBuf::from(format!(
+                "{}{}",
+                path.with_file_name(temp_prefix(&path, "journal")).display(),
+                std::process::id()
+            )),
+        ] {
+            std::os::unix::fs::symlink(&victim, planted).unwrap();
+        }
+        let id = journal::SourceIdentity::of(&src).unwrap();
+        let j = journal::new("https://a/c/b", id, Vec::new(), [1; 16], 2, "h".into());
+        journal::store(&path, &j).unwrap();
+        journal::store(&path, &j).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(journal::load(&path).unwrap().is_some());
+        assert_eq!(names(dir.path()).len(), 5, "{:?}", names(dir.path()));
+    }
+
     #[test]
     fn long_target_names_get_short_temporary_names() {
         let dir = tempfile::tempdir().unwrap();

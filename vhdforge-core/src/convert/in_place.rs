@@ -555,6 +555,69 @@ mod tests {
         assert_eq!(std::fs::metadata(&p).unwrap().len(), 21 * crate::azure::MIB);
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn links_planted_at_the_journal_names_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = raw_file(dir.path(), 21 * crate::azure::MIB);
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        // The journal's old fixed temporary name, and what a guesser of the new one knows.
+        let journal = journal_path_for(&p);
+        for planted in [
+            journal.with_extension("vhdforge-inplace-new"),
+            dir.path().join(format!(
+                ".d.raw.vhdforge-inplace.vhdforge-inplace-journal-{}",
+                std::process::id()
+            )),
+        ] {
+            std::os::unix::fs::symlink(&victim, planted).unwrap();
+        }
+        let r = convert_in_place(&p, &Policy::default(), false).unwrap();
+        assert_eq!(r.action, "converted");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(!journal.exists());
+        // A link at the journal's own name reads as a damaged journal: refused, the file
+        // it points to neither applied nor changed.
+        let q = dir.path().join("e.raw");
+        std::fs::write(&q, vec![7u8; 21 << 20]).unwrap();
+        std::os::unix::fs::symlink(&victim, journal_path_for(&q)).unwrap();
+        let e = convert_in_place(&q, &Policy::default(), false).unwrap_err();
+        assert_eq!(e.code(), "inplace.journal", "{e}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(std::fs::metadata(&q).unwrap().len(), 21 << 20);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn anything_but_a_regular_file_is_refused_before_a_journal_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo has no other memory effects.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let link = dir.path().join("null");
+        std::os::unix::fs::symlink("/dev/null", &link).unwrap();
+        for (p, kind) in [
+            (&fifo, "a named pipe"),
+            (&sub, "a directory"),
+            (&link, "a character device"),
+        ] {
+            let e = convert_in_place(p, &Policy::default(), false).unwrap_err();
+            assert_eq!(e.code(), "inplace.not_regular_file", "{e}");
+            assert!(e.to_string().contains(kind), "{e}");
+            assert!(!journal_path_for(p).exists(), "journal written for {kind}");
+        }
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["null", "pipe", "sub"]);
+    }
+
     #[test]
     fn dynamic_or_vhdx_inputs_are_refused() {
         let dir = tempfile::tempdir().unwrap();
