@@ -371,8 +371,13 @@ pub fn remove_orphans(target: &Path, tag: &str) {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(pid) = name
             .strip_prefix(&prefix)
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+            // `PID-RANDOM`, or a bare `PID` left by releases before the random part.
+            .and_then(|rest| {
+                rest.split_once('-')
+                    .map_or(rest, |(pid, _)| pid)
+                    .parse::<u32>()
+                    .ok()
+            })
         else {
             continue;
         };
@@ -526,6 +531,16 @@ mod tests {
             &format!("-{}-", u32::MAX),
         );
         std::fs::rename(&tmp, &dead).unwrap();
+        // And one in the old `.NAME.vhdforge-partial-PID` form.
+        std::fs::write(
+            dir.path().join(format!(
+                "{}{}",
+                temp_prefix(&target, "partial"),
+                u32::MAX - 1
+            )),
+            b"old",
+        )
+        .unwrap();
         remove_orphans(&target, "partial");
         if cfg!(target_os = "linux") {
             assert_eq!(names(dir.path()), ["out.vhd"]);
