@@ -21,13 +21,20 @@ The output's virtual size is the input's rounded up to a whole MiB (zero padded;
 how much), with a fixed-VHD footer last (creator `win `, spec CHS geometry, fresh unique id). \
 The output is sparse: zero ranges, known from metadata or found by content, become holes, so it \
 uses about as much disk as the input's non-zero data. The input is never modified. The output is \
-written under a hidden temporary name in the same folder and renamed only when complete and \
-flushed; an interrupted run leaves nothing under OUT's name (a later run replaces the stale \
-temporary). Free space is checked up front against the data that will really be written.
+written to a new file under a hidden, random temporary name in the same folder (never through a \
+symbolic link) and renamed only when complete, checked and flushed; an interrupted run leaves \
+nothing under OUT's name (a later run removes temporaries of runs that were killed). Free space \
+is checked up front against the data that will really be written.
+
+OUT must be a new name, or with --force a regular file (or a symbolic link, which is replaced \
+as a link: what it points to is never written). A device, directory, pipe or socket, or a link to \
+one, is refused even with --force.
 
 --in-place FILE turns a raw image into a fixed VHD by extending it to a whole MiB and appending \
 the footer, or repairs a fixed VHD whose size is not MiB-aligned or whose footer is wrong or the \
-511-byte kind. It touches only the end of the file: O(1) whatever the size. Before changing \
+511-byte kind. It touches only the end of the file: O(1) whatever the size. FILE must be a \
+regular file: a device (which cannot grow) is refused before anything is written; convert it \
+to a new file with `vhdforge convert DEVICE OUT.vhd` instead. Before changing \
 anything it saves the original length and last 1 KiB to FILE.vhdforge-inplace; if it is \
 interrupted, just run the same command again: it restores the file from that journal and starts \
 over.

@@ -11,6 +11,7 @@ pub mod convert;
 pub mod error;
 pub mod finding;
 pub mod format;
+pub mod fsutil;
 pub mod guest;
 pub mod image;
 pub mod io;

@@ -12,6 +12,7 @@ use crate::format::vhd::footer::{
     HardDiskFooter, COOKIE, DISK_TYPE_FIXED, FEATURE_RESERVED, FIXED_DATA_OFFSET, FOOTER_SIZE,
     FORMAT_VERSION,
 };
+use crate::fsutil::{self, PersistError, Replace, TempFile};
 use crate::image::Format;
 use crate::io::{pwrite_all, FileSource, ReadAt};
 use serde::Serialize;
@@ -59,6 +60,9 @@ pub fn journal_path_for(path: &Path) -> PathBuf {
 /// `force` rewrites the footer even when the file is already Azure-ready.
 pub fn convert_in_place(path: &Path, policy: &Policy, force: bool) -> Result<InPlaceReport> {
     let started = Instant::now();
+    // Before anything is read or written, the journal included: a device cannot grow to
+    // take a footer, and a pipe cannot be rolled back.
+    let id = regular_file_id(path)?;
     let journal = journal_path_for(path);
     let recovered = if journal.exists() {
         rollback(path, &journal)?
@@ -139,10 +143,7 @@ pub fn convert_in_place(path: &Path, policy: &Policy, force: bool) -> Result<InP
     drop(src);
 
     write_journal(path, &journal, len, plan.output_size())?;
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io(format!("cannot open {} for writing", path.display()), e))?;
+    let file = open_for_write(path, &id)?;
     let io_err = |what: &str, e| Error::io(format!("cannot {what} {}", path.display()), e);
     file.set_len(plan.output_size())
         .map_err(|e| io_err("resize", e))?;
@@ -157,7 +158,9 @@ pub fn convert_in_place(path: &Path, policy: &Policy, force: bool) -> Result<InP
     drop(file);
     std::fs::remove_file(&journal)
         .map_err(|e| Error::io(format!("cannot remove {}", journal.display()), e))?;
-    super::to_file::sync_parent_dir(path);
+    // Should the removal not survive a crash, the next run finds the file at the journal's
+    // target length, rolls back and redoes the same work: no harm, so no error.
+    let _ = fsutil::sync_dir_of(path);
     Ok(InPlaceReport {
         action: if format == Format::Raw {
             "converted"
@@ -247,16 +250,74 @@ fn footer_problems(f: &HardDiskFooter, data_len: u64, file_len: u64) -> Vec<Stri
 fn file_id(path: &Path) -> Result<String> {
     let meta = std::fs::metadata(path)
         .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
+    Ok(id_of(&meta))
+}
+
+fn id_of(meta: &std::fs::Metadata) -> String {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        Ok(format!("{}:{}", meta.dev(), meta.ino()))
+        format!("{}:{}", meta.dev(), meta.ino())
     }
     #[cfg(not(unix))]
     {
         let _ = meta;
-        Ok(String::new())
+        String::new()
     }
+}
+
+/// The identity of `path` ([`file_id`]) after making sure it is a regular file (or a link
+/// to one): in place means growing the file and appending a footer, which a block or
+/// character device, a pipe or a directory cannot take, and failing half-way there would
+/// leave a journal for something that can never be rolled back.
+fn regular_file_id(path: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::io(format!("cannot open {}", path.display()), e).in_file(path))?;
+    if !meta.is_file() {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            "inplace.not_regular_file",
+            format!(
+                "{} is {}; --in-place works on regular files only (it grows the file to a whole MiB and appends a footer). \
+                 Nothing was written. To make an Azure-ready VHD of it, run `vhdforge convert {} OUT.vhd`",
+                path.display(),
+                fsutil::FileKind::of_metadata(&meta).describe(),
+                path.display()
+            ),
+        ));
+    }
+    Ok(id_of(&meta))
+}
+
+/// Open `path` for writing, making sure through the open descriptor that it is still the
+/// regular file identified as `id` (not something swapped in since it was checked).
+fn open_for_write(path: &Path, id: &str) -> Result<File> {
+    let mut o = OpenOptions::new();
+    o.write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Never wait on a FIFO swapped in meanwhile: it is refused below.
+        o.custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC);
+    }
+    let file = o
+        .open(path)
+        .map_err(|e| Error::io(format!("cannot open {} for writing", path.display()), e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
+    if !meta.is_file() || id_of(&meta) != id {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "inplace.not_regular_file",
+            format!(
+                "{} was replaced by {} while being converted; nothing was written to it",
+                path.display(),
+                fsutil::FileKind::of_metadata(&meta).describe()
+            ),
+        ));
+    }
+    Ok(file)
 }
 
 fn write_journal(path: &Path, journal: &Path, len: u64, target_len: u64) -> Result<()> {
@@ -270,15 +331,26 @@ fn write_journal(path: &Path, journal: &Path, len: u64, target_len: u64) -> Resu
     let id = file_id(path)?;
     let text =
         format!("{JOURNAL_MAGIC}\nfile={id}\nlength={len}\ntarget={target_len}\ntail={hex}\n");
-    let tmp = journal.with_extension("vhdforge-inplace-new");
-    std::fs::write(&tmp, text)
-        .map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
-    File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(format!("cannot flush {}", tmp.display()), e))?;
-    std::fs::rename(&tmp, journal)
-        .map_err(|e| Error::io(format!("cannot write {}", journal.display()), e))?;
-    super::to_file::sync_parent_dir(journal);
+    let werr = |e| Error::io(format!("cannot write {}", journal.display()), e);
+    let tmp = TempFile::beside(journal, "inplace-journal").map_err(werr)?;
+    {
+        use std::io::Write;
+        tmp.file().write_all(text.as_bytes()).map_err(werr)?;
+    }
+    // Flushed, renamed (a stale link at the journal's name is replaced, never followed),
+    // folder flushed: the journal is durable before the file is touched.
+    tmp.persist(journal, Replace::RegularFile)
+        .map_err(|e| match e {
+            PersistError::Io(e) => werr(e),
+            e => Error::new(
+                ErrorKind::InvalidInput,
+                "inplace.journal",
+                format!(
+                    "cannot write the in-place journal {}: {e}; move it away and run again",
+                    journal.display()
+                ),
+            ),
+        })?;
     Ok(())
 }
 
@@ -349,10 +421,7 @@ fn rollback(path: &Path, journal: &Path) -> Result<bool> {
             format!("the file is now {now} bytes, not {len} (before) or {target} (after) as an interrupted run would leave it"),
         ));
     }
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io(format!("cannot open {} for writing", path.display()), e))?;
+    let file = open_for_write(path, id)?;
     file.set_len(len)
         .map_err(|e| Error::io(format!("cannot resize {}", path.display()), e))?;
     pwrite_all(&file, &tail, len - tail.len() as u64)
@@ -484,6 +553,69 @@ mod tests {
         let e = convert_in_place(&p, &Policy::default(), false).unwrap_err();
         assert_eq!(e.code(), "inplace.journal");
         assert_eq!(std::fs::metadata(&p).unwrap().len(), 21 * crate::azure::MIB);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn links_planted_at_the_journal_names_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = raw_file(dir.path(), 21 * crate::azure::MIB);
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        // The journal's old fixed temporary name, and what a guesser of the new one knows.
+        let journal = journal_path_for(&p);
+        for planted in [
+            journal.with_extension("vhdforge-inplace-new"),
+            dir.path().join(format!(
+                ".d.raw.vhdforge-inplace.vhdforge-inplace-journal-{}",
+                std::process::id()
+            )),
+        ] {
+            std::os::unix::fs::symlink(&victim, planted).unwrap();
+        }
+        let r = convert_in_place(&p, &Policy::default(), false).unwrap();
+        assert_eq!(r.action, "converted");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(!journal.exists());
+        // A link at the journal's own name reads as a damaged journal: refused, the file
+        // it points to neither applied nor changed.
+        let q = dir.path().join("e.raw");
+        std::fs::write(&q, vec![7u8; 21 << 20]).unwrap();
+        std::os::unix::fs::symlink(&victim, journal_path_for(&q)).unwrap();
+        let e = convert_in_place(&q, &Policy::default(), false).unwrap_err();
+        assert_eq!(e.code(), "inplace.journal", "{e}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(std::fs::metadata(&q).unwrap().len(), 21 << 20);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn anything_but_a_regular_file_is_refused_before_a_journal_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo has no other memory effects.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let link = dir.path().join("null");
+        std::os::unix::fs::symlink("/dev/null", &link).unwrap();
+        for (p, kind) in [
+            (&fifo, "a named pipe"),
+            (&sub, "a directory"),
+            (&link, "a character device"),
+        ] {
+            let e = convert_in_place(p, &Policy::default(), false).unwrap_err();
+            assert_eq!(e.code(), "inplace.not_regular_file", "{e}");
+            assert!(e.to_string().contains(kind), "{e}");
+            assert!(!journal_path_for(p).exists(), "journal written for {kind}");
+        }
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["null", "pipe", "sub"]);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use super::{AzurePlan, Policy};
 use crate::error::{Error, ErrorKind, Result};
+use crate::fsutil::{self, FileKind, Occupant, PersistError, Replace, TempFile};
 use crate::image::DiskImage;
 use crate::io::pwrite_all;
 use crate::progress::Progress;
@@ -15,7 +16,7 @@ use crate::sparse::{data_pieces, for_each_nonzero_run};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::cell::RefCell;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -25,6 +26,8 @@ const PIECE: u64 = 4 << 20;
 /// Zero-test and write granularity: the file system block size of common file systems,
 /// so every skipped page is a real hole.
 const PAGE: u64 = 4096;
+/// Tag of the temporary output's name (`.OUT.vhdforge-partial-PID-RANDOM`).
+const TEMP_TAG: &str = "partial";
 
 /// How to convert.
 #[derive(Debug, Clone, Default)]
@@ -55,49 +58,6 @@ pub struct ConvertReport {
     pub seconds: f64,
 }
 
-/// The temporary file's name for `out` in this process: hidden, in the same folder (so
-/// the final rename is atomic), and unique to the process, so two conversions to the same
-/// OUT never write or rename each other's file.
-pub fn temp_path_for(out: &Path) -> PathBuf {
-    out.with_file_name(format!("{}{}", temp_prefix(out), std::process::id()))
-}
-
-fn temp_prefix(out: &Path) -> String {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    format!(".{name}.vhdforge-partial-")
-}
-
-/// Remove temporary files for `out` left by conversions that were killed: those whose
-/// process no longer exists (Linux: /proc tells; elsewhere they are left alone).
-fn remove_stale_temps(out: &Path) {
-    let prefix = temp_prefix(out);
-    let dir = out
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(&prefix)
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if cfg!(target_os = "linux")
-            && pid != std::process::id()
-            && !Path::new(&format!("/proc/{pid}")).exists()
-        {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
 /// Every file the image reads from: the image itself and its parents.
 fn chain_paths(image: &dyn DiskImage) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -109,20 +69,6 @@ fn chain_paths(image: &dyn DiskImage) -> Vec<PathBuf> {
     out
 }
 
-/// Removes the temporary file unless the conversion completed.
-struct TempGuard {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Drop for TempGuard {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
 /// Convert `image` into an Azure-ready fixed VHD at `out`.
 pub fn convert_to_file(
     image: &dyn DiskImage,
@@ -132,16 +78,7 @@ pub fn convert_to_file(
 ) -> Result<ConvertReport> {
     let started = Instant::now();
     let plan = AzurePlan::new(image, &opts.policy)?;
-    if out.exists() && !opts.force {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            "convert.output_exists",
-            format!(
-                "{} already exists; pass --force to replace it",
-                out.display()
-            ),
-        ));
-    }
+    check_output(out, opts.force)?;
     if let Some(p) = chain_paths(image).iter().find(|p| same_file(p, out)) {
         let what = if *p == image.info().path {
             "the input image"
@@ -156,22 +93,21 @@ pub fn convert_to_file(
     }
     let pieces = data_pieces(image, 0..plan.source_size, PIECE)?;
     let data_upper_bound: u64 = pieces.iter().map(|r| r.end - r.start).sum();
-    let tmp = temp_path_for(out);
     check_free_space(out, data_upper_bound)?;
 
-    remove_stale_temps(out);
-    let _ = std::fs::remove_file(&tmp);
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
-    let mut guard = TempGuard {
-        path: tmp.clone(),
-        keep: false,
-    };
+    fsutil::remove_orphans(out, TEMP_TAG);
+    // Removed again on any error or interruption (drop), so OUT's name only ever holds a
+    // complete, checked image.
+    let tmp = TempFile::beside(out, TEMP_TAG).map_err(|e| {
+        Error::io(
+            format!("cannot create a temporary file beside {}", out.display()),
+            e,
+        )
+    })?;
+    let file = tmp.file();
+    let tmp_path = tmp.path().to_path_buf();
     file.set_len(plan.output_size())
-        .map_err(|e| Error::io(format!("cannot size {}", tmp.display()), e))?;
+        .map_err(|e| Error::io(format!("cannot size {}", tmp_path.display()), e))?;
 
     progress.set_total(data_upper_bound);
     let written = AtomicU64::new(0);
@@ -204,28 +140,26 @@ pub fn convert_to_file(
                 for_each_nonzero_run(&buf[..len], piece.start, PAGE, |start, run| {
                     if result.is_ok() {
                         let at = (start - piece.start) as usize;
-                        result = pwrite_all(&file, &buf[at..at + run as usize], start)
+                        result = pwrite_all(file, &buf[at..at + run as usize], start)
                             .map(|()| {
                                 written.fetch_add(run, Ordering::Relaxed);
                             })
                             .map_err(|e| {
-                                Error::io(format!("cannot write {}", tmp.display()), e).at(start)
+                                Error::io(format!("cannot write {}", tmp_path.display()), e)
+                                    .at(start)
                             });
                     }
                 });
                 if result.is_ok() {
-                    start_writeback(&file, piece.start, piece.end - piece.start);
+                    start_writeback(file, piece.start, piece.end - piece.start);
                 }
                 progress.advance(len as u64);
                 result
             })
         })
     })?;
-    pwrite_all(&file, &plan.footer_bytes(), plan.disk_size)
-        .map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
-    file.sync_all()
-        .map_err(|e| Error::io(format!("cannot flush {}", tmp.display()), e))?;
-    drop(file);
+    pwrite_all(file, &plan.footer_bytes(), plan.disk_size)
+        .map_err(|e| Error::io(format!("cannot write {}", tmp_path.display()), e))?;
     if progress.is_cancelled() {
         return Err(Error::new(
             ErrorKind::Interrupted,
@@ -238,7 +172,7 @@ pub fn convert_to_file(
     let overridden = |code: &str| {
         opts.policy.allow_any_size && matches!(code, "azure.too_small" | "azure.too_large")
     };
-    let check = crate::inspect_quick(&tmp, &crate::OpenOptions::default())?;
+    let check = crate::inspect_quick(&tmp_path, &crate::OpenOptions::default())?;
     if let Some(f) = check
         .findings
         .iter()
@@ -250,43 +184,24 @@ pub fn convert_to_file(
             format!("the converted image failed its own check ({f}); nothing was written to {}. Please report this", out.display()),
         ));
     }
-    if opts.force {
-        std::fs::rename(&tmp, out).map_err(|e| {
-            Error::io(
-                format!("cannot rename {} to {}", tmp.display(), out.display()),
-                e,
-            )
-        })?;
+    // The file is flushed by persist before it is renamed; the folder after.
+    let replace = if opts.force {
+        Replace::RegularFile
     } else {
-        // Without --force never replace a file that appeared meanwhile: a hard link fails
-        // if OUT exists, atomically. File systems without hard links get a checked rename.
-        match std::fs::hard_link(&tmp, out) {
-            Ok(()) => {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::new(
-                    ErrorKind::InvalidInput,
-                    "convert.output_exists",
-                    format!(
-                        "{} appeared while converting; pass --force to replace it",
-                        out.display()
-                    ),
-                ));
-            }
-            Err(_) if !out.exists() => {
-                std::fs::rename(&tmp, out).map_err(|e| {
-                    Error::io(
-                        format!("cannot rename {} to {}", tmp.display(), out.display()),
-                        e,
-                    )
-                })?;
-            }
-            Err(e) => return Err(Error::io(format!("cannot create {}", out.display()), e)),
-        }
-    }
-    guard.keep = true;
-    sync_parent_dir(out);
+        Replace::Never
+    };
+    tmp.persist(out, replace).map_err(|e| match e {
+        PersistError::Exists(occupant) => Error::new(
+            ErrorKind::InvalidInput,
+            "convert.output_exists",
+            format!(
+                "{} appeared while converting ({occupant}); nothing was written to it. Pass --force to replace it",
+                out.display()
+            ),
+        ),
+        PersistError::NotReplaceable(occupant) => not_a_file(out, &occupant),
+        PersistError::Io(e) => Error::io(format!("cannot put the output in place as {}", out.display()), e),
+    })?;
     let data_bytes_written = written.into_inner();
     Ok(ConvertReport {
         virtual_size: plan.source_size,
@@ -318,28 +233,63 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
+/// Refuse up front an OUT that cannot or may not be replaced, so nothing is computed for an
+/// output that would be refused at the end.
+fn check_output(out: &Path, force: bool) -> Result<()> {
+    let occupant =
+        Occupant::of(out).map_err(|e| Error::io(format!("cannot look at {}", out.display()), e))?;
+    if occupant.is_vacant() {
+        return Ok(());
+    }
+    if !occupant.is_replaceable() {
+        return Err(not_a_file(out, &occupant));
+    }
+    if force {
+        return Ok(());
+    }
+    let msg = match (&occupant.link_to, occupant.kind) {
+        (Some(to), FileKind::Missing) => format!(
+            "{} is a symbolic link to {}, which does not exist; vhdforge never writes through a link. \
+             Pass --force to replace the link itself with the output, or remove it",
+            out.display(),
+            to.display()
+        ),
+        (Some(to), _) => format!(
+            "{} already exists ({occupant}); pass --force to replace the link itself ({} is not touched)",
+            out.display(),
+            to.display()
+        ),
+        (None, _) => format!(
+            "{} already exists; pass --force to replace it",
+            out.display()
+        ),
+    };
+    Err(Error::new(
+        ErrorKind::InvalidInput,
+        "convert.output_exists",
+        msg,
+    ))
+}
+
+/// The error for an OUT that is a device, directory, pipe or socket (or a link to one):
+/// a disk image must never take its place, whatever the flags.
+fn not_a_file(out: &Path, occupant: &Occupant) -> Error {
+    Error::new(
+        ErrorKind::InvalidInput,
+        "convert.output_not_file",
+        format!(
+            "{} is {occupant}; the output must be a regular file, and vhdforge never replaces a device, \
+             directory, pipe or socket (not even with --force). Name a new file for the output",
+            out.display()
+        ),
+    )
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
         (Ok(x), Ok(y)) => x == y,
         _ => false,
     }
-}
-
-/// Flush the directory entry after a rename, so the new name survives a crash.
-pub(crate) fn sync_parent_dir(path: &Path) {
-    #[cfg(unix)]
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
 }
 
 /// Refuse up front when the output's folder cannot hold the data that will be written.

@@ -334,8 +334,8 @@ pub fn load(path: &Path) -> Result<Option<Journal>> {
 /// fsync of the folder (Unix). When this returns `Ok`, the recorded ranges survive a crash
 /// or power loss; a crash before leaves the previous journal intact.
 pub fn store(path: &Path, j: &Journal) -> Result<()> {
+    use crate::fsutil::{PersistError, Replace, TempFile};
     use std::io::Write;
-    let tmp = path.with_extension("json.tmp-vhdforge");
     let text = serde_json::to_vec(j).map_err(|e| {
         Error::new(
             ErrorKind::Io,
@@ -343,25 +343,28 @@ pub fn store(path: &Path, j: &Journal) -> Result<()> {
             format!("cannot encode the journal: {e}"),
         )
     })?;
-    let werr = |p: &Path, e| {
+    let werr = |e| {
         Error::io(
-            format!("cannot write the resume journal {}", p.display()),
+            format!("cannot write the resume journal {}", path.display()),
             e,
         )
     };
-    let mut f = std::fs::File::create(&tmp).map_err(|e| werr(&tmp, e))?;
-    f.write_all(&text).map_err(|e| werr(&tmp, e))?;
-    f.sync_all().map_err(|e| werr(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| werr(path, e))?;
-    // The rename itself is durable only once the folder is synced.
-    #[cfg(unix)]
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| werr(path, e))?;
-    }
-    Ok(())
+    // A new file under a random name (a link planted beside the journal is never
+    // followed), flushed, renamed over the previous journal, folder flushed.
+    let tmp = TempFile::beside(path, "journal").map_err(werr)?;
+    tmp.file().write_all(&text).map_err(werr)?;
+    tmp.persist(path, Replace::RegularFile)
+        .map_err(|e| match e {
+            PersistError::Io(e) => werr(e),
+            e => Error::new(
+                ErrorKind::Io,
+                "upload.journal",
+                format!(
+                    "cannot write the resume journal {}: {e}; move it away or pass --state-dir",
+                    path.display()
+                ),
+            ),
+        })
 }
 
 /// True when a new file can be created in `dir` (probed by creating and removing one:

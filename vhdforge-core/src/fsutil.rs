@@ -1,0 +1,617 @@
+//! Files vhdforge creates: always new (never an existing file, never through a symbolic
+//! link), complete before they get their final name, and never put in place of a device,
+//! directory or other non-regular file.
+//!
+//! vhdforge often runs as root in folders other users can write to (a shared image store,
+//! /tmp). A predictable temporary name opened with a plain create lets anyone plant a
+//! symbolic link there and have vhdforge overwrite the file it points to; renaming over
+//! `/dev/sdX` replaces the device node. So every file is created here:
+//!
+//! - [`create_new`]: `O_CREAT | O_EXCL | O_NOFOLLOW` (Windows: `CREATE_NEW` on the reparse
+//!   point itself), so an existing name, a symbolic link included, is an error, never
+//!   followed;
+//! - [`TempFile`]: such a file in the target's folder (same file system, so the final rename
+//!   is atomic) under a hidden name with a random part nobody can guess in advance, removed
+//!   again unless [`TempFile::persist`] gave it the final name: flush, rename (refusing a
+//!   non-regular target, or any existing target when asked), flush of the folder.
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Longest piece of the target's file name kept in a temporary name, in bytes: file names
+/// are limited to 255 bytes on common file systems, and the temporary name adds its tag
+/// and random part to this.
+const NAME_PREFIX_MAX: usize = 100;
+
+/// Create `path` as a new, empty file opened for reading and writing. Fails with
+/// `AlreadyExists` when anything at all is there, a symbolic link (even a dangling one)
+/// included: nothing is followed, nothing existing is opened.
+pub fn create_new(path: &Path) -> io::Result<File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true).write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // O_EXCL alone already refuses a link at the last component; O_NOFOLLOW says so
+        // explicitly and O_CLOEXEC keeps the descriptor out of child processes.
+        o.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::OpenOptionsExt;
+        // FILE_FLAG_OPEN_REPARSE_POINT: act on a symbolic link or junction itself; with
+        // CREATE_NEW an existing one is then an error, never a way to another file.
+        const FILE_FLAG_OPEN_REPARSE_POINT: u32 = 0x0020_0000;
+        o.custom_flags(FILE_FLAG_OPEN_REPARSE_POINT);
+    }
+    o.open(path)
+}
+
+/// What is at a path, looked at without following a link at its last component (and then,
+/// for a link, what the link leads to).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Occupant {
+    /// The link's content when the path is a symbolic link.
+    pub link_to: Option<PathBuf>,
+    /// What the path (or the link) leads to.
+    pub kind: FileKind,
+}
+
+/// The type of a file system object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// Nothing (for a link: it dangles).
+    Missing,
+    /// A regular file.
+    Regular,
+    /// A directory.
+    Directory,
+    /// A character device (`/dev/null`, a tty ...).
+    CharDevice,
+    /// A block device (a disk, a loop device).
+    BlockDevice,
+    /// A named pipe.
+    Fifo,
+    /// A Unix socket.
+    Socket,
+    /// Anything else the platform has.
+    Other,
+}
+
+impl FileKind {
+    fn of(ft: std::fs::FileType) -> FileKind {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileTypeExt;
+            if ft.is_char_device() {
+                return FileKind::CharDevice;
+            }
+            if ft.is_block_device() {
+                return FileKind::BlockDevice;
+            }
+            if ft.is_fifo() {
+                return FileKind::Fifo;
+            }
+            if ft.is_socket() {
+                return FileKind::Socket;
+            }
+        }
+        if ft.is_file() {
+            FileKind::Regular
+        } else if ft.is_dir() {
+            FileKind::Directory
+        } else {
+            FileKind::Other
+        }
+    }
+
+    /// The kind of the file `meta` describes (a link only when taken with
+    /// `symlink_metadata`, which then reads as [`FileKind::Other`]).
+    pub fn of_metadata(meta: &std::fs::Metadata) -> FileKind {
+        FileKind::of(meta.file_type())
+    }
+
+    /// What the kind of a file is called in messages ("a character device").
+    pub fn describe(self) -> &'static str {
+        match self {
+            FileKind::Missing => "nothing",
+            FileKind::Regular => "a regular file",
+            FileKind::Directory => "a directory",
+            FileKind::CharDevice => "a character device",
+            FileKind::BlockDevice => "a block device",
+            FileKind::Fifo => "a named pipe (FIFO)",
+            FileKind::Socket => "a socket",
+            FileKind::Other => "a special file",
+        }
+    }
+}
+
+impl Occupant {
+    /// What is at `path` now.
+    pub fn of(path: &Path) -> io::Result<Occupant> {
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Occupant {
+                    link_to: None,
+                    kind: FileKind::Missing,
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        if !meta.file_type().is_symlink() {
+            return Ok(Occupant {
+                link_to: None,
+                kind: FileKind::of(meta.file_type()),
+            });
+        }
+        let link_to = std::fs::read_link(path)?;
+        let kind = match std::fs::metadata(path) {
+            Ok(m) => FileKind::of(m.file_type()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => FileKind::Missing,
+            Err(e) => return Err(e),
+        };
+        Ok(Occupant {
+            link_to: Some(link_to),
+            kind,
+        })
+    }
+
+    /// Nothing is there, not even a dangling link.
+    pub fn is_vacant(&self) -> bool {
+        self.link_to.is_none() && self.kind == FileKind::Missing
+    }
+
+    /// A rename may put a new file here: nothing, a regular file, or a link (replaced as a
+    /// link: what it points to is never touched) that dangles or leads to a regular file.
+    /// A device, directory, pipe or socket (or a link to one) is not something a disk
+    /// image should replace.
+    pub fn is_replaceable(&self) -> bool {
+        matches!(self.kind, FileKind::Missing | FileKind::Regular)
+    }
+}
+
+impl fmt::Display for Occupant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.link_to, self.kind) {
+            (None, kind) => f.write_str(kind.describe()),
+            (Some(to), FileKind::Missing) => write!(
+                f,
+                "a symbolic link to {}, which does not exist",
+                to.display()
+            ),
+            (Some(to), kind) => write!(
+                f,
+                "a symbolic link to {} ({})",
+                to.display(),
+                kind.describe()
+            ),
+        }
+    }
+}
+
+/// Whether [`TempFile::persist`] may replace what is at the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace {
+    /// Never: anything at the target (a dangling link included) is an error, decided
+    /// atomically by the file system.
+    Never,
+    /// A regular file, or a link that dangles or leads to one ([`Occupant::is_replaceable`]);
+    /// anything else is an error.
+    RegularFile,
+}
+
+/// Why [`TempFile::persist`] did not give the file its final name.
+#[derive(Debug)]
+pub enum PersistError {
+    /// Something is at the target and [`Replace::Never`] was asked.
+    Exists(Occupant),
+    /// The target is a device, directory, pipe or socket, or a link to one.
+    NotReplaceable(Occupant),
+    /// Flushing, renaming or flushing the folder failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for PersistError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PersistError::Exists(o) => write!(f, "the target exists ({o})"),
+            PersistError::NotReplaceable(o) => {
+                write!(f, "the target is {o}, not a regular file")
+            }
+            PersistError::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for PersistError {}
+
+impl From<io::Error> for PersistError {
+    fn from(e: io::Error) -> Self {
+        PersistError::Io(e)
+    }
+}
+
+/// A new file beside a target path, removed on drop unless [`persist`](TempFile::persist)
+/// renamed it into place. A crash leaves it under its temporary name only, never a
+/// partial file under the target's name.
+#[derive(Debug)]
+pub struct TempFile {
+    file: Option<File>,
+    path: PathBuf,
+}
+
+impl TempFile {
+    /// Create a new temporary file in `target`'s folder, named
+    /// `.<start of target's name>.vhdforge-<tag>-<pid>-<random>`. The process id lets a later
+    /// run recognise temporaries of processes that died ([`remove_orphans`]); the random
+    /// part makes the name impossible to plant in advance. Should a name be taken anyway,
+    /// another random one is tried.
+    pub fn beside(target: &Path, tag: &str) -> io::Result<TempFile> {
+        let mut last = None;
+        for _ in 0..8 {
+            let random = uuid::Uuid::new_v4().simple().to_string();
+            let path = target.with_file_name(format!(
+                "{}{}-{}",
+                temp_prefix(target, tag),
+                std::process::id(),
+                &random[..16]
+            ));
+            match create_new(&path) {
+                Ok(file) => {
+                    return Ok(TempFile {
+                        file: Some(file),
+                        path,
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("no temporary name available")))
+    }
+
+    /// The open file.
+    pub fn file(&self) -> &File {
+        self.file
+            .as_ref()
+            .expect("the file is only taken by persist, which consumes self")
+    }
+
+    /// Where the file is now.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Flush the file, rename it to `target` (which must be in the same folder) as
+    /// `replace` allows, then flush the folder so the new name survives a power loss.
+    /// On any error the temporary file is removed and nothing is at `target` that was not
+    /// there before.
+    pub fn persist(mut self, target: &Path, replace: Replace) -> Result<(), PersistError> {
+        let file = self
+            .file
+            .take()
+            .expect("the file is only taken by persist, which consumes self");
+        file.sync_all()?;
+        // Closed before the rename: Windows refuses to rename some open files.
+        drop(file);
+        match replace {
+            Replace::RegularFile => {
+                let occupant = Occupant::of(target)?;
+                if !occupant.is_replaceable() {
+                    return Err(PersistError::NotReplaceable(occupant));
+                }
+                std::fs::rename(&self.path, target)?;
+            }
+            Replace::Never => {
+                // A hard link fails if anything has the name, atomically; the temporary
+                // name is then dropped. File systems without hard links (FAT) get a rename
+                // checked just before.
+                match std::fs::hard_link(&self.path, target) {
+                    Ok(()) => {
+                        let _ = std::fs::remove_file(&self.path);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        return Err(PersistError::Exists(Occupant::of(target)?));
+                    }
+                    Err(e) => {
+                        let occupant = Occupant::of(target)?;
+                        if !occupant.is_vacant() {
+                            return Err(PersistError::Exists(occupant));
+                        }
+                        if std::fs::rename(&self.path, target).is_err() {
+                            return Err(PersistError::Io(e));
+                        }
+                    }
+                }
+            }
+        }
+        // The data is under the final name now: nothing for the guard to remove.
+        self.path = PathBuf::new();
+        sync_dir_of(target)?;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            self.file.take();
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The temporary name's fixed start for `target` and `tag`, ending before the process id.
+fn temp_prefix(target: &Path, tag: &str) -> String {
+    let name = target
+        .file_name()
+        .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
+    let mut cut = name.len().min(NAME_PREFIX_MAX);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(".{}.vhdforge-{tag}-", &name[..cut])
+}
+
+/// Remove the temporaries [`TempFile::beside`] made for `target` with `tag` in processes
+/// that no longer run (killed mid-way). Linux only (`/proc` tells whether a process runs);
+/// elsewhere they are left alone. Links are removed as links.
+pub fn remove_orphans(target: &Path, tag: &str) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let prefix = temp_prefix(target, tag);
+    let Ok(entries) = std::fs::read_dir(folder_of(target)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(&prefix)
+            // `PID-RANDOM`, or a bare `PID` left by releases before the random part.
+            .and_then(|rest| {
+                rest.split_once('-')
+                    .map_or(rest, |(pid, _)| pid)
+                    .parse::<u32>()
+                    .ok()
+            })
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// The folder holding `path` (`.` for a bare name).
+pub fn folder_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Flush the folder holding `path`, so a rename or removal there survives a crash (Unix;
+/// elsewhere the file system takes care of it). File systems that cannot flush a folder
+/// (`EINVAL`) are not an error.
+pub fn sync_dir_of(path: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        match File::open(folder_of(path)).and_then(|d| d.sync_all()) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+            r => r,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_planted_link_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        // A link at the exact name create_new is asked for: refused, victim untouched.
+        let link = dir.path().join("new");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let e = create_new(&link).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        // A dangling link too (O_CREAT would otherwise create its target).
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("created-through-link"), &dangling).unwrap();
+        assert_eq!(
+            create_new(&dangling).unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        assert!(!dir.path().join("created-through-link").exists());
+        // Links planted at every name the old scheme used (and any the prefix predicts):
+        // the temporary file is a new file of its own, the victim keeps its bytes.
+        let target = dir.path().join("out.vhd");
+        for planted in [
+            format!("{}{}", temp_prefix(&target, "partial"), std::process::id()),
+            "out.json.tmp-vhdforge".into(),
+            "out.vhdforge-inplace-new".into(),
+        ] {
+            std::os::unix::fs::symlink(&victim, dir.path().join(planted)).unwrap();
+        }
+        let mut t = TempFile::beside(&target, "partial").unwrap();
+        assert!(!std::fs::symlink_metadata(t.path())
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        t.file.as_mut().unwrap().write_all(b"new data").unwrap();
+        t.persist(&target, Replace::RegularFile).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(std::fs::read(&target).unwrap(), b"new data");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_device_target_is_refused_and_stays_a_device() {
+        let dir = tempfile::tempdir().unwrap();
+        // /dev/null itself would do (rename across file systems fails anyway), so test the
+        // check with a link to it in the same folder, and a FIFO, which needs no root.
+        let link = dir.path().join("null-link");
+        std::os::unix::fs::symlink("/dev/null", &link).unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo has no other memory effects.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        for (target, kind) in [
+            (&link, FileKind::CharDevice),
+            (&fifo, FileKind::Fifo),
+            (&sub, FileKind::Directory),
+        ] {
+            for replace in [Replace::RegularFile, Replace::Never] {
+                let t = TempFile::beside(target, "partial").unwrap();
+                let tmp = t.path().to_path_buf();
+                let e = t.persist(target, replace).unwrap_err();
+                match (&e, replace) {
+                    (PersistError::NotReplaceable(o), Replace::RegularFile)
+                    | (PersistError::Exists(o), Replace::Never) => assert_eq!(o.kind, kind),
+                    _ => panic!("{}: {e:?}", target.display()),
+                }
+                assert!(!tmp.exists(), "temporary left behind");
+            }
+        }
+        let meta = std::fs::symlink_metadata(&link).unwrap();
+        assert!(meta.file_type().is_symlink());
+        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("/dev/null"));
+        assert_eq!(Occupant::of(&fifo).unwrap().kind, FileKind::Fifo);
+        assert_eq!(
+            Occupant::of(&link).unwrap().to_string(),
+            "a symbolic link to /dev/null (a character device)"
+        );
+        assert_eq!(names(dir.path()), ["fifo", "null-link", "sub"]);
+    }
+
+    #[test]
+    fn a_crash_leaves_no_partial_file_under_the_final_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.vhd");
+        std::fs::write(&target, b"old complete").unwrap();
+        // Dropped before persist (an error, a panic unwinding): removed, target unchanged.
+        {
+            let mut t = TempFile::beside(&target, "partial").unwrap();
+            t.file.as_mut().unwrap().write_all(b"half").unwrap();
+        }
+        assert_eq!(names(dir.path()), ["out.vhd"]);
+        assert_eq!(std::fs::read(&target).unwrap(), b"old complete");
+        // Killed (no drop): the partial data exists only under the temporary name, and
+        // the next run removes it once its process is gone.
+        let t = TempFile::beside(&target, "partial").unwrap();
+        let tmp = t.path().to_path_buf();
+        std::mem::forget(t);
+        assert_eq!(std::fs::read(&target).unwrap(), b"old complete");
+        let dead = tmp.to_string_lossy().replace(
+            &format!("-{}-", std::process::id()),
+            &format!("-{}-", u32::MAX),
+        );
+        std::fs::rename(&tmp, &dead).unwrap();
+        // And one in the old `.NAME.vhdforge-partial-PID` form.
+        std::fs::write(
+            dir.path().join(format!(
+                "{}{}",
+                temp_prefix(&target, "partial"),
+                u32::MAX - 1
+            )),
+            b"old",
+        )
+        .unwrap();
+        remove_orphans(&target, "partial");
+        if cfg!(target_os = "linux") {
+            assert_eq!(names(dir.path()), ["out.vhd"]);
+        }
+    }
+
+    #[test]
+    fn never_replace_refuses_anything_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.vhd");
+        std::fs::write(&target, b"theirs").unwrap();
+        let t = TempFile::beside(&target, "partial").unwrap();
+        assert!(matches!(
+            t.persist(&target, Replace::Never),
+            Err(PersistError::Exists(Occupant {
+                kind: FileKind::Regular,
+                ..
+            }))
+        ));
+        assert_eq!(std::fs::read(&target).unwrap(), b"theirs");
+        assert_eq!(names(dir.path()), ["out.vhd"]);
+        // Vacant: persisted, no temporary left.
+        let fresh = dir.path().join("fresh.vhd");
+        TempFile::beside(&fresh, "partial")
+            .unwrap()
+            .persist(&fresh, Replace::Never)
+            .unwrap();
+        assert_eq!(names(dir.path()), ["fresh.vhd", "out.vhd"]);
+    }
+
+    /// The upload journal is written through [`TempFile`]: links planted at its old fixed
+    /// temporary name and at the predictable start of the new one are not followed.
+    #[cfg(all(unix, feature = "upload"))]
+    #[test]
+    fn links_planted_beside_the_upload_journal_are_never_followed() {
+        use crate::upload::journal;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("disk.raw");
+        std::fs::write(&src, b"x").unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let path = journal::path_for(&src, "https://a/c/b", None);
+        for planted in [
+            path.with_extension("json.tmp-vhdforge"),
+            PathBuf::from(format!(
+                "{}{}",
+                path.with_file_name(temp_prefix(&path, "journal")).display(),
+                std::process::id()
+            )),
+        ] {
+            std::os::unix::fs::symlink(&victim, planted).unwrap();
+        }
+        let id = journal::SourceIdentity::of(&src).unwrap();
+        let j = journal::new("https://a/c/b", id, Vec::new(), [1; 16], 2, "h".into());
+        journal::store(&path, &j).unwrap();
+        journal::store(&path, &j).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(journal::load(&path).unwrap().is_some());
+        assert_eq!(names(dir.path()).len(), 5, "{:?}", names(dir.path()));
+    }
+
+    #[test]
+    fn long_target_names_get_short_temporary_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = format!("{}.vhd", "é".repeat(123));
+        assert_eq!(long.len(), 250);
+        let target = dir.path().join(&long);
+        let t = TempFile::beside(&target, "partial").unwrap();
+        let tmp_name = t.path().file_name().unwrap().len();
+        assert!(tmp_name < 160, "{tmp_name}");
+        t.persist(&target, Replace::Never).unwrap();
+        assert_eq!(names(dir.path()), [long]);
+    }
+}
