@@ -3,7 +3,9 @@
 //! Images are recognised by content, never by file name: `vhdxfile` at offset 0 is VHDX,
 //! a `conectix` footer at the end (or its copy at offset 0) is VHD, anything else is raw.
 
+pub mod overlap;
 pub mod raw;
+pub mod table;
 pub mod vhd;
 pub mod vhdx;
 
@@ -12,6 +14,7 @@ use crate::image::{DiskImage, Format};
 use crate::io::{FileSource, ReadAt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use table::TableBudget;
 use uuid::Uuid;
 
 /// Options for opening images.
@@ -44,6 +47,9 @@ pub struct OpenContext<'a> {
     pub chain: Vec<PathBuf>,
     /// Images fully opened so far while resolving this chain (the top image included).
     pub opened: usize,
+    /// Memory left for whole BATs: one budget for the whole chain, so 64 layers of 64 MiB
+    /// tables cost no more than one (the rest are paged).
+    pub tables: TableBudget,
 }
 
 impl<'a> OpenContext<'a> {
@@ -53,6 +59,7 @@ impl<'a> OpenContext<'a> {
             opts,
             chain: Vec::new(),
             opened: 0,
+            tables: TableBudget::default(),
         }
     }
 

@@ -1,17 +1,22 @@
 //! The block allocation table and the per-block sector bitmaps (VHD spec v1.0, "Block
 //! Allocation Table and Data Blocks"; formats.md §1.8).
 //!
-//! The BAT is read in one call and checked entry by entry: every allocated block must lie
-//! inside the file (up to the bytes the virtual size needs), clear of the footer copy, the
-//! header and the BAT, and clear of every other block. Entries that fail are remembered as
-//! invalid; reading them is an error, everything else stays readable. Bitmaps are read on
-//! demand, only the bytes covering the sectors asked for, in one positional read.
+//! The BAT is held within the chain's memory budget (read whole in one call, or paged; see
+//! [`crate::format::table`]) and checked entry by entry in one streaming pass: every
+//! allocated block must lie inside the file (up to the bytes the virtual size needs), clear
+//! of the footer copy, the header and the BAT, and clear of every other block (a bounded
+//! sweep, [`crate::format::overlap`]). Entries that fail are remembered as invalid; reading
+//! them is an error, everything else stays readable. Bitmaps are read on demand, only the
+//! bytes covering the sectors asked for, in one positional read.
 
 use super::header::ValidHeader;
 use crate::error::{Error, Result};
 use crate::finding::Findings;
+use crate::format::overlap::{find_overlaps, Overlap, Spans, SWEEP_CAP};
+use crate::format::table::{EntryTable, EntryWidth, InvalidSet, TableBudget};
 use crate::io::{read_vec, ReadAt};
 use std::ops::Range;
+use std::sync::Arc;
 
 /// BAT entry of a block that is not allocated.
 pub const UNALLOCATED: u32 = 0xFFFF_FFFF;
@@ -43,9 +48,9 @@ pub enum BlockLocation {
 #[derive(Debug)]
 pub struct Bat {
     /// Entries for the blocks covering the usable virtual size.
-    entries: Vec<u32>,
-    /// Indexes of entries that failed validation, sorted.
-    invalid: Vec<u32>,
+    entries: EntryTable,
+    /// Entries that failed validation.
+    invalid: InvalidSet,
     /// Data bytes per block.
     pub block_size: u64,
     /// Bytes of sector bitmap before each block's data (a multiple of 512).
@@ -96,16 +101,83 @@ fn overlaps(a: &Range<u64>, b: &Range<u64>) -> bool {
     a.start < b.end && b.start < a.end
 }
 
+/// What the entry checks need to know about the file.
+struct Layout<'a> {
+    block_size: u64,
+    bitmap_bytes: u64,
+    covered_size: u64,
+    data_end: u64,
+    /// Footer copy, header, BAT: no block may overlap them.
+    metadata: &'a [Range<u64>],
+}
+
+/// Why one entry is invalid on its own (before comparing it with the others).
+enum EntryProblem {
+    OutOfBounds,
+    OnMetadata(Range<u64>),
+}
+
+impl Layout<'_> {
+    /// The file span of block `i` whose entry is `e` (allocated), or why it is invalid.
+    fn span(&self, i: u64, e: u64) -> std::result::Result<Range<u64>, EntryProblem> {
+        let start = e * SECTOR;
+        // The last block may stop where the virtual size does (formats.md §6 traps).
+        let need = self
+            .block_size
+            .min(self.covered_size.saturating_sub(i * self.block_size));
+        let end = start + self.bitmap_bytes + need;
+        if end > self.data_end {
+            return Err(EntryProblem::OutOfBounds);
+        }
+        let span = start..end;
+        match self.metadata.iter().find(|m| overlaps(&span, m)) {
+            Some(m) => Err(EntryProblem::OnMetadata(m.clone())),
+            None => Ok(span),
+        }
+    }
+}
+
+/// The blocks that passed the checks on their own, for the shared-storage sweep.
+struct StoredBlocks<'a> {
+    entries: &'a EntryTable,
+    layout: &'a Layout<'a>,
+}
+
+impl Spans for StoredBlocks<'_> {
+    fn scan(&self, emit: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        self.entries
+            .scan(|i, e| {
+                if e != u64::from(UNALLOCATED) {
+                    if let Ok(span) = self.layout.span(i, e) {
+                        emit(span.start, i);
+                    }
+                }
+            })
+            .map_err(|e| Error::io("cannot read the block allocation table", e))
+    }
+    fn end(&self, start: u64, index: u64) -> u64 {
+        let need = self.layout.block_size.min(
+            self.layout
+                .covered_size
+                .saturating_sub(index * self.layout.block_size),
+        );
+        start + self.layout.bitmap_bytes + need
+    }
+}
+
 impl Bat {
     /// Read and validate the BAT of the header `hdr` for a disk of `virtual_size` bytes.
     /// `data_end` is where the trailing footer starts (the end of usable file space) and
     /// `reserved` lists metadata ranges blocks must not overlap (footer copy, header).
+    /// The table is held whole if it fits `budget`, paged otherwise.
+    #[allow(clippy::too_many_arguments)]
     pub fn load(
-        src: &dyn ReadAt,
+        src: &Arc<dyn ReadAt>,
         hdr: &ValidHeader,
         virtual_size: u64,
         data_end: u64,
         reserved: &[Range<u64>],
+        budget: &mut TableBudget,
         findings: &mut Findings,
     ) -> Result<Bat> {
         let max_entries = u64::from(hdr.header.max_table_entries.get());
@@ -144,8 +216,6 @@ impl Bat {
                 );
             }
         }
-        let raw = read_vec(src, table_offset, table_bytes, MAX_BAT_BYTES)
-            .map_err(|e| Error::io("cannot read the block allocation table", e).at(table_offset))?;
 
         let needed = virtual_size.div_ceil(block_size);
         let usable = needed.min(max_entries);
@@ -162,69 +232,73 @@ impl Bat {
         } else {
             virtual_size
         };
-
-        let entries: Vec<u32> = raw
-            .chunks_exact(4)
-            .take(usable as usize)
-            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        // Only the entries in use are held: the rest of the table is never read.
+        let entries = EntryTable::open(src.clone(), table_offset, usable, EntryWidth::Be32, budget)
+            .map_err(|e| Error::io("cannot read the block allocation table", e).at(table_offset))?;
         let bitmap_bytes = bitmap_bytes(block_size);
-        let mut invalid = Vec::new();
-        let mut spans: Vec<(Range<u64>, u32)> = Vec::new();
-        let mut out_of_bounds = EntryProblems::new("vhd.bat.entry_out_of_bounds");
-        let mut on_metadata = EntryProblems::new("vhd.bat.entry_overlap");
         let mut metadata: Vec<Range<u64>> = reserved.to_vec();
         metadata.push(table.clone());
-        for (i, &e) in entries.iter().enumerate() {
-            if e == UNALLOCATED {
-                continue;
-            }
-            let entry_at = table_offset + i as u64 * ENTRY_SIZE;
-            let start = u64::from(e) * SECTOR;
-            // The last block may stop where the virtual size does (formats.md §6 traps).
-            let need = block_size.min(covered_size - i as u64 * block_size);
-            let end = start + bitmap_bytes + need;
-            if end > data_end {
-                out_of_bounds.record(findings, entry_at, || {
-                    format!("BAT entry {i} puts block {i} at {start:#x}..{end:#x}, past the end of the usable file ({data_end:#x})")
-                });
-                invalid.push(i as u32);
-                continue;
-            }
-            let span = start..end;
-            if let Some(m) = metadata.iter().find(|m| overlaps(&span, m)) {
-                on_metadata.record(findings, entry_at, || {
-                    format!("BAT entry {i} puts block {i} at {start:#x}..{end:#x}, on top of metadata at {:#x}..{:#x}", m.start, m.end)
-                });
-                invalid.push(i as u32);
-                continue;
-            }
-            spans.push((span, i as u32));
-        }
+        let layout = Layout {
+            block_size,
+            bitmap_bytes,
+            covered_size,
+            data_end,
+            metadata: &metadata,
+        };
+        let mut invalid = InvalidSet::default();
+        let mut out_of_bounds = EntryProblems::new("vhd.bat.entry_out_of_bounds");
+        let mut on_metadata = EntryProblems::new("vhd.bat.entry_overlap");
+        entries
+            .scan(|i, e| {
+                if e == u64::from(UNALLOCATED) {
+                    return;
+                }
+                let entry_at = table_offset + i * ENTRY_SIZE;
+                let start = e * SECTOR;
+                match layout.span(i, e) {
+                    Ok(_) => {}
+                    Err(EntryProblem::OutOfBounds) => {
+                        out_of_bounds.record(findings, entry_at, || {
+                            format!("BAT entry {i} puts block {i} at {start:#x}, past the end of the usable file ({data_end:#x})")
+                        });
+                        invalid.insert(i);
+                    }
+                    Err(EntryProblem::OnMetadata(m)) => {
+                        on_metadata.record(findings, entry_at, || {
+                            format!("BAT entry {i} puts block {i} at {start:#x}, on top of metadata at {:#x}..{:#x}", m.start, m.end)
+                        });
+                        invalid.insert(i);
+                    }
+                }
+            })
+            .map_err(|e| Error::io("cannot read the block allocation table", e).at(table_offset))?;
         // Two entries sharing (or overlapping) storage would make writes to one block show
         // up in another: every such pair is invalid.
-        spans.sort_unstable_by_key(|(r, _)| r.start);
         let mut shared = EntryProblems::new("vhd.bat.entry_shared");
-        let mut furthest: Option<(u64, u32)> = None;
-        for (span, i) in &spans {
-            if let Some((end, j)) = furthest {
-                if span.start < end {
-                    shared.record(findings, table_offset + u64::from(*i) * ENTRY_SIZE, || {
-                        format!("BAT entries {j} and {i} point at overlapping storage (block {i} starts at {:#x}, block {j} ends at {end:#x})", span.start)
-                    });
-                    invalid.push(*i);
-                    invalid.push(j);
-                }
-            }
-            if furthest.is_none_or(|(end, _)| span.end > end) {
-                furthest = Some((span.end, *i));
-            }
-        }
+        let stored = StoredBlocks {
+            entries: &entries,
+            layout: &layout,
+        };
+        find_overlaps(&stored, SWEEP_CAP, &mut |o: Overlap| {
+            let (i, j) = (o.later, o.earlier);
+            shared.record(findings, table_offset + i * ENTRY_SIZE, || {
+                format!("BAT entries {j} and {i} point at overlapping storage (block {i} starts at {:#x}, block {j} ends at {:#x})", o.later_start, o.earlier_end)
+            });
+            invalid.insert(i);
+            invalid.insert(j);
+        })
+        .map_err(|e| e.at(table_offset))?;
         out_of_bounds.summarize(findings);
         on_metadata.summarize(findings);
         shared.summarize(findings);
-        invalid.sort_unstable();
-        invalid.dedup();
+        invalid.seal();
+        if invalid.is_saturated() {
+            findings.error(
+                "vhd.bat.entry_invalid",
+                Some(table_offset),
+                "so many BAT entries are invalid that every allocated block of this disk is treated as unreadable",
+            );
+        }
         Ok(Bat {
             entries,
             invalid,
@@ -236,7 +310,7 @@ impl Bat {
     }
 
     /// Number of entries in use.
-    pub fn len(&self) -> usize {
+    pub fn len(&self) -> u64 {
         self.entries.len()
     }
 
@@ -245,23 +319,21 @@ impl Bat {
         self.entries.is_empty()
     }
 
-    /// Where block `index` lives.
-    pub fn location(&self, index: u64) -> BlockLocation {
-        let Some(&e) = usize::try_from(index)
-            .ok()
-            .and_then(|i| self.entries.get(i))
-        else {
-            return BlockLocation::Unallocated;
-        };
-        if e == UNALLOCATED {
+    /// Where block `index` lives (reading its BAT page when the table is paged).
+    pub fn location(&self, index: u64) -> std::io::Result<BlockLocation> {
+        if index >= self.entries.len() {
+            return Ok(BlockLocation::Unallocated);
+        }
+        let e = self.entries.get(index)?;
+        Ok(if e == u64::from(UNALLOCATED) {
             BlockLocation::Unallocated
-        } else if u32::try_from(index).is_ok_and(|i| self.invalid.binary_search(&i).is_ok()) {
+        } else if self.invalid.contains(index) {
             BlockLocation::Invalid
         } else {
             BlockLocation::At {
-                bitmap_offset: u64::from(e) * SECTOR,
+                bitmap_offset: e * SECTOR,
             }
-        }
+        })
     }
 
     /// Read the bitmap bits of sectors `[first, end)` of the block whose bitmap starts at

@@ -276,11 +276,12 @@ impl VhdImage {
             hdr.offset..hdr.offset + HEADER_SIZE as u64,
         ];
         let bat = Bat::load(
-            src.as_ref(),
+            src,
             &hdr,
             current_size,
             data_end,
             &reserved,
+            &mut ctx.tables,
             findings,
         )?;
         info.virtual_size = bat.covered_size;
@@ -378,7 +379,10 @@ impl VhdImage {
     /// Read from one block: `buf` covers block-relative bytes `[in_block, in_block + len)`.
     fn read_block(&self, bat: &Bat, block: u64, in_block: u64, buf: &mut [u8]) -> Result<()> {
         let voff = block * bat.block_size + in_block;
-        let bitmap_offset = match bat.location(block) {
+        let location = bat
+            .location(block)
+            .map_err(|e| self.io_err("the BAT", bat.table_offset, e))?;
+        let bitmap_offset = match location {
             BlockLocation::Unallocated => return self.read_beneath(buf, voff),
             BlockLocation::Invalid => return Err(Self::invalid_block(bat, block)),
             BlockLocation::At { bitmap_offset } => bitmap_offset,
@@ -429,7 +433,10 @@ impl VhdImage {
             let block_start = block * bat.block_size;
             let in_block = pos - block_start;
             let in_end = (end - block_start).min(bat.block_size);
-            match bat.location(block) {
+            let location = bat
+                .location(block)
+                .map_err(|e| self.io_err("the BAT", bat.table_offset, e))?;
+            match location {
                 BlockLocation::Unallocated => {
                     push_extent(
                         out,

@@ -1,13 +1,19 @@
 //! The block allocation table ([MS-VHDX] §2.5; formats.md §2.8).
 //!
 //! One little-endian u64 per payload block and per sector-bitmap block, interleaved: after
-//! every `chunk_ratio` payload entries comes the bitmap entry of that chunk. The whole table
-//! is read in one call at open and validated once, so reads only index a `Vec`.
+//! every `chunk_ratio` payload entries comes the bitmap entry of that chunk. The table is
+//! held within the chain's memory budget (read whole in one call, so reads only index
+//! memory, or paged for tables up to 512 MiB; see [`crate::format::table`]) and validated
+//! once at open in a streaming pass plus a bounded shared-storage sweep
+//! ([`crate::format::overlap`]).
 
 use super::MIB;
 use crate::error::{Error, Result};
 use crate::finding::Findings;
-use crate::io::{read_vec, ReadAt};
+use crate::format::overlap::{find_overlaps, Overlap, Spans, SWEEP_CAP};
+use crate::format::table::{EntryTable, EntryWidth, InvalidSet, TableBudget};
+use crate::io::ReadAt;
+use std::sync::Arc;
 
 /// Payload state: not stored here (zeros, or the parent's data in a differencing disk).
 pub const PAYLOAD_NOT_PRESENT: u64 = 0;
@@ -33,8 +39,6 @@ pub const RESERVED_MASK: u64 = 0xF_FFF8;
 pub const OFFSET_MASK: u64 = !0xF_FFFF;
 /// Per-entry findings recorded before summarising the rest.
 const MAX_ENTRY_FINDINGS: usize = 16;
-/// Marks an entry found invalid at open (a reserved state, never valid on disk).
-const INVALID: u64 = 4;
 
 /// How payload blocks map onto BAT entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,27 +124,81 @@ pub enum Block {
 }
 
 /// The validated BAT.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Bat {
-    /// Raw entries, with invalid ones replaced by a reserved state.
-    entries: Vec<u64>,
+    /// Raw entries.
+    entries: EntryTable,
+    /// Payload blocks whose entry failed validation.
+    invalid: InvalidSet,
     /// Block layout.
     pub geometry: Geometry,
     /// Offset of the BAT, for messages.
     pub offset: u64,
 }
 
+/// Stored payload blocks that passed the checks on their own, for the overlap sweep.
+struct StoredBlocks<'a> {
+    bat: &'a Bat,
+}
+
+impl Spans for StoredBlocks<'_> {
+    fn scan(&self, emit: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        let g = self.bat.geometry;
+        self.bat
+            .entries
+            .scan(|idx, e| {
+                if let Some(i) = g.payload_block_of(idx) {
+                    if matches!(
+                        e & STATE_MASK,
+                        PAYLOAD_FULLY_PRESENT | PAYLOAD_PARTIALLY_PRESENT
+                    ) && !self.bat.invalid.contains(i)
+                    {
+                        emit(e & OFFSET_MASK, i);
+                    }
+                }
+            })
+            .map_err(|e| bat_read_error(self.bat.offset, &e))
+    }
+    fn end(&self, start: u64, index: u64) -> u64 {
+        start + self.bat.geometry.block_len(index)
+    }
+}
+
+fn bat_read_error(offset: u64, e: &std::io::Error) -> Error {
+    Error::corrupt(
+        "vhdx.bat.bounds",
+        offset,
+        format!("cannot read the BAT: {e}"),
+    )
+}
+
+impl Geometry {
+    /// The payload block whose entry is BAT index `idx`, or `None` for a sector-bitmap
+    /// entry or an entry past the last payload block.
+    pub fn payload_block_of(&self, idx: u64) -> Option<u64> {
+        let per_chunk = self.chunk_ratio + 1;
+        if idx % per_chunk == self.chunk_ratio {
+            return None;
+        }
+        let i = idx - idx / per_chunk;
+        (i < self.payload_blocks).then_some(i)
+    }
+}
+
 impl Bat {
-    /// Read the BAT region `(offset, length)` from `src` in one call and validate every
-    /// entry. `file_len` is the (replayed) file length; `forbidden` are the spans payload
-    /// may not overlap (header section, log, BAT, metadata), as `(name, offset, length)`.
+    /// Open the BAT region `(offset, length)` of `src` (whole if it fits `budget`, paged
+    /// otherwise) and validate every entry. `file_len` is the (replayed) file length;
+    /// `forbidden` are the spans payload may not overlap (header section, log, BAT,
+    /// metadata), as `(name, offset, length)`.
+    #[allow(clippy::too_many_arguments)]
     pub fn load(
-        src: &dyn ReadAt,
+        src: &Arc<dyn ReadAt>,
         region: (u64, u64),
         geometry: Geometry,
         has_parent: bool,
         file_len: u64,
         forbidden: &[(&str, u64, u64)],
+        budget: &mut TableBudget,
         findings: &mut Findings,
     ) -> Result<Bat> {
         let (offset, region_len) = region;
@@ -155,24 +213,21 @@ impl Bat {
                 ),
             ));
         }
-        let bytes = read_vec(src, offset, need, region_len).map_err(|e| {
-            Error::corrupt(
-                "vhdx.bat.bounds",
-                offset,
-                format!("cannot read the BAT: {e}"),
-            )
-        })?;
-        let entries: Vec<u64> = bytes
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
-            .collect();
-        drop(bytes);
+        let entries = EntryTable::open(
+            src.clone(),
+            offset,
+            geometry.entry_count,
+            EntryWidth::Le64,
+            budget,
+        )
+        .map_err(|e| bat_read_error(offset, &e))?;
         let mut bat = Bat {
             entries,
+            invalid: InvalidSet::default(),
             geometry,
             offset,
         };
-        bat.validate(has_parent, file_len, forbidden, findings);
+        bat.validate(has_parent, file_len, forbidden, findings)?;
         Ok(bat)
     }
 
@@ -182,94 +237,124 @@ impl Bat {
         file_len: u64,
         forbidden: &[(&str, u64, u64)],
         findings: &mut Findings,
-    ) {
+    ) -> Result<()> {
         let g = self.geometry;
         let mut bad = 0usize;
         let mut draft_unmapped = 0u64;
         let mut reserved_bits = 0u64;
+        let bat_offset = self.offset;
         let mut report = |findings: &mut Findings, idx: u64, msg: String, code: &'static str| {
             bad += 1;
             if bad <= MAX_ENTRY_FINDINGS {
-                findings.error(code, Some(self.offset + idx * 8), msg);
+                findings.error(code, Some(bat_offset + idx * 8), msg);
             }
         };
         // Checks a stored span (payload data or a bitmap block) against the file and structures.
-        let check_span = |what: &str, off: u64, len: u64| -> Option<(&'static str, String)> {
-            if off < MIB {
-                return Some((
-                    "vhdx.bat.offset",
-                    format!("{what} at {off:#x} lies inside the header section"),
-                ));
-            }
-            match off.checked_add(len) {
-                Some(end) if end <= file_len => {}
-                _ => {
+        let check_span =
+            |what: &dyn Fn() -> String, off: u64, len: u64| -> Option<(&'static str, String)> {
+                if off < MIB {
                     return Some((
                         "vhdx.bat.offset",
-                        format!("{what} at {off:#x} needs {len:#x} bytes but the file ends at {file_len:#x}"),
-                    ))
+                        format!("{} at {off:#x} lies inside the header section", what()),
+                    ));
                 }
-            }
-            forbidden
-                .iter()
-                .find(|(_, o, l)| *l > 0 && off < o.saturating_add(*l) && *o < off + len)
-                .map(|(name, o, l)| {
-                    (
-                        "vhdx.bat.overlap",
-                        format!("{what} at {off:#x}+{len:#x} overlaps {name} at {o:#x}+{l:#x}"),
-                    )
-                })
-        };
-        // (file offset, length, block) of every stored payload block, for the overlap check.
-        let mut stored: Vec<(u64, u64, u64)> = Vec::new();
-        for i in 0..g.payload_blocks {
-            let idx = g.payload_index(i);
-            let e = self.entries[idx as usize];
-            reserved_bits |= e & RESERVED_MASK;
-            let problem = match e & STATE_MASK {
-                PAYLOAD_NOT_PRESENT | PAYLOAD_UNDEFINED | PAYLOAD_ZERO | PAYLOAD_UNMAPPED => None,
-                PAYLOAD_UNMAPPED_DRAFT => {
-                    draft_unmapped += 1;
-                    None
-                }
-                PAYLOAD_FULLY_PRESENT => check_span(&format!("payload block {i}"), e & OFFSET_MASK, g.block_len(i)),
-                PAYLOAD_PARTIALLY_PRESENT if has_parent => {
-                    let b = self.entries[g.bitmap_index(i) as usize];
-                    if b & STATE_MASK != SB_BLOCK_PRESENT {
-                        Some((
-                            "vhdx.bat.state",
-                            format!("payload block {i} is PARTIALLY_PRESENT but its chunk's sector bitmap entry has state {}, expected 6 (present)", b & STATE_MASK),
+                match off.checked_add(len) {
+                    Some(end) if end <= file_len => {}
+                    _ => {
+                        return Some((
+                            "vhdx.bat.offset",
+                            format!(
+                        "{} at {off:#x} needs {len:#x} bytes but the file ends at {file_len:#x}",
+                        what()
+                    ),
                         ))
-                    } else {
-                        check_span(&format!("sector bitmap of block {i}"), b & OFFSET_MASK, MIB)
-                            .or_else(|| check_span(&format!("payload block {i}"), e & OFFSET_MASK, g.block_len(i)))
                     }
                 }
-                PAYLOAD_PARTIALLY_PRESENT => Some((
-                    "vhdx.bat.state",
-                    format!("payload block {i} is PARTIALLY_PRESENT, which only a differencing disk may use"),
-                )),
-                s => Some(("vhdx.bat.state", format!("payload block {i} has reserved state {s}"))),
+                forbidden
+                    .iter()
+                    .find(|(_, o, l)| *l > 0 && off < o.saturating_add(*l) && *o < off + len)
+                    .map(|(name, o, l)| {
+                        (
+                            "vhdx.bat.overlap",
+                            format!(
+                                "{} at {off:#x}+{len:#x} overlaps {name} at {o:#x}+{l:#x}",
+                                what()
+                            ),
+                        )
+                    })
             };
-            if let Some((code, msg)) = problem {
-                report(findings, idx, msg, code);
-                self.entries[idx as usize] = INVALID;
-            } else if matches!(
-                e & STATE_MASK,
-                PAYLOAD_FULLY_PRESENT | PAYLOAD_PARTIALLY_PRESENT
-            ) {
-                stored.push((e & OFFSET_MASK, g.block_len(i), i));
-            }
+        let entries = &self.entries;
+        let mut invalid = InvalidSet::default();
+        let mut read_error = None;
+        entries
+            .scan(|idx, e| {
+                let Some(i) = g.payload_block_of(idx) else {
+                    return;
+                };
+                reserved_bits |= e & RESERVED_MASK;
+                let payload = || format!("payload block {i}");
+                let problem = match e & STATE_MASK {
+                    PAYLOAD_NOT_PRESENT | PAYLOAD_UNDEFINED | PAYLOAD_ZERO | PAYLOAD_UNMAPPED => None,
+                    PAYLOAD_UNMAPPED_DRAFT => {
+                        draft_unmapped += 1;
+                        None
+                    }
+                    PAYLOAD_FULLY_PRESENT => check_span(&payload, e & OFFSET_MASK, g.block_len(i)),
+                    PAYLOAD_PARTIALLY_PRESENT if has_parent => {
+                        // The chunk's bitmap entry lies in the same or the next page.
+                        let b = match entries.get(g.bitmap_index(i)) {
+                            Ok(b) => b,
+                            Err(err) => {
+                                read_error.get_or_insert(err);
+                                return;
+                            }
+                        };
+                        if b & STATE_MASK != SB_BLOCK_PRESENT {
+                            Some((
+                                "vhdx.bat.state",
+                                format!("payload block {i} is PARTIALLY_PRESENT but its chunk's sector bitmap entry has state {}, expected 6 (present)", b & STATE_MASK),
+                            ))
+                        } else {
+                            check_span(&|| format!("sector bitmap of block {i}"), b & OFFSET_MASK, MIB)
+                                .or_else(|| check_span(&payload, e & OFFSET_MASK, g.block_len(i)))
+                        }
+                    }
+                    PAYLOAD_PARTIALLY_PRESENT => Some((
+                        "vhdx.bat.state",
+                        format!("payload block {i} is PARTIALLY_PRESENT, which only a differencing disk may use"),
+                    )),
+                    s => Some(("vhdx.bat.state", format!("payload block {i} has reserved state {s}"))),
+                };
+                if let Some((code, msg)) = problem {
+                    report(findings, idx, msg, code);
+                    invalid.insert(i);
+                }
+            })
+            .map_err(|e| bat_read_error(self.offset, &e))?;
+        if let Some(e) = read_error {
+            return Err(bat_read_error(self.offset, &e));
         }
-        // Two blocks sharing file space would make a write to one change the other: corrupt.
-        stored.sort_unstable();
-        for w in stored.windows(2) {
-            let ((a_off, a_len, a), (b_off, _, b)) = (w[0], w[1]);
-            if a_off + a_len > b_off {
-                let idx = g.payload_index(b);
-                report(findings, idx, format!("payload block {b} at {b_off:#x} overlaps payload block {a} at {a_off:#x}+{a_len:#x}"), "vhdx.bat.overlap");
-                self.entries[idx as usize] = INVALID;
-            }
+        invalid.seal();
+        self.invalid = invalid;
+        // Two blocks sharing file space would make a write to one change the other:
+        // corrupt. The later one (by offset) is refused. Pointless once every stored block
+        // counts as invalid.
+        if !self.invalid.is_saturated() {
+            let mut shared = InvalidSet::default();
+            find_overlaps(&StoredBlocks { bat: self }, SWEEP_CAP, &mut |o: Overlap| {
+                let idx = g.payload_index(o.later);
+                report(
+                    findings,
+                    idx,
+                    format!(
+                        "payload block {} at {:#x} overlaps payload block {} ending at {:#x}",
+                        o.later, o.later_start, o.earlier, o.earlier_end
+                    ),
+                    "vhdx.bat.overlap",
+                );
+                shared.insert(o.later);
+            })?;
+            self.invalid.merge(shared);
         }
         if bad > MAX_ENTRY_FINDINGS {
             findings.error(
@@ -279,6 +364,13 @@ impl Bat {
                     "{} more invalid BAT entries not listed",
                     bad - MAX_ENTRY_FINDINGS
                 ),
+            );
+        }
+        if self.invalid.is_saturated() {
+            findings.error(
+                "vhdx.bat.state",
+                Some(self.offset),
+                "so many BAT entries are invalid that every stored block of this disk is treated as unreadable",
             );
         }
         if draft_unmapped > 0 {
@@ -295,27 +387,36 @@ impl Bat {
                 "BAT entries have reserved bits 3-19 set; ignored",
             );
         }
+        Ok(())
     }
 
-    /// What payload block `i` holds (`i` < payload_blocks).
-    pub fn block(&self, i: u64) -> Block {
+    /// What payload block `i` holds (`i` < payload_blocks); a paged table may have to read
+    /// the page holding its entry.
+    pub fn block(&self, i: u64) -> Result<Block> {
         let g = &self.geometry;
-        let e = self.entries[g.payload_index(i) as usize];
-        match e & STATE_MASK {
+        let get = |idx: u64| {
+            self.entries
+                .get(idx)
+                .map_err(|e| Error::io("cannot read the BAT", e).at(self.offset + idx * 8))
+        };
+        let e = get(g.payload_index(i))?;
+        Ok(match e & STATE_MASK {
             PAYLOAD_NOT_PRESENT => Block::NotPresent,
             PAYLOAD_UNDEFINED | PAYLOAD_ZERO | PAYLOAD_UNMAPPED | PAYLOAD_UNMAPPED_DRAFT => {
                 Block::Zero
             }
+            // Checked first: an invalid partial block's bitmap entry may not even exist.
+            _ if self.invalid.contains(i) => Block::Invalid,
             PAYLOAD_FULLY_PRESENT => Block::Present(e & OFFSET_MASK),
             PAYLOAD_PARTIALLY_PRESENT => {
-                let b = self.entries[g.bitmap_index(i) as usize] & OFFSET_MASK;
+                let b = get(g.bitmap_index(i))? & OFFSET_MASK;
                 Block::Partial {
                     bitmap: b + (i % g.chunk_ratio) * g.bitmap_bytes_per_block(),
                     data: e & OFFSET_MASK,
                 }
             }
             _ => Block::Invalid,
-        }
+        })
     }
 }
 
@@ -323,6 +424,10 @@ impl Bat {
 mod tests {
     use super::*;
     use crate::io::MemSource;
+
+    fn mem(bytes: Vec<u8>) -> Arc<dyn ReadAt> {
+        Arc::new(MemSource::new(bytes))
+    }
 
     #[test]
     fn geometry_matches_reference_table() {
@@ -383,10 +488,21 @@ mod tests {
         for (entry, want, code) in cases {
             let mut bytes = vec![0u8; MIB as usize];
             bytes[..8].copy_from_slice(&entry.to_le_bytes());
-            let src = MemSource::new(bytes);
+            let src = mem(bytes);
             let mut f = Findings::default();
-            let bat = Bat::load(&src, (0, MIB), g, false, file_len, &forbidden, &mut f).unwrap();
-            assert_eq!(bat.block(0), want, "entry {entry:#x}");
+            let mut budget = TableBudget::default();
+            let bat = Bat::load(
+                &src,
+                (0, MIB),
+                g,
+                false,
+                file_len,
+                &forbidden,
+                &mut budget,
+                &mut f,
+            )
+            .unwrap();
+            assert_eq!(bat.block(0).unwrap(), want, "entry {entry:#x}");
             assert_eq!(
                 f.0.first().map(|f| f.code),
                 code,
@@ -409,18 +525,19 @@ mod tests {
         }
         let mut f = Findings::default();
         let bat = Bat::load(
-            &MemSource::new(bytes),
+            &mem(bytes),
             (0, MIB),
             g,
             false,
             16 * MIB,
             &[],
+            &mut TableBudget::default(),
             &mut f,
         )
         .unwrap();
-        assert_eq!(bat.block(0), Block::Present(5 * MIB));
-        assert_eq!(bat.block(1), Block::Present(6 * MIB));
-        assert_eq!(bat.block(2), Block::Invalid);
+        assert_eq!(bat.block(0).unwrap(), Block::Present(5 * MIB));
+        assert_eq!(bat.block(1).unwrap(), Block::Present(6 * MIB));
+        assert_eq!(bat.block(2).unwrap(), Block::Invalid);
         assert_eq!(
             f.0.iter().map(|f| f.code).collect::<Vec<_>>(),
             ["vhdx.bat.overlap"]
@@ -430,7 +547,7 @@ mod tests {
     #[test]
     fn region_too_small_for_the_disk() {
         let g = Geometry::new(1 << 20, 512, 200_000 << 20, false);
-        let src = MemSource::new(vec![0; 4 * MIB as usize]);
+        let src = mem(vec![0; 4 * MIB as usize]);
         let e = Bat::load(
             &src,
             (MIB, MIB),
@@ -438,9 +555,42 @@ mod tests {
             false,
             4 * MIB,
             &[],
+            &mut TableBudget::default(),
             &mut Findings::default(),
         )
         .unwrap_err();
         assert_eq!(e.code(), "vhdx.bat.size");
+    }
+
+    #[test]
+    fn paged_table_validates_and_reads_like_a_whole_one() {
+        // 64 MiB of 1 MiB blocks; blocks 3 and 40 share storage, block 9 lies past the
+        // end. With no budget the table is paged and must give the same answers.
+        let g = Geometry::new(1 << 20, 512, 64 << 20, false);
+        let mut bytes = vec![0u8; 4 * MIB as usize];
+        let set = |bytes: &mut Vec<u8>, i: u64, e: u64| {
+            let at = 8 * g.payload_index(i) as usize;
+            bytes[at..at + 8].copy_from_slice(&e.to_le_bytes());
+        };
+        set(&mut bytes, 3, PAYLOAD_FULLY_PRESENT | (2 * MIB));
+        set(&mut bytes, 40, PAYLOAD_FULLY_PRESENT | (2 * MIB));
+        set(&mut bytes, 9, PAYLOAD_FULLY_PRESENT | (3 * MIB));
+        set(&mut bytes, 12, PAYLOAD_ZERO);
+        let src = mem(bytes);
+        let mut outcomes = Vec::new();
+        for budget in [u64::MAX, 0] {
+            let mut f = Findings::default();
+            let mut b = TableBudget::new(budget);
+            let bat = Bat::load(&src, (0, MIB), g, false, 3 * MIB, &[], &mut b, &mut f).unwrap();
+            assert_eq!(bat.entries.is_paged(), budget == 0);
+            let blocks: Vec<Block> = (0..64).map(|i| bat.block(i).unwrap()).collect();
+            assert_eq!(blocks[3], Block::Present(2 * MIB));
+            assert_eq!(blocks[40], Block::Invalid);
+            assert_eq!(blocks[9], Block::Invalid);
+            assert_eq!(blocks[12], Block::Zero);
+            let codes: Vec<&str> = f.0.iter().map(|f| f.code).collect();
+            outcomes.push((blocks, codes));
+        }
+        assert_eq!(outcomes[0], outcomes[1]);
     }
 }

@@ -2,9 +2,10 @@
 //! 4096-byte logical sectors.
 //!
 //! Opening reads only metadata: the header section, the log when it must be replayed, the
-//! region table, the metadata items and the whole BAT in one call. Reads then map virtual
-//! ranges through the in-memory BAT and fetch each run of stored bytes with one positional
-//! read, so many threads can read one image without a lock.
+//! region table, the metadata items and the BAT (whole in one call when it fits the chain's
+//! memory budget, else paged on demand). Reads then map virtual ranges through the BAT and
+//! fetch each run of stored bytes with one positional read, so many threads can read one
+//! image without a shared lock.
 //!
 //! Finding and error codes: `vhdx.signature`, `vhdx.truncated`; `vhdx.header.{signature,
 //! checksum,sequence,version,log}`; `vhdx.region.{checksum,bounds,duplicate,overlap,missing,
@@ -212,12 +213,13 @@ impl VhdxImage {
             ("the log", log_span.0, log_span.1),
         ];
         let bat = Bat::load(
-            data.as_ref(),
+            &data,
             regions.bat,
             geometry,
             md.has_parent,
             data.size(),
             &forbidden,
+            &mut ctx.tables,
             &mut findings,
         )?;
         if md.logical_sector_size == 4096 {
@@ -289,7 +291,7 @@ impl VhdxImage {
                 length: n,
                 allocation: a,
             };
-            match self.bat.block(i) {
+            match self.bat.block(i)? {
                 Block::NotPresent => push_extent(out, alloc(Allocation::Unallocated)),
                 Block::Zero => push_extent(out, alloc(Allocation::Zero)),
                 Block::Present(off) => push_extent(out, alloc(Allocation::Data { layer: 0, file_offset: off + in_block })),
