@@ -17,6 +17,7 @@ command -v sfdisk >/dev/null 2>&1 || need_apt+=(fdisk)
 command -v sgdisk >/dev/null 2>&1 || need_apt+=(gdisk)
 command -v partx >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v pvcreate >/dev/null 2>&1 || need_apt+=(lvm2)
+command -v mkfs.ext4 >/dev/null 2>&1 && command -v debugfs >/dev/null 2>&1 || need_apt+=(e2fsprogs)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
