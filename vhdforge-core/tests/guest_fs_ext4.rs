@@ -548,3 +548,190 @@ fn ext2_block_maps_match_the_kernel() {
     assert_same(&want, &our_view(bare.as_ref(), unreadable), "ext2");
     assert_lookups(bare.as_ref(), &mnt);
 }
+
+/// Only our loop devices, no udev, no devices file, no backups in /etc/lvm.
+const LVM_CONFIG: &str = "devices { use_devicesfile=0 obtain_device_list_from_udev=0 filter=[\"a|^/dev/loop|\",\"r|.*|\"] } activation { udev_sync=0 udev_rules=0 monitoring=0 } backup { backup=0 archive=0 }";
+
+fn lvm(cmd: &str, args: &[&str]) -> String {
+    let mut a = vec!["--config", LVM_CONFIG];
+    a.extend_from_slice(args);
+    run(cmd, &a)
+}
+
+/// A loop device detached when the test ends, pass or fail.
+struct Loop(String);
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// An ext4 file system in a logical volume of two segments (grown after another LV was
+/// made), read through `Volume::from_lv`. Without device-mapper the LV cannot be mounted,
+/// so the file system is made in a file, mounted from there for the kernel's view, and its
+/// bytes are placed at the physical extents `lvs` reports for each segment.
+#[test]
+fn ext4_in_a_two_segment_logical_volume_matches_the_kernel() {
+    use vhdforge_core::guest::lvm as guest_lvm;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("lvm.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(64 * MIB)
+        .unwrap();
+    let mut sf = Command::new("sfdisk")
+        .args(["-q", s(&disk)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("oracle `sfdisk` is required; scripts/setup.sh installs it");
+    sf.stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: gpt\nsize=2048, type=U\ntype=E6D6D379-F507-44C2-A23C-238F2A3DF928\n")
+        .unwrap();
+    assert!(sf.wait().unwrap().success());
+    let part = partition::partitions(open_image(&disk).as_ref())
+        .unwrap()
+        .get(2)
+        .unwrap()
+        .clone();
+    let dev = run(
+        "losetup",
+        &[
+            "-f",
+            "--show",
+            "--offset",
+            &part.start_bytes.to_string(),
+            "--sizelimit",
+            &part.size_bytes.to_string(),
+            s(&disk),
+        ],
+    );
+    let pv = Loop(dev.trim().to_string());
+    let vg = format!("vgfs{}", std::process::id());
+    lvm("pvcreate", &["-y", &pv.0]);
+    lvm("vgcreate", &["-s", "1M", &vg, &pv.0]);
+    let create = |size: &str, name: &str| {
+        lvm(
+            "lvcreate",
+            &[
+                "--driverloaded",
+                "n",
+                "-an",
+                "-Zn",
+                "-y",
+                "-L",
+                size,
+                "-n",
+                name,
+                &vg,
+            ],
+        )
+    };
+    create("8M", "root");
+    create("3M", "swap");
+    lvm(
+        "lvextend",
+        &["--driverloaded", "n", "-L", "24M", &format!("{vg}/root")],
+    );
+    let pvs: serde_json::Value = serde_json::from_str(&lvm(
+        "pvs",
+        &[
+            "--reportformat",
+            "json",
+            "--units",
+            "b",
+            "-o",
+            "pe_start,vg_extent_size",
+            &pv.0,
+        ],
+    ))
+    .unwrap();
+    let lvs: serde_json::Value = serde_json::from_str(&lvm(
+        "lvs",
+        &[
+            "--reportformat",
+            "json",
+            "--units",
+            "b",
+            "--segments",
+            "-o",
+            "lv_name,seg_start_pe,seg_size_pe,seg_pe_ranges",
+            &vg,
+        ],
+    ))
+    .unwrap();
+    drop(pv);
+    let num = |v: &serde_json::Value| -> u64 {
+        v.as_str().unwrap().trim_end_matches('B').parse().unwrap()
+    };
+    let pe_start = num(&pvs["report"][0]["pv"][0]["pe_start"]);
+    let extent = num(&pvs["report"][0]["pv"][0]["vg_extent_size"]);
+    // (first LV extent, extents, first PV extent) of root, in LV order.
+    let mut root: Vec<(u64, u64, u64)> = lvs["report"][0]["seg"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["lv_name"] == "root")
+        .map(|s| {
+            let range = s["seg_pe_ranges"].as_str().unwrap();
+            let first: u64 = range
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .split('-')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            (num(&s["seg_start_pe"]), num(&s["seg_size_pe"]), first)
+        })
+        .collect();
+    root.sort_unstable();
+    assert_eq!(root.len(), 2, "root should have two segments: {root:?}");
+
+    // The file system, 24 MiB, made in a file and mounted from there for the oracle.
+    let tree = dir.path().join("tree");
+    generate_tree(&tree);
+    let fsimg = dir.path().join("fs.img");
+    std::fs::File::create(&fsimg)
+        .unwrap()
+        .set_len(24 * MIB)
+        .unwrap();
+    run(
+        "mkfs.ext4",
+        &["-q", "-F", "-L", "lvroot", "-d", s(&tree), s(&fsimg)],
+    );
+    let bytes = std::fs::read(&fsimg).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+        for &(le, count, pe) in &root {
+            let from = (le * extent) as usize;
+            let to = from + (count * extent) as usize;
+            f.write_all_at(&bytes[from..to], part.start_bytes + pe_start + pe * extent)
+                .unwrap();
+        }
+    }
+    let mnt = dir.path().join("ro");
+    let _ro = Mount::new(&fsimg, &mnt, "loop,ro");
+    let want = kernel_view(&mnt);
+
+    let image = open_image(&disk);
+    let pv_window = part.window(image.as_ref()).unwrap();
+    let vg_found = guest_lvm::read_pv(&pv_window)
+        .unwrap()
+        .expect("an LVM2 label");
+    let lv = vg_found.lv("root").unwrap();
+    let lv_window = vg_found.lv_window(lv, &pv_window).unwrap();
+    let id = fs::identify(&lv_window).unwrap();
+    assert_eq!(
+        (id.kind, id.label.as_deref()),
+        (FsKind::Ext, Some("lvroot"))
+    );
+    let volume = Volume::from_lv(&image, &lv_window).unwrap();
+    assert_eq!(vhdforge_core::guest::fs::ReadRange::len(&volume), 24 * MIB);
+    let in_lv = fs::open(volume).unwrap();
+    assert_same(&want, &our_view(in_lv.as_ref(), &[]), "lv");
+}
