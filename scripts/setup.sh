@@ -17,6 +17,10 @@ command -v sfdisk >/dev/null 2>&1 || need_apt+=(fdisk)
 command -v sgdisk >/dev/null 2>&1 || need_apt+=(gdisk)
 command -v partx >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v pvcreate >/dev/null 2>&1 || need_apt+=(lvm2)
+# File-system oracles for the guest file-system tests (mkfs, debugfs; blkid comes with util-linux).
+command -v mkfs.ext4 >/dev/null 2>&1 && command -v debugfs >/dev/null 2>&1 || need_apt+=(e2fsprogs)
+command -v mkfs.xfs >/dev/null 2>&1 || need_apt+=(xfsprogs)
+command -v mkfs.fat >/dev/null 2>&1 || need_apt+=(dosfstools)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

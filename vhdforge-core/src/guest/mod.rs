@@ -8,6 +8,7 @@
 //! offset is checked against the disk, every table size is capped, and defects are reported
 //! as findings with stable `guest.*` codes instead of panics.
 
+pub mod fs;
 pub mod lvm;
 pub mod partition;
 mod window;

@@ -137,6 +137,10 @@ impl LvWindow<'_> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// The disk ranges the LV is made of, in LV order (file systems own a copy of them).
+    pub fn windows(&self) -> impl Iterator<Item = Window<'_>> + '_ {
+        self.pieces.iter().map(|(_, w)| *w)
+    }
     /// Read `buf.len()` bytes at `offset` of the LV, across segments as needed.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let end = offset
