@@ -67,7 +67,7 @@ pub use verify::{verify, Compared, VerifyOptions, VerifyReport};
 
 use crate::convert::{AzurePlan, Policy};
 use crate::error::{Error, Result};
-use crate::format::vhd::footer::{HardDiskFooter, FOOTER_SIZE};
+use crate::format::vhd::footer::{find_trailing_footer, FOOTER_SIZE};
 use crate::image::{DiskImage, DiskType, Format};
 use crate::io::{FileSource, ReadAt};
 use crate::{OpenOptions, Severity};
@@ -244,24 +244,22 @@ impl UploadSource {
             })?;
             // Readiness guarantees file length = size + 512; checked again for a file that
             // changed under us.
-            let at = file.size().checked_sub(FOOTER_SIZE as u64).ok_or_else(|| {
-                Error::corrupt(
-                    "upload.source_changed",
-                    0,
-                    "the file is shorter than a VHD footer",
-                )
-                .in_file(path)
-            })?;
-            let mut bytes = [0u8; FOOTER_SIZE];
-            file.read_exact_at(&mut bytes, at).map_err(|e| {
-                Error::io("cannot read the VHD footer", e)
+            let footer = find_trailing_footer(&file)
+                .map_err(|e| Error::io("cannot read the VHD footer", e).in_file(path))?
+                .filter(|t| t.size as usize == FOOTER_SIZE)
+                .ok_or_else(|| {
+                    Error::corrupt(
+                        "upload.source_changed",
+                        file.size().saturating_sub(FOOTER_SIZE as u64),
+                        "the file no longer ends with a 512-byte VHD footer",
+                    )
                     .in_file(path)
-                    .at(at)
-            })?;
+                })?
+                .footer;
             let azure = AzurePlan {
                 source_size: info.virtual_size,
                 disk_size: info.virtual_size,
-                footer: HardDiskFooter::from_bytes(&bytes),
+                footer,
             };
             return Ok(UploadSource {
                 image,
@@ -282,6 +280,7 @@ impl UploadSource {
 mod tests {
     use super::*;
     use crate::finding::Finding;
+    use crate::format::vhd::footer::HardDiskFooter;
     use crate::image::{Allocation, Extent, ImageInfo};
     use std::io::Write;
 

@@ -114,13 +114,10 @@ impl DynamicDiskHeader {
 
     /// The parent Unicode name decoded from UTF-16BE up to the first NUL (lossy).
     pub fn parent_name(&self) -> String {
-        let units: Vec<u16> = self
-            .parent_unicode_name
-            .chunks_exact(2)
-            .map(|c| u16::from_be_bytes([c[0], c[1]]))
-            .take_while(|&u| u != 0)
-            .collect();
-        String::from_utf16_lossy(&units)
+        crate::format::utf16::until_nul_lossy(
+            &self.parent_unicode_name,
+            crate::format::utf16::ByteOrder::Big,
+        )
     }
 }
 

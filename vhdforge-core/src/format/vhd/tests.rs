@@ -1,11 +1,12 @@
 //! Tests of the VHD reader against images built by `fixtures::vhd`.
 
 use super::*;
-use crate::format::OpenOptions;
+use crate::format::{open_parent, OpenOptions};
 use crate::io::MemSource;
 use crate::Severity;
 use fixtures::vhd::{self as fx, ChainLayer, DynamicOptions, FooterOptions, Locator, ParentLink};
 use proptest::prelude::*;
+use std::path::PathBuf;
 
 /// A table case's edit of the image bytes.
 type Edit = Box<dyn Fn(&mut Vec<u8>)>;

@@ -427,11 +427,7 @@ pub fn parse_parent_locator(b: &[u8], at: u64) -> Result<ParentLocator> {
             .and_then(|end| b.get(off..end))
             .filter(|s| s.len() % 2 == 0);
         let s = s.ok_or_else(|| bad(format!("parent locator string at {off:#x} length {len} lies outside the item or has an odd length")))?;
-        let units: Vec<u16> = s
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect();
-        String::from_utf16(&units).map_err(|_| {
+        crate::format::utf16::exact_le(s).ok_or_else(|| {
             bad(format!(
                 "parent locator string at {off:#x} is not valid UTF-16"
             ))
