@@ -7,6 +7,8 @@ pub mod chain;
 pub mod overlap;
 pub mod raw;
 pub mod table;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod utf16;
 pub mod vhd;
 pub mod vhdx;
