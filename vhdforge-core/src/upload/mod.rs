@@ -362,4 +362,35 @@ mod tests {
         assert_eq!(s.azure.disk_size, 21 << 20);
         assert_eq!(s.azure.footer.unique_id, [1; 16]);
     }
+
+    #[test]
+    fn an_as_is_source_must_still_end_with_a_footer() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Policy::default();
+        // (case, what the file's last 512 bytes become after it was opened, footer kept?)
+        type Change = fn(&mut Vec<u8>);
+        let cases: [(&str, Change, bool); 3] = [
+            // Unchanged: the file's own footer.
+            ("unchanged", |_| {}, true),
+            // Overwritten with zeros: no `conectix` cookie, so not sent as a footer.
+            ("zeroed", |f| f.fill(0), false),
+            // A 511-byte footer now (the cookie one byte later): not the 512-byte footer sent.
+            ("511 bytes", |f| f.copy_within(..511, 1), false),
+        ];
+        for (name, change, kept) in cases {
+            let (path, image, footer) = fake(dir.path(), 20 << 20);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let at = bytes.len() - FOOTER_SIZE;
+            let mut tail = bytes[at..].to_vec();
+            change(&mut tail);
+            bytes[at..].copy_from_slice(&tail);
+            std::fs::write(&path, &bytes).unwrap();
+            match UploadSource::from_image(image, &path, &policy) {
+                Ok(s) if kept => assert_eq!(s.azure.footer_bytes(), footer, "{name}"),
+                Err(e) if !kept => assert_eq!(e.code(), "upload.source_changed", "{name}: {e}"),
+                Ok(_) => panic!("{name}: sent a footer the file no longer has"),
+                Err(e) => panic!("{name}: {e}"),
+            }
+        }
+    }
 }
