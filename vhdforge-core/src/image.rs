@@ -8,6 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::finding::Finding;
+use crate::format::chain::inside_parent;
 use serde::Serialize;
 use std::path::PathBuf;
 use uuid::Uuid;
@@ -233,13 +234,10 @@ pub fn resolve_through_parent(
     for e in own {
         match (e.allocation, parent) {
             (Allocation::Unallocated, Some(p)) => {
-                let psize = p.info().virtual_size;
-                // A parent smaller than the child (after a resize) reads as zeros past its end.
-                let inside = e.start.min(psize);
-                let inside_end = e.end().min(psize);
-                if inside_end > inside {
+                let inside = inside_parent(p.info().virtual_size, e.start, e.length);
+                if inside > 0 {
                     tmp.clear();
-                    p.extents(inside, inside_end - inside, &mut tmp)?;
+                    p.extents(e.start, inside, &mut tmp)?;
                     for pe in &tmp {
                         let allocation = match pe.allocation {
                             Allocation::Data { layer, file_offset } => Allocation::Data {
@@ -251,17 +249,15 @@ pub fn resolve_through_parent(
                         push_extent(out, Extent { allocation, ..*pe });
                     }
                 }
-                if e.end() > inside_end.max(e.start) {
-                    let s = inside_end.max(e.start);
-                    push_extent(
-                        out,
-                        Extent {
-                            start: s,
-                            length: e.end() - s,
-                            allocation: Allocation::Unallocated,
-                        },
-                    );
-                }
+                // Past a smaller parent's end: nothing stores these bytes.
+                push_extent(
+                    out,
+                    Extent {
+                        start: e.start + inside,
+                        length: e.length - inside,
+                        allocation: Allocation::Unallocated,
+                    },
+                );
             }
             _ => push_extent(out, *e),
         }

@@ -9,8 +9,8 @@
 use super::{AzurePlan, Policy};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::vhd::footer::{
-    HardDiskFooter, COOKIE, DISK_TYPE_FIXED, FEATURE_RESERVED, FIXED_DATA_OFFSET, FOOTER_SIZE,
-    FORMAT_VERSION,
+    find_trailing_footer, FooterAt, HardDiskFooter, DISK_TYPE_FIXED, FEATURE_RESERVED,
+    FIXED_DATA_OFFSET, FOOTER_SIZE, FORMAT_VERSION,
 };
 use crate::fsutil::{self, PersistError, Replace, TempFile};
 use crate::image::Format;
@@ -180,18 +180,12 @@ pub fn convert_in_place(path: &Path, policy: &Policy, force: bool) -> Result<InP
 
 /// Find the footer of what must be a fixed VHD; returns the data length and the footer.
 fn read_fixed_footer(src: &FileSource, path: &Path) -> Result<(u64, HardDiskFooter)> {
-    let len = src.size();
-    for footer_len in [FOOTER_SIZE as u64, 511] {
-        if len < footer_len {
-            continue;
-        }
-        let mut bytes = [0u8; FOOTER_SIZE];
-        src.read_exact_at(&mut bytes[..footer_len as usize], len - footer_len)
-            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-        if &bytes[..8] != COOKIE {
-            continue;
-        }
-        let f = HardDiskFooter::from_bytes(&bytes);
+    let found = find_trailing_footer(src)
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    if let Some(FooterAt {
+        footer: f, offset, ..
+    }) = found
+    {
         if f.disk_type.get() != DISK_TYPE_FIXED {
             return Err(Error::new(
                 ErrorKind::Unsupported,
@@ -203,7 +197,7 @@ fn read_fixed_footer(src: &FileSource, path: &Path) -> Result<(u64, HardDiskFoot
                 ),
             ));
         }
-        return Ok((len - footer_len, f));
+        return Ok((offset, f));
     }
     Err(Error::new(
         ErrorKind::Unsupported,

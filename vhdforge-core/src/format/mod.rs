@@ -3,11 +3,16 @@
 //! Images are recognised by content, never by file name: `vhdxfile` at offset 0 is VHDX,
 //! a `conectix` footer at the end (or its copy at offset 0) is VHD, anything else is raw.
 
+pub mod chain;
 pub mod overlap;
 pub mod raw;
 pub mod table;
+#[cfg(test)]
+pub(crate) mod testing;
+pub mod utf16;
 pub mod vhd;
 pub mod vhdx;
+pub mod winpath;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{DiskImage, Format};
@@ -81,14 +86,8 @@ pub fn detect(src: &dyn ReadAt) -> std::io::Result<Format> {
             return Ok(Format::Vhdx);
         }
     }
-    for footer_len in [512u64, 511] {
-        if size >= footer_len {
-            let mut cookie = [0u8; 8];
-            src.read_exact_at(&mut cookie, size - footer_len)?;
-            if &cookie == vhd::footer::COOKIE {
-                return Ok(Format::Vhd);
-            }
-        }
+    if vhd::footer::find_trailing_footer(src)?.is_some() {
+        return Ok(Format::Vhd);
     }
     if size >= 512 && &head == vhd::footer::COOKIE {
         // Dynamic VHD whose trailing footer is damaged: the copy at offset 0 survives.

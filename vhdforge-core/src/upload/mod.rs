@@ -67,7 +67,7 @@ pub use verify::{verify, Compared, VerifyOptions, VerifyReport};
 
 use crate::convert::{AzurePlan, Policy};
 use crate::error::{Error, Result};
-use crate::format::vhd::footer::{HardDiskFooter, FOOTER_SIZE};
+use crate::format::vhd::footer::{find_trailing_footer, FOOTER_SIZE};
 use crate::image::{DiskImage, DiskType, Format};
 use crate::io::{FileSource, ReadAt};
 use crate::{OpenOptions, Severity};
@@ -244,24 +244,22 @@ impl UploadSource {
             })?;
             // Readiness guarantees file length = size + 512; checked again for a file that
             // changed under us.
-            let at = file.size().checked_sub(FOOTER_SIZE as u64).ok_or_else(|| {
-                Error::corrupt(
-                    "upload.source_changed",
-                    0,
-                    "the file is shorter than a VHD footer",
-                )
-                .in_file(path)
-            })?;
-            let mut bytes = [0u8; FOOTER_SIZE];
-            file.read_exact_at(&mut bytes, at).map_err(|e| {
-                Error::io("cannot read the VHD footer", e)
+            let footer = find_trailing_footer(&file)
+                .map_err(|e| Error::io("cannot read the VHD footer", e).in_file(path))?
+                .filter(|t| t.size as usize == FOOTER_SIZE)
+                .ok_or_else(|| {
+                    Error::corrupt(
+                        "upload.source_changed",
+                        file.size().saturating_sub(FOOTER_SIZE as u64),
+                        "the file no longer ends with a 512-byte VHD footer",
+                    )
                     .in_file(path)
-                    .at(at)
-            })?;
+                })?
+                .footer;
             let azure = AzurePlan {
                 source_size: info.virtual_size,
                 disk_size: info.virtual_size,
-                footer: HardDiskFooter::from_bytes(&bytes),
+                footer,
             };
             return Ok(UploadSource {
                 image,
@@ -282,6 +280,7 @@ impl UploadSource {
 mod tests {
     use super::*;
     use crate::finding::Finding;
+    use crate::format::vhd::footer::HardDiskFooter;
     use crate::image::{Allocation, Extent, ImageInfo};
     use std::io::Write;
 
@@ -362,5 +361,36 @@ mod tests {
         assert!(!s.as_is);
         assert_eq!(s.azure.disk_size, 21 << 20);
         assert_eq!(s.azure.footer.unique_id, [1; 16]);
+    }
+
+    #[test]
+    fn an_as_is_source_must_still_end_with_a_footer() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Policy::default();
+        // (case, what the file's last 512 bytes become after it was opened, footer kept?)
+        type Change = fn(&mut Vec<u8>);
+        let cases: [(&str, Change, bool); 3] = [
+            // Unchanged: the file's own footer.
+            ("unchanged", |_| {}, true),
+            // Overwritten with zeros: no `conectix` cookie, so not sent as a footer.
+            ("zeroed", |f| f.fill(0), false),
+            // A 511-byte footer now (the cookie one byte later): not the 512-byte footer sent.
+            ("511 bytes", |f| f.copy_within(..511, 1), false),
+        ];
+        for (name, change, kept) in cases {
+            let (path, image, footer) = fake(dir.path(), 20 << 20);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let at = bytes.len() - FOOTER_SIZE;
+            let mut tail = bytes[at..].to_vec();
+            change(&mut tail);
+            bytes[at..].copy_from_slice(&tail);
+            std::fs::write(&path, &bytes).unwrap();
+            match UploadSource::from_image(image, &path, &policy) {
+                Ok(s) if kept => assert_eq!(s.azure.footer_bytes(), footer, "{name}"),
+                Err(e) if !kept => assert_eq!(e.code(), "upload.source_changed", "{name}: {e}"),
+                Ok(_) => panic!("{name}: sent a footer the file no longer has"),
+                Err(e) => panic!("{name}: {e}"),
+            }
+        }
     }
 }

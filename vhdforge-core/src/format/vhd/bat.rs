@@ -1,5 +1,5 @@
 //! The block allocation table and the per-block sector bitmaps (VHD spec v1.0, "Block
-//! Allocation Table and Data Blocks"; formats.md §1.8).
+//! Allocation Table and Data Blocks"; docs/formats.md §1.8).
 //!
 //! The BAT is held within the chain's memory budget (read whole in one call, or paged; see
 //! [`crate::format::table`]) and checked entry by entry in one streaming pass: every
@@ -62,7 +62,7 @@ pub struct Bat {
 }
 
 /// Bitmap bytes of a block of `block_size` bytes: one bit per sector, rounded up to whole
-/// sectors (formats.md §1.8).
+/// sectors (docs/formats.md §1.8).
 pub fn bitmap_bytes(block_size: u64) -> u64 {
     (block_size / SECTOR).div_ceil(8).div_ceil(SECTOR) * SECTOR
 }
@@ -121,7 +121,7 @@ impl Layout<'_> {
     /// The file span of block `i` whose entry is `e` (allocated), or why it is invalid.
     fn span(&self, i: u64, e: u64) -> std::result::Result<Range<u64>, EntryProblem> {
         let start = e * SECTOR;
-        // The last block may stop where the virtual size does (formats.md §6 traps).
+        // The last block may stop where the virtual size does (docs/formats.md §6 traps).
         let need = self
             .block_size
             .min(self.covered_size.saturating_sub(i * self.block_size));
@@ -414,7 +414,7 @@ mod tests {
     #[test]
     fn bitmap_size_rounds_to_sectors() {
         let cases = [
-            // 2 MiB: 4096 sectors, 512 bitmap bytes (formats.md §1.8).
+            // 2 MiB: 4096 sectors, 512 bitmap bytes (docs/formats.md §1.8).
             (2u64 << 20, 512u64),
             // 4 KiB: 8 sectors need 1 byte, padded to a sector.
             (4096, 512),

@@ -1,4 +1,4 @@
-//! The VHD hard disk footer (VHD spec v1.0, "Hard Disk Footer Format"; formats.md §1.2–1.6).
+//! The VHD hard disk footer (VHD spec v1.0, "Hard Disk Footer Format"; docs/formats.md §1.2–1.6).
 //!
 //! 512 bytes, big-endian, at the end of every VHD (and copied to offset 0 of dynamic and
 //! differencing disks). This file owns the raw layout, its checksum, the spec's CHS
@@ -27,7 +27,7 @@ pub const DISK_TYPE_DYNAMIC: u32 = 3;
 pub const DISK_TYPE_DIFFERENCING: u32 = 4;
 /// Creator application vhdforge writes.
 ///
-/// `win ` is what Hyper-V writes. Every reader in formats.md §1.4 takes the size of a
+/// `win ` is what Hyper-V writes. Every reader in docs/formats.md §1.4 takes the size of a
 /// `win ` disk from CurrentSize (qemu 10 and older qemu 7.2 alike, libvhdi, Azure), which an
 /// unknown tag like `vhdf` would not guarantee with older qemu: so we claim `win `.
 pub const CREATOR_APP: &[u8; 4] = b"win ";
@@ -97,7 +97,7 @@ pub fn vhd_checksum(bytes: &[u8], checksum_offset: usize) -> u32 {
 }
 
 /// Spec CHS geometry (cylinders, heads, sectors per track) of a disk of `size` bytes
-/// (VHD spec appendix "CHS Calculation"; formats.md §1.5). It rounds down.
+/// (VHD spec appendix "CHS Calculation"; docs/formats.md §1.5). It rounds down.
 pub fn chs_geometry(size: u64) -> (u16, u8, u8) {
     let mut ts = size / 512;
     if ts > 65535 * 16 * 255 {
@@ -182,9 +182,9 @@ impl HardDiskFooter {
 
 /// Disk type: none (reserved, invalid).
 pub const DISK_TYPE_NONE: u32 = 0;
-/// The geometry qemu writes with `force_size` as a "use CurrentSize" marker (formats.md §1.4).
+/// The geometry qemu writes with `force_size` as a "use CurrentSize" marker (docs/formats.md §1.4).
 pub const CHS_MAX: (u16, u8, u8) = (65535, 16, 255);
-/// Largest dynamic/differencing disk Hyper-V and Virtual PC accept: 2040 GiB (formats.md §1.8).
+/// Largest dynamic/differencing disk Hyper-V and Virtual PC accept: 2040 GiB (docs/formats.md §1.8).
 pub const MAX_SPARSE_SIZE: u64 = 0xFF00_0000 * 512;
 
 /// A footer as found in a file: the bytes, where they start and how long the footer is
@@ -308,7 +308,7 @@ pub fn validate_footer(f: &HardDiskFooter, at: u64, findings: &mut crate::findin
     }
 }
 
-/// Find the trailing footer: the cookie at `len − 512`, else at `len − 511` (formats.md §1.6).
+/// Find the trailing footer: the cookie at `len − 512`, else at `len − 511` (docs/formats.md §1.6).
 /// `None` when neither place holds the cookie.
 pub fn find_trailing_footer(src: &dyn crate::io::ReadAt) -> std::io::Result<Option<FooterAt>> {
     let len = src.size();
@@ -345,7 +345,7 @@ mod tests {
 
     #[test]
     fn geometry_matches_reference_table() {
-        // Sizes and CHS from formats.md §1.5.
+        // Sizes and CHS from docs/formats.md §1.5.
         let mib = 1u64 << 20;
         let cases = [
             (100 * mib, (1003, 12, 17)),
@@ -363,7 +363,7 @@ mod tests {
 
     #[test]
     fn checksum_matches_qemu_footer() {
-        // The qem2 footer decoded in formats.md §4.2: stored checksum 0xFFFFE656.
+        // The qem2 footer decoded in docs/formats.md §4.2: stored checksum 0xFFFFE656.
         let hex = "636f6e6563746978000000020001000\
 0ffffffffffffffff329c21b371656d3200050003\
 5769326b00000000064000000000000006400000ffff10ff00000002ffffe656\

@@ -1,5 +1,5 @@
 //! The dynamic disk header and its parent locator entries (VHD spec v1.0, "Dynamic Disk
-//! Header Format"; formats.md §1.7 and §1.9).
+//! Header Format"; docs/formats.md §1.7 and §1.9).
 //!
 //! 1024 bytes, big-endian, at the footer's DataOffset in dynamic and differencing disks. It
 //! locates the BAT, gives the block size, and for differencing disks names the parent.
@@ -37,7 +37,7 @@ pub const PLATFORM_W2RU: [u8; 4] = *b"W2ru";
 /// Platform code `MacX`: file URL, UTF-8 (written by Xen's blktap for Linux paths).
 pub const PLATFORM_MACX: [u8; 4] = *b"MacX";
 
-/// One parent locator entry (spec "Parent Locator Entry"; formats.md §1.9).
+/// One parent locator entry (spec "Parent Locator Entry"; docs/formats.md §1.9).
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct ParentLocatorEntry {
@@ -57,7 +57,7 @@ pub struct ParentLocatorEntry {
 const _: () = assert!(std::mem::size_of::<ParentLocatorEntry>() == LOCATOR_SIZE);
 
 impl ParentLocatorEntry {
-    /// The reserved space in bytes, by blktap's rule (formats.md §1.9): below 512 it
+    /// The reserved space in bytes, by blktap's rule (docs/formats.md §1.9): below 512 it
     /// counts sectors, otherwise it must be a byte count that is a multiple of 512.
     /// `None` when neither reading makes sense.
     pub fn data_space_bytes(&self) -> Option<u64> {
@@ -114,13 +114,10 @@ impl DynamicDiskHeader {
 
     /// The parent Unicode name decoded from UTF-16BE up to the first NUL (lossy).
     pub fn parent_name(&self) -> String {
-        let units: Vec<u16> = self
-            .parent_unicode_name
-            .chunks_exact(2)
-            .map(|c| u16::from_be_bytes([c[0], c[1]]))
-            .take_while(|&u| u != 0)
-            .collect();
-        String::from_utf16_lossy(&units)
+        crate::format::utf16::until_nul_lossy(
+            &self.parent_unicode_name,
+            crate::format::utf16::ByteOrder::Big,
+        )
     }
 }
 

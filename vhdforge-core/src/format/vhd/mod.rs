@@ -1,4 +1,4 @@
-//! VHD: fixed, dynamic and differencing disks (VHD spec v1.0; formats.md §1).
+//! VHD: fixed, dynamic and differencing disks (VHD spec v1.0; docs/formats.md §1).
 //!
 //! One file per on-disk structure: [`footer`] (hard disk footer, checksum, CHS),
 //! [`header`] (dynamic disk header, parent locator entries), [`bat`] (block allocation
@@ -15,7 +15,7 @@
 //! using_copy,copy_mismatch}`; `vhd.truncated`; `vhd.header.{offset,cookie,checksum,version,
 //! block_size}`; `vhd.bat.{too_large,out_of_bounds,overlap,too_small,entry_out_of_bounds,
 //! entry_overlap,entry_shared,entry_invalid}`; `vhd.parent.{locator,missing,id_mismatch}`;
-//! and, from [`open_parent`], `parent.{loop,not_followed,chain_too_deep,missing}`.
+//! and, from [`crate::format::open_parent`], `parent.{loop,not_followed,chain_too_deep,missing}`.
 
 pub mod bat;
 pub mod footer;
@@ -24,7 +24,8 @@ pub mod parent;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::finding::{Finding, Findings};
-use crate::format::{open_candidate, open_parent, probe_parent, raw::map_file_region, OpenContext};
+use crate::format::chain::{read_parent, ParentSearch};
+use crate::format::{raw::map_file_region, OpenContext};
 use crate::image::{
     check_virtual_range, push_extent, resolve_through_parent, Allocation, DiskImage, DiskType,
     Extent, Format, ImageInfo,
@@ -35,8 +36,8 @@ use footer::{
     find_trailing_footer, validate_footer, FooterAt, HardDiskFooter, DISK_TYPE_DIFFERENCING,
     DISK_TYPE_DYNAMIC, DISK_TYPE_FIXED, FIXED_DATA_OFFSET, FOOTER_SIZE, MAX_SPARSE_SIZE,
 };
-use header::{read_header, HEADER_SIZE};
-use std::path::{Path, PathBuf};
+use header::{read_header, ValidHeader, HEADER_SIZE};
+use std::path::Path;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -65,6 +66,14 @@ enum Layout {
     },
 }
 
+/// Where a differencing disk's parent is recorded: its dynamic header, the child's path
+/// (relative locators start from its folder) and the end of the usable file area.
+struct ParentLink<'a> {
+    header: &'a ValidHeader,
+    child: &'a Path,
+    data_end: u64,
+}
+
 /// Open a VHD of any type from `src` (whose file is `path`).
 pub fn open(
     src: Arc<dyn ReadAt>,
@@ -88,8 +97,8 @@ fn read_footer_copy(src: &dyn ReadAt) -> Result<Option<HardDiskFooter>> {
 /// The unique id of the VHD in `src`, from the footer [`VhdImage::open`] would read with
 /// (two 512-byte reads), so parent candidates can be told apart before a full open.
 pub fn identity(src: &dyn ReadAt) -> Result<Uuid> {
-    let (footer, _) = choose_footer(src, &mut Findings::default())?;
-    Ok(Uuid::from_bytes(footer.unique_id))
+    let chosen = choose_footer(src, &mut Findings::default())?;
+    Ok(Uuid::from_bytes(chosen.footer.unique_id))
 }
 
 fn is_sparse(f: &HardDiskFooter) -> bool {
@@ -99,10 +108,31 @@ fn is_sparse(f: &HardDiskFooter) -> bool {
     )
 }
 
+/// The footer a VHD is read with, and where the file's own footer is.
+#[derive(Debug, Clone, Copy)]
+struct ChosenFooter {
+    /// The footer to read with (the trailing one, or the copy at offset 0 standing in).
+    footer: HardDiskFooter,
+    /// The trailing footer, when there is one.
+    trailing: Option<FooterAt>,
+    /// Where the trailing footer is, or would be: the offset findings about it name.
+    at: u64,
+}
+
 /// Pick the footer to read with: the trailing one normally; the copy at offset 0 of a
 /// dynamic/differencing disk when the trailing one is missing or fails its checksum.
-/// Returns the footer to read with and the trailing footer's place (if there is one).
-fn choose_footer(
+fn choose_footer(src: &dyn ReadAt, findings: &mut Findings) -> Result<ChosenFooter> {
+    let (footer, trailing) = pick_footer(src, findings)?;
+    let at = trailing.map_or(src.size().saturating_sub(FOOTER_SIZE as u64), |t| t.offset);
+    Ok(ChosenFooter {
+        footer,
+        trailing,
+        at,
+    })
+}
+
+/// [`choose_footer`]'s choice: the footer to read with and the trailing footer, if any.
+fn pick_footer(
     src: &dyn ReadAt,
     findings: &mut Findings,
 ) -> Result<(HardDiskFooter, Option<FooterAt>)> {
@@ -154,8 +184,8 @@ impl VhdImage {
     pub fn open(src: Arc<dyn ReadAt>, path: &Path, ctx: &mut OpenContext<'_>) -> Result<VhdImage> {
         let len = src.size();
         let mut findings = Findings::default();
-        let (footer, trailing) = choose_footer(src.as_ref(), &mut findings)?;
-        let footer_at = trailing.map_or(len.saturating_sub(FOOTER_SIZE as u64), |t| t.offset);
+        let chosen = choose_footer(src.as_ref(), &mut findings)?;
+        let (footer, footer_at) = (chosen.footer, chosen.at);
         let disk_type = match footer.disk_type.get() {
             DISK_TYPE_FIXED => DiskType::Fixed,
             DISK_TYPE_DYNAMIC => DiskType::Dynamic,
@@ -181,7 +211,7 @@ impl VhdImage {
             identifier: Some(Uuid::from_bytes(footer.unique_id)),
             parent: None,
             parent_identifier: None,
-            vhd_footer_size: trailing.map(|t| t.size),
+            vhd_footer_size: chosen.trailing.map(|t| t.size),
             creator: Some(footer.creator_printable()),
         };
         let layout = if disk_type == DiskType::Fixed {
@@ -214,16 +244,7 @@ impl VhdImage {
             }
             Layout::Fixed
         } else {
-            Self::open_sparse(
-                &src,
-                path,
-                ctx,
-                &footer,
-                trailing,
-                footer_at,
-                &mut info,
-                &mut findings,
-            )?
+            Self::open_sparse(&src, path, ctx, &chosen, &mut info, &mut findings)?
         };
         Ok(VhdImage {
             src,
@@ -234,20 +255,17 @@ impl VhdImage {
     }
 
     /// The dynamic/differencing part of [`VhdImage::open`].
-    #[allow(clippy::too_many_arguments)]
     fn open_sparse(
         src: &Arc<dyn ReadAt>,
         path: &Path,
         ctx: &mut OpenContext<'_>,
-        footer: &HardDiskFooter,
-        trailing: Option<FooterAt>,
-        footer_at: u64,
+        chosen: &ChosenFooter,
         info: &mut ImageInfo,
         findings: &mut Findings,
     ) -> Result<Layout> {
-        let len = src.size();
-        let data_end = trailing.map_or(len, |t| t.offset);
-        if let (Some(t), Some(copy)) = (trailing, read_footer_copy(src.as_ref())?) {
+        let (footer, footer_at) = (&chosen.footer, chosen.at);
+        let data_end = chosen.trailing.map_or(src.size(), |t| t.offset);
+        if let (Some(t), Some(copy)) = (chosen.trailing, read_footer_copy(src.as_ref())?) {
             if !copy.cookie_ok() || !copy.checksum_ok() {
                 findings.warning(
                     "vhd.footer.copy_mismatch",
@@ -287,46 +305,74 @@ impl VhdImage {
         info.virtual_size = bat.covered_size;
         info.block_size = Some(bat.block_size);
         let differencing = info.disk_type == DiskType::Differencing;
-        let (mut parent, mut parent_problem) = (None, None);
-        if differencing {
-            let parent_id = Uuid::from_bytes(hdr.header.parent_unique_id);
-            info.parent_identifier = Some(parent_id);
-            let candidates = parent::candidates(
-                src.as_ref(),
-                &hdr.header,
-                hdr.offset,
-                path,
+        let (parent, parent_problem) = if differencing {
+            let link = ParentLink {
+                header: &hdr,
+                child: path,
                 data_end,
-                findings,
-            );
-            match open_parent_of(&candidates, parent_id, ctx) {
-                Ok((p, used)) => {
-                    for f in p.findings() {
-                        findings.0.push(Finding {
-                            message: format!("parent {}: {}", used.display(), f.message),
-                            ..f.clone()
-                        });
-                    }
-                    info.parent = Some(used);
-                    parent = Some(p);
-                }
-                Err(e) => {
-                    parent_problem = Some(e.message().to_string());
-                    findings.0.push(Finding::new(
-                        crate::Severity::Error,
-                        e.code(),
-                        Some(hdr.offset + 40),
-                        e.message(),
-                    ));
-                }
-            }
-        }
+            };
+            Self::open_parent_layer(src.as_ref(), &link, ctx, info, findings)
+        } else {
+            (None, None)
+        };
         Ok(Layout::Sparse {
             bat,
             differencing,
             parent,
             parent_problem,
         })
+    }
+
+    /// Find and open the parent of the differencing disk whose header is `link.header`.
+    /// A parent that cannot be opened is an error finding (at the header's parent id), not
+    /// an `Err`: the child's own structure can still be checked, and reads of what the
+    /// parent backs fail with the reason, which is returned as the second value.
+    fn open_parent_layer(
+        src: &dyn ReadAt,
+        link: &ParentLink<'_>,
+        ctx: &mut OpenContext<'_>,
+        info: &mut ImageInfo,
+        findings: &mut Findings,
+    ) -> (Option<Box<dyn DiskImage>>, Option<String>) {
+        let hdr = link.header;
+        let parent_id = Uuid::from_bytes(hdr.header.parent_unique_id);
+        info.parent_identifier = Some(parent_id);
+        let candidates = parent::candidates(
+            src,
+            &hdr.header,
+            hdr.offset,
+            link.child,
+            link.data_end,
+            findings,
+        );
+        let search = ParentSearch {
+            expected: parent_id,
+            also_accepted: None,
+            identity_name: "unique id",
+            mismatch_code: "vhd.parent.id_mismatch",
+            missing_code: "vhd.parent.missing",
+        };
+        match search.run(&candidates, ctx) {
+            Ok(found) => {
+                for f in found.image.findings() {
+                    findings.0.push(Finding {
+                        message: format!("parent {}: {}", found.path.display(), f.message),
+                        ..f.clone()
+                    });
+                }
+                info.parent = Some(found.path);
+                (Some(found.image), None)
+            }
+            Err(e) => {
+                findings.0.push(Finding::new(
+                    crate::Severity::Error,
+                    e.code(),
+                    Some(hdr.offset + 40),
+                    e.message(),
+                ));
+                (None, Some(e.message().to_string()))
+            }
+        }
     }
 
     fn io_err(&self, what: &str, offset: u64, e: std::io::Error) -> Error {
@@ -356,16 +402,7 @@ impl VhdImage {
                 ),
             ));
         };
-        let psize = p.info().virtual_size;
-        let inside = usize::try_from(psize.saturating_sub(voff))
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        let (from_parent, past_end) = buf.split_at_mut(inside);
-        if !from_parent.is_empty() {
-            p.read_at(from_parent, voff)?;
-        }
-        past_end.fill(0);
-        Ok(())
+        read_parent(p.as_ref(), buf, voff)
     }
 
     fn invalid_block(bat: &Bat, block: u64) -> Error {
@@ -548,101 +585,6 @@ impl DiskImage for VhdImage {
             _ => None,
         }
     }
-}
-
-/// Open the first candidate that is a regular file carrying `parent_id`. Each candidate's
-/// identity is read first ([`probe_parent`], a few hundred bytes) and only a match is fully
-/// opened, so decoy locators cost one probe each rather than a whole chain each (the
-/// context's open budget bounds what is left). Loops, over-long chains and "parents not
-/// followed" stop the search at once; a parent with another id, or that is missing, not a
-/// regular file, or fails to open, lets later candidates try. Fails naming every path tried.
-fn open_parent_of(
-    candidates: &[parent::Candidate],
-    parent_id: Uuid,
-    ctx: &mut OpenContext<'_>,
-) -> Result<(Box<dyn DiskImage>, PathBuf)> {
-    if !ctx.opts.follow_parents {
-        // Do not even probe the file system (in-memory and fuzzing opens): open_parent
-        // refuses at once, naming the first candidate.
-        let named = candidates.first().map_or_else(
-            || PathBuf::from("(no parent path recorded)"),
-            |c| c.path.clone(),
-        );
-        let p = open_parent(&named, ctx)?;
-        return Ok((p, named));
-    }
-    let mut tried = Vec::new();
-    let mut first_failure: Option<Error> = None;
-    for c in candidates {
-        let probe = match probe_parent(&c.path) {
-            Ok(p) => p,
-            Err(e) => {
-                // Missing, not a regular file (FIFO, device) or unreadable: skipped.
-                tried.push(format!("{} ({})", e.message(), c.source));
-                continue;
-            }
-        };
-        if probe.identity != Some(parent_id) {
-            let found = probe
-                .identity
-                .map_or_else(|| "none".to_string(), |u| u.to_string());
-            tried.push(format!(
-                "{} ({}: unique id {found})",
-                c.path.display(),
-                c.source
-            ));
-            first_failure.get_or_insert(Error::new(
-                ErrorKind::Parent,
-                "vhd.parent.id_mismatch",
-                format!(
-                    "the parent found at {} ({}) has unique id {found}, but this differencing disk expects parent id {parent_id}; it is not this disk's parent (or it was modified or replaced)",
-                    c.path.display(),
-                    c.source
-                ),
-            ));
-            continue;
-        }
-        match open_candidate(probe, ctx) {
-            Ok(p) => return Ok((p, c.path.clone())),
-            Err(e)
-                if matches!(
-                    e.code(),
-                    "parent.loop" | "parent.not_followed" | "parent.chain_too_deep"
-                ) =>
-            {
-                return Err(e)
-            }
-            Err(e) => {
-                tried.push(format!("{} ({}: {e})", c.path.display(), c.source));
-                first_failure.get_or_insert(Error::new(
-                    ErrorKind::Parent,
-                    e.code(),
-                    format!(
-                        "cannot open the parent {} ({}): {e}",
-                        c.path.display(),
-                        c.source
-                    ),
-                ));
-            }
-        }
-    }
-    if let Some(e) = first_failure {
-        if tried.len() > 1 {
-            let msg = format!("{}; paths tried: {}", e.message(), tried.join("; "));
-            return Err(Error::new(e.kind(), e.code(), msg));
-        }
-        return Err(e);
-    }
-    let list = if tried.is_empty() {
-        "none (no W2ru/W2ku locator and no parent name)".to_string()
-    } else {
-        tried.join("; ")
-    };
-    Err(Error::new(
-        ErrorKind::Parent,
-        "vhd.parent.missing",
-        format!("the parent disk (unique id {parent_id}) of this differencing disk was not found; paths tried: {list}"),
-    ))
 }
 
 #[cfg(test)]

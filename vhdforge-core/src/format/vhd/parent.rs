@@ -1,5 +1,5 @@
 //! Parent resolution for differencing disks (VHD spec v1.0, "Parent Locator Entries";
-//! formats.md §1.9).
+//! docs/formats.md §1.9).
 //!
 //! A differencing disk names its parent three ways: parent locators (`W2ru` relative path,
 //! `W2ku` absolute Windows path, both UTF-16LE) and the header's parent Unicode name
@@ -13,56 +13,14 @@ use super::header::{
     PLATFORM_W2KU, PLATFORM_W2RU,
 };
 use crate::finding::Findings;
+use crate::format::chain::{Candidate, Candidates};
+use crate::format::utf16::{self, ByteOrder};
+use crate::format::winpath;
 use crate::io::{read_vec, ReadAt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Longest locator data read (a Windows long path is at most 32,767 UTF-16 units).
 pub const MAX_LOCATOR_BYTES: u64 = 64 << 10;
-
-/// Decode UTF-16LE bytes up to the first NUL (lossy; an odd last byte is dropped).
-pub fn utf16le(bytes: &[u8]) -> String {
-    let units: Vec<u16> = bytes
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .take_while(|&u| u != 0)
-        .collect();
-    String::from_utf16_lossy(&units)
-}
-
-/// The components of a Windows path (`\` or `/` separated), without empty and `.` parts.
-fn windows_components(p: &str) -> Vec<&str> {
-    p.split(['\\', '/'])
-        .filter(|c| !c.is_empty() && *c != ".")
-        .collect()
-}
-
-/// A Windows path relative to the child (`.\dir\base.vhd`, `..\base.vhd`) resolved
-/// against the child's directory.
-pub fn relative_candidate(child_dir: &Path, rel: &str) -> Option<PathBuf> {
-    let parts = windows_components(rel);
-    if parts.is_empty() {
-        return None;
-    }
-    let mut p = child_dir.to_path_buf();
-    for c in parts {
-        p.push(c);
-    }
-    Some(p)
-}
-
-/// The file name of a Windows path (`C:\vms\base.vhd` → `base.vhd`).
-pub fn windows_file_name(p: &str) -> Option<&str> {
-    windows_components(p).last().copied().filter(|n| *n != "..")
-}
-
-/// Why a candidate was proposed, for messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidate {
-    /// The path to try.
-    pub path: PathBuf,
-    /// Where it came from (`W2ru locator`, `W2ku locator`, ...).
-    pub source: &'static str,
-}
 
 /// Read the locator entries of a differencing header at `header_offset` and list the
 /// parent paths to try, in order, without duplicates. Unusable locators are reported as
@@ -75,14 +33,7 @@ pub fn candidates(
     data_end: u64,
     findings: &mut Findings,
 ) -> Vec<Candidate> {
-    let child_dir = child
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    let child_dir = if child_dir.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        child_dir
-    };
+    let dir = winpath::child_dir(child);
     let mut relative = Vec::new();
     let mut absolute = Vec::new();
     let mut url = Vec::new();
@@ -100,55 +51,36 @@ pub fn candidates(
             continue;
         };
         if code == PLATFORM_W2RU {
-            relative.push(utf16le(&bytes));
+            relative.push(utf16::until_nul_lossy(&bytes, ByteOrder::Little));
         } else if code == PLATFORM_W2KU {
-            absolute.push(utf16le(&bytes));
+            absolute.push(utf16::until_nul_lossy(&bytes, ByteOrder::Little));
         } else {
             url.push(file_url_path(&bytes));
         }
     }
-    let mut out: Vec<Candidate> = Vec::new();
-    let mut add = |path: PathBuf, source: &'static str| {
-        if !out.iter().any(|c| c.path == path) {
-            out.push(Candidate { path, source });
-        }
-    };
+    let mut out = Candidates::default();
     for r in &relative {
-        if let Some(p) = relative_candidate(&child_dir, r) {
-            add(p, "W2ru locator");
-        }
+        out.add(winpath::relative(&dir, r), "W2ru locator");
     }
     for a in &absolute {
-        // The absolute path only means something on Windows.
-        if cfg!(windows) {
-            add(PathBuf::from(a), "W2ku locator");
-        }
-        if let Some(name) = windows_file_name(a) {
-            add(
-                child_dir.join(name),
-                "W2ku locator's file name next to the child",
-            );
-        }
+        out.add(winpath::absolute_or_relative(&dir, a), "W2ku locator");
+        out.add(
+            winpath::file_name(a).map(|n| dir.join(n)),
+            "W2ku locator's file name next to the child",
+        );
     }
     for u in &url {
-        let p = Path::new(u);
-        if p.is_absolute() {
-            add(p.to_path_buf(), "MacX locator");
-        } else if let Some(c) = relative_candidate(&child_dir, u) {
-            add(c, "MacX locator");
-        }
-        if let Some(name) = windows_file_name(u) {
-            add(
-                child_dir.join(name),
-                "MacX locator's file name next to the child",
-            );
-        }
+        out.add(winpath::absolute_or_relative(&dir, u), "MacX locator");
+        out.add(
+            winpath::file_name(u).map(|n| dir.join(n)),
+            "MacX locator's file name next to the child",
+        );
     }
-    let name = header.parent_name();
-    if let Some(n) = windows_file_name(&name) {
-        add(child_dir.join(n), "header parent name next to the child");
-    }
-    out
+    out.add(
+        winpath::file_name(&header.parent_name()).map(|n| dir.join(n)),
+        "header parent name next to the child",
+    );
+    out.into_vec()
 }
 
 /// The path of a `file://` URL (UTF-8, NUL padded; `%XX` escapes decoded, lossy).
@@ -236,37 +168,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn windows_paths_resolve() {
-        let dir = Path::new("/images/chain");
-        let cases: [(&str, Option<&str>); 5] = [
-            // Hyper-V's usual relative locator.
-            (".\\base.vhd", Some("/images/chain/base.vhd")),
-            // A parent one directory up.
-            ("..\\base.vhd", Some("/images/chain/../base.vhd")),
-            // Subdirectory with forward slashes.
-            ("./sub/base.vhd", Some("/images/chain/sub/base.vhd")),
-            // Doubled separators are harmless.
-            ("sub\\\\base.vhd", Some("/images/chain/sub/base.vhd")),
-            // Nothing to resolve.
-            (".\\", None),
-        ];
-        for (rel, want) in cases {
-            assert_eq!(
-                relative_candidate(dir, rel),
-                want.map(PathBuf::from),
-                "{rel}"
-            );
-        }
-        assert_eq!(
-            windows_file_name("C:\\VMs\\disks\\base.vhd"),
-            Some("base.vhd")
-        );
-        assert_eq!(windows_file_name("\\\\?\\C:\\b.vhd"), Some("b.vhd"));
-        assert_eq!(windows_file_name("C:\\"), Some("C:"));
-        assert_eq!(windows_file_name(".."), None);
-    }
-
-    #[test]
     fn file_urls_decode() {
         let cases: [(&[u8], &str); 3] = [
             // blktap's relative form, NUL padded.
@@ -279,15 +180,5 @@ mod tests {
         for (url, want) in cases {
             assert_eq!(file_url_path(url), want);
         }
-    }
-
-    #[test]
-    fn utf16le_stops_at_nul() {
-        let mut b: Vec<u8> = ".\\p.vhd"
-            .encode_utf16()
-            .flat_map(u16::to_le_bytes)
-            .collect();
-        b.extend_from_slice(&[0, 0, b'x', 0]);
-        assert_eq!(utf16le(&b), ".\\p.vhd");
     }
 }

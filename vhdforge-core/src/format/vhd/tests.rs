@@ -1,11 +1,15 @@
 //! Tests of the VHD reader against images built by `fixtures::vhd`.
 
 use super::*;
-use crate::format::OpenOptions;
+#[cfg(unix)]
+use crate::format::testing::mkfifo;
+use crate::format::testing::within;
+use crate::format::{open_parent, OpenOptions};
 use crate::io::MemSource;
 use crate::Severity;
 use fixtures::vhd::{self as fx, ChainLayer, DynamicOptions, FooterOptions, Locator, ParentLink};
 use proptest::prelude::*;
+use std::path::PathBuf;
 
 /// A table case's edit of the image bytes.
 type Edit = Box<dyn Fn(&mut Vec<u8>)>;
@@ -959,28 +963,6 @@ fn many_threads_read_one_chain() {
             });
         }
     });
-}
-
-/// Run `f` on another thread and fail if it has not returned within `secs`: a hang (a
-/// FIFO opened for reading) or an exponential parent search must fail the test, not stall
-/// the run.
-pub(crate) fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(std::time::Duration::from_secs(secs))
-        .unwrap_or_else(|_| panic!("did not return within {secs} s"))
-}
-
-/// Make a FIFO at `p` with the `mkfifo` tool (no unsafe code needed).
-#[cfg(unix)]
-pub(crate) fn mkfifo(p: &Path) {
-    let st = std::process::Command::new("mkfifo")
-        .arg(p)
-        .status()
-        .expect("run mkfifo");
-    assert!(st.success(), "mkfifo {}", p.display());
 }
 
 #[cfg(unix)]

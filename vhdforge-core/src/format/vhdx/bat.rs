@@ -1,4 +1,4 @@
-//! The block allocation table ([MS-VHDX] §2.5; formats.md §2.8).
+//! The block allocation table ([MS-VHDX] §2.5; docs/formats.md §2.8).
 //!
 //! One little-endian u64 per payload block and per sector-bitmap block, interleaved: after
 //! every `chunk_ratio` payload entries comes the bitmap entry of that chunk. The table is
@@ -431,7 +431,7 @@ mod tests {
 
     #[test]
     fn geometry_matches_reference_table() {
-        // Chunk ratios from formats.md §2.8: (sector size, block size MiB, ratio).
+        // Chunk ratios from docs/formats.md §2.8: (sector size, block size MiB, ratio).
         let cases = [
             (512, 1, 4096),
             (512, 2, 2048),

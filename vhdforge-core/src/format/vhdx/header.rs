@@ -1,5 +1,5 @@
 //! The VHDX header section: file type identifier and the two headers
-//! ([MS-VHDX] §2.2.1–2.2.2; formats.md §2.1, §2.4).
+//! ([MS-VHDX] §2.2.1–2.2.2; docs/formats.md §2.1, §2.4).
 //!
 //! Two 4 KiB headers sit at 64 KiB and 128 KiB. Each is protected by a CRC-32C over its
 //! first 4 KiB; the current header is the valid one with the greater sequence number.

@@ -1,4 +1,4 @@
-//! The metadata log and its in-memory replay ([MS-VHDX] §2.3; formats.md §2.6).
+//! The metadata log and its in-memory replay ([MS-VHDX] §2.3; docs/formats.md §2.6).
 //!
 //! A file whose current header has a non-zero LogGuid may hold half-applied metadata
 //! updates; the log holds the complete ones. vhdforge never writes the source, so it

@@ -1,5 +1,5 @@
 //! The metadata region: its table and the known items
-//! ([MS-VHDX] §2.6; formats.md §2.7).
+//! ([MS-VHDX] §2.6; docs/formats.md §2.7).
 //!
 //! The table (64 KiB at the region start) lists items by GUID; vhdforge reads the file
 //! parameters, virtual disk size, page 83 id, sector sizes and, for differencing disks, the
@@ -187,14 +187,102 @@ pub struct Metadata {
     pub parent_locator: Option<ParentLocator>,
 }
 
-const KNOWN: [[u8; 16]; 6] = [
-    FILE_PARAMETERS_GUID,
-    VIRTUAL_DISK_SIZE_GUID,
-    PAGE83_GUID,
-    LOGICAL_SECTOR_SIZE_GUID,
-    PHYSICAL_SECTOR_SIZE_GUID,
-    PARENT_LOCATOR_GUID,
-];
+/// The metadata items vhdforge understands ([MS-VHDX] §2.6.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Item {
+    FileParameters,
+    VirtualDiskSize,
+    Page83,
+    LogicalSectorSize,
+    PhysicalSectorSize,
+    ParentLocator,
+}
+
+impl Item {
+    const ALL: [Item; 6] = [
+        Item::FileParameters,
+        Item::VirtualDiskSize,
+        Item::Page83,
+        Item::LogicalSectorSize,
+        Item::PhysicalSectorSize,
+        Item::ParentLocator,
+    ];
+
+    /// The item's GUID as the table stores it.
+    fn guid(self) -> [u8; 16] {
+        match self {
+            Item::FileParameters => FILE_PARAMETERS_GUID,
+            Item::VirtualDiskSize => VIRTUAL_DISK_SIZE_GUID,
+            Item::Page83 => PAGE83_GUID,
+            Item::LogicalSectorSize => LOGICAL_SECTOR_SIZE_GUID,
+            Item::PhysicalSectorSize => PHYSICAL_SECTOR_SIZE_GUID,
+            Item::ParentLocator => PARENT_LOCATOR_GUID,
+        }
+    }
+
+    /// The item's name in messages.
+    fn name(self) -> &'static str {
+        match self {
+            Item::FileParameters => "file parameters",
+            Item::VirtualDiskSize => "virtual disk size",
+            Item::Page83 => "page 83",
+            Item::LogicalSectorSize => "logical sector size",
+            Item::PhysicalSectorSize => "physical sector size",
+            Item::ParentLocator => "parent locator",
+        }
+    }
+
+    /// The item with table GUID `id`, if vhdforge knows it.
+    fn from_guid(id: &[u8; 16]) -> Option<Item> {
+        Item::ALL.into_iter().find(|i| i.guid() == *id)
+    }
+}
+
+/// The known items' bytes and file offsets, as the table lists them.
+#[derive(Debug, Default)]
+struct Items([Option<(Vec<u8>, u64)>; Item::ALL.len()]);
+
+impl Items {
+    fn get(&self, item: Item) -> Option<&(Vec<u8>, u64)> {
+        self.0[item as usize].as_ref()
+    }
+
+    fn slot(&mut self, item: Item) -> &mut Option<(Vec<u8>, u64)> {
+        &mut self.0[item as usize]
+    }
+
+    /// The first `size` bytes of `item` and its offset, or `None` when it is absent; an
+    /// item shorter than `size` is an error.
+    fn fixed<const N: usize>(&self, item: Item) -> Result<Option<([u8; N], u64)>> {
+        match self.get(item) {
+            None => Ok(None),
+            Some((b, at)) => match b.get(..N).and_then(|p| <[u8; N]>::try_from(p).ok()) {
+                Some(v) => Ok(Some((v, *at))),
+                None => Err(Error::corrupt(
+                    "vhdx.metadata.length",
+                    *at,
+                    format!(
+                        "the {} item is {} bytes, expected {N}",
+                        item.name(),
+                        b.len()
+                    ),
+                )),
+            },
+        }
+    }
+
+    /// As [`Items::fixed`], for an item the file cannot be read without (`base` is the
+    /// region's offset, where a missing item is reported).
+    fn required<const N: usize>(&self, item: Item, base: u64) -> Result<([u8; N], u64)> {
+        self.fixed(item)?.ok_or_else(|| {
+            Error::corrupt(
+                "vhdx.metadata.missing",
+                base,
+                format!("the required {} metadata item is missing", item.name()),
+            )
+        })
+    }
+}
 
 /// Read and validate the metadata region at `region` (offset, length) of `src`.
 pub fn parse(src: &dyn ReadAt, region: (u64, u64), findings: &mut Findings) -> Result<Metadata> {
@@ -233,12 +321,12 @@ pub fn parse(src: &dyn ReadAt, region: (u64, u64), findings: &mut Findings) -> R
         })?;
 
     // Item bytes by known GUID, read one at a time: there are at most six, all small.
-    let mut items: [Option<(Vec<u8>, u64)>; 6] = Default::default();
+    let mut items = Items::default();
     for (i, e) in entries.iter().enumerate() {
         let at = base + 32 + 32 * i as u64;
         let id = uuid::Uuid::from_bytes_le(e.item_id);
         let (off, len, flags) = (e.offset.get(), e.length.get(), e.flags.get());
-        let Some(k) = KNOWN.iter().position(|g| *g == e.item_id) else {
+        let Some(item) = Item::from_guid(&e.item_id) else {
             if flags & FLAG_IS_REQUIRED != 0 {
                 return Err(Error::new(
                     ErrorKind::Unsupported,
@@ -249,7 +337,7 @@ pub fn parse(src: &dyn ReadAt, region: (u64, u64), findings: &mut Findings) -> R
             }
             continue;
         };
-        if items[k].is_some() {
+        if items.get(item).is_some() {
             return Err(Error::corrupt(
                 "vhdx.metadata.duplicate",
                 at,
@@ -280,32 +368,12 @@ pub fn parse(src: &dyn ReadAt, region: (u64, u64), findings: &mut Findings) -> R
                 format!("cannot read metadata item {id}: {e}"),
             )
         })?;
-        items[k] = Some((bytes, base + u64::from(off)));
+        *items.slot(item) = Some((bytes, base + u64::from(off)));
     }
 
-    let fixed = |k: usize, name: &str, size: usize| -> Result<Option<(Vec<u8>, u64)>> {
-        match &items[k] {
-            None => Ok(None),
-            Some((b, at)) if b.len() >= size => Ok(Some((b[..size].to_vec(), *at))),
-            Some((b, at)) => Err(Error::corrupt(
-                "vhdx.metadata.length",
-                *at,
-                format!("the {name} item is {} bytes, expected {size}", b.len()),
-            )),
-        }
-    };
-    let require = |v: Option<(Vec<u8>, u64)>, name: &str| {
-        v.ok_or_else(|| {
-            Error::corrupt(
-                "vhdx.metadata.missing",
-                base,
-                format!("the required {name} metadata item is missing"),
-            )
-        })
-    };
     let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
 
-    let (fp, fp_at) = require(fixed(0, "file parameters", 8)?, "file parameters")?;
+    let (fp, fp_at) = items.required::<8>(Item::FileParameters, base)?;
     let (block_size, fp_flags) = (u32_at(&fp, 0), u32_at(&fp, 4));
     if !block_size.is_power_of_two()
         || block_size < BLOCK_SIZE_RANGE.0
@@ -317,7 +385,7 @@ pub fn parse(src: &dyn ReadAt, region: (u64, u64), findings: &mut Findings) -> R
             format!("block size {block_size} is not a power of two between 1 MiB and 256 MiB"),
         ));
     }
-    let (lss, lss_at) = require(fixed(3, "logical sector size", 4)?, "logical sector size")?;
+    let (lss, lss_at) = items.required::<4>(Item::LogicalSectorSize, base)?;
     let logical_sector_size = u32_at(&lss, 0);
     if logical_sector_size != 512 && logical_sector_size != 4096 {
         return Err(Error::corrupt(
@@ -326,7 +394,7 @@ pub fn parse(src: &dyn ReadAt, region: (u64, u64), findings: &mut Findings) -> R
             format!("logical sector size {logical_sector_size}, expected 512 or 4096"),
         ));
     }
-    let (pss, pss_at) = require(fixed(4, "physical sector size", 4)?, "physical sector size")?;
+    let (pss, pss_at) = items.required::<4>(Item::PhysicalSectorSize, base)?;
     let physical_sector_size = u32_at(&pss, 0);
     if physical_sector_size != 512 && physical_sector_size != 4096 {
         return Err(Error::corrupt(
@@ -335,8 +403,8 @@ pub fn parse(src: &dyn ReadAt, region: (u64, u64), findings: &mut Findings) -> R
             format!("physical sector size {physical_sector_size}, expected 512 or 4096"),
         ));
     }
-    let (vs, vs_at) = require(fixed(1, "virtual disk size", 8)?, "virtual disk size")?;
-    let virtual_size = u64::from_le_bytes(vs[..8].try_into().unwrap_or_default());
+    let (vs, vs_at) = items.required::<8>(Item::VirtualDiskSize, base)?;
+    let virtual_size = u64::from_le_bytes(vs);
     if virtual_size == 0
         || virtual_size % u64::from(logical_sector_size) != 0
         || virtual_size > MAX_VIRTUAL_SIZE
@@ -347,11 +415,7 @@ pub fn parse(src: &dyn ReadAt, region: (u64, u64), findings: &mut Findings) -> R
             format!("virtual size {virtual_size} must be a non-zero multiple of the {logical_sector_size}-byte logical sector and at most 64 TiB"),
         ));
     }
-    let page83 = fixed(2, "page 83", 16)?.map(|(b, _)| {
-        let mut g = [0u8; 16];
-        g.copy_from_slice(&b);
-        g
-    });
+    let page83 = items.fixed::<16>(Item::Page83)?.map(|(g, _)| g);
     if page83.is_none() {
         findings.warning(
             "vhdx.metadata.page83",
@@ -360,7 +424,7 @@ pub fn parse(src: &dyn ReadAt, region: (u64, u64), findings: &mut Findings) -> R
         );
     }
     let has_parent = fp_flags & HAS_PARENT != 0;
-    let parent_locator = match (&items[5], has_parent) {
+    let parent_locator = match (items.get(Item::ParentLocator), has_parent) {
         (Some((b, at)), true) => Some(parse_parent_locator(b, *at)?),
         (None, true) => {
             return Err(Error::corrupt(
@@ -427,11 +491,7 @@ pub fn parse_parent_locator(b: &[u8], at: u64) -> Result<ParentLocator> {
             .and_then(|end| b.get(off..end))
             .filter(|s| s.len() % 2 == 0);
         let s = s.ok_or_else(|| bad(format!("parent locator string at {off:#x} length {len} lies outside the item or has an odd length")))?;
-        let units: Vec<u16> = s
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect();
-        String::from_utf16(&units).map_err(|_| {
+        crate::format::utf16::exact_le(s).ok_or_else(|| {
             bad(format!(
                 "parent locator string at {off:#x} is not valid UTF-16"
             ))
@@ -539,8 +599,59 @@ mod tests {
     }
 
     #[test]
+    fn items_are_found_by_guid_and_named() {
+        // Every known item is found by its own GUID, and only by it.
+        for item in Item::ALL {
+            assert_eq!(Item::from_guid(&item.guid()), Some(item), "{}", item.name());
+        }
+        // An unknown GUID (the parent locator type is not an item) is no item.
+        assert_eq!(Item::from_guid(&LOCATOR_TYPE_VHDX), None);
+        let mut items = Items::default();
+        *items.slot(Item::VirtualDiskSize) = Some((vec![1, 0, 0, 0, 0, 0, 0, 0, 0xFF], 0x300));
+        *items.slot(Item::LogicalSectorSize) = Some((vec![0, 2], 0x400));
+        // (case, item, Ok(first bytes, offset) / Err(code, text))
+        type Want = std::result::Result<([u8; 8], u64), (&'static str, &'static str)>;
+        let cases: [(&str, Item, Want); 3] = [
+            // A longer item yields its first bytes and where it is.
+            (
+                "present",
+                Item::VirtualDiskSize,
+                Ok(([1, 0, 0, 0, 0, 0, 0, 0], 0x300)),
+            ),
+            // A short item is an error naming the item, not a panic.
+            (
+                "short",
+                Item::LogicalSectorSize,
+                Err((
+                    "vhdx.metadata.length",
+                    "the logical sector size item is 2 bytes, expected 8",
+                )),
+            ),
+            // A missing required item is named.
+            (
+                "missing",
+                Item::FileParameters,
+                Err((
+                    "vhdx.metadata.missing",
+                    "the required file parameters metadata item",
+                )),
+            ),
+        ];
+        for (name, item, want) in cases {
+            match (want, items.required::<8>(item, 0x100)) {
+                (Ok(v), Ok(got)) => assert_eq!(got, v, "{name}"),
+                (Err((code, text)), Err(e)) => {
+                    assert_eq!(e.code(), code, "{name}");
+                    assert!(e.message().contains(text), "{name}: {e}");
+                }
+                (want, got) => panic!("{name}: expected {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn guids_match_reference_bytes() {
-        // On-disk bytes from formats.md §2.2.
+        // On-disk bytes from docs/formats.md §2.2.
         assert_eq!(FILE_PARAMETERS_GUID[..4], [0x37, 0x67, 0xa1, 0xca]);
         assert_eq!(
             PARENT_LOCATOR_GUID,

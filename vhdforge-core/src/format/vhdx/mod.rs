@@ -1,4 +1,4 @@
-//! VHDX ([MS-VHDX] v1; formats.md §2): fixed, dynamic and differencing disks with 512- or
+//! VHDX ([MS-VHDX] v1; docs/formats.md §2): fixed, dynamic and differencing disks with 512- or
 //! 4096-byte logical sectors.
 //!
 //! Opening reads only metadata: the header section, the log when it must be replayed, the
@@ -24,6 +24,7 @@ pub mod region;
 
 use crate::error::{Error, Result};
 use crate::finding::{Finding, Findings};
+use crate::format::chain::read_parent;
 use crate::format::OpenContext;
 use crate::image::{
     check_virtual_range, push_extent, resolve_through_parent, Allocation, DiskImage, DiskType,
@@ -385,15 +386,7 @@ impl DiskImage for VhdxImage {
                         .at(file_offset)
                     })?
                 }
-                (Allocation::Unallocated, Some(p)) => {
-                    // A parent smaller than the child reads as zeros past its end.
-                    let psize = p.info().virtual_size;
-                    let inside = psize.saturating_sub(e.start).min(e.length) as usize;
-                    if inside > 0 {
-                        p.read_at(&mut dst[..inside], e.start)?;
-                    }
-                    dst[inside..].fill(0);
-                }
+                (Allocation::Unallocated, Some(p)) => read_parent(p.as_ref(), dst, e.start)?,
                 _ => dst.fill(0),
             }
         }

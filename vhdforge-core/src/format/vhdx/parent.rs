@@ -1,17 +1,17 @@
-//! Finding and opening the parent of a differencing VHDX ([MS-VHDX] §2.6.2.6; formats.md §2.7).
+//! Finding and opening the parent of a differencing VHDX ([MS-VHDX] §2.6.2.6; docs/formats.md §2.7).
 //!
 //! The parent locator names the parent by DataWriteGuid (`parent_linkage`) and by paths.
 //! vhdforge tries `relative_path` (relative to the child's folder), then
 //! `absolute_win32_path`, then that path's file name next to the child, and accepts the
-//! first regular file whose identity matches the linkage. Candidates are probed for their
-//! identity first ([`crate::format::probe_parent`]) and only a match is fully opened,
-//! through [`crate::format::open_candidate`], which guards against loops, over-long chains
-//! and more opens than a chain needs.
+//! first regular file whose identity matches the linkage (or `parent_linkage2`). The search
+//! itself is the one VHD uses ([`crate::format::chain`]): paths resolve by
+//! [`crate::format::winpath`], candidates are probed for their identity before a full open.
 
 use super::metadata::ParentLocator;
 use crate::error::{Error, ErrorKind, Result};
 use crate::finding::Findings;
-use crate::format::{not_followed, open_candidate, probe_parent, OpenContext};
+use crate::format::chain::{Candidate, Candidates, Found, ParentSearch};
+use crate::format::{winpath, OpenContext};
 use crate::image::DiskImage;
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
@@ -26,47 +26,31 @@ pub struct Parent {
     pub linkage: Uuid,
 }
 
-/// A Windows path from a locator as a path on this system.
-fn native(p: &str) -> PathBuf {
-    if cfg!(windows) {
-        PathBuf::from(p)
-    } else {
-        PathBuf::from(p.replace('\\', "/"))
-    }
-}
-
-/// The file name at the end of a Windows or POSIX path.
-fn file_name(p: &str) -> Option<&str> {
-    p.rsplit(['\\', '/']).next().filter(|s| !s.is_empty())
-}
-
 /// The paths to try, in order, for `locator` of the child at `child`.
-pub fn candidates(locator: &ParentLocator, child: &Path, findings: &mut Findings) -> Vec<PathBuf> {
-    let dir = child.parent().unwrap_or(Path::new("."));
-    let mut out: Vec<PathBuf> = Vec::new();
+pub fn candidates(
+    locator: &ParentLocator,
+    child: &Path,
+    findings: &mut Findings,
+) -> Vec<Candidate> {
+    let dir = winpath::child_dir(child);
+    let mut out = Candidates::default();
     if let Some(rel) = locator.get("relative_path") {
-        out.push(dir.join(native(rel)));
+        out.add(winpath::relative(&dir, rel), "relative_path");
     }
     if let Some(abs) = locator.get("absolute_win32_path") {
-        // `C:\...` means nothing off Windows; a `\\?\` prefix never does here either.
-        let is_drive = abs.len() >= 2 && abs.as_bytes()[1] == b':';
-        if cfg!(windows) || !(is_drive || abs.starts_with("\\\\")) {
-            out.push(native(abs));
-        }
-        if let Some(name) = file_name(abs) {
-            out.push(dir.join(name));
-        }
+        out.add(
+            winpath::absolute_or_relative(&dir, abs),
+            "absolute_win32_path",
+        );
+        out.add(
+            winpath::file_name(abs).map(|n| dir.join(n)),
+            "absolute_win32_path's file name next to the child",
+        );
     }
     if let Some(vol) = locator.get("volume_path") {
         findings.info("vhdx.parent.volume_path", None, format!("the parent locator's volume_path {vol} is not tried (Windows volume GUID paths only resolve on the host that wrote them)"));
     }
-    let mut unique = Vec::new();
-    for p in out {
-        if !unique.contains(&p) {
-            unique.push(p);
-        }
-    }
-    unique
+    out.into_vec()
 }
 
 fn parse_linkage(s: &str) -> Option<Uuid> {
@@ -96,81 +80,30 @@ pub fn open(
             format!("parent_linkage `{raw}` is not a GUID"),
         )
     })?;
-    let linkage2 = locator.get("parent_linkage2").and_then(parse_linkage);
-    let paths = candidates(locator, child, findings);
-    if !ctx.opts.follow_parents {
-        // Refused before the file system is probed (in-memory and fuzzing opens).
-        let named = paths
-            .first()
-            .cloned()
-            .unwrap_or_else(|| PathBuf::from("(no parent path recorded)"));
-        return Err(not_followed(&named));
-    }
-    let mut tried = Vec::new();
-    let mut mismatch = None;
-    for path in paths {
-        // Only the identity is read first: a full open may recurse into a whole chain, and
-        // a decoy path per level must not make the search exponential.
-        let probe = match probe_parent(&path) {
-            Ok(p) => p,
-            Err(e) => {
-                // Missing, not a regular file (FIFO, device) or unreadable: skipped.
-                tried.push(e.message().to_string());
-                continue;
-            }
-        };
-        let id = probe.identity;
-        if id != Some(linkage) && (id.is_none() || id != linkage2) {
-            tried.push(format!(
-                "{} (identity {})",
-                path.display(),
-                id.map_or("none".into(), |u| u.to_string())
-            ));
-            mismatch.get_or_insert((path, id));
-            continue;
-        }
-        let image = open_candidate(probe, ctx)?;
-        if image.info().logical_sector_size != sector_size {
-            return Err(Error::new(
-                ErrorKind::Parent,
-                "vhdx.parent.sector_size",
-                format!(
-                    "parent {} has {}-byte logical sectors but the child has {sector_size}-byte ones",
-                    path.display(),
-                    image.info().logical_sector_size
-                ),
-            ));
-        }
-        return Ok(Parent {
-            image,
-            path,
-            linkage,
-        });
-    }
-    if let Some((path, id)) = mismatch {
+    let search = ParentSearch {
+        expected: linkage,
+        also_accepted: locator.get("parent_linkage2").and_then(parse_linkage),
+        identity_name: "DataWriteGuid",
+        mismatch_code: "vhdx.parent.mismatch",
+        missing_code: "vhdx.parent.missing",
+    };
+    let Found { image, path } = search.run(&candidates(locator, child, findings), ctx)?;
+    if image.info().logical_sector_size != sector_size {
         return Err(Error::new(
             ErrorKind::Parent,
-            "vhdx.parent.mismatch",
+            "vhdx.parent.sector_size",
             format!(
-                "parent {} has DataWriteGuid {} but the child links to {linkage}: the parent changed after the child was made (tried: {})",
+                "parent {} has {}-byte logical sectors but the child has {sector_size}-byte ones",
                 path.display(),
-                id.map_or("none".into(), |u| u.to_string()),
-                tried.join("; ")
+                image.info().logical_sector_size
             ),
         ));
     }
-    Err(Error::new(
-        ErrorKind::Parent,
-        "vhdx.parent.missing",
-        format!(
-            "cannot find the parent {linkage} of this differencing disk; tried: {}",
-            if tried.is_empty() {
-                "no usable path in the parent locator".to_string()
-            } else {
-                tried.join("; ")
-            }
-        ),
-    ))
+    Ok(Parent {
+        image,
+        path,
+        linkage,
+    })
 }
 
 #[cfg(test)]
@@ -219,7 +152,10 @@ mod tests {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
             };
-            let got = candidates(&loc, child, &mut Findings::default());
+            let got: Vec<PathBuf> = candidates(&loc, child, &mut Findings::default())
+                .into_iter()
+                .map(|c| c.path)
+                .collect();
             let want: Vec<PathBuf> = want.iter().map(PathBuf::from).collect();
             assert_eq!(got, want, "{name}");
         }

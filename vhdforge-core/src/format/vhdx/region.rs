@@ -1,4 +1,4 @@
-//! The region table ([MS-VHDX] §2.2.3; formats.md §2.5).
+//! The region table ([MS-VHDX] §2.2.3; docs/formats.md §2.5).
 //!
 //! 64 KiB at 192 KiB with an identical copy at 256 KiB, CRC-32C over the whole 64 KiB. It
 //! locates the BAT and metadata regions. qemu and libvhdi read only copy 1; vhdforge falls

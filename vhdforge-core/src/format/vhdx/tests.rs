@@ -3,6 +3,7 @@
 #![allow(clippy::type_complexity)] // table-driven cases are tuples
 
 use super::*;
+use crate::format::testing::within;
 use crate::format::{open_path, OpenOptions};
 use crate::io::MemSource;
 use crate::Severity;
@@ -741,26 +742,11 @@ mod mutations {
     }
 }
 
-/// Run `f` on another thread and fail if it has not returned within `secs` (a hang or an
-/// exponential parent search must fail the test, not stall the run).
-fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(std::time::Duration::from_secs(secs))
-        .unwrap_or_else(|_| panic!("did not return within {secs} s"))
-}
-
 #[cfg(unix)]
 #[test]
 fn fifo_parent_is_skipped_without_blocking() {
     let dir = tempfile::tempdir().unwrap();
-    let st = std::process::Command::new("mkfifo")
-        .arg(dir.path().join("fifo.vhdx"))
-        .status()
-        .expect("run mkfifo");
-    assert!(st.success());
+    crate::format::testing::mkfifo(&dir.path().join("fifo.vhdx"));
     // (case, absolute_win32_path, expected: Ok(parent file name) or Err((code, text)))
     let cases: Vec<(&str, Option<&str>, std::result::Result<&str, (&str, &str)>)> = vec![
         // The FIFO is the relative path; the real parent is found by the absolute path's name.

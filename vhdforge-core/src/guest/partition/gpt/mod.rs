@@ -15,7 +15,7 @@ use super::{
 };
 use crate::error::Result;
 use crate::finding::Findings;
-use crate::format::vhd::parent::utf16le;
+use crate::format::utf16::{until_nul_lossy, ByteOrder};
 use entry::{GptEntry, ENTRY_SIZE};
 use header::{GptHeader, HEADER_CRC_OFFSET, MIN_HEADER_SIZE, SIGNATURE};
 use uuid::Uuid;
@@ -315,7 +315,7 @@ fn entries(copy: &Copy, sector_size: u32, sectors: u64, findings: &mut Findings)
             partition_type: PartitionType::Gpt(type_guid),
             kind: PartitionKind::of_gpt(type_guid),
             role: Role::Gpt,
-            name: Some(utf16le(&e.name)),
+            name: Some(until_nul_lossy(&e.name, ByteOrder::Little)),
             partuuid: guid_le(e.unique_guid).to_string(),
             active: false,
             attributes: e.attributes.get(),
