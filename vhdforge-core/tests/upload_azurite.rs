@@ -1055,7 +1055,7 @@ async fn a_blob_recreated_during_the_upload_stops_it() {
     let url = az.blob_url("recreated", "y.vhd");
     let size = (32 * MIB + 512).to_string();
     let progress = Arc::new(AtFirstPage {
-        cancel: Cancel::new(),
+        cancel: Cancel::never(),
         probe: move || {
             let size = size.clone();
             let status = block_on_other_worker(async move {
@@ -1076,7 +1076,7 @@ async fn a_blob_recreated_during_the_upload_stops_it() {
         },
         seen: AtomicU64::new(0),
     });
-    // The probe's cancel flag is not the upload's: the upload runs on until a write fails.
+    // The probe's token can never be set: the upload runs on until a write fails.
     let e = upload::upload(
         &p,
         &url,
