@@ -166,16 +166,24 @@ impl Bar {
         }
     }
 
-    /// Remove the bar. On success the bar is first shown full: a total that was an upper
-    /// bound (convert estimates before scanning for zeros) must not end at 97 %.
+    /// End the bar. On success it stays on screen, full: a total that was an upper bound
+    /// (convert estimates before scanning for zeros) must not end at 97 %. On failure it is
+    /// cleared, so the error is the last thing shown.
     pub fn finish(&self, ok: bool) {
         if let Some(b) = self.bar.get() {
             if ok {
                 if let Some(len) = b.length() {
                     b.set_position(len);
                 }
+                b.finish();
+                if self.draw {
+                    // indicatif leaves the cursor after the finished bar: end its line so
+                    // the summary starts on its own.
+                    eprintln!();
+                }
+            } else {
+                b.finish_and_clear();
             }
-            b.finish_and_clear();
         }
     }
 

@@ -35,7 +35,7 @@
 //! | `upload.checksum` | the body kept arriving corrupted (Md5/Crc64Mismatch after all retries) |
 //! | `upload.resume` | --resume refused: no journal, the source, a parent of it, the plan or the blob changed, or the source is not a regular file (InvalidInput) |
 //! | `upload.journal` | the journal cannot be read or written (Corrupt/Io) |
-//! | `upload.cancelled` | interrupted on request (Interrupted); --resume continues |
+//! | `upload.cancelled` | interrupted on request (Ctrl-C) in any phase of upload or verify (Interrupted); the message says whether --resume continues |
 //! | `upload.source_changed` | an Azure-ready VHD shrank while being opened (Corrupt) |
 //! | `upload.internal`, `verify.internal` | a worker task panicked or was cancelled (Io) |
 
