@@ -385,6 +385,17 @@ fn quiet_verbose_and_plan_line_against_azurite() {
         stdout.contains("identical") && stdout.contains("average"),
         "{stdout}"
     );
+
+    // -vv adds the request headers, the Shared Key signature blanked.
+    let (code, stdout, stderr) = out(vhdforge()
+        .env("AZURE_STORAGE_CONNECTION_STRING", az.connection_string())
+        .args(["-vv", "verify"])
+        .arg(&src)
+        .arg(az.blob_url("quiet", "loud.vhd")));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stderr.contains("x-ms-version: "), "{stderr}");
+    assert!(stderr.contains("authorization: [REDACTED]"), "{stderr}");
+    assert!(!stderr.contains("SharedKey "), "{stderr}");
 }
 
 /// Under --json an error is a JSON object on stdout with the stable code, exit code 2.
@@ -444,4 +455,51 @@ fn log_file_is_new_and_gets_the_log() {
         .arg(&vhd));
     assert_eq!(code, 0, "{stderr}");
     assert!(log.exists());
+}
+
+/// The bar in a real (pseudo-)terminal 80 columns wide: every frame fits the width (a
+/// wrapped line is never cleared by a redraw, leaving stale lines), it ends at 100 %, and
+/// the summary starts on a line of its own. `script` provides the terminal (util-linux;
+/// the test fails without it).
+#[test]
+fn the_bar_fits_80_columns_and_ends_full_in_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = sparse_raw(dir.path(), "d.raw");
+    let vhd = dir.path().join("d.vhd");
+    let inner = format!(
+        "stty cols 80 rows 24; '{}' convert '{}' '{}'",
+        bin().display(),
+        src.display(),
+        vhd.display()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .env_remove("VHDFORGE_LOG")
+        .output()
+        .expect("`script` (util-linux) is required for this test");
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("converting 100%"), "{text:?}");
+    // Frames are separated by CR and erase-line; lines by LF.
+    // Notes are plain lines printed once (a terminal may wrap them harmlessly); the bar's
+    // frames are redrawn in place and must fit.
+    for frame in text
+        .split(['\r', '\n'])
+        .filter(|f| f.contains("converting"))
+    {
+        let visible = frame.replace("\u{1b}[2K", "");
+        assert!(
+            visible.chars().count() <= 80,
+            "{} columns: {visible:?}",
+            visible.chars().count()
+        );
+    }
+    let summary = text
+        .split(['\r', '\n'])
+        .find(|l| l.contains("-> "))
+        .unwrap_or_else(|| panic!("{text:?}"));
+    assert!(
+        summary.starts_with(&src.display().to_string()),
+        "{summary:?}"
+    );
 }
