@@ -79,6 +79,11 @@ fn with_resume_hint(e: Error, journal: Option<&Path>) -> Error {
     // A blob replaced under the upload: --resume would (rightly) be refused.
     let replaced = e.code() == "upload.precondition";
     let hint = match journal {
+        // Stopped on request: there is nothing to fix first.
+        Some(p) if e.kind() == ErrorKind::Interrupted => format!(
+            "the journal {} keeps what was sent: run the same command with --resume to send only what is missing",
+            p.display()
+        ),
         Some(p) if !replaced && (transient || e.kind() == ErrorKind::Remote) => format!(
             "the journal {} keeps what was sent: fix the cause, then run the same command with --resume to send only what is missing",
             p.display()

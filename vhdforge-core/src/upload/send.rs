@@ -169,7 +169,13 @@ async fn send_one(
         let delay = ctx.backoff(attempt);
         crate::storage::retry::log_retry(&failure, attempt, delay);
         match class {
-            Class::Throttle => ctx.aimd.throttled(),
+            Class::Throttle => {
+                ctx.aimd.throttled();
+                tracing::info!(
+                    in_flight_limit = ctx.aimd.limit(),
+                    "throttled: fewer requests in flight"
+                );
+            }
             Class::Checksum => {
                 // The body may have been corrupted in our memory: read it again from disk.
                 let c = ctx.clone();
