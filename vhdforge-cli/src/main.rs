@@ -46,7 +46,7 @@ run included), 130 a second Ctrl-C.";
 #[derive(Parser, Debug)]
 #[command(name = "vhdforge", version, about = ABOUT, long_about = LONG_ABOUT)]
 struct Cli {
-    /// Print more about what is happening (repeat for more); logs go to stderr.
+    /// Log to stderr: -v each request and retry decision, -vv also headers (redacted), -vvv also the HTTP/TLS libraries.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
     /// Print nothing but errors (no results, notes or progress; a --json result still prints).
