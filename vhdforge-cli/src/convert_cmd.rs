@@ -6,6 +6,7 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vhdforge_core::convert::{convert_in_place, convert_to_file, ConvertOptions, Policy};
+use vhdforge_core::progress::{format_bytes, format_rate};
 use vhdforge_core::{inspect_quick as inspect, open, OpenOptions};
 
 /// Arguments of `convert`.
@@ -143,7 +144,7 @@ pub fn run(a: &ConvertArgs, ui: &Ui) -> Result<ExitCode> {
         threads: a.threads,
     };
     let r = convert_to_file(image.as_ref(), out, &opts, &progress);
-    progress.bar.finish_and_clear();
+    progress.finish(r.is_ok());
     let r = r?;
     let after = inspect(out, &OpenOptions::default())?;
     if a.json {
@@ -159,13 +160,14 @@ pub fn run(a: &ConvertArgs, ui: &Ui) -> Result<ExitCode> {
             ));
         }
         s.push_str(&format!(
-            "{} -> {}: fixed VHD of {}, wrote {} of data, skipped {} of zeros in {:.2} s{}\n",
+            "{} -> {}: fixed VHD of {}, wrote {} of data, skipped {} of zeros, in {:.1} s ({} average){}\n",
             a.input.display(),
             out.display(),
             bytes(r.output_size - 512),
-            bytes(r.data_bytes_written),
-            bytes(r.zero_bytes_skipped),
+            format_bytes(r.data_bytes_written),
+            format_bytes(r.zero_bytes_skipped),
             r.seconds,
+            format_rate(r.data_bytes_written, r.seconds),
             if after.azure_ready {
                 "; Azure-ready"
             } else {

@@ -30,17 +30,31 @@ Images are recognised by content, not file name. Differencing disks (.avhd/.avhd
 checkpoints) are read through their parents. Inputs are never modified, except by
 `convert --in-place`, which you ask for explicitly.
 
-Exit codes: 0 ok, 1 check failed (or verify found a difference), 2 error, 130 a second Ctrl-C.";
+Ctrl-C stops convert, upload and verify cleanly within about a second (an upload keeps its
+journal and says how to resume); a second Ctrl-C quits at once.
+
+Output: results on stdout, notes, progress and logs on stderr. -q prints nothing but errors
+(the --json result is still printed); -v logs each request (method, range, status,
+duration, retries, throttling), -vv adds the request headers (secrets redacted), -vvv adds
+the HTTP and TLS libraries' own logs. VHDFORGE_LOG=<filter> replaces the level (tracing
+directives, e.g. VHDFORGE_LOG=vhdforge_core=debug). NO_COLOR disables colour in logs.
+With --json, an error is printed as {\"error\": {\"code\": …, \"message\": …}} on stdout.
+
+Exit codes: 0 ok, 1 check failed (or verify found a difference), 2 error (an interrupted
+run included), 130 a second Ctrl-C.";
 
 #[derive(Parser, Debug)]
 #[command(name = "vhdforge", version, about = ABOUT, long_about = LONG_ABOUT)]
 struct Cli {
-    /// Print more about what is happening (repeat for more); logs go to stderr.
+    /// Log to stderr: -v each request and retry decision, -vv also headers (redacted), -vvv also the HTTP/TLS libraries.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
-    /// No progress bars or notes; errors are still printed.
+    /// Print nothing but errors (no results, notes or progress; a --json result still prints).
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Write the log to this new file (never overwritten) instead of stderr; at least -v.
+    #[arg(long, global = true, value_name = "PATH")]
+    log_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,18 +89,34 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
-    ui::init_logging(cli.verbose, cli.quiet);
+    let json = cli.command.json();
+    if let Err(e) = ui::init_logging(cli.verbose, cli.quiet, cli.log_file.as_deref()) {
+        return ui::report_error(&redacted(&e), "cli", json);
+    }
     let ui = ui::Ui::new(cli.quiet);
     let result = match cli.command {
         Command::Info(a) => inspect_cmd::run_info(&a, &ui),
         Command::Check(a) => inspect_cmd::run_check(&a, &ui),
         Command::Convert(a) => convert_cmd::run(&a, &ui),
-        Command::Upload(a) => upload_cmd::run_upload(a),
-        Command::Verify(a) => upload_cmd::run_verify(a),
+        Command::Upload(a) => upload_cmd::run_upload(a, &ui),
+        Command::Verify(a) => upload_cmd::run_verify(a, &ui),
     };
     match result {
         Ok(code) => code,
-        Err(e) => ui::report_error(&redacted(&e)),
+        Err(e) => ui::report_error(&redacted(&e), &ui::error_code(&e), json),
+    }
+}
+
+impl Command {
+    /// Whether --json was given: errors are then JSON too.
+    fn json(&self) -> bool {
+        match self {
+            Command::Info(a) => a.json,
+            Command::Check(a) => a.json,
+            Command::Convert(a) => a.json,
+            Command::Upload(a) => a.json,
+            Command::Verify(a) => a.json,
+        }
     }
 }
 
@@ -100,28 +130,6 @@ fn redacted(e: &anyhow::Error) -> anyhow::Error {
         out = out.context(t);
     }
     out
-}
-
-/// Standard error for log lines, with every secret redacted. The fmt layer writes each
-/// event with one `write_all`, so each call holds whole lines; logs come from reqwest,
-/// hyper and rustls too, at `-vvv`, and none of their text may carry a secret out.
-struct RedactingStderr;
-
-impl std::io::Write for RedactingStderr {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let text = redact_text(&String::from_utf8_lossy(buf));
-        std::io::stderr().write_all(text.as_bytes())?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
-    }
-}
-
-/// The writer `ui::init_logging` hands to the log formatter.
-pub(crate) fn log_writer() -> impl std::io::Write {
-    RedactingStderr
 }
 
 #[cfg(test)]

@@ -1,17 +1,15 @@
 //! `vhdforge upload` and `vhdforge verify`: argument definitions, progress rendering and
 //! output; the work is `vhdforge_core::upload`.
 
+use crate::ui::{amount_and_rate, Ui};
 use anyhow::Context as _;
-use indicatif::{ProgressBar, ProgressStyle};
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use vhdforge_core::convert::Policy;
+use vhdforge_core::progress::format_bytes as human;
 use vhdforge_core::upload::{
-    self, Compared, CredentialEnv, PlanSummary, Progress, UploadOptions, VerifyOptions,
-    DEFAULT_API_VERSION,
+    self, Compared, CredentialEnv, UploadOptions, VerifyOptions, DEFAULT_API_VERSION,
 };
 
 /// Upload a disk image to an Azure page blob or a managed disk, skipping zeros.
@@ -134,81 +132,6 @@ pub struct VerifyArgs {
     pub bridge_kib: u64,
 }
 
-/// Renders upload progress on stderr (nothing when stderr is not a terminal).
-struct BarProgress {
-    bar: Option<ProgressBar>,
-    retries: AtomicU64,
-}
-
-impl BarProgress {
-    fn new() -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let b = ProgressBar::new(0);
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            b
-        });
-        BarProgress {
-            bar,
-            retries: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Progress for BarProgress {
-    fn planned(&self, p: &PlanSummary) {
-        if let Some(b) = &self.bar {
-            b.println(format!(
-                "plan: send {} in {} requests; skip {} of zeros{}",
-                human(p.bytes_to_send),
-                p.requests,
-                human(p.bytes_skipped),
-                if p.bytes_already_present > 0 {
-                    format!("; {} already uploaded", human(p.bytes_already_present))
-                } else {
-                    String::new()
-                }
-            ));
-            b.set_length(p.bytes_to_send);
-        }
-    }
-    fn sent(&self, bytes: u64) {
-        if let Some(b) = &self.bar {
-            b.inc(bytes);
-        }
-    }
-    fn retried(&self, reason: &str) {
-        let n = self.retries.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Some(b) = &self.bar {
-            b.set_message(format!("retries {n} (last: {reason})"));
-        }
-    }
-    fn note(&self, msg: &str) {
-        if let Some(b) = &self.bar {
-            b.println(msg);
-        }
-    }
-}
-
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
-}
-
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -269,7 +192,7 @@ fn dest_with_sas(dest: &str, sas_file: Option<&std::path::Path>) -> anyhow::Resu
 }
 
 /// Run `vhdforge upload`. Errors come back as `Err` (the caller prints them, exit 2).
-pub fn run_upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
+pub fn run_upload(args: UploadArgs, ui: &Ui) -> anyhow::Result<ExitCode> {
     let dest = dest_with_sas(&args.dest, args.sas_file.as_deref())?;
     let rt = runtime()?;
     let opts = UploadOptions {
@@ -291,35 +214,18 @@ pub fn run_upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
         credentials: CredentialEnv::from_process_env(),
         ..UploadOptions::default()
     };
-    let cancel = opts.cancel.clone();
-    let progress = Arc::new(BarProgress::new());
-    let summary = rt.block_on(async {
-        // First Ctrl-C: stop sending, keep the journal, say how to resume. Second: quit now.
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                cancel.store(true, Ordering::Relaxed);
-                eprintln!(
-                    "stopping (what completed is kept in the journal; Ctrl-C again to quit at once)"
-                );
-            }
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
-            }
-        });
-        upload::upload(&args.source, &dest, opts, progress.clone()).await
-    });
-    if let Some(b) = &progress.bar {
-        b.finish_and_clear();
-    }
+    let progress = Arc::new(ui.progress("uploading", args.json));
+    let summary = rt.block_on(upload::upload(&args.source, &dest, opts, progress.clone()));
+    progress.finish(summary.is_ok());
     let summary = summary?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        ui.print_json(&serde_json::to_value(&summary)?)?;
     } else {
-        println!(
-            "uploaded {} to {}: sent {} in {} requests, skipped {} of zeros{}, {} retries, {:.1} s",
+        let mut text = format!(
+            "uploaded {} to {}: sent {} in {} requests, skipped {} of zeros{}, {} retries\n",
             args.source.display(),
             summary.destination,
-            human(summary.bytes_sent),
+            amount_and_rate(summary.bytes_sent, summary.seconds),
             summary.requests,
             human(summary.bytes_skipped),
             if summary.bytes_already_present > 0 {
@@ -328,17 +234,17 @@ pub fn run_upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
                 String::new()
             },
             summary.retries,
-            summary.seconds
         );
         if summary.managed_disk {
-            println!("next: `az disk revoke-access -g RG -n DISK` to finish the import");
+            text.push_str("next: `az disk revoke-access -g RG -n DISK` to finish the import\n");
         }
+        ui.print(&text)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Run `vhdforge verify`: exit 0 identical, 1 different; errors come back as `Err` (exit 2).
-pub fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+pub fn run_verify(args: VerifyArgs, ui: &Ui) -> anyhow::Result<ExitCode> {
     let dest = dest_with_sas(&args.dest, args.sas_file.as_deref())?;
     let rt = runtime()?;
     let opts = VerifyOptions {
@@ -349,33 +255,43 @@ pub fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         credentials: CredentialEnv::from_process_env(),
         ..VerifyOptions::default()
     };
-    let report = rt.block_on(upload::verify(&args.source, &dest, opts))?;
+    // Only --full reads data back; the bar is created (and shown) only when it does.
+    let progress = Arc::new(ui.progress("verifying", args.json));
+    let report = rt.block_on(upload::verify_with(
+        &args.source,
+        &dest,
+        opts,
+        progress.clone(),
+    ));
+    progress.finish(report.is_ok());
+    let report = report?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        ui.print_json(&serde_json::to_value(&report)?)?;
     } else if report.identical && report.compared == Compared::Bytes {
-        println!(
-            "identical: {} holds exactly what uploading {} sends ({} compared byte for byte)",
+        ui.print(&format!(
+            "identical: {} holds exactly what uploading {} sends ({} compared byte for byte)\n",
             report.destination,
             args.source.display(),
-            human(report.bytes_compared)
-        );
+            amount_and_rate(report.bytes_compared, progress.seconds())
+        ))?;
     } else if report.identical {
         // Only the layout was compared: a blob of the same shape holding other data passes
         // this, so it must not be called identical.
-        println!(
+        ui.print(&format!(
             "layout matches: {} has the size, footer and written pages uploading {} produces; \
-             the data was not read back: run `vhdforge verify --full` to compare bytes",
+             the data was not read back: run `vhdforge verify --full` to compare bytes\n",
             report.destination,
             args.source.display()
-        );
+        ))?;
     } else {
-        println!(
-            "different: {} ({} difference(s))",
+        let mut text = format!(
+            "different: {} ({} difference(s))\n",
             report.destination, report.difference_count
         );
         for d in &report.differences {
-            println!("  at byte {}: {}", d.offset, d.what);
+            text.push_str(&format!("  at byte {}: {}\n", d.offset, d.what));
         }
+        ui.print(&text)?;
     }
     Ok(if report.identical {
         ExitCode::SUCCESS
@@ -514,20 +430,6 @@ mod tests {
                     assert!(!e.contains("abc") && !e.contains("def"), "{e}");
                 }
             }
-        }
-    }
-
-    #[test]
-    fn human_sizes() {
-        let cases = [
-            (0, "0 B"),
-            (1023, "1023 B"),
-            (1024, "1.0 KiB"),
-            (3 << 20, "3.0 MiB"),
-            (5 << 30, "5.0 GiB"),
-        ];
-        for (bytes, want) in cases {
-            assert_eq!(human(bytes), want);
         }
     }
 }

@@ -4,13 +4,14 @@
 
 mod upload_common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use upload_common::*;
 use vhdforge_core::upload::{
-    self, journal, Compared, CredentialEnv, Progress, RetryPolicy, UploadOptions, VerifyOptions,
+    self, journal, Cancel, Compared, CredentialEnv, Progress, RetryPolicy, UploadOptions,
+    VerifyOptions,
 };
 
 const MIB: u64 = 1 << 20;
@@ -55,21 +56,24 @@ struct Counter {
     requests: AtomicU64,
     retries: AtomicU64,
     cancel_after: u64,
-    cancel: Option<Arc<AtomicBool>>,
+    cancel: Option<Cancel>,
 }
 
 impl Progress for Counter {
-    fn sent(&self, bytes: u64) {
+    fn advance(&self, bytes: u64) {
         self.sent.fetch_add(bytes, Ordering::SeqCst);
         let n = self.requests.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some(c) = &self.cancel {
             if n >= self.cancel_after {
-                c.store(true, Ordering::SeqCst);
+                c.cancel();
             }
         }
     }
     fn retried(&self, _reason: &str) {
         self.retries.fetch_add(1, Ordering::SeqCst);
+    }
+    fn cancel(&self) -> Cancel {
+        self.cancel.clone().unwrap_or_default()
     }
 }
 
@@ -315,7 +319,7 @@ async fn resume_after_interruption() {
             .wrapping_add(1_442_695_040_888_963_407);
         let blob = format!("r{trial}.vhd");
         let url = az.blob_url("resume", &blob);
-        let cancel = Arc::new(AtomicBool::new(false));
+        let cancel = Cancel::new();
         let stop_at = 1 + (seed >> 33) % 24;
         let first = Arc::new(Counter {
             cancel_after: stop_at,
@@ -325,10 +329,7 @@ async fn resume_after_interruption() {
         let e = upload::upload(
             &src,
             &url,
-            UploadOptions {
-                cancel: cancel.clone(),
-                ..opts(az.env())
-            },
+            UploadOptions { ..opts(az.env()) },
             first.clone(),
         )
         .await
@@ -385,23 +386,15 @@ async fn resume_after_interruption() {
     }
     // A changed source is refused.
     let url = az.blob_url("resume", "changed.vhd");
-    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel = Cancel::new();
     let c = Arc::new(Counter {
         cancel_after: 2,
         cancel: Some(cancel.clone()),
         ..Counter::default()
     });
-    upload::upload(
-        &src,
-        &url,
-        UploadOptions {
-            cancel,
-            ..opts(az.env())
-        },
-        c,
-    )
-    .await
-    .unwrap_err();
+    upload::upload(&src, &url, UploadOptions { ..opts(az.env()) }, c)
+        .await
+        .unwrap_err();
     std::thread::sleep(Duration::from_millis(20));
     let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
     f.set_len(64 * MIB + 512).unwrap();
@@ -591,7 +584,7 @@ async fn faults_are_retried_and_upload_completes() {
 struct Lines;
 
 impl Progress for Lines {
-    fn sent(&self, bytes: u64) {
+    fn advance(&self, bytes: u64) {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "sent {bytes}");
@@ -834,11 +827,14 @@ async fn every_format_fixture_round_trips() {
 }
 
 /// Cancels as soon as the plan is known: the journal is written, nothing is sent.
-struct CancelAtPlan(Arc<AtomicBool>);
+struct CancelAtPlan(Cancel);
 
 impl Progress for CancelAtPlan {
-    fn planned(&self, _plan: &upload::PlanSummary) {
-        self.0.store(true, Ordering::SeqCst);
+    fn cancel(&self) -> Cancel {
+        self.0.clone()
+    }
+    fn set_total(&self, _bytes: u64) {
+        self.0.cancel();
     }
 }
 
@@ -862,14 +858,11 @@ async fn resume_refuses_a_changed_parent() {
     let interrupted = |blob: &'static str| {
         let url = az.blob_url("chain", blob);
         async move {
-            let cancel = Arc::new(AtomicBool::new(false));
+            let cancel = Cancel::new();
             let e = upload::upload(
                 top_ref,
                 &url,
-                UploadOptions {
-                    cancel: cancel.clone(),
-                    ..opts(az.env())
-                },
+                UploadOptions { ..opts(az.env()) },
                 Arc::new(CancelAtPlan(cancel)),
             )
             .await
@@ -940,16 +933,19 @@ async fn resume_refuses_a_changed_parent() {
 /// Cancels the upload at its first completed data request, after running `probe` (which
 /// sees the destination while the upload is between data pages).
 struct AtFirstPage<F: Fn() + Send + Sync> {
-    cancel: Arc<AtomicBool>,
+    cancel: Cancel,
     probe: F,
     seen: AtomicU64,
 }
 
 impl<F: Fn() + Send + Sync> Progress for AtFirstPage<F> {
-    fn sent(&self, _bytes: u64) {
+    fn cancel(&self) -> Cancel {
+        self.cancel.clone()
+    }
+    fn advance(&self, _bytes: u64) {
         if self.seen.fetch_add(1, Ordering::SeqCst) == 0 {
             (self.probe)();
-            self.cancel.store(true, Ordering::SeqCst);
+            self.cancel.cancel();
         }
     }
 }
@@ -985,7 +981,7 @@ async fn resume_refuses_a_blob_overwritten_by_another_upload() {
     let dir = tempfile::tempdir().unwrap();
     let (p, q) = two_images(dir.path(), 32 * MIB);
     let url = az.blob_url("foreign", "x.vhd");
-    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel = Cancel::new();
     let first = Arc::new(Counter {
         cancel_after: 3,
         cancel: Some(cancel.clone()),
@@ -995,7 +991,6 @@ async fn resume_refuses_a_blob_overwritten_by_another_upload() {
         &p,
         &url,
         UploadOptions {
-            cancel,
             concurrency: 1,
             ..opts(az.env())
         },
@@ -1060,7 +1055,7 @@ async fn a_blob_recreated_during_the_upload_stops_it() {
     let url = az.blob_url("recreated", "y.vhd");
     let size = (32 * MIB + 512).to_string();
     let progress = Arc::new(AtFirstPage {
-        cancel: Arc::new(AtomicBool::new(false)),
+        cancel: Cancel::never(),
         probe: move || {
             let size = size.clone();
             let status = block_on_other_worker(async move {
@@ -1081,7 +1076,7 @@ async fn a_blob_recreated_during_the_upload_stops_it() {
         },
         seen: AtomicU64::new(0),
     });
-    // The probe's cancel flag is not the upload's: the upload runs on until a write fails.
+    // The probe's token can never be set: the upload runs on until a write fails.
     let e = upload::upload(
         &p,
         &url,
@@ -1132,7 +1127,7 @@ async fn a_reused_destination_loses_its_old_footer_before_any_data() {
         r.bytes().await.unwrap().to_vec()
     };
     assert_eq!(&read_footer().await[..8], b"conectix");
-    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel = Cancel::new();
     let footer_during = Arc::new(Mutex::new(Vec::new()));
     let seen = footer_during.clone();
     let progress = Arc::new(AtFirstPage {
@@ -1145,17 +1140,9 @@ async fn a_reused_destination_loses_its_old_footer_before_any_data() {
         concurrency: 1,
         ..opts(az.env())
     };
-    let e = upload::upload(
-        &p,
-        &url,
-        UploadOptions {
-            cancel,
-            ..managed()
-        },
-        progress,
-    )
-    .await
-    .unwrap_err();
+    let e = upload::upload(&p, &url, UploadOptions { ..managed() }, progress)
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), "upload.cancelled", "{e}");
     let during = footer_during.lock().unwrap().clone();
     assert_eq!(during.len(), 512, "the probe did not run");
@@ -1240,7 +1227,7 @@ async fn a_long_source_name_uploads_and_resumes() {
     let regions: Vec<(u64, usize)> = (0..8).map(|i| (i * 3 * MIB, 1_000_000)).collect();
     let src = sparse_image(dir.path(), &name, 24 * MIB, &regions);
     let url = az.blob_url("longname", "l.vhd");
-    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel = Cancel::new();
     let c = Arc::new(Counter {
         cancel_after: 2,
         cancel: Some(cancel.clone()),
@@ -1250,7 +1237,6 @@ async fn a_long_source_name_uploads_and_resumes() {
         &src,
         &url,
         UploadOptions {
-            cancel,
             concurrency: 1,
             ..opts(az.env())
         },
@@ -1290,11 +1276,15 @@ async fn the_page_blob_limit_is_checked_before_planning() {
     let e = upload::upload(
         &src,
         "http://127.0.0.1:9/devstoreaccount1/c/huge.vhd?sv=2021-08-06&sig=x",
-        UploadOptions {
-            cancel: Arc::new(AtomicBool::new(true)),
-            ..UploadOptions::default()
-        },
-        Arc::new(Counter::default()),
+        UploadOptions::default(),
+        Arc::new(Counter {
+            cancel: Some({
+                let c = Cancel::new();
+                c.cancel();
+                c
+            }),
+            ..Counter::default()
+        }),
     )
     .await
     .unwrap_err();
@@ -1333,7 +1323,7 @@ async fn resume_refuses_a_block_device_source() {
     let url = az.blob_url("device", "d.vhd");
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
-    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel = Cancel::new();
     let c = Arc::new(Counter {
         cancel_after: 2,
         cancel: Some(cancel.clone()),
@@ -1347,10 +1337,7 @@ async fn resume_refuses_a_block_device_source() {
     let e = upload::upload(
         std::path::Path::new(&dev.0),
         &url,
-        with(UploadOptions {
-            cancel,
-            ..opts(az.env())
-        }),
+        with(UploadOptions { ..opts(az.env()) }),
         c,
     )
     .await

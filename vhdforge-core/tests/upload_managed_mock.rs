@@ -6,13 +6,13 @@
 mod upload_common;
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufReader};
 use upload_common::*;
 use vhdforge_core::upload::{
-    self, CredentialEnv, NoProgress, Progress, RetryPolicy, UploadOptions, VerifyOptions,
+    self, Cancel, CredentialEnv, NoProgress, Progress, RetryPolicy, UploadOptions, VerifyOptions,
 };
 
 const MIB: u64 = 1 << 20;
@@ -111,7 +111,7 @@ fn handle(disk: &Mutex<Disk>, req: &Request) -> Vec<u8> {
                         return error(413, "RequestBodyTooLarge");
                     }
                     if let Some(crc) = req.header("x-ms-content-crc64") {
-                        if crc != vhdforge_core::upload::client::crc64_header(&req.body) {
+                        if crc != vhdforge_core::storage::blob::crc64_header(&req.body) {
                             return error(400, "Crc64Mismatch");
                         }
                     }
@@ -317,13 +317,16 @@ async fn managed_disk_size_mismatch_and_md5_refused() {
 struct CancelAfter {
     after: u64,
     done: AtomicU64,
-    cancel: Arc<AtomicBool>,
+    cancel: Cancel,
 }
 
 impl Progress for CancelAfter {
-    fn sent(&self, _bytes: u64) {
+    fn cancel(&self) -> Cancel {
+        self.cancel.clone()
+    }
+    fn advance(&self, _bytes: u64) {
         if self.done.fetch_add(1, Ordering::SeqCst) + 1 >= self.after {
-            self.cancel.store(true, Ordering::SeqCst);
+            self.cancel.cancel();
         }
     }
 }
@@ -356,7 +359,7 @@ async fn resume_on_a_reused_disk_sends_what_the_journal_lacks() {
         add_range(&mut disk.written, 0..size);
         let disk = Arc::new(Mutex::new(disk));
         let port = mock(disk.clone()).await;
-        let cancel = Arc::new(AtomicBool::new(false));
+        let cancel = Cancel::new();
         let progress = Arc::new(CancelAfter {
             after: 2,
             done: AtomicU64::new(0),
@@ -366,7 +369,6 @@ async fn resume_on_a_reused_disk_sends_what_the_journal_lacks() {
             &src,
             &url(port),
             UploadOptions {
-                cancel,
                 concurrency: 2,
                 ..opts()
             },

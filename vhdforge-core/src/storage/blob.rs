@@ -297,6 +297,7 @@ impl BlobClient {
         } else {
             format!("{}?{}", self.base, qs.join("&"))
         };
+        let method_name = method.to_string();
         let mut req = self.http.request(method, &url).timeout(timeout);
         for (n, v) in &all {
             // reqwest sets Content-Length from a non-empty body (setting it too would
@@ -308,7 +309,47 @@ impl BlobClient {
         if let Some(b) = body {
             req = req.body(b);
         }
-        let resp = req.send().await.map_err(|e| self.transport(&e))?;
+        let comp = query
+            .iter()
+            .find(|(n, _)| *n == "comp" || *n == "restype")
+            .map_or("", |(_, v)| *v);
+        let range = all
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("x-ms-range") || n.eq_ignore_ascii_case("range"))
+            .map_or("", |(_, v)| v.as_str())
+            .to_string();
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            // -vv: the headers, with the signature and anything secret-looking blanked.
+            let shown: Vec<String> = all
+                .iter()
+                .map(|(n, v)| {
+                    if n.eq_ignore_ascii_case("authorization") {
+                        format!("{n}: [REDACTED]")
+                    } else {
+                        format!("{n}: {}", self.scrub(v))
+                    }
+                })
+                .collect();
+            tracing::debug!(method = %method_name, comp, headers = %shown.join("; "), "request headers");
+        }
+        let started = std::time::Instant::now();
+        let sent = req.send().await;
+        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                let f = self.transport(&e);
+                tracing::info!(
+                    method = %method_name, comp, range = %range, ms,
+                    "no answer from {}: {}", self.base, f.summary()
+                );
+                return Err(f);
+            }
+        };
+        tracing::info!(
+            method = %method_name, comp, range = %range, status = resp.status().as_u16(), ms,
+            "{}", self.base
+        );
         if resp.status().is_success() {
             return Ok(resp);
         }

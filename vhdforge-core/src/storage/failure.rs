@@ -68,6 +68,15 @@ const INVALID_REQUEST_CODES: &[&str] = &[
 ];
 
 impl Failure {
+    /// One short line for progress and logs ("HTTP 503 ServerBusy", "connection refused").
+    #[must_use]
+    pub fn summary(&self) -> String {
+        match self {
+            Failure::Status { status, code, .. } => format!("HTTP {status} {code}"),
+            Failure::Transport { message, .. } => message.clone(),
+        }
+    }
+
     /// A transport failure that retrying may cure.
     pub fn network(message: impl Into<String>) -> Failure {
         Failure::Transport {

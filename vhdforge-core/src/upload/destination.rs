@@ -2,11 +2,12 @@
 //! the existing one), learn what it already holds and what identifies it, then clear what
 //! must not survive: the footer page first, then data where the source is zero.
 
-use super::client::{with_retries, BlobClient, Failure};
 use super::journal::BlobIdentity;
 use super::plan::{normalize, subtract};
-use super::{Progress, UploadOptions};
+use super::{Cancel, Progress, UploadOptions};
 use crate::error::{Error, ErrorKind, Result};
+use crate::storage::retry::with_retries;
+use crate::storage::{BlobClient, Failure};
 use std::ops::Range;
 
 /// What the destination phase works on.
@@ -22,6 +23,8 @@ pub(super) struct Target<'a> {
     pub opts: &'a UploadOptions,
     /// Called before each retry of a request.
     pub on_retry: &'a (dyn Fn(&Failure) + Sync),
+    /// Stops retries and their backoff sleeps.
+    pub cancel: &'a Cancel,
 }
 
 /// The destination as found (or made).
@@ -47,7 +50,7 @@ pub(super) async fn prepare(t: &Target<'_>) -> Result<Destination> {
 /// An existing destination: a page blob of exactly the output size.
 async fn existing(t: &Target<'_>) -> Result<Destination> {
     let policy = &t.opts.retry;
-    let props = with_retries(policy, t.on_retry, || t.client.head())
+    let props = with_retries(policy, t.cancel, t.on_retry, || t.client.head())
         .await
         .map_err(|f| f.into_error("reading the properties of", t.shown))?;
     if !props.blob_type.is_empty() && !props.blob_type.eq_ignore_ascii_case("PageBlob") {
@@ -59,7 +62,7 @@ async fn existing(t: &Target<'_>) -> Result<Destination> {
     }
     size_check(t, props.size)?;
     let present = normalize(
-        with_retries(policy, t.on_retry, || t.client.page_ranges())
+        with_retries(policy, t.cancel, t.on_retry, || t.client.page_ranges())
             .await
             .map_err(|f| f.into_error("listing the page ranges of", t.shown))?,
     );
@@ -105,9 +108,11 @@ async fn create(t: &Target<'_>) -> Result<Destination> {
     let policy = &t.opts.retry;
     if t.opts.create_container {
         let container = t.client.container();
-        with_retries(policy, t.on_retry, || container.create_container())
-            .await
-            .map_err(|f| f.into_error("creating the container", container.display()))?;
+        with_retries(policy, t.cancel, t.on_retry, || {
+            container.create_container()
+        })
+        .await
+        .map_err(|f| f.into_error("creating the container", container.display()))?;
     }
     // Never 0 (what other tools leave), and below 2^53: Azurite keeps the number as a
     // JavaScript double, so larger values come back rounded (Azure allows up to 2^63 - 1).
@@ -115,7 +120,7 @@ async fn create(t: &Target<'_>) -> Result<Destination> {
     // A retried create whose first attempt did arrive finds the blob existing: accept it
     // when it is ours (size, sequence number) and has no pages yet.
     let mut tried = false;
-    with_retries(policy, t.on_retry, || {
+    with_retries(policy, t.cancel, t.on_retry, || {
         let again = std::mem::replace(&mut tried, true);
         let client = t.client;
         let (size, overwrite) = (t.output_size, t.opts.overwrite);
@@ -187,7 +192,7 @@ pub(super) async fn clear_before_sending(
 }
 
 async fn clear(t: &Target<'_>, seq: Option<u64>, range: Range<u64>, what: &str) -> Result<()> {
-    with_retries(&t.opts.retry, t.on_retry, || {
+    with_retries(&t.opts.retry, t.cancel, t.on_retry, || {
         t.client.put_page_if_sequence(
             range.clone(),
             None,

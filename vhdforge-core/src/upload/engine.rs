@@ -8,15 +8,16 @@
 //!    and stale pages;
 //! 4. send ([`super::send`]): the bounded pipeline, the footer last, then the optional MD5.
 
-use super::client::{with_retries, BlobClient, Failure};
 use super::destination::{self, Destination, Target};
 use super::journal::{self, Journal, SourceIdentity};
 use super::plan::{self, DataPlan};
 use super::resume::{self, JournalPlace};
 use super::send::{self, JournalState, SendInput};
-use super::{PlanSummary, Progress, UploadOptions, UploadSource, UploadSummary};
+use super::{Cancel, PlanSummary, Progress, UploadOptions, UploadSource, UploadSummary};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::vhd::footer::FOOTER_SIZE;
+use crate::storage::retry::with_retries;
+use crate::storage::{BlobClient, Failure};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,9 +31,43 @@ pub async fn upload(
     progress: Arc<dyn Progress>,
 ) -> Result<UploadSummary> {
     let mut journal_at = None;
-    upload_inner(source, dest, opts, progress, &mut journal_at)
-        .await
-        .map_err(|e| with_resume_hint(e, journal_at.as_deref()))
+    let cancel = progress.cancel();
+    let outcome = {
+        let inner = upload_inner(source, dest, opts, progress, &mut journal_at);
+        until_cancelled(inner, &cancel).await
+    };
+    outcome.map_err(|e| with_resume_hint(e, journal_at.as_deref()))
+}
+
+/// How long a cancelled phase may take to stop by itself (the send phase flushes its
+/// journal) before it is abandoned where it stands.
+const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_millis(600);
+
+/// Run `op`, but once `cancel` is set give it [`CANCEL_GRACE`] to wind down and then drop
+/// it: a request hanging on a slow connection or a 30 s timeout must not hold a Ctrl-C up.
+/// A remote failure of a cancelled `op` is reported as "interrupted" (a transport error seen
+/// because we stopped retrying is not the cause). Shared with verify.
+pub(super) async fn until_cancelled<T>(
+    op: impl std::future::Future<Output = Result<T>>,
+    cancel: &Cancel,
+) -> Result<T> {
+    let stopped = async {
+        cancel.cancelled().await;
+        tokio::time::sleep(CANCEL_GRACE).await;
+    };
+    let r = tokio::select! {
+        r = op => r,
+        () = stopped => Err(send::cancelled()),
+    };
+    match r {
+        // Only a remote failure can be an artefact of stopping (retries cut short); a local
+        // refusal (size, resume checks) stays what it is.
+        Err(e) if cancel.is_cancelled() && e.kind() == ErrorKind::Remote => {
+            tracing::info!("stopped on request; the last failure was: {e}");
+            Err(send::cancelled())
+        }
+        r => r,
+    }
 }
 
 /// Say whether `--resume` can help after `e`: only when a journal exists (`journal`), which
@@ -44,6 +79,11 @@ fn with_resume_hint(e: Error, journal: Option<&Path>) -> Error {
     // A blob replaced under the upload: --resume would (rightly) be refused.
     let replaced = e.code() == "upload.precondition";
     let hint = match journal {
+        // Stopped on request: there is nothing to fix first.
+        Some(p) if e.kind() == ErrorKind::Interrupted => format!(
+            "the journal {} keeps what was sent: run the same command with --resume to send only what is missing",
+            p.display()
+        ),
         Some(p) if !replaced && (transient || e.kind() == ErrorKind::Remote) => format!(
             "the journal {} keeps what was sent: fix the cause, then run the same command with --resume to send only what is missing",
             p.display()
@@ -82,9 +122,10 @@ async fn upload_inner(
     }
     let opened = open_source(source, &opts, &place, managed)?;
     let src = &opened.src;
-    let planned = plan_upload(src, &opts, place.old.as_ref()).await?;
+    let planned = plan_upload(src, &opts, place.old.as_ref(), progress.cancel()).await?;
 
     let pre_retries = AtomicU64::new(0);
+    let cancel = progress.cancel();
     let on_retry = |f: &Failure| {
         pre_retries.fetch_add(1, Ordering::Relaxed);
         progress.retried(&send::describe(f));
@@ -97,6 +138,7 @@ async fn upload_inner(
         disk_size: src.azure.disk_size,
         opts: &opts,
         on_retry: &on_retry,
+        cancel: &cancel,
     };
     let dest = destination::prepare(&target).await?;
     resume::check_blob(place.old.as_ref(), &dest.blob, &shown, progress.as_ref())?;
@@ -110,7 +152,8 @@ async fn upload_inner(
     let stale_cleared =
         destination::clear_before_sending(&target, &dest, requests, progress.as_ref()).await?;
     let summary_plan = summarize(src, &planned.data, &todo);
-    progress.planned(&summary_plan);
+    progress.note(&plan_line(&summary_plan));
+    progress.set_total(summary_plan.bytes_to_send);
 
     let mut jstate = start_journal(&client, &opts, &place, &opened, &planned, &dest, &todo)?;
     *journal_at = Some(jstate.path().to_path_buf());
@@ -129,9 +172,11 @@ async fn upload_inner(
     )
     .await?;
     if let Some(m) = &sent.md5 {
-        with_retries(&opts.retry, &on_retry, || client.set_content_md5(m))
-            .await
-            .map_err(|f| f.into_error("setting Content-MD5 of", &shown))?;
+        with_retries(&opts.retry, &cancel, &on_retry, || {
+            client.set_content_md5(m)
+        })
+        .await
+        .map_err(|f| f.into_error("setting Content-MD5 of", &shown))?;
     }
     // Done: the journal has served its purpose.
     let _ = std::fs::remove_file(jstate.path());
@@ -153,7 +198,7 @@ async fn upload_inner(
 /// True for a managed-disk upload SAS (by host, or `--managed-disk`); refuses options such a
 /// SAS cannot honour.
 fn is_managed_disk(client: &BlobClient, opts: &UploadOptions) -> Result<bool> {
-    let managed = opts.managed_disk || super::client::is_managed_disk_host(client.host());
+    let managed = opts.managed_disk || crate::storage::hosts::is_managed_disk_host(client.host());
     if managed && opts.content_md5 {
         return Err(Error::new(
             ErrorKind::InvalidInput,
@@ -209,11 +254,11 @@ async fn plan_upload(
     src: &UploadSource,
     opts: &UploadOptions,
     old: Option<&Journal>,
+    cancel: crate::progress::Cancel,
 ) -> Result<Planned> {
     let image = src.image.clone();
     let az = src.azure.clone();
     let bridge = opts.bridge_bytes;
-    let cancel = opts.cancel.clone();
     let data = tokio::task::spawn_blocking(move || {
         plan::plan_requests_multi(image.as_ref(), &az, &[bridge], &cancel).map(|mut v| v.remove(0))
     })
@@ -228,6 +273,24 @@ async fn plan_upload(
     let hash = data.hash(&src.azure.footer_bytes());
     resume::check_plan(old, &hash)?;
     Ok(Planned { data, hash })
+}
+
+/// The line that announces the plan before anything is sent.
+fn plan_line(p: &PlanSummary) -> String {
+    use crate::progress::format_bytes;
+    let mut s = format!(
+        "plan: send {} in {} requests; skip {} of zeros",
+        format_bytes(p.bytes_to_send),
+        p.requests,
+        format_bytes(p.bytes_skipped)
+    );
+    if p.bytes_already_present > 0 {
+        s.push_str(&format!(
+            "; {} already uploaded",
+            format_bytes(p.bytes_already_present)
+        ));
+    }
+    s
 }
 
 /// What the plan sends in this run, for the progress display and the summary.

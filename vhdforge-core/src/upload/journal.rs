@@ -10,8 +10,8 @@
 //! the folder) before it counts. Completions since the last rewrite may be lost in a crash;
 //! they are simply sent again.
 
-use super::redact::without_query;
 use crate::error::{Error, ErrorKind, Result};
+use crate::storage::redact::without_query;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::ops::Range;

@@ -35,7 +35,7 @@
 //! | `upload.checksum` | the body kept arriving corrupted (Md5/Crc64Mismatch after all retries) |
 //! | `upload.resume` | --resume refused: no journal, the source, a parent of it, the plan or the blob changed, or the source is not a regular file (InvalidInput) |
 //! | `upload.journal` | the journal cannot be read or written (Corrupt/Io) |
-//! | `upload.cancelled` | interrupted on request (Interrupted); --resume continues |
+//! | `upload.cancelled` | interrupted on request (Ctrl-C) in any phase of upload or verify (Interrupted); the message says whether --resume continues |
 //! | `upload.source_changed` | an Azure-ready VHD shrank while being opened (Corrupt) |
 //! | `upload.internal`, `verify.internal` | a worker task panicked or was cancelled (Io) |
 
@@ -47,23 +47,11 @@ mod resume;
 mod send;
 mod verify;
 
-// The storage client moved to `crate::storage`; these names keep the engine and verify
-// code compiling unchanged until they import from there.
-pub use crate::storage::{auth, redact};
-/// Re-export of [`crate::storage`]'s client, failure, retry and host items under their old path.
-pub mod client {
-    pub use crate::storage::blob::*;
-    pub use crate::storage::failure::*;
-    pub use crate::storage::hosts::*;
-    pub use crate::storage::retry::*;
-    pub use crate::storage::xml::parse_page_list;
-}
+pub use crate::progress::{Cancel, CancelOnly, NoProgress, Progress};
 pub use crate::storage::retry::RetryPolicy;
-pub use auth::CredentialEnv;
-pub use client::Integrity;
+pub use crate::storage::{CredentialEnv, Integrity, Redacted};
 pub use engine::upload;
-pub use redact::Redacted;
-pub use verify::{verify, Compared, VerifyOptions, VerifyReport};
+pub use verify::{verify, verify_with, Compared, VerifyOptions, VerifyReport};
 
 use crate::convert::{AzurePlan, Policy};
 use crate::error::{Error, Result};
@@ -72,7 +60,6 @@ use crate::image::{DiskImage, DiskType, Format};
 use crate::io::{FileSource, ReadAt};
 use crate::{OpenOptions, Severity};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,8 +101,6 @@ pub struct UploadOptions {
     pub journal_interval: Duration,
     /// Conversion policy for sources that are not Azure-ready VHDs.
     pub policy: Policy,
-    /// Set to stop the upload (in-flight requests are abandoned; the journal is kept).
-    pub cancel: Arc<AtomicBool>,
     /// Credentials besides a SAS in the URL.
     pub credentials: CredentialEnv,
     /// How to open the source.
@@ -140,14 +125,13 @@ impl Default for UploadOptions {
             state_dir: None,
             journal_interval: Duration::from_secs(1),
             policy: Policy::default(),
-            cancel: Arc::new(AtomicBool::new(false)),
             credentials: CredentialEnv::default(),
             open: OpenOptions::default(),
         }
     }
 }
 
-/// What the planner decided, shown before sending.
+/// What the planner decided, shown before sending (as a [`Progress::note`] line).
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct PlanSummary {
     /// Output stream length (disk area + footer) = destination size.
@@ -161,23 +145,6 @@ pub struct PlanSummary {
     /// Put Page requests to send in this run (footer included).
     pub requests: u64,
 }
-
-/// Receives progress; the CLI renders it. All methods may be called from several threads.
-pub trait Progress: Send + Sync {
-    /// The plan is known.
-    fn planned(&self, _plan: &PlanSummary) {}
-    /// A request completed with `bytes` of body.
-    fn sent(&self, _bytes: u64) {}
-    /// A request is retried because of `reason`.
-    fn retried(&self, _reason: &str) {}
-    /// A notable event (e.g. "cleared stale pages").
-    fn note(&self, _msg: &str) {}
-}
-
-/// Progress that goes nowhere.
-#[derive(Debug, Default)]
-pub struct NoProgress;
-impl Progress for NoProgress {}
 
 /// The `--json` summary of an upload.
 #[derive(Debug, Clone, serde::Serialize)]

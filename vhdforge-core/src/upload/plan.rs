@@ -10,11 +10,11 @@
 use crate::convert::AzurePlan;
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::DiskImage;
+use crate::progress::Cancel;
 use crate::sparse::{data_pieces, for_each_nonzero_run};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A page blob page: the unit of every Put Page offset and length.
 pub const PAGE: u64 = 512;
@@ -51,7 +51,7 @@ impl DataPlan {
 
 /// Build the plan for the disk area of `plan` read from `image`, bridging gaps `< bridge`.
 pub fn plan_requests(image: &dyn DiskImage, plan: &AzurePlan, bridge: u64) -> Result<DataPlan> {
-    Ok(plan_requests_multi(image, plan, &[bridge], &AtomicBool::new(false))?.remove(0))
+    Ok(plan_requests_multi(image, plan, &[bridge], &Cancel::never())?.remove(0))
 }
 
 /// One plan per bridge value from a single pass over the data (verify needs the exact
@@ -61,7 +61,7 @@ pub fn plan_requests_multi(
     image: &dyn DiskImage,
     plan: &AzurePlan,
     bridges: &[u64],
-    cancel: &AtomicBool,
+    cancel: &Cancel,
 ) -> Result<Vec<DataPlan>> {
     /// The metadata is walked in windows so the piece list stays small on huge disks.
     const WINDOW: u64 = 64 << 30;
@@ -75,7 +75,7 @@ pub fn plan_requests_multi(
         let runs: Vec<Vec<Range<u64>>> = pieces
             .par_iter()
             .map(|piece| -> Result<Vec<Range<u64>>> {
-                if cancel.load(Ordering::Relaxed) {
+                if cancel.is_cancelled() {
                     return Err(Error::new(
                         ErrorKind::Interrupted,
                         "upload.cancelled",
@@ -405,15 +405,19 @@ mod tests {
         let image = crate::open(&path, &crate::OpenOptions::default()).unwrap();
         let az = AzurePlan::new(image.as_ref(), &crate::convert::Policy::default()).unwrap();
         let plans =
-            plan_requests_multi(image.as_ref(), &az, &[0, 1 << 20], &AtomicBool::new(false))
-                .unwrap();
+            plan_requests_multi(image.as_ref(), &az, &[0, 1 << 20], &Cancel::never()).unwrap();
         // Exact: the two non-zero areas. Bridged by 1 MiB: still two (the gap is 9 MiB).
         assert_eq!(
             plans[0].requests,
             vec![(1 << 20)..(1 << 20) + 512, (10 << 20)..(10 << 20) + 102_400]
         );
         assert_eq!(plans[1].requests, plans[0].requests);
-        let e = plan_requests_multi(image.as_ref(), &az, &[0], &AtomicBool::new(true)).unwrap_err();
+        let e = plan_requests_multi(image.as_ref(), &az, &[0], &{
+            let c = Cancel::new();
+            c.cancel();
+            c
+        })
+        .unwrap_err();
         assert_eq!(e.code(), "upload.cancelled");
     }
 

@@ -3,14 +3,15 @@
 //! backoff, N cut on throttling (AIMD), each completion recorded in the journal; then the
 //! footer page, last (docs/azure-page-blob.md).
 
-use super::client::{md5_header, BlobClient, Class, Failure, Integrity};
 use super::journal::{self, Journal};
 use super::plan::normalize;
-use super::{Progress, UploadOptions};
+use super::{Cancel, Progress, UploadOptions};
 use crate::convert::AzurePlan;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::vhd::footer::FOOTER_SIZE;
 use crate::image::DiskImage;
+use crate::storage::blob::{crc64_header, md5_header};
+use crate::storage::{BlobClient, Class, Failure, Integrity};
 use bytes::Bytes;
 use md5::Digest;
 use std::ops::Range;
@@ -66,6 +67,8 @@ struct Ctx {
     azure: AzurePlan,
     opts: UploadOptions,
     progress: Arc<dyn Progress>,
+    /// The progress's token, fetched once.
+    cancel: Cancel,
     aimd: Aimd,
     retries: AtomicU64,
     sent_bytes: AtomicU64,
@@ -82,7 +85,7 @@ impl Ctx {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        super::client::backoff(&self.opts.retry, attempt)
+        crate::storage::retry::backoff(&self.opts.retry, attempt)
     }
 
     fn timeout_for(&self, len: u64) -> Duration {
@@ -108,7 +111,7 @@ impl Ctx {
 
 fn integrity_value(kind: Integrity, data: &[u8]) -> (Integrity, String) {
     match kind {
-        Integrity::Crc64 => (kind, super::client::crc64_header(data)),
+        Integrity::Crc64 => (kind, crc64_header(data)),
         Integrity::Md5 => (kind, md5_header(data)),
     }
 }
@@ -163,8 +166,16 @@ async fn send_one(
         }
         ctx.retries.fetch_add(1, Ordering::Relaxed);
         ctx.progress.retried(&describe(&failure));
+        let delay = ctx.backoff(attempt);
+        crate::storage::retry::log_retry(&failure, attempt, delay);
         match class {
-            Class::Throttle => ctx.aimd.throttled(),
+            Class::Throttle => {
+                ctx.aimd.throttled();
+                tracing::info!(
+                    in_flight_limit = ctx.aimd.limit(),
+                    "throttled: fewer requests in flight"
+                );
+            }
             Class::Checksum => {
                 // The body may have been corrupted in our memory: read it again from disk.
                 let c = ctx.clone();
@@ -183,15 +194,14 @@ async fn send_one(
             }
             _ => {}
         }
-        tokio::time::sleep(ctx.backoff(attempt)).await;
+        if !ctx.cancel.sleep(delay).await {
+            return Err(cancelled());
+        }
     }
 }
 
 pub(super) fn describe(f: &Failure) -> String {
-    match f {
-        Failure::Status { status, code, .. } => format!("HTTP {status} {code}"),
-        Failure::Transport { message, .. } => message.clone(),
-    }
+    f.summary()
 }
 
 /// One buffer handed from the reader to the senders.
@@ -220,7 +230,7 @@ fn reader(
         }
     };
     for (r, &send) in requests.iter().zip(todo) {
-        if ctx.opts.cancel.load(Ordering::Relaxed) {
+        if ctx.cancel.is_cancelled() {
             return Ok(None);
         }
         if !send && md5.is_none() {
@@ -318,7 +328,7 @@ pub(super) fn cancelled() -> Error {
     Error::new(
         ErrorKind::Interrupted,
         "upload.cancelled",
-        "upload interrupted",
+        "interrupted on request (Ctrl-C)",
     )
 }
 
@@ -354,6 +364,7 @@ pub(super) async fn send_all(input: SendInput, jstate: &mut JournalState) -> Res
         image: input.image,
         azure: input.azure,
         opts: input.opts,
+        cancel: input.progress.cancel(),
         progress: input.progress,
         aimd: Aimd::new(concurrency),
         retries: AtomicU64::new(0),
@@ -361,7 +372,7 @@ pub(super) async fn send_all(input: SendInput, jstate: &mut JournalState) -> Res
         requests: AtomicU64::new(0),
     });
     let md5 = send_data(&ctx, input.requests, input.todo, jstate).await?;
-    if ctx.opts.cancel.load(Ordering::Relaxed) {
+    if ctx.cancel.is_cancelled() {
         let _ = jstate.flush();
         return Err(cancelled());
     }
@@ -424,7 +435,7 @@ async fn drive(
     let mut set: JoinSet<Result<Range<u64>>> = JoinSet::new();
     let mut open = true;
     let outcome = loop {
-        if ctx.opts.cancel.load(Ordering::Relaxed) {
+        if ctx.cancel.is_cancelled() {
             break Err(cancelled());
         }
         if !open && set.is_empty() {
@@ -453,7 +464,7 @@ async fn drive(
                 if jstate.due() {
                     if let Err(e) = jstate.flush() { break Err(e); }
                 }
-                ctx.progress.sent(len);
+                ctx.progress.advance(len);
             },
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
@@ -475,7 +486,7 @@ async fn send_footer(ctx: &Arc<Ctx>) -> Result<()> {
     ctx.sent_bytes
         .fetch_add(FOOTER_SIZE as u64, Ordering::Relaxed);
     ctx.requests.fetch_add(1, Ordering::Relaxed);
-    ctx.progress.sent(FOOTER_SIZE as u64);
+    ctx.progress.advance(FOOTER_SIZE as u64);
     Ok(())
 }
 
@@ -515,7 +526,7 @@ mod tests {
             max_delay: Duration::from_secs(1),
         };
         for (attempt, lo, hi) in [(1, 50, 100), (2, 100, 200), (3, 200, 400), (10, 500, 1000)] {
-            let d = super::super::client::backoff(&p, attempt).as_millis();
+            let d = crate::storage::retry::backoff(&p, attempt).as_millis();
             assert!((lo..=hi).contains(&d), "attempt {attempt}: {d} ms");
         }
     }

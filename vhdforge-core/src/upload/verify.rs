@@ -8,17 +8,18 @@
 //! With `full`: every listed range is read back and compared byte for byte (pages outside
 //! the ranges read as zero, and the coverage check proves the source is zero there).
 
-use super::client::with_retries;
-use super::client::BlobClient;
 use super::plan::{self, subtract, MAX_PUT_PAGE};
-use super::{CredentialEnv, RetryPolicy, UploadSource, DEFAULT_API_VERSION};
+use super::{
+    Cancel, CredentialEnv, NoProgress, Progress, RetryPolicy, UploadSource, DEFAULT_API_VERSION,
+};
 use crate::convert::Policy;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::vhd::footer::{HardDiskFooter, COOKIE, FOOTER_SIZE};
+use crate::storage::retry::with_retries;
+use crate::storage::BlobClient;
 use crate::OpenOptions;
 use std::ops::Range;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use tokio::task::JoinSet;
 
@@ -111,6 +112,29 @@ impl VerifyReport {
 
 /// Compare the blob at `dest` with what uploading `source` sends.
 pub async fn verify(source: &Path, dest: &str, opts: VerifyOptions) -> Result<VerifyReport> {
+    verify_with(source, dest, opts, Arc::new(NoProgress)).await
+}
+
+/// [`verify`] reporting to `progress`: with `full`, the total is the bytes read back and
+/// compared; its cancellation token stops every phase (listing, retries, reading).
+pub async fn verify_with(
+    source: &Path,
+    dest: &str,
+    opts: VerifyOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<VerifyReport> {
+    let cancel = progress.cancel();
+    super::engine::until_cancelled(verify_inner(source, dest, opts, progress, &cancel), &cancel)
+        .await
+}
+
+async fn verify_inner(
+    source: &Path,
+    dest: &str,
+    opts: VerifyOptions,
+    progress: Arc<dyn Progress>,
+    cancel: &Cancel,
+) -> Result<VerifyReport> {
     let client = BlobClient::new(
         dest,
         &opts.credentials,
@@ -140,7 +164,7 @@ pub async fn verify(source: &Path, dest: &str, opts: VerifyOptions) -> Result<Ve
             Compared::Layout
         },
     };
-    let props = with_retries(&opts.retry, &quiet, || client.head())
+    let props = with_retries(&opts.retry, cancel, &quiet, || client.head())
         .await
         .map_err(|f| f.into_error("reading the properties of", &shown))?;
     if props.size != output_size {
@@ -153,17 +177,26 @@ pub async fn verify(source: &Path, dest: &str, opts: VerifyOptions) -> Result<Ve
         );
         return Ok(report);
     }
-    check_footer(&client, &src, &opts, &mut report).await?;
-    let present = check_page_map(&client, &src, &opts, &mut report).await?;
+    check_footer(&client, &src, &opts, cancel, &mut report).await?;
+    let present = check_page_map(&client, &src, &opts, cancel, &mut report).await?;
     if opts.full {
-        compare_bytes(&client, &src, &opts, &present, &mut report).await?;
+        compare_bytes(
+            &client,
+            &src,
+            &opts,
+            &present,
+            progress.as_ref(),
+            cancel,
+            &mut report,
+        )
+        .await?;
         report.differences.sort_by_key(|d| d.offset);
     }
     Ok(report)
 }
 
 /// Retries of a verification are not reported.
-fn quiet(_: &super::client::Failure) {}
+fn quiet(_: &crate::storage::Failure) {}
 
 /// The footer: byte-equal for an as-is VHD; for a converted source equal except unique id,
 /// time stamp and checksum (each upload of a conversion may pick its own).
@@ -171,10 +204,11 @@ async fn check_footer(
     client: &BlobClient,
     src: &UploadSource,
     opts: &VerifyOptions,
+    cancel: &Cancel,
     report: &mut VerifyReport,
 ) -> Result<()> {
     let azure = &src.azure;
-    let got = with_retries(&opts.retry, &quiet, || {
+    let got = with_retries(&opts.retry, cancel, &quiet, || {
         client.get_range(azure.disk_size..azure.output_size())
     })
     .await
@@ -223,14 +257,15 @@ async fn check_page_map(
     client: &BlobClient,
     src: &UploadSource,
     opts: &VerifyOptions,
+    cancel: &Cancel,
     report: &mut VerifyReport,
 ) -> Result<Vec<Range<u64>>> {
     let present = plan::normalize(
-        with_retries(&opts.retry, &quiet, || client.page_ranges())
+        with_retries(&opts.retry, cancel, &quiet, || client.page_ranges())
             .await
             .map_err(|f| f.into_error("listing the page ranges of", client.display()))?,
     );
-    let (exact, bridged) = plan_both(src, opts.bridge_bytes).await?;
+    let (exact, bridged) = plan_both(src, opts.bridge_bytes, cancel.clone()).await?;
     for r in subtract(&exact.requests, &present) {
         report.differ(
             r.start,
@@ -257,12 +292,15 @@ async fn check_page_map(
 }
 
 /// The plan without bridging (what must be there) and with the upload's bridge (what may).
-async fn plan_both(src: &UploadSource, bridge: u64) -> Result<(plan::DataPlan, plan::DataPlan)> {
+async fn plan_both(
+    src: &UploadSource,
+    bridge: u64,
+    cancel: Cancel,
+) -> Result<(plan::DataPlan, plan::DataPlan)> {
     let image = src.image.clone();
     let az = src.azure.clone();
     tokio::task::spawn_blocking(move || -> Result<_> {
-        let mut plans =
-            plan::plan_requests_multi(image.as_ref(), &az, &[0, bridge], &AtomicBool::new(false))?;
+        let mut plans = plan::plan_requests_multi(image.as_ref(), &az, &[0, bridge], &cancel)?;
         let bridged = plans.pop().unwrap_or_else(|| unreachable!());
         let exact = plans.pop().unwrap_or_else(|| unreachable!());
         Ok((exact, bridged))
@@ -287,9 +325,18 @@ async fn compare_bytes(
     src: &UploadSource,
     opts: &VerifyOptions,
     present: &[Range<u64>],
+    progress: &dyn Progress,
+    cancel: &Cancel,
     report: &mut VerifyReport,
 ) -> Result<()> {
     let disk_size = src.azure.disk_size;
+    progress.set_total(
+        present
+            .iter()
+            .filter(|r| r.start < disk_size)
+            .map(|r| r.end.min(disk_size) - r.start)
+            .sum(),
+    );
     let mut pieces = present
         .iter()
         .filter(|r| r.start < disk_size)
@@ -302,6 +349,10 @@ async fn compare_bytes(
     let az = Arc::new(src.azure.clone());
     let mut set: JoinSet<Result<(u64, Option<u64>)>> = JoinSet::new();
     loop {
+        if cancel.is_cancelled() {
+            // Dropping the set aborts the reads in flight.
+            return Err(super::send::cancelled());
+        }
         while set.len() < opts.concurrency.max(1) {
             let Some(p) = pieces.next() else { break };
             set.spawn(compare_piece(
@@ -309,6 +360,7 @@ async fn compare_bytes(
                 src.image.clone(),
                 az.clone(),
                 opts.retry.clone(),
+                cancel.clone(),
                 p,
             ));
         }
@@ -317,6 +369,7 @@ async fn compare_bytes(
         };
         let (len, diff) = res.map_err(|e| internal("compare task", &e))??;
         report.bytes_compared += len;
+        progress.advance(len);
         if let Some(at) = diff {
             report.differ(
                 at,
@@ -335,9 +388,10 @@ async fn compare_piece(
     image: Arc<dyn crate::image::DiskImage>,
     az: Arc<crate::convert::AzurePlan>,
     policy: RetryPolicy,
+    cancel: Cancel,
     p: Range<u64>,
 ) -> Result<(u64, Option<u64>)> {
-    let remote = with_retries(&policy, &quiet, || client.get_range(p.clone()))
+    let remote = with_retries(&policy, &cancel, &quiet, || client.get_range(p.clone()))
         .await
         .map_err(|f| f.into_error("reading", client.display()))?;
     let r2 = p.clone();
