@@ -1,6 +1,6 @@
 //! `pagesink`: a fast loopback HTTP/1.1 server that accepts page-blob requests and
 //! discards the data, so the uploader's own throughput can be measured without Azurite's
-//! ~60 MiB/s ceiling (azure-page-blob.md §5).
+//! ~60 MiB/s ceiling (docs/azure-page-blob.md §5).
 //!
 //! Answers Put Blob and Put Page with 201 and the headers the service sends, HEAD with a
 //! page blob of `--size` bytes, Get Page Ranges with an empty list, anything else with

@@ -1,5 +1,5 @@
 //! Managed-disk upload against a loopback mock that enforces the rules of an `md-*`
-//! upload SAS (azure-page-blob.md §2): the blob exists at the exact size, Put Blob and
+//! upload SAS (docs/azure-page-blob.md §2): the blob exists at the exact size, Put Blob and
 //! property writes are forbidden, Put Pages must be aligned, ≤ 4 MiB and inside the blob.
 //! The mock also pages Get Page Ranges (two ranges per answer) so the marker loop runs.
 

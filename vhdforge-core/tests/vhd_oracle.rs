@@ -1,4 +1,4 @@
-//! Differential tests of the VHD reader against qemu-img 10 and libvhdi (formats.md §4, §6).
+//! Differential tests of the VHD reader against qemu-img 10 and libvhdi (docs/formats.md §4, §6).
 //!
 //! These tests FAIL when an oracle is missing: install `qemu-utils`, `libvhdi-utils` and
 //! `python3-libvhdi` (for /usr/bin/python3). Oracle disagreements they steer around:
@@ -420,7 +420,7 @@ fn fixture_images_read_like_libvhdi() {
 
 #[test]
 fn footer_511_reads_like_qemu() {
-    // qemu accepts the 511-byte footer by accident (formats.md §4.4); libvhdi refuses it.
+    // qemu accepts the 511-byte footer by accident (docs/formats.md §4.4); libvhdi refuses it.
     let dir = tempfile::tempdir().unwrap();
     let raw = fixtures::raw::disk_with_regions(3 << 20, &[(100, 5000), ((3 << 20) - 512, 512)], 3);
     let p = dir.path().join("old.vhd");

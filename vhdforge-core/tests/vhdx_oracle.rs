@@ -1,4 +1,4 @@
-//! Differential tests of the VHDX reader against qemu-img 10 and libvhdi (formats.md §4, §6).
+//! Differential tests of the VHDX reader against qemu-img 10 and libvhdi (docs/formats.md §4, §6).
 //!
 //! qemu writes the 512-byte-sector dynamic and fixed images; vhdforge's fixtures write what
 //! qemu cannot (4096-byte sectors, differencing chains, dirty logs) and libvhdi (`vhdiinfo`,
@@ -459,7 +459,7 @@ fn damaged_copies_compared_with_qemu() {
             false,
             false,
         ),
-        // formats.md §2.5: qemu reads only copy 1; vhdforge's fallback to copy 2 is an extension.
+        // docs/formats.md §2.5: qemu reads only copy 1; vhdforge's fallback to copy 2 is an extension.
         (
             "region table 1: vhdforge falls back, qemu refuses",
             fx::corrupt_region_table1,
@@ -495,7 +495,7 @@ fn damaged_copies_compared_with_qemu() {
 #[test]
 fn qemu_created_large_sparse_disks_open_from_metadata() {
     let dir = tempfile::tempdir().unwrap();
-    // (size argument, virtual size, qemu's automatic block size: formats.md §4.1)
+    // (size argument, virtual size, qemu's automatic block size: docs/formats.md §4.1)
     let cases = [
         ("2T", 2u64 << 40, 32u64 << 20),
         ("33T", 33 << 40, 64 << 20),
