@@ -1,6 +1,6 @@
-//! Parallel, zero-skipping, resumable page-blob upload (azure-page-blob.md).
+//! Parallel, zero-skipping, resumable page-blob upload (`docs/azure-page-blob.md`).
 //!
-//! The uploader always sends the byte stream the converter would write ([`AzurePlan`]):
+//! The uploader always sends the byte stream the converter would write ([`FixedVhdLayout`]):
 //! the disk area, then the 512-byte footer. An Azure-ready fixed VHD keeps its own footer,
 //! so it is uploaded byte for byte; anything else is converted on the fly.
 //!
@@ -65,7 +65,7 @@ pub use engine::upload;
 pub use redact::Redacted;
 pub use verify::{verify, Compared, VerifyOptions, VerifyReport};
 
-use crate::convert::{AzurePlan, Policy};
+use crate::azure::{FixedVhdLayout, FooterSource, Policy};
 use crate::error::{Error, Result};
 use crate::format::vhd::footer::{HardDiskFooter, FOOTER_SIZE};
 use crate::image::{DiskImage, DiskType, Format};
@@ -213,7 +213,7 @@ pub struct UploadSource {
     /// The image.
     pub image: Arc<dyn DiskImage>,
     /// The output's shape; its footer is what is sent last.
-    pub azure: AzurePlan,
+    pub azure: FixedVhdLayout,
     /// True when the source is an Azure-ready fixed VHD sent byte for byte (own footer).
     pub as_is: bool,
 }
@@ -258,18 +258,20 @@ impl UploadSource {
                     .in_file(path)
                     .at(at)
             })?;
-            let azure = AzurePlan {
-                source_size: info.virtual_size,
-                disk_size: info.virtual_size,
-                footer: HardDiskFooter::from_bytes(&bytes),
-            };
+            let azure = FixedVhdLayout::new(
+                path,
+                info.virtual_size,
+                info.logical_sector_size,
+                FooterSource::Existing(Box::new(HardDiskFooter::from_bytes(&bytes))),
+                policy,
+            )?;
             return Ok(UploadSource {
                 image,
                 azure,
                 as_is: true,
             });
         }
-        let azure = AzurePlan::new(image.as_ref(), policy)?;
+        let azure = FixedVhdLayout::for_image(image.as_ref(), policy)?;
         Ok(UploadSource {
             image,
             azure,

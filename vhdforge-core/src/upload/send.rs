@@ -7,7 +7,7 @@ use super::client::{md5_header, BlobClient, Class, Failure, Integrity};
 use super::journal::{self, Journal};
 use super::plan::normalize;
 use super::{Progress, UploadOptions};
-use crate::convert::AzurePlan;
+use crate::azure::FixedVhdLayout;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::vhd::footer::FOOTER_SIZE;
 use crate::image::DiskImage;
@@ -63,7 +63,7 @@ struct Ctx {
     /// The sequence number every Put Page is conditional on (page blobs vhdforge created).
     seq: Option<u64>,
     image: Arc<dyn DiskImage>,
-    azure: AzurePlan,
+    azure: FixedVhdLayout,
     opts: UploadOptions,
     progress: Arc<dyn Progress>,
     aimd: Aimd,
@@ -326,7 +326,7 @@ pub(super) fn cancelled() -> Error {
 pub(super) struct SendInput {
     pub client: BlobClient,
     pub image: Arc<dyn DiskImage>,
-    pub azure: AzurePlan,
+    pub azure: FixedVhdLayout,
     /// The options, concurrency already clamped.
     pub opts: UploadOptions,
     pub progress: Arc<dyn Progress>,
