@@ -5,7 +5,9 @@ use anyhow::{Context, Result};
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vhdforge_core::convert::{convert_in_place, convert_to_file, ConvertOptions, Policy};
+use vhdforge_core::convert::{
+    convert_in_place, convert_to_file, ConvertOptions, InPlaceAction, Policy,
+};
 use vhdforge_core::progress::{format_bytes, format_rate};
 use vhdforge_core::{inspect_quick as inspect, open, OpenOptions};
 
@@ -102,8 +104,8 @@ pub fn run(a: &ConvertArgs, ui: &Ui) -> Result<ExitCode> {
                 s.push_str(&format!("note: {n}\n"));
             }
             s.push_str(&match r.action {
-                "unchanged" => format!("{}: already an Azure-ready fixed VHD; nothing done\n", a.input.display()),
-                action => format!(
+                InPlaceAction::Unchanged => format!("{}: already an Azure-ready fixed VHD; nothing done\n", a.input.display()),
+                action @ (InPlaceAction::Converted | InPlaceAction::Repaired) => format!(
                     "{}: {action} in place -> fixed VHD of {} (padded {} bytes), file now {} bytes\n",
                     a.input.display(),
                     bytes(r.disk_size),

@@ -28,6 +28,10 @@ pub enum ErrorKind {
     Remote,
 }
 
+/// What caused an error: an OS error, another [`Error`] it was given context by, or any
+/// other library's error.
+type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// The library's error.
 #[derive(Debug)]
 pub struct Error {
@@ -36,7 +40,7 @@ pub struct Error {
     message: String,
     offset: Option<u64>,
     path: Option<PathBuf>,
-    source: Option<io::Error>,
+    source: Option<Source>,
 }
 
 /// Result alias used throughout the crate.
@@ -78,8 +82,35 @@ impl Error {
             message: context.into(),
             offset: None,
             path: None,
-            source: Some(source),
+            source: Some(Box::new(source)),
         }
+    }
+
+    /// This error as the cause of a new one that says what was being done: same kind, a new
+    /// `code` and `message`, and `self` kept as the [`std::error::Error::source`] (and
+    /// printed after the message), so nothing the cause said is lost. Use this instead of
+    /// building a new error from `e.message()` by hand.
+    #[must_use]
+    pub fn context(self, code: &'static str, message: impl Into<String>) -> Self {
+        Error {
+            kind: self.kind,
+            code,
+            message: message.into(),
+            offset: None,
+            path: None,
+            source: Some(Box::new(self)),
+        }
+    }
+
+    /// Record `source` as the cause (replacing any other): it is printed after the message
+    /// and reachable through [`std::error::Error::source`].
+    #[must_use]
+    pub fn with_source(
+        mut self,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        self.source = Some(source.into());
+        self
     }
 
     /// Attach a byte offset.
@@ -142,12 +173,57 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_ref().map(|e| e as _)
+        self.source.as_deref().map(|e| e as _)
     }
 }
 
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
         Error::io("I/O error", e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn context_keeps_the_cause_and_its_details() {
+        let cause = Error::io("cannot read", io::Error::other("disk on fire"))
+            .in_file(Path::new("a.vhd"))
+            .at(0x200);
+        let e = cause.context("convert.self_check", "the output failed its check");
+        // Kind of the cause, new code and message; the cause reachable and printed.
+        assert_eq!(e.kind(), ErrorKind::Io);
+        assert_eq!(e.code(), "convert.self_check");
+        assert_eq!(e.message(), "the output failed its check");
+        assert_eq!(
+            e.to_string(),
+            "the output failed its check: a.vhd: cannot read (at byte offset 0x200): disk on fire"
+        );
+        let inner = e.source().and_then(|s| s.downcast_ref::<Error>()).unwrap();
+        assert_eq!((inner.code(), inner.offset()), ("io", Some(0x200)));
+        assert_eq!(inner.path(), Some(Path::new("a.vhd")));
+        // The OS error stays reachable one level further down.
+        assert!(inner
+            .source()
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .is_some());
+    }
+
+    #[test]
+    fn with_source_prints_like_an_io_cause() {
+        let e = Error::new(
+            ErrorKind::Io,
+            "convert.threads",
+            "cannot start worker threads",
+        )
+        .with_source("no threads left");
+        assert_eq!(
+            e.to_string(),
+            "cannot start worker threads: no threads left"
+        );
+        assert_eq!(e.source().unwrap().to_string(), "no threads left");
     }
 }

@@ -6,7 +6,8 @@
 //! file (`FILE.vhdforge-inplace`) and flushed. If the run is interrupted, the next run finds
 //! the journal, restores the file exactly as it was, and starts over.
 
-use super::{AzurePlan, Policy};
+use super::Policy;
+use crate::azure::{FixedVhdLayout, FooterSource};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::vhd::footer::{
     find_trailing_footer, FooterAt, HardDiskFooter, DISK_TYPE_FIXED, FEATURE_RESERVED,
@@ -24,11 +25,41 @@ use std::time::Instant;
 const SAVED_TAIL: u64 = 1024;
 const JOURNAL_MAGIC: &str = "vhdforge-inplace v2";
 
+/// What an in-place conversion did to the file (`--json`: `converted`, `repaired`,
+/// `unchanged`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InPlaceAction {
+    /// A raw image became a fixed VHD.
+    Converted,
+    /// A fixed VHD's size or footer was fixed up.
+    Repaired,
+    /// Already Azure-ready; nothing was written.
+    Unchanged,
+}
+
+impl InPlaceAction {
+    /// The word used in JSON and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InPlaceAction::Converted => "converted",
+            InPlaceAction::Repaired => "repaired",
+            InPlaceAction::Unchanged => "unchanged",
+        }
+    }
+}
+
+impl std::fmt::Display for InPlaceAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What an in-place conversion did.
 #[derive(Debug, Clone, Serialize)]
 pub struct InPlaceReport {
-    /// `converted` (raw → VHD), `repaired` (fixed VHD fixed up), or `unchanged` (already Azure-ready).
-    pub action: &'static str,
+    /// What was done.
+    pub action: InPlaceAction,
     /// What the file was.
     pub input_format: Format,
     /// Bytes of disk data the file held before.
@@ -109,10 +140,17 @@ pub fn convert_in_place(path: &Path, policy: &Policy, force: bool) -> Result<InP
         }
         notes = footer_problems(f, data_len, len);
     }
-    let disk_size = super::disk_size_for(data_len, policy)?;
+    // Keep a repaired disk's identity; a raw image gets a fresh one. Both raw images and
+    // VHDs have 512-byte sectors.
+    let unique_id = old_footer
+        .as_ref()
+        .map(|f| f.unique_id)
+        .filter(|id| id.iter().any(|&b| b != 0));
+    let plan = FixedVhdLayout::new(path, data_len, 512, FooterSource::New { unique_id }, policy)?;
+    let disk_size = plan.disk_size;
     if old_footer.is_some() && notes.is_empty() && !force {
         return Ok(InPlaceReport {
-            action: "unchanged",
+            action: InPlaceAction::Unchanged,
             input_format: format,
             virtual_size: data_len,
             disk_size: data_len,
@@ -123,23 +161,6 @@ pub fn convert_in_place(path: &Path, policy: &Policy, force: bool) -> Result<InP
             seconds: started.elapsed().as_secs_f64(),
         });
     }
-    // Keep a repaired disk's identity; a raw image gets a fresh one.
-    let unique_id = old_footer
-        .as_ref()
-        .map(|f| f.unique_id)
-        .filter(|id| id.iter().any(|&b| b != 0));
-    let footer = HardDiskFooter::new_fixed(
-        disk_size,
-        unique_id.unwrap_or_else(|| *uuid::Uuid::new_v4().as_bytes()),
-        policy
-            .time_stamp
-            .unwrap_or_else(crate::format::vhd::footer::vhd_timestamp_now),
-    );
-    let plan = AzurePlan {
-        source_size: data_len,
-        disk_size,
-        footer,
-    };
     drop(src);
 
     write_journal(path, &journal, len, plan.output_size())?;
@@ -163,9 +184,9 @@ pub fn convert_in_place(path: &Path, policy: &Policy, force: bool) -> Result<InP
     let _ = fsutil::sync_dir_of(path);
     Ok(InPlaceReport {
         action: if format == Format::Raw {
-            "converted"
+            InPlaceAction::Converted
         } else {
-            "repaired"
+            InPlaceAction::Repaired
         },
         input_format: format,
         virtual_size: data_len,
@@ -462,7 +483,7 @@ mod tests {
         drop(f);
         let r = convert_in_place(&p, &Policy::default(), false).unwrap();
         assert!(r.recovered_interrupted_run);
-        assert_eq!(r.action, "converted");
+        assert_eq!(r.action, InPlaceAction::Converted);
         assert_eq!(r.disk_size, 22 * crate::azure::MIB);
         let now = std::fs::read(&p).unwrap();
         assert_eq!(now.len() as u64, 22 * crate::azure::MIB + 512);
@@ -568,7 +589,7 @@ mod tests {
             std::os::unix::fs::symlink(&victim, planted).unwrap();
         }
         let r = convert_in_place(&p, &Policy::default(), false).unwrap();
-        assert_eq!(r.action, "converted");
+        assert_eq!(r.action, InPlaceAction::Converted);
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
         assert!(!journal.exists());
         // A link at the journal's own name reads as a damaged journal: refused, the file
@@ -610,6 +631,38 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["null", "pipe", "sub"]);
+    }
+
+    #[test]
+    fn actions_keep_their_json_words() {
+        for (action, word) in [
+            (InPlaceAction::Converted, "converted"),
+            (InPlaceAction::Repaired, "repaired"),
+            (InPlaceAction::Unchanged, "unchanged"),
+        ] {
+            assert_eq!(serde_json::to_value(action).unwrap(), word);
+            assert_eq!(action.to_string(), word);
+        }
+    }
+
+    #[test]
+    fn a_repaired_vhd_keeps_its_identity_and_an_unchanged_one_is_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.vhd");
+        // 21 MiB + 1000 bytes of data with a footer claiming exactly that: padded, id kept.
+        let size = 21 * crate::azure::MIB + 1000;
+        let mut data = vec![1u8; size as usize];
+        data.extend_from_slice(&HardDiskFooter::new_fixed(size, [6; 16], 5).to_bytes());
+        std::fs::write(&p, &data).unwrap();
+        let r = convert_in_place(&p, &Policy::default(), false).unwrap();
+        assert_eq!(r.action, InPlaceAction::Repaired);
+        let now = std::fs::read(&p).unwrap();
+        let footer = HardDiskFooter::from_bytes(now[now.len() - 512..].try_into().unwrap());
+        assert_eq!(footer.unique_id, [6; 16]);
+        assert_eq!(footer.current_size.get(), 22 * crate::azure::MIB);
+        let r = convert_in_place(&p, &Policy::default(), false).unwrap();
+        assert_eq!(r.action, InPlaceAction::Unchanged);
+        assert!(std::fs::read(&p).unwrap() == now);
     }
 
     #[test]

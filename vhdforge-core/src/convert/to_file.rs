@@ -6,16 +6,15 @@
 //! the footer goes last, the file is flushed, then renamed into place. Cost grows with the
 //! data in the image, not its virtual size.
 
-use super::{AzurePlan, Policy};
+use super::Policy;
+use crate::azure::FixedVhdLayout;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fsutil::{self, FileKind, Occupant, PersistError, Replace, TempFile};
 use crate::image::DiskImage;
 use crate::io::pwrite_all;
 use crate::progress::Progress;
-use crate::sparse::{data_pieces, for_each_nonzero_run};
-use rayon::prelude::*;
+use crate::sparse::{data_pieces, scan_pieces};
 use serde::Serialize;
-use std::cell::RefCell;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,7 +76,7 @@ pub fn convert_to_file(
     progress: &dyn Progress,
 ) -> Result<ConvertReport> {
     let started = Instant::now();
-    let plan = AzurePlan::new(image, &opts.policy)?;
+    let plan = FixedVhdLayout::for_image(image, &opts.policy)?;
     check_output(out, opts.force)?;
     if let Some(p) = chain_paths(image).iter().find(|p| same_file(p, out)) {
         let what = if *p == image.info().path {
@@ -118,45 +117,38 @@ pub fn convert_to_file(
             Error::new(
                 ErrorKind::Io,
                 "convert.threads",
-                format!("cannot start worker threads: {e}"),
+                "cannot start worker threads",
             )
+            .with_source(e)
         })?;
-    thread_local!(static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) });
     pool.install(|| {
-        pieces.par_iter().try_for_each(|piece| -> Result<()> {
-            if progress.is_cancelled() {
-                return Err(Error::new(
-                    ErrorKind::Interrupted,
-                    "interrupted",
-                    "conversion interrupted; no output was written",
-                ));
-            }
-            BUF.with(|b| {
-                let mut buf = b.borrow_mut();
-                let len = (piece.end - piece.start) as usize;
-                buf.resize(len, 0);
-                image.read_at(&mut buf[..len], piece.start)?;
-                let mut result = Ok(());
-                for_each_nonzero_run(&buf[..len], piece.start, PAGE, |start, run| {
-                    if result.is_ok() {
-                        let at = (start - piece.start) as usize;
-                        result = pwrite_all(file, &buf[at..at + run as usize], start)
-                            .map(|()| {
-                                written.fetch_add(run, Ordering::Relaxed);
-                            })
-                            .map_err(|e| {
-                                Error::io(format!("cannot write {}", tmp_path.display()), e)
-                                    .at(start)
-                            });
-                    }
-                });
-                if result.is_ok() {
-                    start_writeback(file, piece.start, piece.end - piece.start);
+        scan_pieces(
+            &pieces,
+            PAGE,
+            |buf, at| {
+                if progress.is_cancelled() {
+                    return Err(Error::new(
+                        ErrorKind::Interrupted,
+                        "interrupted",
+                        "conversion interrupted; no output was written",
+                    ));
                 }
-                progress.advance(len as u64);
-                result
-            })
-        })
+                image.read_at(buf, at)
+            },
+            |piece, data, runs| {
+                for run in runs {
+                    let at = (run.start - piece.start) as usize;
+                    let len = (run.end - run.start) as usize;
+                    pwrite_all(file, &data[at..at + len], run.start).map_err(|e| {
+                        Error::io(format!("cannot write {}", tmp_path.display()), e).at(run.start)
+                    })?;
+                    written.fetch_add(run.end - run.start, Ordering::Relaxed);
+                }
+                start_writeback(file, piece.start, piece.end - piece.start);
+                progress.advance(piece.end - piece.start);
+                Ok(())
+            },
+        )
     })?;
     pwrite_all(file, &plan.footer_bytes(), plan.disk_size)
         .map_err(|e| Error::io(format!("cannot write {}", tmp_path.display()), e))?;
@@ -167,23 +159,7 @@ pub fn convert_to_file(
             "conversion interrupted; no output was written",
         ));
     }
-    // The output must pass `check` before it gets its name (the size rule excepted when the
-    // user overrode it).
-    let overridden = |code: &str| {
-        opts.policy.allow_any_size && matches!(code, "azure.too_small" | "azure.too_large")
-    };
-    let check = crate::inspect_quick(&tmp_path, &crate::OpenOptions::default())?;
-    if let Some(f) = check
-        .findings
-        .iter()
-        .find(|f| f.severity == crate::Severity::Error && !overridden(f.code))
-    {
-        return Err(Error::new(
-            ErrorKind::Corrupt,
-            "convert.self_check",
-            format!("the converted image failed its own check ({f}); nothing was written to {}. Please report this", out.display()),
-        ));
-    }
+    self_check(&tmp_path, out, &opts.policy)?;
     // The file is flushed by persist before it is renamed; the folder after.
     let replace = if opts.force {
         Replace::RegularFile
@@ -211,6 +187,44 @@ pub fn convert_to_file(
         padded_bytes: plan.padding(),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The output at `tmp` must pass `check` before it gets its name `out`: every structural
+/// finding, and every Azure rule the policy does not waive (an output outside the size range
+/// the user allowed is still the right output).
+fn self_check(tmp: &Path, out: &Path, policy: &Policy) -> Result<()> {
+    let failed = |what: String| {
+        Error::new(
+            ErrorKind::Corrupt,
+            "convert.self_check",
+            format!("the converted image failed its own check ({what}); nothing was written to {}. Please report this", out.display()),
+        )
+    };
+    let check = crate::inspect_quick(tmp, &crate::OpenOptions::default()).map_err(|e| {
+        e.context(
+            "convert.self_check",
+            format!(
+                "the converted image could not be checked; nothing was written to {}",
+                out.display()
+            ),
+        )
+    })?;
+    // Structural findings come first in `check.findings`; `readable` says none was an error.
+    let (Some(info), true) = (&check.info, check.readable) else {
+        let first = check
+            .findings
+            .iter()
+            .find(|f| f.severity == crate::Severity::Error)
+            .map_or_else(|| "it could not be read".to_string(), ToString::to_string);
+        return Err(failed(first));
+    };
+    match crate::azure::assess(info)
+        .into_iter()
+        .find(|b| b.severity == crate::Severity::Error && !policy.allows(b.rule))
+    {
+        Some(breach) => Err(failed(crate::Finding::from(breach).to_string())),
+        None => Ok(()),
+    }
 }
 
 /// Ask the kernel to start writing this range to disk now, without waiting, so the final
@@ -340,4 +354,71 @@ fn unsafe_zeroed_statvfs() -> libc::statvfs {
 #[cfg(not(unix))]
 fn free_space(_out: &Path) -> Option<u64> {
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::vhd::footer::HardDiskFooter;
+
+    fn fixed_vhd(dir: &Path, name: &str, size: u64, damage_checksum: bool) -> PathBuf {
+        let p = dir.join(name);
+        let mut data = vec![0u8; size as usize];
+        let mut footer = HardDiskFooter::new_fixed(size, [4; 16], 9).to_bytes();
+        if damage_checksum {
+            footer[64] ^= 0xff;
+        }
+        data.extend_from_slice(&footer);
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+
+    #[test]
+    fn the_self_check_waives_only_what_the_policy_allows() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.vhd");
+        let any_size = Policy {
+            allow_any_size: true,
+            ..Policy::default()
+        };
+        // (what, file, policy, passes)
+        let small = fixed_vhd(dir.path(), "small.vhd", 2 << 20, false);
+        let ok = fixed_vhd(dir.path(), "ok.vhd", 21 << 20, false);
+        let damaged = fixed_vhd(dir.path(), "damaged.vhd", 2 << 20, true);
+        let cases: &[(&str, &Path, &Policy, bool)] = &[
+            ("Azure-ready", &ok, &Policy::default(), true),
+            ("too small, no waiver", &small, &Policy::default(), false),
+            ("too small, --allow-any-size", &small, &any_size, true),
+            // A structural error is never waived, whatever the size policy.
+            ("bad footer checksum", &damaged, &any_size, false),
+        ];
+        for &(what, file, policy, passes) in cases {
+            match self_check(file, &out, policy) {
+                Ok(()) => assert!(passes, "{what}: passed"),
+                Err(e) => {
+                    assert!(!passes, "{what}: {e}");
+                    assert_eq!(e.code(), "convert.self_check", "{what}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_self_check_that_cannot_open_keeps_the_cause() {
+        use std::error::Error as _;
+        let dir = tempfile::tempdir().unwrap();
+        let e = self_check(
+            &dir.path().join("gone"),
+            &dir.path().join("o"),
+            &Policy::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), "convert.self_check");
+        let cause = e
+            .source()
+            .and_then(|s| s.downcast_ref::<Error>())
+            .expect("the open error is kept as the source");
+        assert_eq!(cause.kind(), ErrorKind::Io, "{e}");
+        assert!(e.to_string().contains("gone"), "{e}");
+    }
 }

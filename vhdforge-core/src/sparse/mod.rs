@@ -3,10 +3,13 @@
 //!
 //! Two layers: the allocation map ([`crate::DiskImage::extents`]) rules out everything the
 //! metadata proves to be zero without reading it; what remains is read and tested for zero
-//! at memory bandwidth ([`is_zero`]), granule by granule ([`for_each_nonzero_run`]).
+//! at memory bandwidth ([`is_zero`]), granule by granule ([`for_each_nonzero_run`]), in
+//! parallel over the pieces ([`scan_pieces`]: the one scanner `convert` and `upload` share).
 
 use crate::error::Result;
 use crate::image::{DiskImage, Extent};
+use rayon::prelude::*;
+use std::cell::RefCell;
 use std::ops::Range;
 
 /// True when every byte of `buf` is zero.
@@ -57,6 +60,51 @@ pub fn for_each_nonzero_run(buf: &[u8], base: u64, granularity: u64, mut f: impl
     if let Some(s) = run_start {
         f(base + s, len - s);
     }
+}
+
+/// Read every piece with `read(buf, offset)` and hand `visit(piece, data, runs)` its bytes
+/// and its runs of non-zero `granularity`-sized granules (absolute offsets, granules aligned
+/// as in [`for_each_nonzero_run`]). Pieces are read and scanned in parallel on the current
+/// rayon pool, each into a buffer reused per thread (memory: one piece per thread); the
+/// results come back in piece order. The first error stops the scan.
+///
+/// `read` is where a caller checks for cancellation: it runs before each piece's I/O.
+pub fn scan_pieces<T, R, V>(
+    pieces: &[Range<u64>],
+    granularity: u64,
+    read: R,
+    visit: V,
+) -> Result<Vec<T>>
+where
+    T: Send,
+    R: Fn(&mut [u8], u64) -> Result<()> + Sync,
+    V: Fn(&Range<u64>, &[u8], &[Range<u64>]) -> Result<T> + Sync,
+{
+    thread_local!(static SCRATCH: RefCell<(Vec<u8>, Vec<Range<u64>>)> = const { RefCell::new((Vec::new(), Vec::new())) });
+    let scan_one = |piece: &Range<u64>, buf: &mut Vec<u8>, runs: &mut Vec<Range<u64>>| {
+        // Pieces are bounded by the caller's piece size (a few MiB).
+        let len = (piece.end - piece.start) as usize;
+        buf.resize(len, 0);
+        let data = &mut buf[..len];
+        read(data, piece.start)?;
+        runs.clear();
+        for_each_nonzero_run(data, piece.start, granularity, |s, l| runs.push(s..s + l));
+        visit(piece, data, runs)
+    };
+    pieces
+        .par_iter()
+        .map(|piece| {
+            SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+                Ok(mut s) => {
+                    let (buf, runs) = &mut *s;
+                    scan_one(piece, buf, runs)
+                }
+                // A `read` or `visit` that itself waits on rayon can have this thread pick
+                // up another piece meanwhile; that one gets buffers of its own.
+                Err(_) => scan_one(piece, &mut Vec::new(), &mut Vec::new()),
+            })
+        })
+        .collect()
 }
 
 /// The virtual ranges of `[start, end)` that the metadata says hold stored bytes, split
@@ -117,7 +165,60 @@ mod tests {
         runs
     }
 
+    #[test]
+    fn a_failing_read_stops_the_scan_with_its_error() {
+        let pieces: Vec<Range<u64>> = (0..64u64).map(|i| i * 4096..(i + 1) * 4096).collect();
+        let e = scan_pieces(
+            &pieces,
+            512,
+            |buf: &mut [u8], at| {
+                if at == 40 * 4096 {
+                    return Err(crate::Error::corrupt("test.read", at, "unreadable"));
+                }
+                buf.fill(1);
+                Ok(())
+            },
+            |_, _, runs| Ok(runs.len()),
+        )
+        .unwrap_err();
+        assert_eq!((e.code(), e.offset()), ("test.read", Some(40 * 4096)));
+    }
+
     proptest! {
+        // The parallel piece scanner hands each piece its own bytes and exactly the runs a
+        // byte-by-byte scan of that piece finds, in piece order.
+        #[test]
+        fn scan_pieces_equals_naive(len in 1usize..40_000, g in prop::sample::select(vec![1u64, 512, 4096]),
+                                    cuts in prop::collection::vec((0usize..40_000, 0usize..9000), 0..10),
+                                    pokes in prop::collection::vec((0usize..40_000, 1u8..=255), 0..24)) {
+            let mut buf = vec![0u8; len];
+            for (at, v) in pokes { if at < len { buf[at] = v; } }
+            // Sorted, disjoint pieces (some empty-gapped, some touching) inside the buffer.
+            let mut pieces: Vec<Range<u64>> = Vec::new();
+            let mut starts: Vec<(usize, usize)> = cuts.into_iter().map(|(s, l)| (s % len, l)).collect();
+            starts.sort_unstable();
+            for (s, l) in starts {
+                let s = s.max(pieces.last().map_or(0, |p| p.end as usize));
+                let e = (s + l).min(len);
+                if s < e { pieces.push(s as u64..e as u64); }
+            }
+            let got = scan_pieces(
+                &pieces,
+                g,
+                |out: &mut [u8], at| { out.copy_from_slice(&buf[at as usize..at as usize + out.len()]); Ok(()) },
+                |piece, data, runs| {
+                    assert_eq!(data, &buf[piece.start as usize..piece.end as usize]);
+                    Ok((piece.clone(), runs.iter().map(|r| (r.start, r.end - r.start)).collect::<Vec<_>>()))
+                },
+            ).unwrap();
+            prop_assert_eq!(got.len(), pieces.len());
+            for (piece, (p, runs)) in pieces.iter().zip(got) {
+                prop_assert_eq!(&p, piece);
+                let s = piece.start as usize;
+                prop_assert_eq!(runs, naive_runs(&buf[s..piece.end as usize], piece.start, g));
+            }
+        }
+
         // The fast scan finds exactly the granules a byte-by-byte scan finds.
         #[test]
         fn nonzero_runs_equal_naive(len in 0usize..20000, base in 0u64..5000, g in prop::sample::select(vec![1u64, 512, 4096, 65536]),

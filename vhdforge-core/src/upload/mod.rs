@@ -1,6 +1,6 @@
-//! Parallel, zero-skipping, resumable page-blob upload (azure-page-blob.md).
+//! Parallel, zero-skipping, resumable page-blob upload (`docs/azure-page-blob.md`).
 //!
-//! The uploader always sends the byte stream the converter would write ([`AzurePlan`]):
+//! The uploader always sends the byte stream the converter would write ([`FixedVhdLayout`]):
 //! the disk area, then the 512-byte footer. An Azure-ready fixed VHD keeps its own footer,
 //! so it is uploaded byte for byte; anything else is converted on the fly.
 //!
@@ -53,7 +53,7 @@ pub use crate::storage::{CredentialEnv, Integrity, Redacted};
 pub use engine::upload;
 pub use verify::{verify, verify_with, Compared, VerifyOptions, VerifyReport};
 
-use crate::convert::{AzurePlan, Policy};
+use crate::azure::{FixedVhdLayout, FooterSource, Policy};
 use crate::error::{Error, Result};
 use crate::format::vhd::footer::{find_trailing_footer, FOOTER_SIZE};
 use crate::image::{DiskImage, DiskType, Format};
@@ -180,7 +180,7 @@ pub struct UploadSource {
     /// The image.
     pub image: Arc<dyn DiskImage>,
     /// The output's shape; its footer is what is sent last.
-    pub azure: AzurePlan,
+    pub azure: FixedVhdLayout,
     /// True when the source is an Azure-ready fixed VHD sent byte for byte (own footer).
     pub as_is: bool,
 }
@@ -223,18 +223,20 @@ impl UploadSource {
                     .in_file(path)
                 })?
                 .footer;
-            let azure = AzurePlan {
-                source_size: info.virtual_size,
-                disk_size: info.virtual_size,
-                footer,
-            };
+            let azure = FixedVhdLayout::new(
+                path,
+                info.virtual_size,
+                info.logical_sector_size,
+                FooterSource::Existing(Box::new(footer)),
+                policy,
+            )?;
             return Ok(UploadSource {
                 image,
                 azure,
                 as_is: true,
             });
         }
-        let azure = AzurePlan::new(image.as_ref(), policy)?;
+        let azure = FixedVhdLayout::for_image(image.as_ref(), policy)?;
         Ok(UploadSource {
             image,
             azure,

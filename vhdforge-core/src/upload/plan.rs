@@ -1,4 +1,4 @@
-//! The upload plan: which Put Page requests carry the output stream (azure-page-blob.md §7.1).
+//! The upload plan: which Put Page requests carry the output stream (`docs/azure-page-blob.md §7.1`).
 //!
 //! Planned from the metadata first ([`crate::sparse::data_pieces`]: SEEK_DATA for raw and
 //! fixed images, the block maps for dynamic ones), then refined by reading those pieces and
@@ -7,12 +7,11 @@
 //! request count stays well under the 500 requests/s a page blob allows. The whole plan is
 //! known before the first byte is sent; the footer page is not part of it (sent last).
 
-use crate::convert::AzurePlan;
+use crate::azure::FixedVhdLayout;
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::DiskImage;
 use crate::progress::Cancel;
-use crate::sparse::{data_pieces, for_each_nonzero_run};
-use rayon::prelude::*;
+use crate::sparse::{data_pieces, scan_pieces};
 use sha2::{Digest, Sha256};
 use std::ops::Range;
 
@@ -50,7 +49,11 @@ impl DataPlan {
 }
 
 /// Build the plan for the disk area of `plan` read from `image`, bridging gaps `< bridge`.
-pub fn plan_requests(image: &dyn DiskImage, plan: &AzurePlan, bridge: u64) -> Result<DataPlan> {
+pub fn plan_requests(
+    image: &dyn DiskImage,
+    plan: &FixedVhdLayout,
+    bridge: u64,
+) -> Result<DataPlan> {
     Ok(plan_requests_multi(image, plan, &[bridge], &Cancel::never())?.remove(0))
 }
 
@@ -59,22 +62,22 @@ pub fn plan_requests(image: &dyn DiskImage, plan: &AzurePlan, bridge: u64) -> Re
 /// is set (planning a big disk takes a while).
 pub fn plan_requests_multi(
     image: &dyn DiskImage,
-    plan: &AzurePlan,
+    plan: &FixedVhdLayout,
     bridges: &[u64],
     cancel: &Cancel,
 ) -> Result<Vec<DataPlan>> {
     /// The metadata is walked in windows so the piece list stays small on huge disks.
     const WINDOW: u64 = 64 << 30;
     let mut builders: Vec<Coalescer> = bridges.iter().map(|&b| Coalescer::new(b)).collect();
-    thread_local!(static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) });
     let mut window = 0u64;
     while window < plan.source_size {
         let window_end = window.saturating_add(WINDOW).min(plan.source_size);
         let pieces = data_pieces(image, window..window_end, MAX_PUT_PAGE)?;
         // Pieces are read and zero-tested in parallel; their runs come back in order.
-        let runs: Vec<Vec<Range<u64>>> = pieces
-            .par_iter()
-            .map(|piece| -> Result<Vec<Range<u64>>> {
+        let runs: Vec<Vec<Range<u64>>> = scan_pieces(
+            &pieces,
+            PAGE,
+            |buf, at| {
                 if cancel.is_cancelled() {
                     return Err(Error::new(
                         ErrorKind::Interrupted,
@@ -82,25 +85,20 @@ pub fn plan_requests_multi(
                         "interrupted while planning",
                     ));
                 }
-                BUF.with(|b| {
-                    let mut buf = b.borrow_mut();
-                    let len = (piece.end - piece.start) as usize;
-                    buf.resize(len, 0);
-                    let data = &mut buf[..len];
-                    plan.read_disk(image, data, piece.start)?;
-                    let mut out = Vec::new();
-                    for_each_nonzero_run(data, piece.start, PAGE, |s, l| {
-                        // Runs are page-aligned except where a piece starts or ends inside a
-                        // page; widen to whole pages (the disk area is a whole number of MiB,
-                        // so this stays inside).
-                        let start = s / PAGE * PAGE;
-                        let end = ((s + l).div_ceil(PAGE) * PAGE).min(plan.disk_size);
-                        out.push(start..end);
-                    });
-                    Ok(out)
-                })
-            })
-            .collect::<Result<_>>()?;
+                plan.read_disk(image, buf, at)
+            },
+            |_, _, runs| {
+                // Runs are page-aligned except where a piece starts or ends inside a page;
+                // widen to whole pages (the disk area is a whole number of MiB, so this
+                // stays inside).
+                Ok(runs
+                    .iter()
+                    .map(|r| {
+                        r.start / PAGE * PAGE..(r.end.div_ceil(PAGE) * PAGE).min(plan.disk_size)
+                    })
+                    .collect())
+            },
+        )?;
         for r in runs.iter().flatten() {
             for b in &mut builders {
                 b.add(r.start, r.end);
@@ -224,6 +222,7 @@ pub fn normalize(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
 #[allow(clippy::type_complexity, clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
+    use crate::sparse::for_each_nonzero_run;
     use proptest::prelude::*;
 
     /// Non-zero 512-byte pages of `data`, as page indexes.
@@ -403,7 +402,8 @@ mod tests {
         data[10 << 20..(10 << 20) + 102_400].fill(7);
         std::fs::write(&path, &data).unwrap();
         let image = crate::open(&path, &crate::OpenOptions::default()).unwrap();
-        let az = AzurePlan::new(image.as_ref(), &crate::convert::Policy::default()).unwrap();
+        let az =
+            FixedVhdLayout::for_image(image.as_ref(), &crate::azure::Policy::default()).unwrap();
         let plans =
             plan_requests_multi(image.as_ref(), &az, &[0, 1 << 20], &Cancel::never()).unwrap();
         // Exact: the two non-zero areas. Bridged by 1 MiB: still two (the gap is 9 MiB).

@@ -6,7 +6,7 @@
 use super::journal::{self, Journal};
 use super::plan::normalize;
 use super::{Cancel, Progress, UploadOptions};
-use crate::convert::AzurePlan;
+use crate::azure::FixedVhdLayout;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::vhd::footer::FOOTER_SIZE;
 use crate::image::DiskImage;
@@ -64,7 +64,7 @@ struct Ctx {
     /// The sequence number every Put Page is conditional on (page blobs vhdforge created).
     seq: Option<u64>,
     image: Arc<dyn DiskImage>,
-    azure: AzurePlan,
+    azure: FixedVhdLayout,
     opts: UploadOptions,
     progress: Arc<dyn Progress>,
     /// The progress's token, fetched once.
@@ -336,7 +336,7 @@ pub(super) fn cancelled() -> Error {
 pub(super) struct SendInput {
     pub client: BlobClient,
     pub image: Arc<dyn DiskImage>,
-    pub azure: AzurePlan,
+    pub azure: FixedVhdLayout,
     /// The options, concurrency already clamped.
     pub opts: UploadOptions,
     pub progress: Arc<dyn Progress>,

@@ -386,7 +386,7 @@ async fn compare_bytes(
 async fn compare_piece(
     client: BlobClient,
     image: Arc<dyn crate::image::DiskImage>,
-    az: Arc<crate::convert::AzurePlan>,
+    az: Arc<crate::azure::FixedVhdLayout>,
     policy: RetryPolicy,
     cancel: Cancel,
     p: Range<u64>,
