@@ -231,6 +231,7 @@ fn data_block(
     }
     let has_ftype = geo.has_ftype;
     let mut p = hdr;
+    // The smallest region, free or used, is 8 bytes; a used entry at least 16.
     while p + 8 <= end {
         if be16(b, p) == FREE_TAG {
             let len = usize::from(be16(b, p + 2));
@@ -239,6 +240,9 @@ fn data_block(
             }
             p += len;
             continue;
+        }
+        if p + 16 > end {
+            return Err(bad(format!("an entry at {p} runs past the block")));
         }
         let e_ino = be64(b, p);
         let namelen = usize::from(b[p + 8]);

@@ -41,9 +41,15 @@ pub(crate) fn unsupported(message: String) -> Error {
     )
 }
 
-/// Directories with more entries than this are not kept in the lookup cache (they are
-/// still read, just again for each lookup).
-const CACHE_MAX_ENTRIES: usize = 1 << 16;
+/// Memory the directory cache may hold (names plus per-entry overhead): a path lookup
+/// visits every directory on the path, so caching only one would re-read a big directory
+/// for every name in it when its parent is looked up in between.
+const CACHE_MAX_BYTES: usize = 16 << 20;
+/// Directories kept in the cache at most.
+const CACHE_MAX_DIRS: usize = 64;
+
+/// Recently listed directories, most recent last: (inode, entries, bytes held).
+type DirCache = Vec<(u64, Arc<Vec<Entry>>, usize)>;
 
 /// An opened XFS file system.
 pub struct XfsFs {
@@ -51,7 +57,7 @@ pub struct XfsFs {
     geo: Geometry,
     /// The last directory listed for a lookup: walking a big directory once per name in it
     /// would be quadratic.
-    dir_cache: Mutex<Option<(u64, Arc<Vec<Entry>>)>>,
+    dir_cache: Mutex<DirCache>,
 }
 
 impl std::fmt::Debug for XfsFs {
@@ -81,7 +87,7 @@ impl XfsFs {
         let fs = XfsFs {
             vol: volume,
             geo,
-            dir_cache: Mutex::new(None),
+            dir_cache: Mutex::new(Vec::new()),
         };
         log::check_clean(&fs)?;
         let root = fs.inode(fs.geo.rootino)?;
@@ -159,27 +165,49 @@ impl XfsFs {
         Ok(())
     }
 
-    /// The entries of directory inode `dir`, cached for repeated lookups.
-    fn entries(&self, dir: &Inode) -> Result<Arc<Vec<Entry>>> {
-        if let Ok(c) = self.dir_cache.lock() {
-            if let Some((ino, e)) = c.as_ref() {
-                if *ino == dir.ino {
-                    return Ok(Arc::clone(e));
-                }
+    /// The inode number `name` has in directory `dir`. Directories are cached whole for
+    /// repeated lookups when small enough; a bigger one is searched as a stream, so memory
+    /// stays bounded whatever a directory holds.
+    fn find_in(&self, dir: &Inode, name: &[u8]) -> Result<Option<u64>> {
+        if let Ok(mut c) = self.dir_cache.lock() {
+            if let Some(i) = c.iter().position(|(ino, _, _)| *ino == dir.ino) {
+                let hit = c.remove(i);
+                let found = hit.1.iter().find(|e| e.name == name).map(|e| e.ino);
+                c.push(hit);
+                return Ok(found);
             }
         }
         let mut all = Vec::new();
+        let mut bytes = 0usize;
+        let mut cacheable = true;
+        let mut found = None;
         dir::for_each(self, dir, &mut |e| {
-            all.push(e);
-            true
+            if found.is_none() && e.name == name {
+                found = Some(e.ino);
+            }
+            if cacheable {
+                bytes += e.name.len() + std::mem::size_of::<Entry>();
+                if bytes > CACHE_MAX_BYTES / 2 {
+                    cacheable = false;
+                    all = Vec::new();
+                } else {
+                    all.push(e);
+                }
+            }
+            // Without a cache to fill, stop at the name.
+            cacheable || found.is_none()
         })?;
-        let all = Arc::new(all);
-        if all.len() <= CACHE_MAX_ENTRIES {
+        if cacheable {
             if let Ok(mut c) = self.dir_cache.lock() {
-                *c = Some((dir.ino, Arc::clone(&all)));
+                c.push((dir.ino, Arc::new(all), bytes));
+                while c.len() > CACHE_MAX_DIRS
+                    || c.iter().map(|(_, _, b)| b).sum::<usize>() > CACHE_MAX_BYTES
+                {
+                    c.remove(0);
+                }
             }
         }
-        Ok(all)
+        Ok(found)
     }
 
     /// The inode at a resolved path (no symlink but possibly the last component).
@@ -198,11 +226,10 @@ impl XfsFs {
                     ),
                 ));
             }
-            let ents = self.entries(&cur)?;
-            let Some(e) = ents.iter().find(|e| e.name == name) else {
+            let Some(ino) = self.find_in(&cur, name)? else {
                 return Err(super::not_found(path));
             };
-            cur = self.inode(e.ino)?;
+            cur = self.inode(ino)?;
         }
         Ok(cur)
     }
