@@ -450,9 +450,23 @@ fn assert_fixture_is_what_it_claims(img: &Path) {
         xfs_db(img, "/names", "core.size").contains("= 4096"),
         "names is one directory block"
     );
-    let leaf = xfs_db(img, "/leaf-dir", "core.format");
-    let big = xfs_db(img, "/big-dir", "core.format");
-    assert!(leaf.contains("(extents)") && (big.contains("(extents)") || big.contains("(btree)")));
+    // Leaf form: a leaf block at 32 GiB (file block 8388608), no free index at 64 GiB;
+    // node form has both.
+    let bmap = |p: &str| {
+        run(
+            "xfs_db",
+            &["-r", "-c", &format!("path {p}"), "-c", "bmap", s(img)],
+        )
+    };
+    let (leaf, node) = (bmap("/leaf-dir"), bmap("/big-dir"));
+    assert!(
+        leaf.contains("data offset 8388608 ") && !leaf.contains("data offset 16777216 "),
+        "leaf-dir is not a leaf directory: {leaf}"
+    );
+    assert!(
+        node.contains("data offset 16777216 ") && node.matches("data offset 83886").count() > 1,
+        "big-dir is not a node directory: {node}"
+    );
     // Remote symlink, bmbt data forks, bigtime.
     assert!(xfs_db(img, "/etc/remote-dir-link", "core.format").contains("(extents)"));
     for f in ["/frag-a", "/holes"] {
