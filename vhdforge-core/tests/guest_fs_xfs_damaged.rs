@@ -4,7 +4,9 @@
 //! and remote symlinks and a multi-extent file, then mutated — every 32-bit word of the
 //! superblock set to extreme values, then random bytes of its metadata sectors — and each
 //! result is opened and walked completely through the `FileSystem` trait. Errors are fine;
-//! a panic, a peak allocation over 64 MiB, or a walk over 10 seconds is a failure.
+//! a panic, a peak allocation over 64 MiB, or a walk over 10 seconds is a failure. A v5
+//! file system gets the random damage too, which its CRCs and self-describing headers
+//! must turn into errors.
 //!
 //! mkfs.xfs 6.1 makes file systems under 300 MB only for its own test suite, which it
 //! recognises by `TEST_DIR`, `TEST_DEV` and `QA_CHECK_FS` in the environment; a 50 MiB one
@@ -50,7 +52,7 @@ const MIB: usize = 1 << 20;
 const ALLOC_BUDGET: usize = 64 * MIB;
 const WALK_LIMIT: Duration = Duration::from_secs(10);
 
-fn mkfs(dir: &Path) -> std::path::PathBuf {
+fn mkfs(dir: &Path, options: &[&str]) -> std::path::PathBuf {
     let tree = dir.join("tree");
     std::fs::create_dir_all(tree.join("a/b/c")).unwrap();
     std::fs::create_dir_all(tree.join("big")).unwrap();
@@ -95,7 +97,9 @@ fn mkfs(dir: &Path) -> std::path::PathBuf {
         .set_len(50 * MIB as u64)
         .unwrap();
     let out = Command::new("mkfs.xfs")
-        .args(["-q", "-f", "-m", "crc=0", "-d", "agcount=3", "-p"])
+        .args(["-q", "-f", "-d", "agcount=3"])
+        .args(options)
+        .arg("-p")
         .arg(dir.join("proto"))
         .arg(&img)
         .env("TEST_DIR", dir)
@@ -172,9 +176,9 @@ fn check(img: &Path, what: &str) {
 }
 
 #[test]
-fn damaged_xfs_never_panics_or_runs_away() {
+fn damaged_xfs_v4_and_v5_never_panic_or_run_away() {
     let dir = tempfile::tempdir().unwrap();
-    let img = mkfs(dir.path());
+    let img = mkfs(dir.path(), &["-m", "crc=0"]);
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -195,15 +199,25 @@ fn damaged_xfs_never_panics_or_runs_away() {
             .unwrap();
     }
 
+    mutate_metadata(&file, &img, 150);
+    // One test, not two: the allocation counter is process-wide.
+    damaged_v5();
+}
+
+/// `rounds` times: damage 1 to 4 random bytes of one metadata sector, walk, restore.
+fn mutate_metadata(file: &std::fs::File, img: &Path, rounds: usize) {
     // Metadata sectors: non-zero and not uniform (file data here is one repeated byte).
-    let bytes = std::fs::read(&img).unwrap();
-    let meta: Vec<usize> = bytes
-        .chunks(512)
-        .enumerate()
-        .filter(|(_, c)| c.iter().any(|&b| b != c[0]))
-        .map(|(i, _)| i * 512)
-        .collect();
-    drop(bytes);
+    let mut meta = Vec::new();
+    let mut chunk = vec![0u8; MIB];
+    let len = std::fs::metadata(img).unwrap().len() as usize;
+    for at in (0..len).step_by(MIB) {
+        file.read_exact_at(&mut chunk, at as u64).unwrap();
+        for (i, c) in chunk.chunks(512).enumerate() {
+            if c.iter().any(|&b| b != c[0]) {
+                meta.push(at + i * 512);
+            }
+        }
+    }
     assert!(meta.len() > 20, "only {} metadata sectors", meta.len());
     let mut x = 0x1234_5678_9ABC_DEF1u64;
     let mut rnd = move || {
@@ -212,7 +226,7 @@ fn damaged_xfs_never_panics_or_runs_away() {
         x ^= x << 17;
         x
     };
-    for round in 0..150 {
+    for round in 0..rounds {
         let sector = meta[(rnd() % meta.len() as u64) as usize];
         let mut saved = [0u8; 512];
         file.read_exact_at(&mut saved, sector as u64).unwrap();
@@ -222,7 +236,20 @@ fn damaged_xfs_never_panics_or_runs_away() {
             damaged[at] = rnd() as u8;
         }
         file.write_all_at(&damaged, sector as u64).unwrap();
-        check(&img, &format!("round {round}, sector at {sector:#x}"));
+        check(img, &format!("round {round}, sector at {sector:#x}"));
         file.write_all_at(&saved, sector as u64).unwrap();
     }
+}
+
+/// v5: the same damage must be caught by CRCs and self-describing headers, never panic.
+fn damaged_v5() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &[]);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    assert!(walk(&img) > 640, "the intact tree is not readable");
+    mutate_metadata(&file, &img, 60);
 }
