@@ -194,9 +194,16 @@ fn walk(
     }
     if v5 {
         let want = crc32c_zeroed(&block, CRC_OFFSET);
-        if want != u32::from_le_bytes(h.crc) || h.owner.get() != ino || h.uuid != geo.meta_uuid {
+        // The block records its own disk address (512-byte units): a misdirected read
+        // shows there even when the CRC of the wrong block is fine.
+        let daddr = geo.fsblock_bytes(fsb, 1, "a bmbt pointer")? / 512;
+        if want != u32::from_le_bytes(h.crc)
+            || h.owner.get() != ino
+            || h.uuid != geo.meta_uuid
+            || h.blkno.get() != daddr
+        {
             return Err(corrupt(format!(
-                "inode {ino}'s bmbt block {fsb:#x} fails its CRC or names another owner: the block is damaged"
+                "inode {ino}'s bmbt block {fsb:#x} fails its CRC or names another owner or address: the block is damaged"
             )));
         }
     }

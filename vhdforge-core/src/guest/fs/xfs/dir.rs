@@ -25,6 +25,8 @@ const HDR_V4: usize = 16;
 const HDR_V5: usize = 64;
 /// Offset of the v5 data block CRC.
 const CRC_OFFSET: usize = 4;
+/// Offset of the v5 disk address of the block (512-byte units).
+const BLKNO_OFFSET: usize = 8;
 /// Offset of the v5 owner inode number.
 const OWNER_OFFSET: usize = 40;
 /// Offset of the v5 file-system UUID.
@@ -175,7 +177,16 @@ fn data_blocks(fs: &XfsFs, d: &Inode, f: &mut dyn FnMut(Entry) -> bool) -> Resul
             }
             budget -= 1;
             fs.read_mapped(&ext, db * dbs, &mut buf)?;
-            if !data_block(fs, d.ino, db, &buf, f)? {
+            // v5 blocks record the disk address (512-byte units) of their first block.
+            let daddr = match bmap::find(&ext, db * dbs / geo.block_bytes) {
+                Some(x) => {
+                    let fb = db * dbs / geo.block_bytes - x.file_block;
+                    geo.fsblock_bytes(x.fsblock, x.blocks, "an extent")? / 512
+                        + fb * (geo.block_bytes / 512)
+                }
+                None => u64::MAX,
+            };
+            if !data_block(fs, d.ino, db, daddr, &buf, f)? {
                 return Ok(());
             }
         }
@@ -189,6 +200,7 @@ fn data_block(
     fs: &XfsFs,
     ino: u64,
     db: u64,
+    daddr: u64,
     b: &[u8],
     f: &mut dyn FnMut(Entry) -> bool,
 ) -> Result<bool> {
@@ -215,8 +227,13 @@ fn data_block(
                 "CRC {got:#010x}, its contents give {want:#010x}"
             )));
         }
-        if be64(b, OWNER_OFFSET) != ino || b[UUID_OFFSET..UUID_OFFSET + 16] != geo.meta_uuid {
-            return Err(bad("it names another owner or file system".into()));
+        if be64(b, OWNER_OFFSET) != ino
+            || b[UUID_OFFSET..UUID_OFFSET + 16] != geo.meta_uuid
+            || be64(b, BLKNO_OFFSET) != daddr
+        {
+            return Err(bad(
+                "it names another owner, file system or disk address".into()
+            ));
         }
     }
     let mut end = b.len();
