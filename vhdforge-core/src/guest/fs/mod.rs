@@ -12,10 +12,12 @@
 mod ext4;
 mod identify;
 mod volume;
+mod xfs;
 
 pub use ext4::Ext4Fs;
 pub use identify::{identify, FsKind, Identity};
 pub use volume::{ReadRange, Volume};
+pub use xfs::XfsFs;
 
 use serde::Serialize;
 
@@ -143,6 +145,7 @@ pub fn open(volume: Volume) -> Result<Box<dyn FileSystem>> {
     let id = identify(&volume)?;
     match id.kind {
         FsKind::Ext => Ok(Box::new(Ext4Fs::open(volume)?)),
+        FsKind::Xfs => Ok(Box::new(XfsFs::open(volume)?)),
         FsKind::Unknown => Err(Error::new(
             ErrorKind::Unsupported,
             "guest.fs.unknown",
@@ -159,7 +162,7 @@ pub fn open(volume: Volume) -> Result<Box<dyn FileSystem>> {
         other => Err(Error::new(
             ErrorKind::Unsupported,
             "guest.fs.unsupported",
-            format!("the volume holds {other}, which vhdforge identifies but does not read (it reads ext2/3/4)"),
+            format!("the volume holds {other}, which vhdforge identifies but does not read (it reads ext2/3/4 and XFS)"),
         )),
     }
 }

@@ -1,0 +1,255 @@
+//! Damaged XFS never panics, never allocates without bound and never hangs the reader. A
+//! v4 file system (no CRCs, so damage reaches the parsers instead of stopping at a
+//! checksum) is built by `mkfs.xfs -p` with short-form, block and node directories, local
+//! and remote symlinks and a multi-extent file, then mutated — every 32-bit word of the
+//! superblock set to extreme values, then random bytes of its metadata sectors — and each
+//! result is opened and walked completely through the `FileSystem` trait. Errors are fine;
+//! a panic, a peak allocation over 64 MiB, or a walk over 10 seconds is a failure. A v5
+//! file system gets the random damage too, which its CRCs and self-describing headers
+//! must turn into errors.
+//!
+//! mkfs.xfs 6.1 makes file systems under 300 MB only for its own test suite, which it
+//! recognises by `TEST_DIR`, `TEST_DEV` and `QA_CHECK_FS` in the environment; a 50 MiB one
+//! keeps each walk short. Three AGs make `agblocks` no power of two.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vhdforge_core::guest::fs::{self, FileType, Volume};
+use vhdforge_core::OpenOptions;
+
+/// Counts live heap bytes and their high-water mark.
+struct Counting;
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: same contract as the caller's.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const MIB: usize = 1 << 20;
+const ALLOC_BUDGET: usize = 64 * MIB;
+const WALK_LIMIT: Duration = Duration::from_secs(10);
+
+fn mkfs(dir: &Path, options: &[&str]) -> std::path::PathBuf {
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("a/b/c")).unwrap();
+    std::fs::create_dir_all(tree.join("big")).unwrap();
+    for i in 0..40 {
+        std::fs::write(tree.join(format!("a/file{i}")), vec![i as u8; i * 300]).unwrap();
+    }
+    for i in 0..600 {
+        std::fs::write(tree.join(format!("big/entry-number-{i:04}")), b"").unwrap();
+    }
+    std::fs::write(tree.join("a/b/c/big"), vec![7u8; 300_000]).unwrap();
+    std::os::unix::fs::symlink("../a/b/c/big", tree.join("a/link")).unwrap();
+    std::os::unix::fs::symlink("x".repeat(400), tree.join("remote")).unwrap();
+    let mut proto = String::from("/dev/null\n0 0\nd--755 0 0\n");
+    fn add(p: &Path, depth: usize, out: &mut String) {
+        let mut v: Vec<_> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        for e in v {
+            let name = e.file_name().unwrap().to_str().unwrap().to_string();
+            let pad = " ".repeat(depth);
+            let md = std::fs::symlink_metadata(&e).unwrap();
+            if md.is_dir() {
+                out.push_str(&format!("{pad}{name} d--755 0 0\n"));
+                add(&e, depth + 1, out);
+                out.push_str(&format!("{pad}$\n"));
+            } else if md.file_type().is_symlink() {
+                let t = std::fs::read_link(&e).unwrap();
+                out.push_str(&format!("{pad}{name} l--777 0 0 {}\n", t.display()));
+            } else {
+                out.push_str(&format!("{pad}{name} ---644 0 0 {}\n", e.display()));
+            }
+        }
+    }
+    add(&tree, 1, &mut proto);
+    proto.push_str("$\n");
+    std::fs::write(dir.join("proto"), proto).unwrap();
+    let img = dir.join("fs.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(50 * MIB as u64)
+        .unwrap();
+    let out = Command::new("mkfs.xfs")
+        .args(["-q", "-f", "-d", "agcount=3"])
+        .args(options)
+        .arg("-p")
+        .arg(dir.join("proto"))
+        .arg(&img)
+        .env("TEST_DIR", dir)
+        .env("TEST_DEV", &img)
+        .env("QA_CHECK_FS", "1")
+        .output()
+        .expect("oracle `mkfs.xfs` is required for this test; scripts/setup.sh installs it");
+    assert!(
+        out.status.success(),
+        "mkfs.xfs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    img
+}
+
+/// Open and walk everything, reading every file (at most 1 MiB each). Returns how many
+/// entries were seen; errors end that branch of the walk.
+fn walk(img: &Path) -> usize {
+    let image: Arc<dyn vhdforge_core::DiskImage> =
+        Arc::from(vhdforge_core::open(img, &OpenOptions::default()).unwrap());
+    let Ok(fs) = fs::open(Volume::whole(image)) else {
+        return 0;
+    };
+    let start = Instant::now();
+    let mut seen = 0;
+    let mut todo = vec![b"/".to_vec()];
+    let mut buf = vec![0u8; 64 << 10];
+    while let Some(path) = todo.pop() {
+        assert!(start.elapsed() < WALK_LIMIT, "walk did not end");
+        seen += 1;
+        if seen > 10_000 {
+            break;
+        }
+        let Ok(st) = fs.lstat(&path) else { continue };
+        match st.file_type {
+            FileType::Directory => {
+                let _ = fs.list(&path, &mut |e| {
+                    let mut c = if path == b"/" {
+                        Vec::new()
+                    } else {
+                        path.clone()
+                    };
+                    c.push(b'/');
+                    c.extend_from_slice(&e.name);
+                    todo.push(c);
+                    todo.len() < 20_000
+                });
+            }
+            FileType::Regular => {
+                if let Ok(mut f) = fs.open(&path) {
+                    let mut total = 0;
+                    while let Ok(n) = f.read(&mut buf) {
+                        total += n;
+                        if n == 0 || total >= MIB {
+                            break;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    seen
+}
+
+fn check(img: &Path, what: &str) {
+    let base = LIVE.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let t = Instant::now();
+    walk(img);
+    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+    assert!(peak < ALLOC_BUDGET, "{what}: peak allocation {peak} bytes");
+    assert!(t.elapsed() < WALK_LIMIT, "{what}: took {:?}", t.elapsed());
+}
+
+#[test]
+fn damaged_xfs_v4_and_v5_never_panic_or_run_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &["-m", "crc=0"]);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    // The intact file system walks completely.
+    assert!(walk(&img) > 640, "the intact tree is not readable");
+
+    // Every superblock word, set to extremes one at a time.
+    let mut sb = vec![0u8; 512];
+    file.read_exact_at(&mut sb, 0).unwrap();
+    for off in (0..264).step_by(4) {
+        for v in [0u32, 0x8000_0000, u32::MAX] {
+            file.write_all_at(&v.to_be_bytes(), off).unwrap();
+            check(&img, &format!("sb word {off} = {v:#x}"));
+        }
+        file.write_all_at(&sb[off as usize..off as usize + 4], off)
+            .unwrap();
+    }
+
+    mutate_metadata(&file, &img, 150);
+    // One test, not two: the allocation counter is process-wide.
+    damaged_v5();
+}
+
+/// `rounds` times: damage 1 to 4 random bytes of one metadata sector, walk, restore.
+fn mutate_metadata(file: &std::fs::File, img: &Path, rounds: usize) {
+    // Metadata sectors: non-zero and not uniform (file data here is one repeated byte).
+    let mut meta = Vec::new();
+    let mut chunk = vec![0u8; MIB];
+    let len = std::fs::metadata(img).unwrap().len() as usize;
+    for at in (0..len).step_by(MIB) {
+        file.read_exact_at(&mut chunk, at as u64).unwrap();
+        for (i, c) in chunk.chunks(512).enumerate() {
+            if c.iter().any(|&b| b != c[0]) {
+                meta.push(at + i * 512);
+            }
+        }
+    }
+    assert!(meta.len() > 20, "only {} metadata sectors", meta.len());
+    let mut x = 0x1234_5678_9ABC_DEF1u64;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..rounds {
+        let sector = meta[(rnd() % meta.len() as u64) as usize];
+        let mut saved = [0u8; 512];
+        file.read_exact_at(&mut saved, sector as u64).unwrap();
+        let mut damaged = saved;
+        for _ in 0..1 + rnd() % 4 {
+            let at = (rnd() % 512) as usize;
+            damaged[at] = rnd() as u8;
+        }
+        file.write_all_at(&damaged, sector as u64).unwrap();
+        check(img, &format!("round {round}, sector at {sector:#x}"));
+        file.write_all_at(&saved, sector as u64).unwrap();
+    }
+}
+
+/// v5: the same damage must be caught by CRCs and self-describing headers, never panic.
+fn damaged_v5() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &[]);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    assert!(walk(&img) > 640, "the intact tree is not readable");
+    mutate_metadata(&file, &img, 60);
+}
