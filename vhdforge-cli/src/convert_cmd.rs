@@ -42,7 +42,7 @@ anything it saves the original length and last 1 KiB to FILE.vhdforge-inplace; i
 interrupted, just run the same command again: it restores the file from that journal and starts \
 over.
 
-4096-byte-sector disks and sizes outside Azure's 20 MiB..32 TiB are refused unless you pass the \
+4096-byte-sector disks and sizes outside Azure's 20 MiB..32 767 GiB are refused unless you pass the \
 matching --allow flag."
 )]
 pub struct ConvertArgs {
@@ -63,7 +63,7 @@ pub struct ConvertArgs {
     /// Convert a 4096-byte-sector VHDX although the guest will then see 512-byte sectors.
     #[arg(long)]
     pub allow_4k_sectors: bool,
-    /// Allow outputs smaller than 20 MiB or larger than 32 TiB (Azure refuses them).
+    /// Allow outputs smaller than 20 MiB or larger than 32 767 GiB (Azure refuses them).
     #[arg(long)]
     pub allow_any_size: bool,
     /// Worker threads (default: one per core).

@@ -32,7 +32,7 @@ pub struct InfoArgs {
 
 Checks the structure (magic values, checksums, reserved fields, offsets inside the file, table \
 sizes, parent linkage) and Azure's rules (fixed VHD, virtual size a whole number of MiB, file \
-length = size + 512 with the footer last, 20 MiB to 32 TiB), plus warnings for the Marketplace \
+length = size + 512 with the footer last, 20 MiB to 32 767 GiB), plus warnings for the Marketplace \
 OS-disk range and sizes above 2040 GiB. Every finding has a stable code (see the README).
 
 Exit 0: valid and Azure-ready. Exit 1: at least one error finding (the text says what to do, \

@@ -90,7 +90,7 @@ pub struct UploadArgs {
     /// next to the source, or ~/.local/state/vhdforge when that folder is read-only).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Upload images outside Azure's 20 MiB – 32 TiB range.
+    /// Upload images outside Azure's 20 MiB – 32 767 GiB range.
     #[arg(long)]
     pub allow_any_size: bool,
     /// Upload 4096-byte-sector images although the guest will then see 512-byte sectors.
