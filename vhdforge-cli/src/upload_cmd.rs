@@ -352,14 +352,14 @@ pub fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let report = rt.block_on(upload::verify(&args.source, &dest, opts))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-    } else if report.identical && report.compared == Compared::Bytes {
+    } else if report.passed() && report.compared == Compared::Bytes {
         println!(
             "identical: {} holds exactly what uploading {} sends ({} compared byte for byte)",
             report.destination,
             args.source.display(),
             human(report.bytes_compared)
         );
-    } else if report.identical {
+    } else if report.passed() {
         // Only the layout was compared: a blob of the same shape holding other data passes
         // this, so it must not be called identical.
         println!(
@@ -377,7 +377,7 @@ pub fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             println!("  at byte {}: {}", d.offset, d.what);
         }
     }
-    Ok(if report.identical {
+    Ok(if report.passed() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

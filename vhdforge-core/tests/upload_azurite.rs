@@ -111,7 +111,10 @@ async fn shared_key_odd_size_roundtrip_and_verify() {
         let r = upload::verify(&src, &url, verify_opts(az.env(), full))
             .await
             .unwrap();
-        assert!(r.identical, "full={full}: {:?}", r.differences);
+        assert!(r.passed(), "full={full}: {:?}", r.differences);
+        assert!(r.layout_matches);
+        // Only a byte comparison may call the blob identical.
+        assert_eq!(r.identical, full);
     }
     // Damage one data page at the destination: both verify modes must notice.
     let off = 3 * MIB + 4096;
@@ -131,7 +134,7 @@ async fn shared_key_odd_size_roundtrip_and_verify() {
         let r = upload::verify(&src, &url, verify_opts(az.env(), full))
             .await
             .unwrap();
-        assert!(!r.identical, "full={full} missed a cleared data page");
+        assert!(!r.passed(), "full={full} missed a cleared data page");
         assert!(
             r.differences
                 .iter()
@@ -340,7 +343,7 @@ async fn resume_after_interruption() {
         if lost {
             // A hard kill before any journal write: the destination lists pages, but
             // nothing proves this upload sent them, so everything is sent again.
-            let mut j = journal::load(&jpath).unwrap().unwrap();
+            let mut j = journal::load(&jpath, None).unwrap().unwrap();
             j.done.clear();
             journal::store(&jpath, &j).unwrap();
         }
@@ -1004,7 +1007,7 @@ async fn resume_refuses_a_blob_overwritten_by_another_upload() {
     .await
     .unwrap_err();
     assert_eq!(e.code(), "upload.cancelled", "{e}");
-    let j = journal::load(&journal::path_for(&p, &url, None))
+    let j = journal::load(&journal::path_for(&p, &url, None), None)
         .unwrap()
         .unwrap();
     assert!(!j.done.is_empty(), "the journal must hold completed ranges");
@@ -1042,10 +1045,13 @@ async fn resume_refuses_a_blob_overwritten_by_another_upload() {
         let r = upload::verify(&q, &url, verify_opts(az.env(), full))
             .await
             .unwrap();
-        assert!(r.identical, "full={full}: {:?}", r.differences);
+        assert!(r.passed(), "full={full}: {:?}", r.differences);
         assert_eq!(r.compared, compared);
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["compared"], if full { "bytes" } else { "layout" });
+        // `identical` means bytes were compared; the plain check reports `layout_matches`.
+        assert_eq!(json["identical"], full);
+        assert_eq!(json["layout_matches"], true);
     }
 }
 

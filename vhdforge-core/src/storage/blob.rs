@@ -195,7 +195,7 @@ impl BlobClient {
             Credential::Sas(q) => {
                 for p in q.split('&') {
                     if let Some((n, v)) = p.split_once('=') {
-                        if n.eq_ignore_ascii_case("sig") {
+                        if crate::storage::redact::is_sig_name(n) {
                             secrets.push(v.to_string());
                             if let Ok(d) = percent_encoding::percent_decode_str(v).decode_utf8() {
                                 secrets.push(d.into_owned());

@@ -44,7 +44,7 @@ pub(super) fn locate(source: &Path, base: &str, opts: &UploadOptions) -> Result<
                 format!("--resume: no journal for this source and destination (looked for {}), so nothing proves what was sent; upload again without --resume (with --overwrite if the blob exists)", shown.join(" and ")),
             ));
         };
-        let j = journal::load(&p)?;
+        let j = journal::load(&p, owner_of(source))?;
         (p, j)
     } else {
         let p = journal::choose_path(
@@ -67,6 +67,20 @@ pub(super) fn locate(source: &Path, base: &str, opts: &UploadOptions) -> Result<
         candidates,
         identity,
     })
+}
+
+/// The user owning `source`: a journal that user wrote may be resumed by another (root).
+fn owner_of(source: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(source).ok().map(|m| m.uid())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = source;
+        None
+    }
 }
 
 /// A device, pipe or other non-regular source has no size, times or inode that change when
