@@ -32,6 +32,8 @@ pub struct BlobProps {
     pub creation_time: Option<String>,
     /// `x-ms-blob-sequence-number` (page blobs).
     pub sequence_number: Option<u64>,
+    /// `ETag`: changes on every write to the blob (Put Page and Clear Pages included).
+    pub etag: Option<String>,
 }
 
 /// Per-request integrity header.
@@ -457,6 +459,7 @@ impl BlobClient {
             blob_type,
             creation_time: text("x-ms-creation-time"),
             sequence_number: text("x-ms-blob-sequence-number").and_then(|v| v.parse().ok()),
+            etag: text("etag"),
         })
     }
 

@@ -182,6 +182,13 @@ pub struct Journal {
     pub blob: BlobIdentity,
     /// Data requests this upload completed (Put Page returned success), merged, `[start, end)`.
     pub done: Vec<(u64, u64)>,
+    /// The blob's `ETag` read at a clean stop (Ctrl-C or an error, once no request of this
+    /// run was in flight any more). The ETag changes on every write, so when `--resume`
+    /// finds the same one, nobody wrote to the blob since and `done` is trusted; otherwise
+    /// (or when the run was killed and none was recorded) every done range is read back
+    /// and compared before it counts. Absent in journals of earlier releases.
+    #[serde(default)]
+    pub clean_stop_etag: Option<String>,
 }
 
 impl Journal {
@@ -460,6 +467,7 @@ pub fn new(
         plan_hash,
         blob: BlobIdentity::default(),
         done: Vec::new(),
+        clean_stop_etag: None,
     }
 }
 

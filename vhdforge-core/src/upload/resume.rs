@@ -208,6 +208,92 @@ pub(super) fn requests_to_send(
         .collect()
 }
 
+/// Most ranges read back at once when proving done ranges: each holds up to 4 MiB read
+/// and 4 MiB of source, so this bounds that phase to 64 MiB whatever `--concurrency` is.
+const PROVE_CONCURRENCY: usize = 8;
+
+/// On `--resume`, make sure every request the journal calls done really is at the
+/// destination before it is skipped.
+///
+/// A journal whose clean-stop ETag equals the blob's ETag now is trusted as it is: the
+/// ETag changes on every write, so nobody wrote to the blob since the interrupted run
+/// stopped. Otherwise (the ETag moved, as when another upload wrote the same managed disk
+/// or someone put or cleared pages; or the run was killed and recorded none) every request
+/// marked done is read back (≤ 4 MiB each, a few at a time) and compared with the source:
+/// only those that match stay skipped, the rest are sent again, and `progress` says how
+/// much was re-checked and how much differed.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn prove_done(
+    client: &super::client::BlobClient,
+    src: &super::UploadSource,
+    opts: &UploadOptions,
+    old: Option<&Journal>,
+    etag_now: Option<&str>,
+    requests: &[Range<u64>],
+    mut todo: Vec<bool>,
+    progress: &dyn Progress,
+) -> Result<Vec<bool>> {
+    let Some(j) = old else { return Ok(todo) };
+    if !opts.resume || !todo.contains(&false) {
+        return Ok(todo);
+    }
+    if j.clean_stop_etag.is_some() && j.clean_stop_etag.as_deref() == etag_now {
+        return Ok(todo);
+    }
+    let listed: Vec<usize> = (0..requests.len()).filter(|&i| !todo[i]).collect();
+    let mut done = listed.into_iter();
+    let az = std::sync::Arc::new(src.azure.clone());
+    let mut set = tokio::task::JoinSet::new();
+    let (mut checked, mut differed) = (0u64, 0u64);
+    loop {
+        while set.len() < PROVE_CONCURRENCY.min(opts.concurrency.max(1)) {
+            let Some(i) = done.next() else { break };
+            let fut = super::verify::compare_piece(
+                client.clone(),
+                src.image.clone(),
+                az.clone(),
+                opts.retry.clone(),
+                requests[i].clone(),
+            );
+            set.spawn(async move { (i, fut.await) });
+        }
+        let Some(res) = set.join_next().await else {
+            break;
+        };
+        let (i, outcome) = res.map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                "upload.internal",
+                format!("re-check task failed: {e}"),
+            )
+        })?;
+        let (len, diff) = outcome?;
+        checked += len;
+        if diff.is_some() {
+            differed += len;
+            todo[i] = true;
+        }
+    }
+    let why = if j.clean_stop_etag.is_some() {
+        "the destination was written to since the interrupted upload stopped (its ETag changed)"
+    } else {
+        "the interrupted upload did not stop cleanly, so nothing vouches for the destination"
+    };
+    progress.note(&format!(
+        "{why}: {} re-checked, {} differed and will be sent again",
+        mib(checked),
+        mib(differed)
+    ));
+    Ok(todo)
+}
+
+/// `bytes` in MiB, one decimal.
+fn mib(bytes: u64) -> String {
+    #[allow(clippy::cast_precision_loss)]
+    let m = bytes as f64 / (1u64 << 20) as f64;
+    format!("{m:.1} MiB")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -356,7 +356,8 @@ async fn compare_bytes(
 }
 
 /// Read one piece back and find its first byte that differs from the source.
-async fn compare_piece(
+/// Returns the piece's length and that offset. (Also how `--resume` proves done ranges.)
+pub(super) async fn compare_piece(
     client: BlobClient,
     image: Arc<dyn crate::image::DiskImage>,
     az: Arc<crate::convert::AzurePlan>,
