@@ -435,8 +435,8 @@ pub fn restrict_to_owner(file: &File) -> io::Result<()> {
 /// - a symbolic link (opened with `O_NOFOLLOW`: a link to `/dev/zero` would be read forever);
 /// - anything but a regular file (opened with `O_NONBLOCK`, so a FIFO cannot hang the open;
 ///   the kind is then checked on the open descriptor, not on the name);
-/// - on unix, a file owned by anyone but the effective user or `also_owner` (the owner of
-///   the image the journal is about), or writable by group or others: in a shared folder
+/// - on unix, a file owned by anyone but the effective user, root or `also_owner` (the
+///   owner of the image the journal is about), or writable by group or others: in a shared folder
 ///   another user could otherwise plant a journal that makes vhdforge, running as root,
 ///   rewrite a file with bytes of their choosing;
 /// - more than `max_bytes` (checked on the descriptor and again while reading, so a file
@@ -500,7 +500,9 @@ pub fn read_trusted_small_file(
         // SAFETY: geteuid has no preconditions and cannot fail.
         let me = unsafe { libc::geteuid() };
         let owner = meta.uid();
-        if owner != me && Some(owner) != also_owner {
+        // Root's files are trusted too: root can change anything anyway, and a journal root
+        // left (a run as root, interrupted) must not lock its owner out of the image.
+        if owner != me && owner != 0 && Some(owner) != also_owner {
             return Err(refuse(format!(
                 "is owned by user id {owner}, not by you (user id {me}){}",
                 also_owner
