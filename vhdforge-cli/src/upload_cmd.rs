@@ -267,14 +267,15 @@ pub fn run_verify(args: VerifyArgs, ui: &Ui) -> anyhow::Result<ExitCode> {
     let report = report?;
     if args.json {
         ui.print_json(&serde_json::to_value(&report)?)?;
-    } else if report.identical && report.compared == Compared::Bytes {
+    } else if report.passed() && report.compared == Compared::Bytes {
         ui.print(&format!(
-            "identical: {} holds exactly what uploading {} sends ({} compared byte for byte)\n",
+            "identical: {} holds exactly what uploading {} sends ({} compared byte for byte)
+",
             report.destination,
             args.source.display(),
             amount_and_rate(report.bytes_compared, progress.seconds())
         ))?;
-    } else if report.identical {
+    } else if report.passed() {
         // Only the layout was compared: a blob of the same shape holding other data passes
         // this, so it must not be called identical.
         ui.print(&format!(
@@ -293,7 +294,7 @@ pub fn run_verify(args: VerifyArgs, ui: &Ui) -> anyhow::Result<ExitCode> {
         }
         ui.print(&text)?;
     }
-    Ok(if report.identical {
+    Ok(if report.passed() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -412,6 +412,129 @@ pub fn sync_dir_of(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Make `file` readable and writable by its owner only (unix; nothing elsewhere). For
+/// journals: [`read_trusted_small_file`] refuses one that group or others may write, so a
+/// journal must not take looser bits from a permissive umask.
+pub fn restrict_to_owner(file: &File) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    Ok(())
+}
+
+/// Read a small file vhdforge wrote earlier and is about to act on (a journal), refusing
+/// anything that could have been put there by someone else or that could make the read
+/// itself harmful. `Ok(None)` when nothing is at `path`.
+///
+/// Refused, with a message naming what was found (`code` is the error code, `what` names
+/// the file in messages, e.g. "the resume journal"):
+/// - a symbolic link (opened with `O_NOFOLLOW`: a link to `/dev/zero` would be read forever);
+/// - anything but a regular file (opened with `O_NONBLOCK`, so a FIFO cannot hang the open;
+///   the kind is then checked on the open descriptor, not on the name);
+/// - on unix, a file owned by anyone but the effective user, root or `also_owner` (the
+///   owner of the image the journal is about), or writable by group or others: in a shared folder
+///   another user could otherwise plant a journal that makes vhdforge, running as root,
+///   rewrite a file with bytes of their choosing;
+/// - more than `max_bytes` (checked on the descriptor and again while reading, so a file
+///   growing meanwhile is still cut off).
+pub fn read_trusted_small_file(
+    path: &Path,
+    what: &str,
+    code: &'static str,
+    max_bytes: u64,
+    also_owner: Option<u32>,
+) -> crate::error::Result<Option<Vec<u8>>> {
+    use crate::error::{Error, ErrorKind};
+    use std::io::Read;
+    let refuse = |why: String| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            code,
+            format!(
+                "{what} {} {why}; it was not used. Check who put it there; if it is yours, \
+                 fix it or delete it and run again",
+                path.display()
+            ),
+        )
+    };
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC);
+    }
+    let file = match o.open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        #[cfg(unix)]
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(refuse(
+                "is a symbolic link (a journal is always a regular file vhdforge wrote)".into(),
+            ))
+        }
+        Err(e) => {
+            return Err(Error::io(
+                format!("cannot read {what} {}", path.display()),
+                e,
+            ))
+        }
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(format!("cannot stat {what} {}", path.display()), e))?;
+    let kind = FileKind::of_metadata(&meta);
+    if kind != FileKind::Regular {
+        return Err(refuse(format!(
+            "is {}, not a regular file",
+            kind.describe()
+        )));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let owner = meta.uid();
+        // Root's files are trusted too: root can change anything anyway, and a journal root
+        // left (a run as root, interrupted) must not lock its owner out of the image.
+        if owner != me && owner != 0 && Some(owner) != also_owner {
+            return Err(refuse(format!(
+                "is owned by user id {owner}, not by you (user id {me}){}",
+                also_owner
+                    .map(|o| format!(" nor by the image's owner (user id {o})"))
+                    .unwrap_or_default()
+            )));
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(refuse(format!(
+                "has mode {mode:04o}: group or others may write it, so anyone could have changed it"
+            )));
+        }
+    }
+    if meta.len() > max_bytes {
+        return Err(refuse(format!(
+            "is {} bytes, more than the {max_bytes} bytes such a file can be",
+            meta.len()
+        )));
+    }
+    let mut buf = Vec::new();
+    file.take(max_bytes + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::io(format!("cannot read {what} {}", path.display()), e))?;
+    if buf.len() as u64 > max_bytes {
+        return Err(refuse(format!(
+            "grew past {max_bytes} bytes while being read"
+        )));
+    }
+    Ok(Some(buf))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -598,7 +721,7 @@ mod tests {
         journal::store(&path, &j).unwrap();
         journal::store(&path, &j).unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
-        assert!(journal::load(&path).unwrap().is_some());
+        assert!(journal::load(&path, None).unwrap().is_some());
         assert_eq!(names(dir.path()).len(), 5, "{:?}", names(dir.path()));
     }
 
@@ -613,5 +736,41 @@ mod tests {
         assert!(tmp_name < 160, "{tmp_name}");
         t.persist(&target, Replace::Never).unwrap();
         assert_eq!(names(dir.path()), [long]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn trusted_small_file_refuses_links_pipes_big_and_foreign_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let read = |p: &Path| read_trusted_small_file(p, "the journal", "test.code", 64, None);
+        assert!(read(&dir.path().join("none")).unwrap().is_none());
+        let ok = dir.path().join("ok");
+        std::fs::write(&ok, b"hello").unwrap();
+        std::fs::set_permissions(&ok, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read(&ok).unwrap().unwrap(), b"hello");
+        // A link to an endless device: refused without reading a byte.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let e = read(&link).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        // A FIFO: refused at once (no writer would otherwise hang the open).
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo has no other memory effects.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = read(&fifo).unwrap_err();
+        assert!(e.to_string().contains("named pipe"), "{e}");
+        // Over the cap: the message names the cap.
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; 65]).unwrap();
+        std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = read(&big).unwrap_err();
+        assert!(e.to_string().contains("64 bytes"), "{e}");
+        // Writable by others: anyone could have written it.
+        std::fs::set_permissions(&ok, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = read(&ok).unwrap_err();
+        assert!(e.to_string().contains("mode 0666"), "{e}");
+        assert_eq!(e.code(), "test.code");
     }
 }

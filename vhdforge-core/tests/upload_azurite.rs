@@ -115,7 +115,10 @@ async fn shared_key_odd_size_roundtrip_and_verify() {
         let r = upload::verify(&src, &url, verify_opts(az.env(), full))
             .await
             .unwrap();
-        assert!(r.identical, "full={full}: {:?}", r.differences);
+        assert!(r.passed(), "full={full}: {:?}", r.differences);
+        assert!(r.layout_matches);
+        // Only a byte comparison may call the blob identical.
+        assert_eq!(r.identical, full);
     }
     // Damage one data page at the destination: both verify modes must notice.
     let off = 3 * MIB + 4096;
@@ -135,7 +138,7 @@ async fn shared_key_odd_size_roundtrip_and_verify() {
         let r = upload::verify(&src, &url, verify_opts(az.env(), full))
             .await
             .unwrap();
-        assert!(!r.identical, "full={full} missed a cleared data page");
+        assert!(!r.passed(), "full={full} missed a cleared data page");
         assert!(
             r.differences
                 .iter()
@@ -341,7 +344,7 @@ async fn resume_after_interruption() {
         if lost {
             // A hard kill before any journal write: the destination lists pages, but
             // nothing proves this upload sent them, so everything is sent again.
-            let mut j = journal::load(&jpath).unwrap().unwrap();
+            let mut j = journal::load(&jpath, None).unwrap().unwrap();
             j.done.clear();
             journal::store(&jpath, &j).unwrap();
         }
@@ -999,7 +1002,7 @@ async fn resume_refuses_a_blob_overwritten_by_another_upload() {
     .await
     .unwrap_err();
     assert_eq!(e.code(), "upload.cancelled", "{e}");
-    let j = journal::load(&journal::path_for(&p, &url, None))
+    let j = journal::load(&journal::path_for(&p, &url, None), None)
         .unwrap()
         .unwrap();
     assert!(!j.done.is_empty(), "the journal must hold completed ranges");
@@ -1037,10 +1040,13 @@ async fn resume_refuses_a_blob_overwritten_by_another_upload() {
         let r = upload::verify(&q, &url, verify_opts(az.env(), full))
             .await
             .unwrap();
-        assert!(r.identical, "full={full}: {:?}", r.differences);
+        assert!(r.passed(), "full={full}: {:?}", r.differences);
         assert_eq!(r.compared, compared);
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["compared"], if full { "bytes" } else { "layout" });
+        // `identical` means bytes were compared; the plain check reports `layout_matches`.
+        assert_eq!(json["identical"], full);
+        assert_eq!(json["layout_matches"], true);
     }
 }
 
@@ -1364,4 +1370,175 @@ async fn resume_refuses_a_block_device_source() {
     .unwrap_err();
     assert_eq!(e.code(), "upload.resume", "{e}");
     assert!(e.to_string().contains("not a regular file"), "{e}");
+}
+
+/// Records every note an upload makes (what `--resume` says it re-checked).
+#[derive(Default)]
+struct Notes(Mutex<Vec<String>>);
+
+impl Progress for Notes {
+    fn note(&self, msg: &str) {
+        self.0.lock().unwrap().push(msg.to_string());
+    }
+}
+
+/// Interrupt an upload of `src` to `url` after its first completed request.
+async fn interrupt_after_first_request(src: &std::path::Path, url: &str, managed: bool) {
+    let cancel = Cancel::new();
+    let first = Arc::new(Counter {
+        cancel_after: 1,
+        cancel: Some(cancel.clone()),
+        ..Counter::default()
+    });
+    let e = upload::upload(
+        src,
+        url,
+        UploadOptions {
+            concurrency: 1,
+            managed_disk: managed,
+            ..opts(azurite().env())
+        },
+        first,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), "upload.cancelled", "{e}");
+    let j = journal::load(&journal::path_for(src, url, None), None)
+        .unwrap()
+        .unwrap();
+    assert!(!j.done.is_empty(), "the journal must hold completed ranges");
+    assert!(
+        j.clean_stop_etag.is_some(),
+        "a cancelled upload records the blob's ETag"
+    );
+}
+
+/// Two 32 MiB images with data over the same pages (a full 4 MiB request at 0, 2 MiB at
+/// 8 MiB) but different bytes: writing q over p leaves every page p wrote listed, so only
+/// reading the data back tells them apart.
+fn overlapping_images(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let size = 32 * MIB;
+    let (a, b) = ((0, 4 * MIB as usize), (8 * MIB, 2 * MIB as usize));
+    (
+        sparse_image(dir, "p.raw", size, &[a, b]),
+        // Other seeds (the region index is part of the seed): other bytes, same pages.
+        sparse_image(dir, "q.raw", size, &[(size, 0), b, a]),
+    )
+}
+
+/// Resume `src` to `url`; returns the summary and the notes.
+async fn resume_upload(
+    src: &std::path::Path,
+    url: &str,
+    managed: bool,
+) -> (upload::UploadSummary, Vec<String>) {
+    let notes = Arc::new(Notes::default());
+    let s = upload::upload(
+        src,
+        url,
+        UploadOptions {
+            resume: true,
+            managed_disk: managed,
+            ..opts(azurite().env())
+        },
+        notes.clone(),
+    )
+    .await
+    .unwrap();
+    let n = notes.0.lock().unwrap().clone();
+    (s, n)
+}
+
+/// Red team of issue 7, finding 1: a managed disk (a pre-created page blob written with
+/// `--managed-disk`) keeps its creation time whatever is written to it. p is interrupted,
+/// q is uploaded over the same disk to the end, then `--resume p` used to say "already
+/// there" for p's first request and leave q's bytes at byte 0. The ETag moved, so the done
+/// ranges are read back: they differ, are sent again, and the disk holds p exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_disk_resume_rechecks_a_disk_overwritten_meanwhile() {
+    let az = container("mdisk").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (p, q) = overlapping_images(dir.path());
+    let url = az.blob_url("mdisk", "w.vhd");
+    let size = (32 * MIB + 512).to_string();
+    let r = az
+        .signed(
+            "PUT",
+            "/mdisk/w.vhd",
+            &[],
+            &[
+                ("x-ms-blob-type", "PageBlob"),
+                ("x-ms-blob-content-length", &size),
+            ],
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    interrupt_after_first_request(&p, &url, true).await;
+    upload::upload(
+        &q,
+        &url,
+        UploadOptions {
+            managed_disk: true,
+            ..opts(az.env())
+        },
+        Arc::new(Counter::default()),
+    )
+    .await
+    .unwrap();
+    let (summary, notes) = resume_upload(&p, &url, true).await;
+    let (bytes, _) = az.download("mdisk", "w.vhd").await;
+    assert_stream(&bytes, &expected_disk_area(&p));
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("ETag changed") && n.contains("will be sent again")),
+        "{notes:?}"
+    );
+    // p's first request differed (q's data is there), so nothing of it counts as present.
+    assert_eq!(summary.bytes_already_present, 0, "{summary:?}");
+    let r = upload::verify(&p, &url, verify_opts(az.env(), true))
+        .await
+        .unwrap();
+    assert!(r.identical, "{:?}", r.differences);
+}
+
+/// Red team of issue 7, finding 2: foreign writes inside the done ranges of a page blob
+/// (same blob, same sequence number): a Put Page of other data over them, or Clear Pages
+/// punching a hole in them. Either moves the ETag, so `--resume` reads the done ranges back
+/// and sends again what differs; the blob ends up holding the source exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_blob_resume_rechecks_foreign_writes_in_done_ranges() {
+    let az = container("foreignpages").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (p, _) = overlapping_images(dir.path());
+    for (blob, clear) in [("put.vhd", false), ("clear.vhd", true)] {
+        let url = az.blob_url("foreignpages", blob);
+        interrupt_after_first_request(&p, &url, false).await;
+        let other = vhdforge_core::storage::BlobClient::new(
+            &url,
+            &az.env(),
+            vhdforge_core::upload::DEFAULT_API_VERSION,
+            1,
+        )
+        .unwrap();
+        let (range, body) = if clear {
+            (MIB..2 * MIB, None)
+        } else {
+            (0..4 * MIB, Some(noise(99, 4 * MIB as usize).into()))
+        };
+        other
+            .put_page_if_sequence(range, body, None, None, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let (summary, notes) = resume_upload(&p, &url, false).await;
+        let (bytes, _) = az.download("foreignpages", blob).await;
+        assert_stream(&bytes, &expected_disk_area(&p));
+        assert!(
+            notes.iter().any(|n| n.contains("ETag changed")
+                && n.contains("re-checked")
+                && !n.contains(", 0.0 MiB differed")),
+            "{blob}: {notes:?}"
+        );
+        assert_eq!(summary.bytes_already_present, 0, "{blob}: {summary:?}");
+    }
 }

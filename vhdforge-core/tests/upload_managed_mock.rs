@@ -381,7 +381,7 @@ async fn resume_on_a_reused_disk_sends_what_the_journal_lacks() {
         if lose_journal {
             // A crash before any journal write: nothing proves what was sent.
             let p = upload::journal::path_for(&src, &url(port), None);
-            let mut j = upload::journal::load(&p).unwrap().unwrap();
+            let mut j = upload::journal::load(&p, None).unwrap().unwrap();
             j.done.clear();
             upload::journal::store(&p, &j).unwrap();
         }

@@ -23,6 +23,24 @@ use std::time::Instant;
 
 /// Bytes at the end of the file saved in the journal (covers any old footer).
 const SAVED_TAIL: u64 = 1024;
+
+/// Largest in-place journal read: its fields and a hex copy of [`SAVED_TAIL`] bytes fit
+/// far below this.
+const MAX_JOURNAL_BYTES: u64 = 64 * 1024;
+
+/// The user owning `path` (whose journal root may apply), when it can be known.
+fn owner_of(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| m.uid())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
 const JOURNAL_MAGIC: &str = "vhdforge-inplace v2";
 
 /// What an in-place conversion did to the file (`--json`: `converted`, `repaired`,
@@ -95,7 +113,9 @@ pub fn convert_in_place(path: &Path, policy: &Policy, force: bool) -> Result<InP
     // take a footer, and a pipe cannot be rolled back.
     let id = regular_file_id(path)?;
     let journal = journal_path_for(path);
-    let recovered = if journal.exists() {
+    // `symlink_metadata`: a link at the journal's name, even a dangling one, is something
+    // to refuse (in `rollback`), not to overlook.
+    let recovered = if std::fs::symlink_metadata(&journal).is_ok() {
         rollback(path, &journal)?
     } else {
         false
@@ -348,6 +368,7 @@ fn write_journal(path: &Path, journal: &Path, len: u64, target_len: u64) -> Resu
         format!("{JOURNAL_MAGIC}\nfile={id}\nlength={len}\ntarget={target_len}\ntail={hex}\n");
     let werr = |e| Error::io(format!("cannot write {}", journal.display()), e);
     let tmp = TempFile::beside(journal, "inplace-journal").map_err(werr)?;
+    fsutil::restrict_to_owner(tmp.file()).map_err(werr)?;
     {
         use std::io::Write;
         tmp.file().write_all(text.as_bytes()).map_err(werr)?;
@@ -389,8 +410,18 @@ fn rollback(path: &Path, journal: &Path) -> Result<bool> {
         )
     };
     let bad = |why: &str| refuse("inplace.journal", format!("the journal is damaged ({why})"));
-    let text = std::fs::read_to_string(journal)
-        .map_err(|e| Error::io(format!("cannot read {}", journal.display()), e))?;
+    // Only a journal this user or the image's owner wrote, that nobody else may write, is
+    // applied: it says which bytes to put back, so a planted one would rewrite the image.
+    // It is a few KiB; a link, pipe or anything large is refused before reading.
+    let bytes = fsutil::read_trusted_small_file(
+        journal,
+        "the in-place journal",
+        "inplace.journal",
+        MAX_JOURNAL_BYTES,
+        owner_of(path),
+    )?
+    .ok_or_else(|| bad("it vanished while being read"))?;
+    let text = String::from_utf8_lossy(&bytes);
     let mut fields = std::collections::HashMap::new();
     let mut lines = text.lines();
     if lines.next() != Some(JOURNAL_MAGIC) {
@@ -675,5 +706,73 @@ mod tests {
         let e = convert_in_place(&p, &Policy::default(), false).unwrap_err();
         assert_eq!(e.code(), "inplace.unsupported_format");
         assert_eq!(std::fs::read(&p).unwrap(), data);
+    }
+
+    /// Red team, issue 7: in a world-writable folder another user plants a journal naming
+    /// root's image (right inode, length and target, a tail of their choosing); root's
+    /// `convert --in-place` must refuse it, not "roll back" the image to those bytes.
+    #[cfg(unix)]
+    #[test]
+    fn a_journal_owned_by_another_user_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "this test chowns a file to nobody: run it as root (CI does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let size = 21 * crate::azure::MIB;
+        let p = raw_file(dir.path(), size);
+        let before = std::fs::read(&p).unwrap();
+        let journal = journal_path_for(&p);
+        write_journal(&p, &journal, size, size + 512).unwrap();
+        // What `nobody` writes: the same fields, a tail of 0x41.
+        let text = std::fs::read_to_string(&journal).unwrap();
+        let tail_at = text.find("tail=").unwrap();
+        let planted = format!("{}tail={}\n", &text[..tail_at], "41".repeat(1024));
+        std::fs::write(&journal, planted).unwrap();
+        let c = std::ffi::CString::new(journal.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; 65534 is `nobody`.
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+        let e = convert_in_place(&p, &Policy::default(), false).unwrap_err();
+        assert_eq!(e.code(), "inplace.journal", "{e}");
+        assert!(e.to_string().contains("owned by user id 65534"), "{e}");
+        assert!(
+            std::fs::read(&p).unwrap() == before,
+            "the image was changed"
+        );
+        // Owned by root but writable by others: just as untrustworthy.
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), 0, 0) }, 0);
+        std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = convert_in_place(&p, &Policy::default(), false).unwrap_err();
+        assert!(e.to_string().contains("mode 0666"), "{e}");
+        assert!(
+            std::fs::read(&p).unwrap() == before,
+            "the image was changed"
+        );
+    }
+
+    /// A link to an endless device, or a FIFO, at the journal's name: refused at once
+    /// (the read is never attempted, so neither memory nor time runs away).
+    #[cfg(unix)]
+    #[test]
+    fn a_journal_that_is_a_link_to_dev_zero_or_a_fifo_is_refused_quickly() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = raw_file(dir.path(), 21 * crate::azure::MIB);
+        let journal = journal_path_for(&p);
+        std::os::unix::fs::symlink("/dev/zero", &journal).unwrap();
+        let t = Instant::now();
+        let e = convert_in_place(&p, &Policy::default(), false).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        std::fs::remove_file(&journal).unwrap();
+        let c = std::ffi::CString::new(journal.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo has no other memory effects.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = convert_in_place(&p, &Policy::default(), false).unwrap_err();
+        assert!(e.to_string().contains("named pipe"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(10));
     }
 }

@@ -177,7 +177,7 @@ pub fn resolve(query: Option<&str>, env: &CredentialEnv) -> Result<Credential> {
         q.split('&').any(|p| {
             p.split('=')
                 .next()
-                .is_some_and(|n| n.eq_ignore_ascii_case("sig"))
+                .is_some_and(crate::storage::redact::is_sig_name)
         })
     }) {
         return Ok(Credential::Sas(q.to_string()));

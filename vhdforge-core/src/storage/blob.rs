@@ -32,6 +32,8 @@ pub struct BlobProps {
     pub creation_time: Option<String>,
     /// `x-ms-blob-sequence-number` (page blobs).
     pub sequence_number: Option<u64>,
+    /// `ETag`: changes on every write to the blob (Put Page and Clear Pages included).
+    pub etag: Option<String>,
 }
 
 /// Per-request integrity header.
@@ -195,7 +197,7 @@ impl BlobClient {
             Credential::Sas(q) => {
                 for p in q.split('&') {
                     if let Some((n, v)) = p.split_once('=') {
-                        if n.eq_ignore_ascii_case("sig") {
+                        if crate::storage::redact::is_sig_name(n) {
                             secrets.push(v.to_string());
                             if let Ok(d) = percent_encoding::percent_decode_str(v).decode_utf8() {
                                 secrets.push(d.into_owned());
@@ -498,6 +500,7 @@ impl BlobClient {
             blob_type,
             creation_time: text("x-ms-creation-time"),
             sequence_number: text("x-ms-blob-sequence-number").and_then(|v| v.parse().ok()),
+            etag: text("etag"),
         })
     }
 
@@ -560,10 +563,16 @@ impl BlobClient {
     }
 
     /// Get Page Ranges: every written range, following `NextMarker` pages.
+    ///
+    /// A server decides how much it answers, so every answer is bounded: each body at
+    /// [`MAX_PAGE_LIST_BODY`], the ranges in all at [`MAX_PAGE_RANGES`], the requests at
+    /// [`MAX_PAGE_LIST_REQUESTS`], and a marker must be new (one seen before would start
+    /// the same listing again, forever). Past any of these: an `upload.protocol` error.
     pub async fn page_ranges(&self) -> Result<Vec<Range<u64>>, Failure> {
         let mut out = Vec::new();
         let mut marker: Option<String> = None;
-        loop {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..MAX_PAGE_LIST_REQUESTS {
             let mut q: Vec<(&str, &str)> = vec![("comp", "pagelist")];
             if let Some(m) = &marker {
                 q.push(("marker", m.as_str()));
@@ -571,21 +580,76 @@ impl BlobClient {
             let resp = self
                 .send(Method::GET, &q, &[], None, Duration::from_secs(300))
                 .await?;
-            let text = resp.text().await.map_err(|e| self.transport(&e))?;
+            let body = self
+                .read_capped(resp, MAX_PAGE_LIST_BODY, "a page list")
+                .await?;
+            let text = String::from_utf8_lossy(&body);
             // The snippet quoted in the error comes from the server: scrub it.
             let (ranges, next) = parse_page_list(&text).map_err(|m| Failure::Status {
                 status: 200,
                 code: "UnparsablePageList".into(),
                 message: self.scrub(&m),
             })?;
+            if out.len() + ranges.len() > MAX_PAGE_RANGES {
+                return Err(protocol(format!(
+                    "the page list holds more than {MAX_PAGE_RANGES} ranges, more than any blob vhdforge writes"
+                )));
+            }
             out.extend(ranges);
             match next {
-                Some(n) if !n.is_empty() => marker = Some(n),
-                _ => break,
+                Some(n) if !n.is_empty() => {
+                    if n.len() > MAX_MARKER_BYTES {
+                        return Err(protocol(format!(
+                            "a page list continuation marker of {} bytes (at most {MAX_MARKER_BYTES} expected)",
+                            n.len()
+                        )));
+                    }
+                    if !seen.insert(n.clone()) {
+                        return Err(protocol(
+                            "the page list's continuation marker repeats an earlier one (the listing would never end)"
+                                .into(),
+                        ));
+                    }
+                    marker = Some(n);
+                }
+                _ => {
+                    out.sort_by_key(|r| r.start);
+                    return Ok(out);
+                }
             }
         }
-        out.sort_by_key(|r| r.start);
-        Ok(out)
+        Err(protocol(format!(
+            "the page list did not end after {MAX_PAGE_LIST_REQUESTS} requests"
+        )))
+    }
+
+    /// The body of `resp`, refused as soon as it is longer than `cap` bytes (from its
+    /// Content-Length, or while streaming when the server sends none): a hostile or broken
+    /// server cannot make vhdforge hold more than `cap` bytes of it.
+    async fn read_capped(
+        &self,
+        mut resp: reqwest::Response,
+        cap: usize,
+        what: &str,
+    ) -> Result<Vec<u8>, Failure> {
+        let too_long = |sent: &str| {
+            protocol(format!(
+                "the service {sent} for {what}, more than the {cap} bytes expected; reading stopped there"
+            ))
+        };
+        if let Some(n) = resp.content_length() {
+            if n > cap as u64 {
+                return Err(too_long(&format!("announced {n} bytes")));
+            }
+        }
+        let mut body = Vec::new();
+        while let Some(c) = resp.chunk().await.map_err(|e| self.transport(&e))? {
+            if body.len() + c.len() > cap {
+                return Err(too_long(&format!("sent over {cap} bytes")));
+            }
+            body.extend_from_slice(&c);
+        }
+        Ok(body)
     }
 
     /// Set Blob Properties: the whole-blob Content-MD5 (content type re-sent: unsent
@@ -618,7 +682,10 @@ impl BlobClient {
         let resp = self
             .send(Method::GET, &[], &h, None, Duration::from_secs(300))
             .await?;
-        let b = resp.bytes().await.map_err(|e| self.transport(&e))?;
+        // The body is read up to the requested length, never further (a server sending
+        // more is refused, not believed).
+        let want = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
+        let b = Bytes::from(self.read_capped(resp, want, "a range read").await?);
         if b.len() as u64 != range.end - range.start {
             return Err(Failure::network(format!(
                 "short read: {} bytes for a range of {}",
@@ -680,6 +747,31 @@ impl BlobClient {
         self.send(Method::PUT, &[("comp", "page")], &h, body, timeout)
             .await
             .map(drop)
+    }
+}
+
+/// Largest Get Page Ranges answer read (one page of a paged listing). A range takes about
+/// 70 bytes of XML, so this holds some 470 000 ranges, far more than the service returns in
+/// one answer.
+const MAX_PAGE_LIST_BODY: usize = 32 << 20;
+
+/// Most ranges accepted in a whole listing (16 bytes each in memory: 32 MiB). A blob
+/// vhdforge writes has at most one range per 4 MiB request of its plan, and a 4 TiB disk
+/// has about a million of those.
+const MAX_PAGE_RANGES: usize = 2_000_000;
+
+/// Most Get Page Ranges requests for one listing.
+const MAX_PAGE_LIST_REQUESTS: usize = 10_000;
+
+/// Longest continuation marker accepted (the service's are under a few hundred bytes).
+const MAX_MARKER_BYTES: usize = 1024;
+
+/// An answer that breaks the protocol's bounds: `upload.protocol`, never retried.
+fn protocol(message: String) -> Failure {
+    Failure::Status {
+        status: 200,
+        code: "ProtocolViolation".into(),
+        message,
     }
 }
 

@@ -81,11 +81,64 @@ fn assignment_value_start(bytes: &[u8], i: usize, name: &str) -> Option<usize> {
     }
 }
 
+/// How many layers of percent-encoding [`redact_text`] looks through. A server echoing a
+/// URL encodes it once or twice; four layers leave a margin without letting a crafted text
+/// make redaction expensive (each layer is one linear pass).
+const DECODE_LAYERS: usize = 4;
+
+/// Whether a query parameter name is `sig`, in any case and however percent-encoded
+/// (`%73ig` is `sig` to the service, so it must be to us: both for redaction and for
+/// recognising a SAS).
+pub fn is_sig_name(name: &str) -> bool {
+    let mut cur = std::borrow::Cow::Borrowed(name);
+    for _ in 0..=DECODE_LAYERS {
+        if cur.eq_ignore_ascii_case("sig") {
+            return true;
+        }
+        let next = percent_encoding::percent_decode_str(&cur)
+            .decode_utf8_lossy()
+            .into_owned();
+        if next == *cur {
+            return false;
+        }
+        cur = std::borrow::Cow::Owned(next);
+    }
+    false
+}
+
 /// `text` with every secret it visibly carries replaced by `REDACTED`:
 /// the value of any `sig` parameter (any case, plain or percent-encoded), the user
-/// information of any URL (`scheme://user:password@`), any `AccountKey=` value, and the
-/// signature of any `SharedKey account:signature`.
+/// information of any URL (`scheme:user:password@`, with any number of slashes or
+/// backslashes after the colon), any `AccountKey=` value, and the signature of any
+/// `SharedKey account:signature`.
+///
+/// A secret hidden under layers of percent-encoding (`%2526sig%253D…`, `%73ig=`) is found
+/// by decoding the text again and again (at most [`DECODE_LAYERS`] times); when a decoded
+/// layer shows a secret, that layer, redacted, is what is returned: the exact original
+/// encoding is lost, the secret is not shown.
 pub fn redact_text(text: &str) -> String {
+    let mut out = redact_layer(text);
+    let mut cur = out.clone();
+    for _ in 0..DECODE_LAYERS {
+        let decoded = percent_encoding::percent_decode_str(&cur)
+            .decode_utf8_lossy()
+            .into_owned();
+        if decoded == cur {
+            break;
+        }
+        let redacted = redact_layer(&decoded);
+        if redacted == decoded {
+            cur = decoded;
+        } else {
+            out.clone_from(&redacted);
+            cur = redacted;
+        }
+    }
+    out
+}
+
+/// One pass of [`redact_text`] over `text` as it stands (no decoding).
+fn redact_layer(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
@@ -122,11 +175,19 @@ pub fn redact_text(text: &str) -> String {
             i = end.max(i + 1);
             continue;
         }
-        if starts_with_ci(bytes, i, "://") {
-            let auth_start = i + 3;
+        // `scheme:` then any slashes or backslashes: the WHATWG parser (reqwest's) reads
+        // `https:user:pw@h`, `https:/user:pw@h` and `https:\\user:pw@h` all as user info.
+        if bytes[i] == b':' && i > 0 && bytes[i - 1].is_ascii_alphanumeric() {
+            let mut auth_start = i + 1;
+            while auth_start < bytes.len() && matches!(bytes[auth_start], b'/' | b'\\') {
+                auth_start += 1;
+            }
             let mut end = auth_start;
             while end < bytes.len()
-                && !matches!(bytes[end], b'/' | b'?' | b'#' | b'"' | b'\'' | b'<' | b'>')
+                && !matches!(
+                    bytes[end],
+                    b'/' | b'\\' | b'?' | b'#' | b'"' | b'\'' | b'<' | b'>'
+                )
                 && !bytes[end].is_ascii_whitespace()
             {
                 end += 1;
@@ -135,9 +196,9 @@ pub fn redact_text(text: &str) -> String {
                 out.push_str(&text[copied..auth_start]);
                 out.push_str(REDACTED);
                 copied = auth_start + at;
+                i = end.max(i + 1);
+                continue;
             }
-            i = end.max(i + 1);
-            continue;
         }
         i += 1;
     }
@@ -251,6 +312,14 @@ mod tests {
             ),
             // Words that merely end in "sig" are left alone.
             ("design=1", "design=1"),
+            // User info after a scheme written without `//`, with one slash, with backslashes.
+            ("https:u:s3cr3t@h/c", "https:REDACTED@h/c"),
+            ("https:/u:s3cr3t@h/c", "https:/REDACTED@h/c"),
+            ("https:\\\\u:s3cr3t@h\\c", "https:\\\\REDACTED@h\\c"),
+            // `%73ig` is `sig` once decoded.
+            ("https://a/c/b?%73ig=s3cr3t", "https://a/c/b?sig=REDACTED"),
+            // Ordinary text with colons and percent signs is left as it is.
+            ("at 08:07, 50% done: ok", "at 08:07, 50% done: ok"),
         ];
         for (input, want) in cases {
             assert_eq!(Redacted(input).to_string(), want, "{input}");
@@ -272,6 +341,20 @@ mod tests {
             "accountkey%3D",
         ] {
             let _ = redact_text(t);
+        }
+    }
+
+    #[test]
+    fn sig_names_in_any_encoding() {
+        for (name, want) in [
+            ("sig", true),
+            ("SIG", true),
+            ("%73ig", true),
+            ("%2573%2569%2567", true),
+            ("sign", false),
+            ("sv", false),
+        ] {
+            assert_eq!(is_sig_name(name), want, "{name}");
         }
     }
 

@@ -36,6 +36,9 @@ pub(super) struct Destination {
     /// The sequence number every write is conditional on (page blobs only; a managed disk
     /// must not be given properties).
     pub seq: Option<u64>,
+    /// The blob's `ETag` before this run wrote anything (existing blobs only): equal to a
+    /// journal's clean-stop ETag, it proves nobody wrote to the blob since.
+    pub etag: Option<String>,
 }
 
 /// Create the blob, or check the existing one (managed disk, `--resume`).
@@ -79,6 +82,7 @@ async fn existing(t: &Target<'_>) -> Result<Destination> {
             sequence_number: seq,
         },
         seq,
+        etag: props.etag,
     })
 }
 
@@ -160,6 +164,7 @@ async fn create(t: &Target<'_>) -> Result<Destination> {
             sequence_number: Some(seq),
         },
         seq: Some(seq),
+        etag: None,
     })
 }
 

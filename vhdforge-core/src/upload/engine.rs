@@ -149,6 +149,17 @@ async fn upload_inner(
         .unwrap_or_default();
     let requests = &planned.data.requests;
     let todo = resume::requests_to_send(requests, opts.resume, &journal_done, &dest.present);
+    let todo = resume::prove_done(
+        &client,
+        src,
+        &opts,
+        place.old.as_ref(),
+        dest.etag.as_deref(),
+        requests,
+        todo,
+        progress.as_ref(),
+    )
+    .await?;
     let stale_cleared =
         destination::clear_before_sending(&target, &dest, requests, progress.as_ref()).await?;
     let summary_plan = summarize(src, &planned.data, &todo);

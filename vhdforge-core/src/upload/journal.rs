@@ -26,8 +26,9 @@ const VERSION: u32 = 3;
 /// file's) stays well under the 255-byte limit of common file systems.
 const MAX_NAME_PREFIX: usize = 96;
 
-/// Largest journal accepted when loading (a plan of millions of ranges is still far below).
-const MAX_JOURNAL_BYTES: u64 = 256 << 20;
+/// Largest journal accepted when loading: a plan of a million ranges is about 40 MiB of
+/// JSON, and the whole journal is held in memory while parsed (the 256 MiB budget).
+const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 
 /// What identifies one file of the source (the top image or a parent).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +182,13 @@ pub struct Journal {
     pub blob: BlobIdentity,
     /// Data requests this upload completed (Put Page returned success), merged, `[start, end)`.
     pub done: Vec<(u64, u64)>,
+    /// The blob's `ETag` read at a clean stop (Ctrl-C or an error, once no request of this
+    /// run was in flight any more). The ETag changes on every write, so when `--resume`
+    /// finds the same one, nobody wrote to the blob since and `done` is trusted; otherwise
+    /// (or when the run was killed and none was recorded) every done range is read back
+    /// and compared before it counts. Absent in journals of earlier releases.
+    #[serde(default)]
+    pub clean_stop_etag: Option<String>,
 }
 
 impl Journal {
@@ -286,34 +294,23 @@ pub fn default_state_dir() -> Result<PathBuf> {
 }
 
 /// Load a journal; `Ok(None)` when there is none.
-pub fn load(path: &Path) -> Result<Option<Journal>> {
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(Error::io(
-                format!("cannot read the resume journal {}", path.display()),
-                e,
-            ))
-        }
+///
+/// The journal decides which pages are not sent again, so only one this user (or
+/// `also_owner`, the source's owner) wrote is believed: a link, a pipe, a file of another
+/// user or one others may write is refused, and at most [`MAX_JOURNAL_BYTES`] are read
+/// (see [`crate::fsutil::read_trusted_small_file`]).
+pub fn load(path: &Path, also_owner: Option<u32>) -> Result<Option<Journal>> {
+    let Some(bytes) = crate::fsutil::read_trusted_small_file(
+        path,
+        "the resume journal",
+        "upload.journal",
+        MAX_JOURNAL_BYTES,
+        also_owner,
+    )?
+    else {
+        return Ok(None);
     };
-    if meta.len() > MAX_JOURNAL_BYTES {
-        return Err(Error::new(
-            ErrorKind::Corrupt,
-            "upload.journal",
-            format!(
-                "resume journal {} is {} bytes, more than any plan needs; delete it",
-                path.display(),
-                meta.len()
-            ),
-        ));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::io(
-            format!("cannot read the resume journal {}", path.display()),
-            e,
-        )
-    })?;
+    let text = String::from_utf8_lossy(&bytes);
     let j: Journal = serde_json::from_str(&text)
         .map_err(|e| Error::new(ErrorKind::Corrupt, "upload.journal", format!("resume journal {} is unreadable ({e}); delete it and upload again with --overwrite", path.display())))?;
     if j.version != VERSION {
@@ -352,6 +349,7 @@ pub fn store(path: &Path, j: &Journal) -> Result<()> {
     // A new file under a random name (a link planted beside the journal is never
     // followed), flushed, renamed over the previous journal, folder flushed.
     let tmp = TempFile::beside(path, "journal").map_err(werr)?;
+    crate::fsutil::restrict_to_owner(tmp.file()).map_err(werr)?;
     tmp.file().write_all(&text).map_err(werr)?;
     tmp.persist(path, Replace::RegularFile)
         .map_err(|e| match e {
@@ -469,6 +467,7 @@ pub fn new(
         plan_hash,
         blob: BlobIdentity::default(),
         done: Vec::new(),
+        clean_stop_etag: None,
     }
 }
 
@@ -508,7 +507,7 @@ mod tests {
         );
         j.done = vec![(0, 512)];
         store(&p1, &j).unwrap();
-        let back = load(&p1).unwrap().unwrap();
+        let back = load(&p1, None).unwrap().unwrap();
         assert_eq!(back.source, id);
         assert_eq!(back.parents, vec![id.clone()]);
         assert_eq!(back.done_ranges(), vec![0..512]);
@@ -516,8 +515,58 @@ mod tests {
         assert!(!std::fs::read_to_string(&p1).unwrap().contains("SECRET"));
         // Garbage is a clear error, not a panic.
         std::fs::write(&p1, b"{not json").unwrap();
-        assert_eq!(load(&p1).unwrap_err().code(), "upload.journal");
-        assert!(load(&dir.path().join("none.json")).unwrap().is_none());
+        assert_eq!(load(&p1, None).unwrap_err().code(), "upload.journal");
+        assert!(load(&dir.path().join("none.json"), None).unwrap().is_none());
+        // The journal vhdforge wrote is the owner's alone, whatever the umask.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::remove_file(&p1).unwrap();
+            store(&p1, &j).unwrap();
+            let mode = std::fs::metadata(&p1).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    /// A resume journal another user planted (it decides which pages are skipped) or one
+    /// at which a link or FIFO was put is refused, with the reason.
+    #[cfg(unix)]
+    #[test]
+    fn planted_links_fifos_and_foreign_journals_are_refused() {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "this test chowns a file to nobody: run it as root (CI does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("s.raw");
+        std::fs::write(&src, b"x").unwrap();
+        let id = SourceIdentity::of(&src).unwrap();
+        let j = new("https://a/c/b", id, Vec::new(), [7; 16], 5, "h".into());
+        let p = dir.path().join("j.json");
+        store(&p, &j).unwrap();
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; 65534 is `nobody`.
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+        let e = load(&p, None).unwrap_err();
+        assert_eq!(e.code(), "upload.journal");
+        assert!(e.to_string().contains("owned by user id 65534"), "{e}");
+        // ... unless that user owns the source (root resuming their upload).
+        assert!(load(&p, Some(65534)).unwrap().is_some());
+        std::fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &p).unwrap();
+        assert!(load(&p, None)
+            .unwrap_err()
+            .to_string()
+            .contains("symbolic link"));
+        std::fs::remove_file(&p).unwrap();
+        // SAFETY: as above; mkfifo has no other memory effects.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(load(&p, None)
+            .unwrap_err()
+            .to_string()
+            .contains("named pipe"));
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub(super) fn locate(source: &Path, base: &str, opts: &UploadOptions) -> Result<
                 format!("--resume: no journal for this source and destination (looked for {}), so nothing proves what was sent; upload again without --resume (with --overwrite if the blob exists)", shown.join(" and ")),
             ));
         };
-        let j = journal::load(&p)?;
+        let j = journal::load(&p, owner_of(source))?;
         (p, j)
     } else {
         let p = journal::choose_path(
@@ -67,6 +67,20 @@ pub(super) fn locate(source: &Path, base: &str, opts: &UploadOptions) -> Result<
         candidates,
         identity,
     })
+}
+
+/// The user owning `source`: a journal that user wrote may be resumed by another (root).
+fn owner_of(source: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(source).ok().map(|m| m.uid())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = source;
+        None
+    }
 }
 
 /// A device, pipe or other non-regular source has no size, times or inode that change when
@@ -192,6 +206,87 @@ pub(super) fn requests_to_send(
             !done
         })
         .collect()
+}
+
+/// Most ranges read back at once when proving done ranges: each holds up to 4 MiB read
+/// and 4 MiB of source, so this bounds that phase to 64 MiB whatever `--concurrency` is.
+const PROVE_CONCURRENCY: usize = 8;
+
+/// On `--resume`, make sure every request the journal calls done really is at the
+/// destination before it is skipped.
+///
+/// A journal whose clean-stop ETag equals the blob's ETag now is trusted as it is: the
+/// ETag changes on every write, so nobody wrote to the blob since the interrupted run
+/// stopped. Otherwise (the ETag moved, as when another upload wrote the same managed disk
+/// or someone put or cleared pages; or the run was killed and recorded none) every request
+/// marked done is read back (≤ 4 MiB each, a few at a time) and compared with the source:
+/// only those that match stay skipped, the rest are sent again, and `progress` says how
+/// much was re-checked and how much differed.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn prove_done(
+    client: &crate::storage::BlobClient,
+    src: &super::UploadSource,
+    opts: &UploadOptions,
+    old: Option<&Journal>,
+    etag_now: Option<&str>,
+    requests: &[Range<u64>],
+    mut todo: Vec<bool>,
+    progress: &dyn Progress,
+) -> Result<Vec<bool>> {
+    let Some(j) = old else { return Ok(todo) };
+    if !opts.resume || !todo.contains(&false) {
+        return Ok(todo);
+    }
+    if j.clean_stop_etag.is_some() && j.clean_stop_etag.as_deref() == etag_now {
+        return Ok(todo);
+    }
+    let listed: Vec<usize> = (0..requests.len()).filter(|&i| !todo[i]).collect();
+    let mut done = listed.into_iter();
+    let az = std::sync::Arc::new(src.azure.clone());
+    let cancel = progress.cancel();
+    let mut set = tokio::task::JoinSet::new();
+    let (mut checked, mut differed) = (0u64, 0u64);
+    loop {
+        while set.len() < PROVE_CONCURRENCY.min(opts.concurrency.max(1)) {
+            let Some(i) = done.next() else { break };
+            let fut = super::verify::compare_piece(
+                client.clone(),
+                src.image.clone(),
+                az.clone(),
+                opts.retry.clone(),
+                cancel.clone(),
+                requests[i].clone(),
+            );
+            set.spawn(async move { (i, fut.await) });
+        }
+        let Some(res) = set.join_next().await else {
+            break;
+        };
+        let (i, outcome) = res.map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                "upload.internal",
+                format!("re-check task failed: {e}"),
+            )
+        })?;
+        let (len, diff) = outcome?;
+        checked += len;
+        if diff.is_some() {
+            differed += len;
+            todo[i] = true;
+        }
+    }
+    let why = if j.clean_stop_etag.is_some() {
+        "the destination was written to since the interrupted upload stopped (its ETag changed)"
+    } else {
+        "the interrupted upload did not stop cleanly, so nothing vouches for the destination"
+    };
+    progress.note(&format!(
+        "{why}: {} re-checked, {} differed and will be sent again",
+        crate::progress::format_bytes(checked),
+        crate::progress::format_bytes(differed)
+    ));
+    Ok(todo)
 }
 
 #[cfg(test)]

@@ -302,6 +302,26 @@ impl JournalState {
         &self.path
     }
     pub(super) fn flush(&mut self) -> Result<()> {
+        // An ordinary flush happens with requests in flight: no ETag vouches for it.
+        self.journal.clean_stop_etag = None;
+        self.write()
+    }
+
+    /// The journal of a run stopping cleanly (no request of it in flight any more), with
+    /// the blob's current ETag: while the blob keeps that ETag nobody wrote to it, so a
+    /// `--resume` may trust the done ranges without reading them back. Best effort: when
+    /// the ETag cannot be read the journal is written without one (resume then re-checks).
+    async fn clean_stop(&mut self, client: &BlobClient) -> Result<()> {
+        let etag = tokio::time::timeout(Duration::from_secs(30), client.head())
+            .await
+            .ok()
+            .and_then(std::result::Result::ok)
+            .and_then(|p| p.etag);
+        self.journal.clean_stop_etag = etag;
+        self.write()
+    }
+
+    fn write(&mut self) -> Result<()> {
         self.done = normalize(std::mem::take(&mut self.done));
         self.journal.done = self.done.iter().map(|r| (r.start, r.end)).collect();
         self.last_write = Instant::now();
@@ -373,11 +393,14 @@ pub(super) async fn send_all(input: SendInput, jstate: &mut JournalState) -> Res
     });
     let md5 = send_data(&ctx, input.requests, input.todo, jstate).await?;
     if ctx.cancel.is_cancelled() {
-        let _ = jstate.flush();
+        let _ = jstate.clean_stop(&ctx.client).await;
         return Err(cancelled());
     }
     jstate.flush()?;
-    send_footer(&ctx).await?;
+    if let Err(e) = send_footer(&ctx).await {
+        let _ = jstate.clean_stop(&ctx.client).await;
+        return Err(e);
+    }
     Ok(Sent {
         bytes: ctx.sent_bytes.load(Ordering::Relaxed),
         requests: ctx.requests.load(Ordering::Relaxed),
@@ -403,19 +426,20 @@ async fn send_data(
     };
     let outcome = drive(ctx, rx, jstate).await;
     let read = reader_task.await;
+    // Past `drive`, no request of this run is in flight: a stop here is a clean one.
     if let Err(e) = outcome {
-        let _ = jstate.flush();
+        let _ = jstate.clean_stop(&ctx.client).await;
         return Err(e);
     }
     match read {
         Ok(Ok(m)) => Ok(m),
         // A read failure (source vanished, I/O error): keep what was sent for --resume.
         Ok(Err(e)) => {
-            let _ = jstate.flush();
+            let _ = jstate.clean_stop(&ctx.client).await;
             Err(e)
         }
         Err(e) => {
-            let _ = jstate.flush();
+            let _ = jstate.clean_stop(&ctx.client).await;
             Err(Error::new(
                 ErrorKind::Io,
                 "upload.internal",
@@ -471,6 +495,10 @@ async fn drive(
     };
     if outcome.is_err() {
         set.abort_all();
+        // Wait until every aborted request has really ended, so the clean-stop ETag read
+        // after this is not overtaken by one of ours. (A request the server still applies
+        // after an abort changes the ETag, which only makes --resume re-check: safe.)
+        while set.join_next().await.is_some() {}
     }
     // Dropping the receiver stops a reader blocked on a full channel.
     drop(rx);

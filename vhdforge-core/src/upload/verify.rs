@@ -71,8 +71,13 @@ pub struct Difference {
 /// The verdict.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct VerifyReport {
-    /// True when nothing differs.
+    /// True only when the data was read back and compared byte for byte (`full`) and
+    /// nothing differs. Without `full` it is always false: a layout check cannot prove
+    /// two disks identical (see `layout_matches`).
     pub identical: bool,
+    /// True when the size, the footer and the page map match what uploading the source
+    /// produces (what the plain check compares); says nothing about the data itself.
+    pub layout_matches: bool,
     /// The destination, redacted.
     pub destination: String,
     /// Expected destination size.
@@ -101,7 +106,25 @@ pub enum Compared {
 }
 
 impl VerifyReport {
+    /// Whether the check found nothing different in what it compared: the verdict behind
+    /// the exit status (`identical` with `full`, `layout_matches` without).
+    #[must_use]
+    pub fn passed(&self) -> bool {
+        if self.full {
+            self.identical
+        } else {
+            self.layout_matches
+        }
+    }
+
+    /// A difference in size, footer or page map.
     fn differ(&mut self, offset: u64, what: String) {
+        self.layout_matches = false;
+        self.differ_in_data(offset, what);
+    }
+
+    /// A difference in the data read back (`full`); the layout may still match.
+    fn differ_in_data(&mut self, offset: u64, what: String) {
         self.identical = false;
         self.difference_count += 1;
         if self.differences.len() < MAX_LISTED {
@@ -151,7 +174,9 @@ async fn verify_inner(
     let src = UploadSource::open(source, &opts.open, &policy)?;
     let output_size = src.azure.output_size();
     let mut report = VerifyReport {
-        identical: true,
+        // Becomes true only once every byte has been compared (below).
+        identical: false,
+        layout_matches: true,
         destination: shown.clone(),
         bytes_total: output_size,
         bytes_compared: 0,
@@ -180,6 +205,7 @@ async fn verify_inner(
     check_footer(&client, &src, &opts, cancel, &mut report).await?;
     let present = check_page_map(&client, &src, &opts, cancel, &mut report).await?;
     if opts.full {
+        report.identical = report.layout_matches;
         compare_bytes(
             &client,
             &src,
@@ -371,7 +397,7 @@ async fn compare_bytes(
         report.bytes_compared += len;
         progress.advance(len);
         if let Some(at) = diff {
-            report.differ(
+            report.differ_in_data(
                 at,
                 format!(
                     "bytes differ from offset {at} (first difference in the 4 MiB piece there)"
@@ -383,7 +409,8 @@ async fn compare_bytes(
 }
 
 /// Read one piece back and find its first byte that differs from the source.
-async fn compare_piece(
+/// Returns the piece's length and that offset. (Also how `--resume` proves done ranges.)
+pub(super) async fn compare_piece(
     client: BlobClient,
     image: Arc<dyn crate::image::DiskImage>,
     az: Arc<crate::azure::FixedVhdLayout>,
