@@ -112,7 +112,7 @@ async fn upload_inner(
     journal_at: &mut Option<PathBuf>,
 ) -> Result<UploadSummary> {
     let started = Instant::now();
-    opts.concurrency = opts.concurrency.clamp(1, 256);
+    opts.concurrency = opts.concurrency.clamp(1, super::MAX_CONCURRENCY);
     let client = BlobClient::new(dest, &opts.credentials, &opts.api_version, opts.concurrency)?;
     let shown = client.display().to_string();
     let managed = is_managed_disk(&client, &opts)?;

@@ -66,6 +66,12 @@ use std::time::Duration;
 /// The x-ms-version vhdforge pins (accepted by Azure and Azurite 3.37).
 pub const DEFAULT_API_VERSION: &str = "2021-08-06";
 
+/// Most requests in flight (upload) or pieces read back at once (`verify --full`). Each
+/// holds up to two 4 MiB buffers, so this keeps either under 128 MiB of buffers, inside
+/// the 256 MiB every command stays under; 16 requests of 4 MiB in flight already exceed
+/// what one page blob accepts per second.
+pub const MAX_CONCURRENCY: usize = 16;
+
 /// What an upload does.
 #[derive(Debug, Clone)]
 pub struct UploadOptions {

@@ -162,7 +162,7 @@ async fn verify_inner(
         dest,
         &opts.credentials,
         &opts.api_version,
-        opts.concurrency.max(1),
+        opts.concurrency.clamp(1, super::MAX_CONCURRENCY),
     )?;
     let shown = client.display().to_string();
     // Whatever the upload was allowed to send is what is compared: no size/sector policy here.
@@ -379,7 +379,7 @@ async fn compare_bytes(
             // Dropping the set aborts the reads in flight.
             return Err(super::send::cancelled());
         }
-        while set.len() < opts.concurrency.max(1) {
+        while set.len() < opts.concurrency.clamp(1, super::MAX_CONCURRENCY) {
             let Some(p) = pieces.next() else { break };
             set.spawn(compare_piece(
                 client.clone(),
