@@ -13,7 +13,7 @@ mod in_place;
 mod to_file;
 
 pub use in_place::{convert_in_place, journal_path_for, InPlaceReport};
-pub use to_file::{convert_to_file, ConvertOptions, ConvertReport};
+pub use to_file::{check_output_for, convert_to_file, ConvertOptions, ConvertReport};
 
 /// What the user allows beyond Azure's rules.
 #[derive(Debug, Clone, Default)]

@@ -50,7 +50,7 @@ mod verify;
 pub use crate::progress::{Cancel, CancelOnly, NoProgress, Progress};
 pub use crate::storage::retry::RetryPolicy;
 pub use crate::storage::{CredentialEnv, Integrity, Redacted};
-pub use engine::upload;
+pub use engine::{dry_run, upload, DryRun};
 pub use verify::{verify, verify_with, Compared, VerifyOptions, VerifyReport};
 
 use crate::convert::{AzurePlan, Policy};
