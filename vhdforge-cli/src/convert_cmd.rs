@@ -98,6 +98,13 @@ fn print_report_json(
 fn resolve_output(input: &Path, out: &Path) -> Result<PathBuf> {
     let is_dir = std::fs::symlink_metadata(out).is_ok_and(|m| m.is_dir());
     if !is_dir {
+        // `OUT/` names a directory the user expects to exist.
+        anyhow::ensure!(
+            !out.as_os_str().as_encoded_bytes().ends_with(b"/"),
+            "the output directory {} does not exist; create it first (mkdir -p {}) or name an output file",
+            out.display(),
+            out.display()
+        );
         return Ok(out.to_path_buf());
     }
     let stem = input.file_stem().with_context(|| {
@@ -209,9 +216,6 @@ pub fn run(a: &ConvertArgs, ui: &Ui) -> Result<ExitCode> {
     let image = open(&a.input, &OpenOptions::default())?;
     // OUT is checked before anything else is done or read (convert_to_file checks it again).
     check_output_for(image.as_ref(), out, a.force)?;
-    if a.dry_run {
-        return dry_run(a, ui, image.as_ref(), out, &policy);
-    }
     let pre = inspect(&a.input, &OpenOptions::default())?;
     if pre.azure_ready && !a.force {
         let msg = format!("{} is already an Azure-ready fixed VHD; nothing to convert (upload it as it is, or pass --force to copy it anyway)", a.input.display());
@@ -225,6 +229,10 @@ pub fn run(a: &ConvertArgs, ui: &Ui) -> Result<ExitCode> {
             }
         }
         return Ok(ExitCode::SUCCESS);
+    }
+    // After the "already Azure-ready" answer, so a dry run says what a real run would do.
+    if a.dry_run {
+        return dry_run(a, ui, image.as_ref(), out, &policy);
     }
     let progress = ui.progress("converting", a.json);
     let opts = ConvertOptions {

@@ -437,6 +437,19 @@ fn out_is_checked_before_any_work() {
         "{e}"
     );
     assert!(!e.contains("partial") && !e.contains(".vhdforge"), "{e}");
+    // The same for a directory named with a trailing slash.
+    let o = vhdforge()
+        .arg("convert")
+        .arg(&input)
+        .arg(format!("{}/", dir.path().join("no-such-dir").display()))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let e = err_text(&o);
+    assert!(
+        e.contains("no-such-dir") && e.contains("does not exist"),
+        "{e}"
+    );
     // OUT is the input: said so, not "pass --force".
     let o = vhdforge()
         .arg("convert")

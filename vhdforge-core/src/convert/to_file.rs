@@ -171,7 +171,18 @@ pub fn convert_to_file(
     let overridden = |code: &str| {
         opts.policy.allow_any_size && matches!(code, "azure.too_small" | "azure.too_large")
     };
-    let check = crate::inspect_quick(&tmp_path, &crate::OpenOptions::default())?;
+    // Errors name OUT: the temporary name means nothing to the user.
+    let check = crate::inspect_quick(&tmp_path, &crate::OpenOptions::default()).map_err(|e| {
+        Error::new(
+            e.kind(),
+            e.code(),
+            format!(
+                "cannot read back the new output for {}: {}",
+                out.display(),
+                e.message()
+            ),
+        )
+    })?;
     if let Some(f) = check
         .findings
         .iter()
