@@ -3,15 +3,16 @@
 use crate::ui::{bytes, Ui};
 use anyhow::{Context, Result};
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use vhdforge_core::convert::{
-    convert_in_place, convert_to_file, ConvertOptions, InPlaceAction, Policy,
+    check_output_for, convert_in_place, convert_to_file, ConvertOptions, InPlaceAction, Policy,
 };
 use vhdforge_core::progress::{format_bytes, format_rate};
+use vhdforge_core::sparse::data_pieces;
 use vhdforge_core::{inspect_quick as inspect, open, OpenOptions};
 
-/// Arguments of `convert`.
+/// Convert any image into an Azure-ready fixed VHD (sparse, parallel, safe).
 #[derive(clap::Args, Debug)]
 #[command(
     long_about = "Convert any image vhdforge reads into an Azure-ready fixed VHD.
@@ -30,8 +31,13 @@ nothing under OUT's name (a later run removes temporaries of runs that were kill
 is checked up front against the data that will really be written.
 
 OUT must be a new name, or with --force a regular file (or a symbolic link, which is replaced \
-as a link: what it points to is never written). A device, directory, pipe or socket, or a link to \
-one, is refused even with --force.
+as a link: what it points to is never written). When OUT is an existing directory, the output \
+is written into it as <input stem>.vhd (as `cp` does). OUT's folder must exist, and OUT must not \
+be the input or one of its parents: all of this is checked before any data is read. A device, \
+pipe or socket, or a link to one, is refused even with --force.
+
+--dry-run prints the plan (output size, the upload size Azure needs, data at most to write) \
+after the same checks, and writes nothing.
 
 --in-place FILE turns a raw image into a fixed VHD by extending it to a whole MiB and appending \
 the footer, or repairs a fixed VHD whose size is not MiB-aligned or whose footer is wrong or the \
@@ -51,7 +57,7 @@ pub struct ConvertArgs {
     /// The fixed VHD to write (not with --in-place).
     #[arg(required_unless_present = "in_place", conflicts_with = "in_place")]
     pub output: Option<PathBuf>,
-    /// Convert a raw image or fixed VHD where it lies (O(1), journaled; see above).
+    /// Convert a raw image or fixed VHD where it lies (O(1), journaled; see the long --help).
     #[arg(long)]
     pub in_place: bool,
     /// Replace an existing OUTPUT; convert even an input that is already Azure-ready.
@@ -66,12 +72,15 @@ pub struct ConvertArgs {
     /// Allow outputs smaller than 20 MiB or larger than 32 767 GiB (Azure refuses them).
     #[arg(long)]
     pub allow_any_size: bool,
-    /// Worker threads (default: one per core).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    /// Worker threads [default: one per core].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Check everything and print the plan (sizes, data to write); write nothing.
+    #[arg(long, conflicts_with = "in_place")]
+    pub dry_run: bool,
 }
 
-/// A conversion report as JSON, with the output's findings and verdict.
+/// A conversion report as JSON, with the output's findings, verdict and upload size.
 fn print_report_json(
     ui: &Ui,
     report: &impl serde::Serialize,
@@ -80,7 +89,88 @@ fn print_report_json(
     let mut v = serde_json::to_value(report)?;
     v["findings"] = serde_json::to_value(&after.findings)?;
     v["azure_ready"] = json!(after.azure_ready);
+    v["upload_size_bytes"] = json!(after.info.as_ref().map(|i| i.file_size));
     ui.print_json(&v)
+}
+
+/// The file to write: OUT, or `OUT/<input stem>.vhd` when OUT is an existing directory
+/// (not a link to one: a link as OUT is handled, and refused or replaced, as a link).
+fn resolve_output(input: &Path, out: &Path) -> Result<PathBuf> {
+    let is_dir = std::fs::symlink_metadata(out).is_ok_and(|m| m.is_dir());
+    if !is_dir {
+        // `OUT/` names a directory the user expects to exist.
+        anyhow::ensure!(
+            !out.as_os_str().as_encoded_bytes().ends_with(b"/"),
+            "the output directory {} does not exist; create it first (mkdir -p {}) or name an output file",
+            out.display(),
+            out.display()
+        );
+        return Ok(out.to_path_buf());
+    }
+    let stem = input.file_stem().with_context(|| {
+        format!(
+            "{} is a directory and the input {} has no file name to name the output after; name the output file",
+            out.display(),
+            input.display()
+        )
+    })?;
+    let mut name = stem.to_os_string();
+    name.push(".vhd");
+    Ok(out.join(name))
+}
+
+/// `convert --dry-run`: what would be written, after every check a real run makes first.
+fn dry_run(
+    a: &ConvertArgs,
+    ui: &Ui,
+    image: &dyn vhdforge_core::DiskImage,
+    out: &Path,
+    policy: &Policy,
+) -> Result<ExitCode> {
+    let plan = vhdforge_core::azure::FixedVhdLayout::for_image(image, policy)?;
+    // The metadata bounds the data; zero pages inside it are found (and skipped) only by
+    // reading, which a dry run does not do.
+    let pieces = data_pieces(image, 0..plan.source_size, 4 << 20)?;
+    let data_at_most: u64 = pieces.iter().map(|r| r.end - r.start).sum();
+    let output_size = plan.output_size();
+    if a.json {
+        ui.print_json(&json!({
+            "dry_run": true,
+            "input": shown(&a.input),
+            "output": shown(out),
+            "virtual_size": plan.source_size,
+            "padded_bytes": plan.padding(),
+            "output_size": output_size,
+            "upload_size_bytes": output_size,
+            "data_bytes_at_most": data_at_most,
+        }))?;
+    } else {
+        ui.print(&format!(
+            "dry run: {} -> {}: would write a fixed VHD of {} (file {output_size} bytes{}), \
+             at most {} of data (zero pages skipped); nothing was written\n{}",
+            shown(&a.input),
+            shown(out),
+            bytes(plan.disk_size),
+            if plan.padding() > 0 {
+                format!(", padded by {} bytes to a whole MiB", plan.padding())
+            } else {
+                String::new()
+            },
+            format_bytes(data_at_most),
+            upload_size_line(output_size),
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The line that names the number `az disk create --upload-size-bytes` needs.
+pub fn upload_size_line(size: u64) -> String {
+    format!("Azure upload size: {size} bytes (az disk create --upload-size-bytes {size})\n")
+}
+
+/// A path as shown: a SAS URL given where a path belongs must not show its signature.
+fn shown(p: &Path) -> String {
+    vhdforge_core::storage::redact_text(&p.display().to_string())
 }
 
 /// `vhdforge convert`.
@@ -113,6 +203,7 @@ pub fn run(a: &ConvertArgs, ui: &Ui) -> Result<ExitCode> {
                     r.output_size
                 ),
             });
+            s.push_str(&upload_size_line(r.output_size));
             ui.print(&s)?;
         }
         return Ok(ExitCode::SUCCESS);
@@ -121,17 +212,39 @@ pub fn run(a: &ConvertArgs, ui: &Ui) -> Result<ExitCode> {
         .output
         .as_ref()
         .context("OUTPUT is required without --in-place")?;
+    let out = &resolve_output(&a.input, out)?;
     let image = open(&a.input, &OpenOptions::default())?;
+    // OUT is checked before anything else is done or read (convert_to_file checks it again).
+    check_output_for(image.as_ref(), out, a.force)?;
     let pre = inspect(&a.input, &OpenOptions::default())?;
     if pre.azure_ready && !a.force {
         let msg = format!("{} is already an Azure-ready fixed VHD; nothing to convert (upload it as it is, or pass --force to copy it anyway)", a.input.display());
         if a.json {
-            ui.print_json(&json!({"action": "unchanged", "message": msg, "azure_ready": true, "findings": pre.findings}))?;
+            let size = pre.info.as_ref().map(|i| i.file_size);
+            ui.print_json(&json!({"action": "unchanged", "message": msg, "azure_ready": true, "upload_size_bytes": size, "findings": pre.findings}))?;
         } else {
             ui.print(&format!("{msg}\n"))?;
+            if let Some(i) = &pre.info {
+                ui.print(&upload_size_line(i.file_size))?;
+            }
         }
         return Ok(ExitCode::SUCCESS);
     }
+    // After the "already Azure-ready" answer, so a dry run says what a real run would do.
+    if a.dry_run {
+        return dry_run(a, ui, image.as_ref(), out, &policy);
+    }
+    let progress = ui.progress("converting", a.json);
+    let opts = ConvertOptions {
+        policy,
+        force: a.force,
+        threads: a.threads.unwrap_or(0),
+    };
+    let r = convert_to_file(image.as_ref(), out, &opts, &progress);
+    progress.finish(r.is_ok());
+    let r = r?;
+    // The input's warnings, only now: a warning printed before an error that stops the
+    // command (a size Azure refuses) would only distract from that error.
     for f in pre
         .findings
         .iter()
@@ -139,15 +252,6 @@ pub fn run(a: &ConvertArgs, ui: &Ui) -> Result<ExitCode> {
     {
         ui.note(&f.to_string());
     }
-    let progress = ui.progress("converting", a.json);
-    let opts = ConvertOptions {
-        policy,
-        force: a.force,
-        threads: a.threads,
-    };
-    let r = convert_to_file(image.as_ref(), out, &opts, &progress);
-    progress.finish(r.is_ok());
-    let r = r?;
     let after = inspect(out, &OpenOptions::default())?;
     if a.json {
         print_report_json(ui, &r, &after)?;
@@ -176,6 +280,7 @@ pub fn run(a: &ConvertArgs, ui: &Ui) -> Result<ExitCode> {
                 ""
             }
         ));
+        s.push_str(&upload_size_line(r.output_size));
         ui.print(&s)?;
     }
     // convert_to_file checked the output before giving it its name.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use vhdforge_core::{inspect, Inspection, OpenOptions, Severity};
 
-/// Arguments of `info`.
+/// Show what an image is: format, type, sizes, allocation, parent, findings.
 #[derive(clap::Args, Debug)]
 #[command(
     long_about = "Show what an image is: format (by content, not name), disk type, virtual size, \
@@ -25,7 +25,7 @@ pub struct InfoArgs {
     pub no_parents: bool,
 }
 
-/// Arguments of `check`.
+/// Validate an image and say whether Azure will accept it as it is (exit 0 yes, 1 no).
 #[derive(clap::Args, Debug)]
 #[command(
     long_about = "Validate an image and say whether Azure accepts it as it stands.
@@ -62,6 +62,17 @@ fn shown(file: &std::path::Path) -> String {
     vhdforge_core::storage::redact_text(&file.display().to_string())
 }
 
+/// The size `az disk create --upload-size-bytes` needs for this image: what `convert` writes
+/// (virtual size rounded up to a whole MiB, plus the 512-byte footer), which for an
+/// Azure-ready VHD is its file size. `None` when the image cannot be read or is empty.
+fn upload_size(i: &Inspection) -> Option<u64> {
+    let info = i.info.as_ref()?;
+    if !i.readable || info.virtual_size == 0 {
+        return None;
+    }
+    vhdforge_core::azure::round_up_mib(info.virtual_size)?.checked_add(512)
+}
+
 /// The JSON object `info --json` and `check --json` print.
 pub fn to_json(file: &std::path::Path, i: &Inspection) -> serde_json::Value {
     let info = i.info.as_ref();
@@ -79,6 +90,7 @@ pub fn to_json(file: &std::path::Path, i: &Inspection) -> serde_json::Value {
         "parent": info.and_then(|x| x.parent.as_ref()).map(|p| p.display().to_string()),
         "parent_identifier": info.and_then(|x| x.parent_identifier).map(|u| u.to_string()),
         "creator": info.and_then(|x| x.creator.clone()),
+        "upload_size_bytes": upload_size(i),
         "readable": i.readable,
         "azure_ready": i.azure_ready,
         "findings": i.findings,
@@ -123,6 +135,10 @@ fn human(file: &std::path::Path, i: &Inspection) -> String {
         "  azure ready     {}\n",
         if i.azure_ready { "yes" } else { "no" }
     ));
+    if let Some(n) = upload_size(i) {
+        s.push_str("  ");
+        s.push_str(&crate::convert_cmd::upload_size_line(n));
+    }
     if !i.findings.is_empty() {
         s.push_str("findings:\n");
         for f in &i.findings {
@@ -130,6 +146,17 @@ fn human(file: &std::path::Path, i: &Inspection) -> String {
         }
     }
     s
+}
+
+/// A fixed VHD, as the footer says or (when it could not be parsed) as the signature says.
+fn is_fixed_vhd(i: &Inspection) -> bool {
+    match &i.info {
+        Some(info) => {
+            info.format == vhdforge_core::Format::Vhd
+                && info.disk_type == vhdforge_core::DiskType::Fixed
+        }
+        None => i.detected_format == Some(vhdforge_core::Format::Vhd),
+    }
 }
 
 /// `vhdforge info`.
@@ -160,16 +187,35 @@ pub fn run_check(a: &CheckArgs, ui: &Ui) -> Result<ExitCode> {
             .iter()
             .filter(|f| f.severity == Severity::Warning)
             .count();
+        let has = |code: &str| i.findings.iter().any(|f| f.code == code);
+        let file = shown(&a.file);
         if i.azure_ready {
-            s.push_str(&format!("OK: {} is a valid, Azure-ready fixed VHD ({warnings} warning(s)). Upload it with `vhdforge upload`.\n", shown(&a.file)));
+            s.push_str(&format!("OK: {file} is a valid, Azure-ready fixed VHD ({warnings} warning(s)). Upload it with `vhdforge upload`.\n"));
+        } else if has("raw.empty") {
+            s.push_str(&format!(
+                "FAILED: {file} is empty, not a disk image. Copy or export the disk again.\n"
+            ));
+        } else if has("vhdx.truncated") {
+            s.push_str(&format!(
+                "FAILED: {file} is an incomplete copy (truncated). Copy the VHDX again from its source; no tool can restore the missing data.\n"
+            ));
+        } else if has("vhd.footer.checksum") && is_fixed_vhd(&i) {
+            s.push_str(&format!(
+                "FAILED: {errors} error(s). The footer of this fixed VHD is damaged; `vhdforge convert --in-place` rewrites it. \
+                 Work on a copy: `cp {file} repaired.vhd && vhdforge convert --in-place repaired.vhd`.\n"
+            ));
         } else if !i.readable {
             s.push_str(&format!(
                 "FAILED: {errors} error(s). The image is damaged or unsupported as described above; vhdforge will not convert it until that is fixed.\n"
             ));
+        } else if has("raw.no_partition_table") {
+            s.push_str(&format!(
+                "FAILED: {errors} error(s). {file} has no VHD/VHDX signature and no partition table: if it is not a disk image, \
+                 nothing will boot from it. If it is (a raw disk), `vhdforge convert {file} OUT.vhd` makes it Azure-ready.\n"
+            ));
         } else {
             s.push_str(&format!(
-                "FAILED: {errors} error(s); the image reads fine but Azure will not accept it as it is. Run `vhdforge convert {} OUT.vhd`.\n",
-                shown(&a.file)
+                "FAILED: {errors} error(s); the image reads fine but Azure will not accept it as it is. Run `vhdforge convert {file} OUT.vhd`.\n"
             ));
         }
         ui.print(&s)?;

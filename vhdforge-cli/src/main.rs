@@ -8,6 +8,7 @@ mod inspect_cmd;
 mod ui;
 mod upload_cmd;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use vhdforge_core::storage::redact_text;
@@ -43,17 +44,20 @@ With --json, an error is printed as {\"error\": {\"code\": …, \"message\": …
 Exit codes: 0 ok, 1 check failed (or verify found a difference), 2 error (an interrupted
 run included), 130 a second Ctrl-C.";
 
+/// The heading global options are listed under, apart from each command's own.
+const GLOBAL: &str = "Global options";
+
 #[derive(Parser, Debug)]
 #[command(name = "vhdforge", version, about = ABOUT, long_about = LONG_ABOUT)]
 struct Cli {
     /// Log to stderr: -v each request and retry decision, -vv also headers (redacted), -vvv also the HTTP/TLS libraries.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     verbose: u8,
     /// Print nothing but errors (no results, notes or progress; a --json result still prints).
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = GLOBAL)]
     quiet: bool,
     /// Write the log to this new file (never overwritten) instead of stderr; at least -v.
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH", help_heading = GLOBAL)]
     log_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -61,16 +65,31 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Show what an image is: format, type, sizes, allocation, parent, findings.
+    // No doc comments here: a variant's doc would replace the long help each command's
+    // arguments struct carries (clap resets long_about to the variant's one paragraph).
     Info(inspect_cmd::InfoArgs),
-    /// Validate an image and say whether Azure will accept it as it is (exit 0 yes, 1 no).
     Check(inspect_cmd::CheckArgs),
-    /// Convert any image into an Azure-ready fixed VHD (sparse, parallel, safe).
     Convert(convert_cmd::ConvertArgs),
-    /// Upload an image to an Azure page blob or managed disk, sending only non-zero pages.
     Upload(upload_cmd::UploadArgs),
-    /// Check that a destination blob holds exactly what `upload` would send for an image.
     Verify(upload_cmd::VerifyArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish) on stdout.
+    #[command(
+        long_about = "Print a shell completion script on stdout, generated from the same \
+definition as --help. Install it, for example:
+
+  vhdforge completions bash > ~/.local/share/bash-completion/completions/vhdforge
+  vhdforge completions zsh  > \"${fpath[1]}/_vhdforge\"
+  vhdforge completions fish > ~/.config/fish/completions/vhdforge.fish"
+    )]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout; with COMMAND, that command's own page.
+    Manpage {
+        /// A command's own page (vhdforge-COMMAND(1)) instead of vhdforge(1).
+        command: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -100,6 +119,8 @@ fn main() -> ExitCode {
         Command::Convert(a) => convert_cmd::run(&a, &ui),
         Command::Upload(a) => upload_cmd::run_upload(a, &ui),
         Command::Verify(a) => upload_cmd::run_verify(a, &ui),
+        Command::Completions { shell } => print_completions(shell),
+        Command::Manpage { command } => print_manpage(command.as_deref()),
     };
     match result {
         Ok(code) => code,
@@ -116,8 +137,56 @@ impl Command {
             Command::Convert(a) => a.json,
             Command::Upload(a) => a.json,
             Command::Verify(a) => a.json,
+            Command::Completions { .. } | Command::Manpage { .. } => false,
         }
     }
+}
+
+/// Generated documents go to stdout whatever -q says: they were asked for, like --json.
+fn write_generated(bytes: &[u8]) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// `vhdforge completions SHELL`: from the clap definition, so it never drifts from --help.
+fn print_completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory as _;
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "vhdforge", &mut buf);
+    write_generated(&buf)
+}
+
+/// `vhdforge manpage [COMMAND]`: vhdforge(1), or vhdforge-COMMAND(1) with that command's
+/// options and long help (one page per command, as git and cargo do).
+fn print_manpage(command: Option<&str>) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory as _;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let page = match command {
+        None => cmd,
+        Some(name) => {
+            let sub = cmd
+                .find_subcommand(name)
+                .with_context(|| {
+                    let all = Cli::command();
+                    let names: Vec<&str> =
+                        all.get_subcommands().map(clap::Command::get_name).collect();
+                    format!("no command {name:?}; the commands are {}", names.join(", "))
+                })?
+                .clone();
+            let full = format!("vhdforge-{name}");
+            sub.name(full.clone())
+                .bin_name(format!("vhdforge {name}"))
+                .display_name(full)
+        }
+    };
+    let mut buf = Vec::new();
+    clap_mangen::Man::new(page).render(&mut buf)?;
+    write_generated(&buf)
 }
 
 /// `e` with every secret in its chain redacted (a path that is really a SAS URL, a URL

@@ -12,7 +12,7 @@ use vhdforge_core::upload::{
     self, Compared, CredentialEnv, UploadOptions, VerifyOptions, DEFAULT_API_VERSION,
 };
 
-/// Upload a disk image to an Azure page blob or a managed disk, skipping zeros.
+/// Upload an image to an Azure page blob or managed disk, sending only non-zero pages.
 ///
 /// The image (raw, VHD or VHDX) is sent as the Azure-ready fixed VHD `vhdforge convert`
 /// would write: an Azure-ready fixed VHD byte for byte, anything else converted on the fly
@@ -41,12 +41,17 @@ use vhdforge_core::upload::{
 /// (in ~/.local/state/vhdforge when that folder is read-only, or in --state-dir); run the
 /// same command with --resume to send only what the journal does not record as sent. A
 /// changed source (or any parent of a differencing disk) is refused.
+///
+/// DRY RUN: --dry-run checks DEST, the credentials and the source, and prints the plan (the
+/// upload size, bytes to send, requests) without contacting any server or writing anything.
 #[derive(clap::Args, Debug)]
+#[command(after_long_help = UPLOAD_ENV_HELP)]
 pub struct UploadArgs {
     /// The disk image to upload (raw, VHD or VHDX).
     pub source: PathBuf,
-    /// The destination blob URL, e.g. https://ACCOUNT.blob.core.windows.net/CONTAINER/disk.vhd[?SAS]
-    /// or a managed disk's accessSas. Quote it: a SAS contains '&'.
+    /// The destination blob URL, e.g. https://ACCOUNT.blob.core.windows.net/CONTAINER/disk.vhd[?SAS],
+    /// a managed disk's accessSas, or the short form CONTAINER/BLOB (with
+    /// AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT set). Quote it: a SAS contains '&'.
     pub dest: String,
     /// Read the SAS from this file (its query string `sv=…&sig=…`, or the whole SAS URL)
     /// instead of DEST: a SAS in DEST is visible to every user of this machine for as long
@@ -97,7 +102,29 @@ pub struct UploadArgs {
     /// Upload 4096-byte-sector images although the guest will then see 512-byte sectors.
     #[arg(long)]
     pub allow_4k_sectors: bool,
+    /// Check DEST, credentials and source and print the plan; contact no server, send nothing.
+    #[arg(long, conflicts_with = "resume")]
+    pub dry_run: bool,
 }
+
+/// The environment `upload` and `verify` read, listed at the end of their long help.
+const UPLOAD_ENV_HELP: &str = "\
+Environment:
+  AZURE_STORAGE_CONNECTION_STRING   Shared Key: AccountName, AccountKey [, BlobEndpoint]
+  AZURE_STORAGE_ACCOUNT             the account (with AZURE_STORAGE_KEY)
+  AZURE_STORAGE_KEY                 the account key (base64)
+  VHDFORGE_DEST_SAS                 the SAS for DEST (query or SAS URL)
+  VHDFORGE_LOG                      log filter (tracing directives)
+  NO_COLOR                          no colour in logs
+
+DEST forms:
+  https://ACCOUNT.blob.core.windows.net/CONTAINER/BLOB?SAS
+  https://md-….blob.storage.azure.net/…?SAS      (a managed disk's accessSas)
+  CONTAINER/BLOB     short form: the account from the environment
+
+Examples:
+  vhdforge upload --dry-run disk.vhdx vhds/disk.vhd
+  vhdforge upload disk.vhdx 'https://acct.blob.core.windows.net/vhds/disk.vhd?sv=…&sig=…'";
 
 /// Check that a page blob or managed disk holds exactly what `upload` sends for SOURCE.
 ///
@@ -108,6 +135,7 @@ pub struct UploadArgs {
 /// "layout matches", not "identical". Exit status: 0 no difference found in what was
 /// compared, 1 different (the report says where), 2 error. Credentials as for `upload` (a read SAS is enough).
 #[derive(clap::Args, Debug)]
+#[command(after_long_help = UPLOAD_ENV_HELP)]
 pub struct VerifyArgs {
     /// The disk image that was uploaded.
     pub source: PathBuf,
@@ -215,12 +243,17 @@ pub fn run_upload(args: UploadArgs, ui: &Ui) -> anyhow::Result<ExitCode> {
         credentials: CredentialEnv::from_process_env(),
         ..UploadOptions::default()
     };
+    if args.dry_run {
+        return dry_run(&args, ui, &rt, &dest, opts);
+    }
     let progress = Arc::new(ui.progress("uploading", args.json));
     let summary = rt.block_on(upload::upload(&args.source, &dest, opts, progress.clone()));
     progress.finish(summary.is_ok());
     let summary = summary?;
     if args.json {
-        ui.print_json(&serde_json::to_value(&summary)?)?;
+        let mut v = serde_json::to_value(&summary)?;
+        v["upload_size_bytes"] = serde_json::json!(summary.bytes_total);
+        ui.print_json(&v)?;
     } else {
         let mut text = format!(
             "uploaded {} to {}: sent {} in {} requests, skipped {} of zeros{}, {} retries\n",
@@ -244,16 +277,53 @@ pub fn run_upload(args: UploadArgs, ui: &Ui) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `upload --dry-run`: the plan, made without a request (the planner reads the source).
+fn dry_run(
+    args: &UploadArgs,
+    ui: &Ui,
+    rt: &tokio::runtime::Runtime,
+    dest: &str,
+    opts: UploadOptions,
+) -> anyhow::Result<ExitCode> {
+    // The bar stays hidden (there is no total to show), but Ctrl-C still stops the planner.
+    let progress = Arc::new(ui.progress("planning", true));
+    let plan = rt.block_on(upload::dry_run(&args.source, dest, opts, progress.clone()));
+    progress.finish(plan.is_ok());
+    let plan = plan?;
+    if args.json {
+        ui.print_json(&serde_json::to_value(&plan)?)?;
+    } else {
+        ui.print(&format!(
+            "dry run: uploading {} to {} would send {} in {} requests and skip {} of zeros; nothing was sent\n{}",
+            args.source.display(),
+            plan.destination,
+            human(plan.bytes_to_send),
+            plan.requests,
+            human(plan.bytes_skipped),
+            crate::convert_cmd::upload_size_line(plan.upload_size_bytes),
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Run `vhdforge verify`: exit 0 identical, 1 different; errors come back as `Err` (exit 2).
 pub fn run_verify(args: VerifyArgs, ui: &Ui) -> anyhow::Result<ExitCode> {
     let dest = dest_with_sas(&args.dest, args.sas_file.as_deref())?;
+    let credentials = CredentialEnv::from_process_env();
+    // Azure's naming rules and a cut SAS, before any request (upload checks the same).
+    if let Ok(url) = vhdforge_core::storage::auth::expand_destination(&dest, &credentials) {
+        vhdforge_core::storage::names::check_destination(
+            &url,
+            &vhdforge_core::storage::redact(&url),
+        )?;
+    }
     let rt = runtime()?;
     let opts = VerifyOptions {
         full: args.full,
         api_version: args.api_version.clone(),
         concurrency: usize::from(args.concurrency),
         bridge_bytes: args.bridge_kib.saturating_mul(1024),
-        credentials: CredentialEnv::from_process_env(),
+        credentials,
         ..VerifyOptions::default()
     };
     // Only --full reads data back; the bar is created (and shown) only when it does.

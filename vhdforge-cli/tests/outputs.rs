@@ -93,12 +93,15 @@ fn force_never_replaces_a_device() {
     std::os::unix::fs::symlink("/dev/null", &to_null).unwrap();
     let sub = dir.path().join("sub");
     std::fs::create_dir(&sub).unwrap();
+    std::fs::create_dir(sub.join("in.vhd")).unwrap();
     for (out, what) in [
         (&fakenull, "is a character device"),
         (
             &to_null,
             "is a symbolic link to /dev/null (a character device)",
         ),
+        // A directory OUT receives <input stem>.vhd (tests/isv.rs); a directory already
+        // holding that name is refused like the device.
         (&sub, "is a directory"),
     ] {
         for force in [true, false] {
@@ -120,7 +123,7 @@ fn force_never_replaces_a_device() {
         std::fs::read_link(&to_null).unwrap(),
         Path::new("/dev/null")
     );
-    assert!(sub.is_dir());
+    assert!(sub.join("in.vhd").is_dir());
     assert_eq!(names(dir.path()), ["fakenull", "in.raw", "sub", "to-null"]);
 }
 

@@ -217,7 +217,7 @@ pub fn assess(info: &ImageInfo) -> Vec<Breach> {
             Rule::MarketplaceOsDiskSize,
             Severity::Warning,
             None,
-            format!("virtual size is {:.1} GiB; Marketplace OS disks must be 30–1023 GiB (Windows: 30–250 GiB)", size as f64 / GIB as f64),
+            format!("virtual size is {}; Marketplace OS disks must be 30–1023 GiB (Windows: 30–250 GiB)", crate::progress::format_bytes(size)),
         );
     }
     if is_fixed_vhd {

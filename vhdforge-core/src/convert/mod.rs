@@ -11,4 +11,4 @@ mod to_file;
 /// What the user allows beyond Azure's rules (defined with the rules, in [`crate::azure`]).
 pub use crate::azure::Policy;
 pub use in_place::{convert_in_place, journal_path_for, InPlaceAction, InPlaceReport};
-pub use to_file::{convert_to_file, ConvertOptions, ConvertReport};
+pub use to_file::{check_output_for, convert_to_file, ConvertOptions, ConvertReport};

@@ -77,19 +77,7 @@ pub fn convert_to_file(
 ) -> Result<ConvertReport> {
     let started = Instant::now();
     let plan = FixedVhdLayout::for_image(image, &opts.policy)?;
-    check_output(out, opts.force)?;
-    if let Some(p) = chain_paths(image).iter().find(|p| same_file(p, out)) {
-        let what = if *p == image.info().path {
-            "the input image"
-        } else {
-            "a parent of the input image"
-        };
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            "convert.output_is_input",
-            format!("{} is {what}; choose another output (use --in-place to convert raw and fixed VHD inputs where they lie)", out.display()),
-        ));
-    }
+    check_output_for(image, out, opts.force)?;
     let pieces = data_pieces(image, 0..plan.source_size, PIECE)?;
     let data_upper_bound: u64 = pieces.iter().map(|r| r.end - r.start).sum();
     check_free_space(out, data_upper_bound)?;
@@ -105,8 +93,12 @@ pub fn convert_to_file(
     })?;
     let file = tmp.file();
     let tmp_path = tmp.path().to_path_buf();
-    file.set_len(plan.output_size())
-        .map_err(|e| Error::io(format!("cannot size {}", tmp_path.display()), e))?;
+    file.set_len(plan.output_size()).map_err(|e| {
+        Error::io(
+            format!("cannot size the new output for {}", out.display()),
+            e,
+        )
+    })?;
 
     progress.set_total(data_upper_bound);
     let written = AtomicU64::new(0);
@@ -140,7 +132,11 @@ pub fn convert_to_file(
                     let at = (run.start - piece.start) as usize;
                     let len = (run.end - run.start) as usize;
                     pwrite_all(file, &data[at..at + len], run.start).map_err(|e| {
-                        Error::io(format!("cannot write {}", tmp_path.display()), e).at(run.start)
+                        Error::io(
+                            format!("cannot write the new output for {}", out.display()),
+                            e,
+                        )
+                        .at(run.start)
                     })?;
                     written.fetch_add(run.end - run.start, Ordering::Relaxed);
                 }
@@ -150,8 +146,12 @@ pub fn convert_to_file(
             },
         )
     })?;
-    pwrite_all(file, &plan.footer_bytes(), plan.disk_size)
-        .map_err(|e| Error::io(format!("cannot write {}", tmp_path.display()), e))?;
+    pwrite_all(file, &plan.footer_bytes(), plan.disk_size).map_err(|e| {
+        Error::io(
+            format!("cannot write the new output for {}", out.display()),
+            e,
+        )
+    })?;
     if progress.is_cancelled() {
         return Err(Error::new(
             ErrorKind::Interrupted,
@@ -246,6 +246,60 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
+
+/// Every check on OUT that needs no data: it is not the input or one of its parents, its
+/// folder exists, and it is new (or `force` and a regular file or link). Called before any
+/// data is read, and by a dry run; messages name OUT, never the temporary file.
+pub fn check_output_for(image: &dyn DiskImage, out: &Path, force: bool) -> Result<()> {
+    // First: `convert X X` must say that OUT is the input, not that it exists.
+    if let Some(p) = chain_paths(image).iter().find(|p| same_file(p, out)) {
+        let what = if *p == image.info().path {
+            "the input image"
+        } else {
+            "a parent of the input image"
+        };
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "convert.output_is_input",
+            format!("OUT is the input: {} is {what}; choose another output (use --in-place to convert raw and fixed VHD inputs where they lie)", out.display()),
+        ));
+    }
+    check_output_folder(out)?;
+    check_output(out, force)
+}
+
+/// The folder OUT goes into must exist and be a folder: otherwise the failure would come
+/// only when the temporary file is created, naming that internal file.
+fn check_output_folder(out: &Path) -> Result<()> {
+    let folder = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let problem = match std::fs::metadata(folder) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => "is not a directory",
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist",
+        Err(e) => {
+            return Err(Error::io(
+                format!(
+                    "cannot look at {}, the folder for {}",
+                    folder.display(),
+                    out.display()
+                ),
+                e,
+            ))
+        }
+    };
+    Err(Error::new(
+        ErrorKind::InvalidInput,
+        "convert.output_dir",
+        format!(
+            "the output's directory {} {problem}; create it first (mkdir -p {}) or name an output in an existing directory",
+            folder.display(),
+            folder.display()
+        ),
+    ))
+}
 
 /// Refuse up front an OUT that cannot or may not be replaced, so nothing is computed for an
 /// output that would be refused at the end.

@@ -25,6 +25,16 @@ impl RawImage {
     pub fn open(src: Arc<dyn ReadAt>, path: &Path) -> Result<Self> {
         let size = src.size();
         let mut findings = Vec::new();
+        if size == 0 {
+            findings.push(Finding::new(
+                crate::Severity::Error,
+                "raw.empty",
+                None,
+                "empty file (0 bytes): not a disk image; check that the copy or export that produced it finished".to_string(),
+            ));
+        } else if let Some(f) = partition_table_finding(src.as_ref()) {
+            findings.push(f);
+        }
         if size % 512 != 0 {
             findings.push(Finding::new(
                 crate::Severity::Warning,
@@ -54,6 +64,45 @@ impl RawImage {
             findings,
         })
     }
+}
+
+/// The MBR boot signature at bytes 510..512 of sector 0 (an MBR, or GPT's protective MBR).
+const MBR_SIGNATURE: [u8; 2] = [0x55, 0xAA];
+/// The GPT header's signature, at the start of LBA 1.
+const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
+
+/// A warning when nothing at the start of the file looks like a disk: no MBR boot signature
+/// and no GPT header (at LBA 1 for 512- or 4096-byte sectors). A text file or an archive
+/// would otherwise be "a fixed raw disk that reads fine". Only a warning: a whole-disk file
+/// system or a blank disk is a legitimate raw image too. `None` when the start cannot be
+/// read (too short, I/O error): then there is nothing to judge.
+fn partition_table_finding(src: &dyn ReadAt) -> Option<Finding> {
+    let mut sector = [0u8; 512];
+    let len = src.size().min(512) as usize;
+    src.read_exact_at(&mut sector[..len], 0).ok()?;
+    if len == 512 && sector[510..512] == MBR_SIGNATURE {
+        return None;
+    }
+    for lba1 in [512u64, 4096] {
+        let mut sig = [0u8; 8];
+        if src.read_exact_at(&mut sig, lba1).is_ok() && &sig == GPT_SIGNATURE {
+            return None;
+        }
+    }
+    let blank = sector[..len].iter().all(|&b| b == 0);
+    let message = if blank {
+        "no VHD/VHDX signature and no partition table (the first sector is all zeros): \
+         is this a disk image? It reads as a blank raw disk"
+    } else {
+        "no VHD/VHDX signature and no partition table (no MBR boot signature, no GPT): \
+         is this a disk image? vhdforge reads it as a raw disk, byte for byte"
+    };
+    Some(Finding::new(
+        crate::Severity::Warning,
+        "raw.no_partition_table",
+        Some(0),
+        message.to_string(),
+    ))
 }
 
 /// Map `[start, start+length)` of a region that sits at `file_base` in `src` using the
@@ -155,6 +204,48 @@ impl DiskImage for RawImage {
 mod tests {
     use super::*;
     use crate::io::MemSource;
+
+    #[test]
+    fn what_the_first_sectors_say() {
+        let mbr = {
+            let mut v = vec![0u8; 4096];
+            v[510..512].copy_from_slice(&MBR_SIGNATURE);
+            v
+        };
+        let gpt4k = {
+            let mut v = vec![0u8; 8192];
+            v[4096..4104].copy_from_slice(GPT_SIGNATURE);
+            v
+        };
+        // (case, content, expected finding codes)
+        let cases: [(&str, Vec<u8>, &[&str]); 6] = [
+            // Nothing at all: an error, not "a disk that reads fine".
+            ("empty", vec![], &["raw.empty"]),
+            // A text file: no MBR, no GPT.
+            (
+                "text",
+                b"hello, world\n".repeat(100),
+                &["raw.no_partition_table", "raw.size_unaligned"],
+            ),
+            // A blank disk: warned, it may be legitimate.
+            ("zeros", vec![0u8; 4096], &["raw.no_partition_table"]),
+            // An MBR (or GPT's protective MBR).
+            ("mbr", mbr, &[]),
+            // A GPT on 4096-byte sectors without a protective MBR.
+            ("gpt 4k", gpt4k, &[]),
+            // Shorter than a sector, not empty.
+            (
+                "tiny",
+                vec![1u8; 100],
+                &["raw.no_partition_table", "raw.size_unaligned"],
+            ),
+        ];
+        for (name, data, want) in cases {
+            let img = RawImage::open(Arc::new(MemSource::new(data)), Path::new("m")).unwrap();
+            let got: Vec<&str> = img.findings().iter().map(|f| f.code).collect();
+            assert_eq!(got, want, "{name}");
+        }
+    }
 
     #[test]
     fn memory_raw_is_all_data() {

@@ -132,15 +132,17 @@ impl Failure {
             ),
             Failure::Status { status, code, message } => {
                 let what = if message.is_empty() { code.clone() } else { format!("{code} ({})", message.trim_end_matches('.')) };
-                let (ecode, hint) = status_hint(status, &code);
+                let (ecode, hint) = status_hint(status, &code, op);
                 Error::new(ErrorKind::Remote, ecode, format!("{op} {dest}: HTTP {status} {what}; {hint}"))
             }
         }
     }
 }
 
-/// The error code and the advice for an error status.
-fn status_hint(status: u16, code: &str) -> (&'static str, &'static str) {
+/// The error code and the advice for an error status during `op` (a 404 means "create the
+/// container" while creating the blob, and "upload it first" while reading one back).
+fn status_hint(status: u16, code: &str, op: &str) -> (&'static str, &'static str) {
+    let creating = op.starts_with("creating");
     match (status, code) {
         (403, "AuthorizationPermissionMismatch") => (
             "upload.permission",
@@ -153,7 +155,17 @@ fn status_hint(status: u16, code: &str) -> (&'static str, &'static str) {
              (managed disk: run `az disk grant-access` again); an account key may be wrong (check AZURE_STORAGE_KEY or the connection string); \
              also check this machine's clock",
         ),
-        (404, _) => ("upload.not_found", "the container or blob does not exist: create the container first, and check the URL"),
+        (404, "ContainerNotFound") if creating => (
+            "upload.not_found",
+            "the container does not exist: add `--create-container` to create it (needs a Shared Key, or a SAS allowed \
+             to create containers), or check the container name in DEST",
+        ),
+        (404, _) if creating => ("upload.not_found", "the container does not exist: add `--create-container`, or check the URL"),
+        (404, _) => (
+            "upload.not_found",
+            "nothing is stored there: if this is where an image should have been uploaded, upload it first \
+             (`vhdforge upload SOURCE DEST`); otherwise check the container and blob names in DEST",
+        ),
         (409, "BlobAlreadyExists") => (
             "upload.exists",
             "the destination blob already exists: pass --overwrite to replace it, or --resume to continue an interrupted upload",
@@ -244,6 +256,12 @@ mod tests {
                 "grant-access",
             ),
             (st(409, "BlobAlreadyExists"), "upload.exists", "--overwrite"),
+            // Creating a blob in a missing container: the flag that fixes it.
+            (
+                st(404, "ContainerNotFound"),
+                "upload.not_found",
+                "add `--create-container`",
+            ),
             (
                 st(416, "InvalidPageRange"),
                 "upload.range",
@@ -269,9 +287,23 @@ mod tests {
             ),
         ];
         for (f, code, text) in cases {
-            let e = f.into_error("upload to", "https://x/c/b?sig=REDACTED");
+            let e = f.into_error("creating", "https://x/c/b?sig=REDACTED");
             assert_eq!(e.code(), code);
             assert!(e.message().contains(text), "{}", e.message());
+        }
+    }
+
+    #[test]
+    fn a_missing_blob_read_back_says_upload_it_first() {
+        for code in ["BlobNotFound", "ContainerNotFound", ""] {
+            let e = st(404, code).into_error("reading the properties of", "https://x/c/b");
+            assert_eq!(e.code(), "upload.not_found");
+            assert!(e.message().contains("upload it first"), "{}", e.message());
+            assert!(
+                !e.message().contains("--create-container"),
+                "{}",
+                e.message()
+            );
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod blob;
 pub mod failure;
 pub mod hosts;
+pub mod names;
 pub mod redact;
 pub mod retry;
 pub mod sas;

@@ -103,6 +103,70 @@ fn with_resume_hint(e: Error, journal: Option<&Path>) -> Error {
     out
 }
 
+/// What `upload --dry-run` reports: the plan of a fresh upload, made without contacting the
+/// destination or writing a journal.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DryRun {
+    /// Always true: marks the JSON as a plan, not a result.
+    pub dry_run: bool,
+    /// The resolved blob URL, secrets redacted.
+    pub destination: String,
+    /// The destination's size: what `az disk create --upload-size-bytes` needs.
+    pub upload_size_bytes: u64,
+    /// Bytes the upload would send (non-zero pages, bridged gaps, the footer).
+    pub bytes_to_send: u64,
+    /// Zero bytes it would skip.
+    pub bytes_skipped: u64,
+    /// Put Page requests it would make (footer included).
+    pub requests: u64,
+    /// True when DEST is a managed-disk upload SAS.
+    pub managed_disk: bool,
+}
+
+/// Plan an upload of `source` to `dest` as [`upload`] would, checking the destination URL,
+/// the credentials and the source, but without any request, journal or write.
+pub async fn dry_run(
+    source: &Path,
+    dest: &str,
+    opts: UploadOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<DryRun> {
+    let cancel = progress.cancel();
+    until_cancelled(dry_run_inner(source, dest, opts, cancel.clone()), &cancel).await
+}
+
+async fn dry_run_inner(
+    source: &Path,
+    dest: &str,
+    opts: UploadOptions,
+    cancel: Cancel,
+) -> Result<DryRun> {
+    let client = checked_client(dest, &opts)?;
+    let managed = is_managed_disk(&client, &opts)?;
+    let opened = open_source(source, &opts, None, managed)?;
+    let planned = plan_upload(&opened.src, &opts, None, cancel).await?;
+    let todo = vec![true; planned.data.requests.len()];
+    let p = summarize(&opened.src, &planned.data, &todo);
+    Ok(DryRun {
+        dry_run: true,
+        destination: client.display().to_string(),
+        upload_size_bytes: p.bytes_total,
+        bytes_to_send: p.bytes_to_send,
+        bytes_skipped: p.bytes_skipped,
+        requests: p.requests,
+        managed_disk: managed,
+    })
+}
+
+/// The client for `dest`, after the checks that need no request: Azure's naming rules and
+/// a SAS cut short by the shell (before the client, whose own errors would be vaguer).
+fn checked_client(dest: &str, opts: &UploadOptions) -> Result<BlobClient> {
+    if let Ok(url) = crate::storage::auth::expand_destination(dest, &opts.credentials) {
+        crate::storage::names::check_destination(&url, &crate::storage::redact(&url))?;
+    }
+    BlobClient::new(dest, &opts.credentials, &opts.api_version, opts.concurrency)
+}
+
 /// The upload proper; sets `journal_at` once a journal exists on disk for this upload.
 async fn upload_inner(
     source: &Path,
@@ -113,14 +177,14 @@ async fn upload_inner(
 ) -> Result<UploadSummary> {
     let started = Instant::now();
     opts.concurrency = opts.concurrency.clamp(1, super::MAX_CONCURRENCY);
-    let client = BlobClient::new(dest, &opts.credentials, &opts.api_version, opts.concurrency)?;
+    let client = checked_client(dest, &opts)?;
     let shown = client.display().to_string();
     let managed = is_managed_disk(&client, &opts)?;
     let place = resume::locate(source, client.base(), &opts)?;
     if place.old.is_some() {
         *journal_at = Some(place.path.clone());
     }
-    let opened = open_source(source, &opts, &place, managed)?;
+    let opened = open_source(source, &opts, place.old.as_ref(), managed)?;
     let src = &opened.src;
     let planned = plan_upload(src, &opts, place.old.as_ref(), progress.cancel()).await?;
 
@@ -225,13 +289,13 @@ fn is_managed_disk(client: &BlobClient, opts: &UploadOptions) -> Result<bool> {
 fn open_source(
     source: &Path,
     opts: &UploadOptions,
-    place: &JournalPlace,
+    old: Option<&Journal>,
     managed: bool,
 ) -> Result<Opened> {
-    let policy = resume::policy_for(&opts.policy, place.old.as_ref());
+    let policy = resume::policy_for(&opts.policy, old);
     let src = UploadSource::open(source, &opts.open, &policy)?;
     let parents = journal::parent_identities(src.image.as_ref())?;
-    resume::check_parents(place.old.as_ref(), &parents)?;
+    resume::check_parents(old, &parents)?;
     let output_size = src.azure.output_size();
     if !managed && output_size > crate::azure::MAX_PAGE_BLOB {
         return Err(Error::new(

@@ -16,11 +16,11 @@
 //!
 //! | code | meaning |
 //! |---|---|
-//! | `upload.url` | DEST is not a usable blob URL, or plain http to a non-loopback host (InvalidInput) |
+//! | `upload.url` | DEST is not a usable blob URL, plain http to a non-loopback host, a name Azure's rules refuse, or a SAS cut at `&` (InvalidInput) |
 //! | `upload.credentials` | no credentials, or a malformed key / connection string (InvalidInput) |
 //! | `upload.auth` | 403: bad signature, expired or foreign SAS, wrong key, clock skew |
 //! | `upload.permission` | 403 AuthorizationPermissionMismatch: the SAS lacks write (w) |
-//! | `upload.not_found` | 404: container or blob missing |
+//! | `upload.not_found` | 404: container missing while creating (add --create-container), or blob missing while reading it back (upload it first) |
 //! | `upload.exists` | 409 BlobAlreadyExists: use --overwrite or --resume |
 //! | `upload.conflict` | other 409 (not a page blob, lease …) |
 //! | `upload.precondition` | 412: the blob was replaced during the upload (sequence number), or another condition |
@@ -50,7 +50,7 @@ mod verify;
 pub use crate::progress::{Cancel, CancelOnly, NoProgress, Progress};
 pub use crate::storage::retry::RetryPolicy;
 pub use crate::storage::{CredentialEnv, Integrity, Redacted};
-pub use engine::upload;
+pub use engine::{dry_run, upload, DryRun};
 pub use verify::{verify, verify_with, Compared, VerifyOptions, VerifyReport};
 
 use crate::azure::{FixedVhdLayout, FooterSource, Policy};

@@ -243,6 +243,9 @@ impl Bat {
         let mut draft_unmapped = 0u64;
         let mut reserved_bits = 0u64;
         let bat_offset = self.offset;
+        // The furthest end of a stored span past the end of the file, and how many blocks.
+        let truncated_to = std::cell::Cell::new(0u64);
+        let mut truncated_blocks = 0u64;
         let mut report = |findings: &mut Findings, idx: u64, msg: String, code: &'static str| {
             bad += 1;
             if bad <= MAX_ENTRY_FINDINGS {
@@ -260,13 +263,19 @@ impl Bat {
                 }
                 match off.checked_add(len) {
                     Some(end) if end <= file_len => {}
-                    _ => {
+                    // Past the end: the usual cause is a copy cut short, so these are
+                    // summed up in one `vhdx.truncated` finding rather than one per block.
+                    Some(end) => {
+                        truncated_to.set(truncated_to.get().max(end));
+                        return Some(("vhdx.truncated", String::new()));
+                    }
+                    None => {
                         return Some((
                             "vhdx.bat.offset",
                             format!(
-                        "{} at {off:#x} needs {len:#x} bytes but the file ends at {file_len:#x}",
-                        what()
-                    ),
+                                "{} at {off:#x} needs {len:#x} bytes, beyond any file size",
+                                what()
+                            ),
                         ))
                     }
                 }
@@ -325,14 +334,33 @@ impl Bat {
                     )),
                     s => Some(("vhdx.bat.state", format!("payload block {i} has reserved state {s}"))),
                 };
-                if let Some((code, msg)) = problem {
-                    report(findings, idx, msg, code);
-                    invalid.insert(i);
+                match problem {
+                    Some(("vhdx.truncated", _)) => {
+                        truncated_blocks += 1;
+                        invalid.insert(i);
+                    }
+                    Some((code, msg)) => {
+                        report(findings, idx, msg, code);
+                        invalid.insert(i);
+                    }
+                    None => {}
                 }
             })
             .map_err(|e| bat_read_error(self.offset, &e))?;
         if let Some(e) = read_error {
             return Err(bat_read_error(self.offset, &e));
+        }
+        if truncated_blocks > 0 {
+            findings.error(
+                "vhdx.truncated",
+                None,
+                format!(
+                    "the file is truncated: it is {file_len} bytes but its BAT places data up to byte {} \
+                     ({truncated_blocks} block(s) lie wholly or partly past the end); this is an incomplete copy: \
+                     copy the VHDX again from its source and compare sizes",
+                    truncated_to.get()
+                ),
+            );
         }
         invalid.seal();
         self.invalid = invalid;
@@ -481,7 +509,7 @@ mod tests {
             (4, Block::Invalid, Some("vhdx.bat.state")), // reserved state
             (6 | (8 * MIB), Block::Present(8 * MIB), None), // FULLY_PRESENT
             (6, Block::Invalid, Some("vhdx.bat.offset")), // inside the header section
-            (6 | (16 * MIB), Block::Invalid, Some("vhdx.bat.offset")), // past the end of the file
+            (6 | (16 * MIB), Block::Invalid, Some("vhdx.truncated")), // past the end of the file
             (6 | (3 * MIB), Block::Invalid, Some("vhdx.bat.overlap")), // on top of metadata
             (7 | (8 * MIB), Block::Invalid, Some("vhdx.bat.state")), // PARTIALLY_PRESENT without parent
         ];

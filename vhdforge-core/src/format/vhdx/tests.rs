@@ -419,7 +419,7 @@ fn structural_errors() {
     assert!(img
         .findings()
         .iter()
-        .any(|f| f.code == "vhdx.bat.offset" && f.severity == Severity::Error));
+        .any(|f| f.code == "vhdx.truncated" && f.severity == Severity::Error));
     assert_eq!(
         img.read_at(&mut [0u8; 512], 0).unwrap_err().code(),
         "vhdx.bat.state"
