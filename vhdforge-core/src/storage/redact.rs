@@ -71,14 +71,50 @@ fn assignment_value_start(bytes: &[u8], i: usize, name: &str) -> Option<usize> {
     if !boundary {
         return None;
     }
-    let j = i + name.len();
-    if bytes.get(j) == Some(&b'=') {
-        Some(j + 1)
-    } else if starts_with_ci(bytes, j, "%3d") {
-        Some(j + 3)
-    } else {
-        None
+    // Spaces around `=` (`AccountKey = …` in a pasted connection string) do not hide it.
+    let mut j = i + name.len();
+    while bytes.get(j).is_some_and(|&c| c == b' ' || c == b'\t') {
+        j += 1;
     }
+    let mut v = if bytes.get(j) == Some(&b'=') {
+        j + 1
+    } else if starts_with_ci(bytes, j, "%3d") {
+        j + 3
+    } else {
+        return None;
+    };
+    while bytes.get(v).is_some_and(|&c| c == b' ' || c == b'\t') {
+        v += 1;
+    }
+    Some(v)
+}
+
+/// Where a secret value that starts at `start` ends. Not at the first character outside
+/// base64: an echoed signature may carry its `+` as `\u002B`, `&#43;` or a space, and the
+/// rest would show. The value runs to the next quote, angle bracket or line end, or to an
+/// `&` that starts another `name=` parameter: a few words after a secret may be redacted
+/// with it, which is safe; part of the secret shown is not.
+fn secret_value_end(bytes: &[u8], start: usize) -> usize {
+    let mut end = start;
+    while end < bytes.len() {
+        match bytes[end] {
+            b'"' | b'\'' | b'<' | b'>' | b'\n' | b'\r' => break,
+            b'&' if starts_parameter(bytes, end + 1) => break,
+            _ => end += 1,
+        }
+    }
+    end
+}
+
+/// Whether `name=` (letters, digits, `_`, `-`, `%`) starts at `i`.
+fn starts_parameter(bytes: &[u8], i: usize) -> bool {
+    let mut k = i;
+    while k < bytes.len()
+        && (bytes[k].is_ascii_alphanumeric() || matches!(bytes[k], b'_' | b'-' | b'%'))
+    {
+        k += 1;
+    }
+    k > i && bytes.get(k) == Some(&b'=')
 }
 
 /// How many layers of percent-encoding [`redact_text`] looks through. A server echoing a
@@ -147,26 +183,30 @@ fn redact_layer(text: &str) -> String {
     let mut copied = 0;
     while i < bytes.len() {
         let value = assignment_value_start(bytes, i, "sig")
-            .map(|v| (v, is_value_char as fn(u8) -> bool))
+            .map(|v| (v, secret_value_end(bytes, v)))
             .or_else(|| {
+                // A connection string's key ends at its `;` (base64 has none).
                 assignment_value_start(bytes, i, "accountkey").map(|v| {
+                    let end = secret_value_end(bytes, v);
                     (
                         v,
-                        (|c: u8| {
-                            !c.is_ascii_whitespace()
-                                && !matches!(c, b';' | b'"' | b'\'' | b'<' | b'&')
-                        }) as fn(u8) -> bool,
+                        bytes[v..end]
+                            .iter()
+                            .position(|&c| c == b';')
+                            .map_or(end, |p| v + p),
                     )
                 })
             })
             .or_else(|| {
-                shared_key_signature(bytes, i).map(|v| (v, is_value_char as fn(u8) -> bool))
+                shared_key_signature(bytes, i).map(|v| {
+                    let mut end = v;
+                    while end < bytes.len() && is_value_char(bytes[end]) {
+                        end += 1;
+                    }
+                    (v, end)
+                })
             });
-        if let Some((start, allowed)) = value {
-            let mut end = start;
-            while end < bytes.len() && allowed(bytes[end]) {
-                end += 1;
-            }
+        if let Some((start, end)) = value {
             if end > start {
                 out.push_str(&text[copied..start]);
                 out.push_str(REDACTED);
@@ -310,6 +350,14 @@ mod tests {
                 "Authorization: SharedKey acct:s3cr3t/+=",
                 "Authorization: SharedKey acct:REDACTED",
             ),
+            // A `+` echoed as `\u002B`, `&#43;` or a space does not end the value (a second
+            // red-team pass leaked what followed); the next parameter does.
+            (r"x?sig=AAAA\u002BSECRET&sv=1", "x?sig=REDACTED&sv=1"),
+            // (`redact` drops everything from `#` on: a fragment could carry anything.)
+            ("x?sig=AAAA&#43;SECRET&sv=1", "x?sig=REDACTED"),
+            ("x?sig=AAAA SECRET", "x?sig=REDACTED"),
+            ("\"url\": \"x?sig=AAAA\"", "\"url\": \"x?sig=REDACTED\""),
+            ("AccountKey = SECRET;x=1", "AccountKey = REDACTED;x=1"),
             // Words that merely end in "sig" are left alone.
             ("design=1", "design=1"),
             // User info after a scheme written without `//`, with one slash, with backslashes.
@@ -325,6 +373,8 @@ mod tests {
             assert_eq!(Redacted(input).to_string(), want, "{input}");
             assert!(!format!("{:?}", Redacted(input)).contains("s3cr3t"));
         }
+        // An HTML entity inside an echoed body (no fragment there).
+        assert_eq!(redact_text("sig=AAAA&#43;SECRET&sv=1"), "sig=REDACTED&sv=1");
     }
 
     #[test]

@@ -215,13 +215,14 @@ const PROVE_CONCURRENCY: usize = 8;
 /// On `--resume`, make sure every request the journal calls done really is at the
 /// destination before it is skipped.
 ///
-/// A journal whose clean-stop ETag equals the blob's ETag now is trusted as it is: the
-/// ETag changes on every write, so nobody wrote to the blob since the interrupted run
-/// stopped. Otherwise (the ETag moved, as when another upload wrote the same managed disk
-/// or someone put or cleared pages; or the run was killed and recorded none) every request
-/// marked done is read back (≤ 4 MiB each, a few at a time) and compared with the source:
-/// only those that match stay skipped, the rest are sent again, and `progress` says how
-/// much was re-checked and how much differed.
+/// Every request marked done is read back (≤ 4 MiB each, a few at a time) and compared
+/// with the source: only those that match stay skipped, the rest are sent again, and
+/// `progress` says how much was re-checked and how much differed. Nothing cheaper proves
+/// it: the blob's ETag changes on every write, but a foreign write made *while* the
+/// interrupted upload ran is followed by that upload's own writes, so the ETag recorded at
+/// its clean stop can match the blob and still hide foreign data in done ranges (a second
+/// red-team pass did exactly that). The ETag only says, in the note, whether the blob
+/// changed after the stop.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn prove_done(
     client: &crate::storage::BlobClient,
@@ -235,9 +236,6 @@ pub(super) async fn prove_done(
 ) -> Result<Vec<bool>> {
     let Some(j) = old else { return Ok(todo) };
     if !opts.resume || !todo.contains(&false) {
-        return Ok(todo);
-    }
-    if j.clean_stop_etag.is_some() && j.clean_stop_etag.as_deref() == etag_now {
         return Ok(todo);
     }
     let listed: Vec<usize> = (0..requests.len()).filter(|&i| !todo[i]).collect();
@@ -276,10 +274,14 @@ pub(super) async fn prove_done(
             todo[i] = true;
         }
     }
-    let why = if j.clean_stop_etag.is_some() {
-        "the destination was written to since the interrupted upload stopped (its ETag changed)"
-    } else {
-        "the interrupted upload did not stop cleanly, so nothing vouches for the destination"
+    let why = match j.clean_stop_etag.as_deref() {
+        Some(e) if Some(e) != etag_now => {
+            "the destination was written to since the interrupted upload stopped (its ETag changed)"
+        }
+        Some(_) => "only the data itself shows that nobody else wrote to the destination",
+        None => {
+            "the interrupted upload did not stop cleanly, so nothing vouches for the destination"
+        }
     };
     progress.note(&format!(
         "{why}: {} re-checked, {} differed and will be sent again",
