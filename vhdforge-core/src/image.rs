@@ -76,7 +76,7 @@ pub struct ImageInfo {
     pub block_size: Option<u64>,
     /// Length of the image file in bytes.
     pub file_size: u64,
-    /// The image's identity: VHD footer unique id, VHDX DataWriteGuid (what children link to).
+    /// The image's identity: VHD footer unique id, VHDX `DataWriteGuid` (what children link to).
     pub identifier: Option<Uuid>,
     /// The parent file actually opened (differencing images only).
     pub parent: Option<PathBuf>,

@@ -10,6 +10,14 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+/// `n` as a `usize`, for a length or index already bounded by an in-memory buffer or a
+/// validated cap. It saturates instead of truncating (`as` would): were a bound ever missed on
+/// a target narrower than 64 bits, the allocation or slice check then fails loudly rather than
+/// silently addressing the wrong bytes. On 64-bit targets it is the identity.
+pub(crate) fn usize_from(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
 /// A read-only byte source addressed by absolute offset.
 pub trait ReadAt: Send + Sync + fmt::Debug {
     /// Fill `buf` from `offset`. Reading past the end is an `UnexpectedEof` error.
@@ -44,7 +52,7 @@ pub fn read_vec(src: &dyn ReadAt, offset: u64, len: u64, cap: u64) -> io::Result
     if end > src.size() {
         return Err(eof(offset, len, src.size()));
     }
-    let mut v = vec![0u8; len as usize];
+    let mut v = vec![0u8; usize_from(len)];
     src.read_exact_at(&mut v, offset)?;
     Ok(v)
 }
@@ -102,7 +110,7 @@ impl FileSource {
 }
 
 /// Open read-only without ever blocking: on a FIFO a plain open waits for a writer
-/// forever. Regular files and block devices ignore O_NONBLOCK for reads.
+/// forever. Regular files and block devices ignore `O_NONBLOCK` for reads.
 #[cfg(unix)]
 fn open_nonblocking(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -118,7 +126,7 @@ fn open_nonblocking(path: &Path) -> io::Result<File> {
 }
 
 /// Back to blocking reads once the file is known to be a file or block device: some
-/// kernels turn O_NONBLOCK into "fail instead of waiting for the disk" on reads.
+/// kernels turn `O_NONBLOCK` into "fail instead of waiting for the disk" on reads.
 #[cfg(unix)]
 fn clear_nonblocking(file: &File) -> io::Result<()> {
     use std::os::unix::io::AsRawFd;
@@ -250,22 +258,22 @@ pub fn seek_data(file: &File, offset: u64, len: u64) -> io::Result<Option<Range<
     };
     // SAFETY: lseek on a valid descriptor we own; it has no memory effects. Concurrent
     // callers moving the shared file position is harmless: all reads are positional.
-    let start = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
-    if start < 0 {
+    let data = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
+    let Ok(start) = u64::try_from(data) else {
         let e = io::Error::last_os_error();
         return match e.raw_os_error() {
             Some(libc::ENXIO) => Ok(None),
             // Filesystems without SEEK_DATA support: everything is data.
-            Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(Some(offset..len)),
+            Some(libc::EINVAL | libc::EOPNOTSUPP) => Ok(Some(offset..len)),
             _ => Err(e),
         };
-    }
+    };
     // SAFETY: as above.
-    let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
-    if end < 0 {
+    let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+    let Ok(end) = u64::try_from(hole) else {
         return Err(io::Error::last_os_error());
-    }
-    let (start, end) = (start as u64, (end as u64).min(len));
+    };
+    let end = end.min(len);
     Ok((start < end).then_some(start..end))
 }
 
@@ -313,7 +321,7 @@ impl ReadAt for MemSource {
             .filter(|&e| e <= self.data.len() as u64);
         match end {
             Some(end) => {
-                buf.copy_from_slice(&self.data[offset as usize..end as usize]);
+                buf.copy_from_slice(&self.data[usize_from(offset)..usize_from(end)]);
                 Ok(())
             }
             None => Err(eof(offset, len, self.data.len() as u64)),

@@ -126,7 +126,8 @@ impl FixedVhdLayout {
     pub fn read_disk(&self, image: &dyn DiskImage, buf: &mut [u8], offset: u64) -> Result<()> {
         let len = buf.len() as u64;
         crate::image::check_virtual_range(self.disk_size, offset, len)?;
-        let inside = self.source_size.saturating_sub(offset).min(len) as usize;
+        let inside = self.source_size.saturating_sub(offset).min(len);
+        let inside = crate::io::usize_from(inside);
         if inside > 0 {
             image.read_at(&mut buf[..inside], offset)?;
         }

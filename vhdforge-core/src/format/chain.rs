@@ -2,7 +2,7 @@
 //! through a parent that may be smaller than the child (docs/formats.md §1.9, §2.7).
 //!
 //! VHD and VHDX record their parents differently (locators and a unique id; a key/value
-//! locator and a DataWriteGuid) but search for them the same way, here: candidates are
+//! locator and a `DataWriteGuid`) but search for them the same way, here: candidates are
 //! tried in order, each is first probed for its identity alone
 //! ([`crate::format::probe_parent`], a few KiB) and only one carrying an accepted identity is
 //! fully opened ([`crate::format::open_candidate`], which may recurse into a whole chain).

@@ -5,12 +5,14 @@
 
 pub mod chain;
 pub mod overlap;
+#[allow(clippy::pedantic)] // TEMP: pending merge
 pub mod raw;
 pub mod table;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod utf16;
 pub mod vhd;
+#[allow(clippy::pedantic)] // TEMP: pending merge
 pub mod vhdx;
 pub mod winpath;
 
@@ -125,7 +127,7 @@ pub struct ParentCandidate {
     src: Arc<dyn ReadAt>,
     /// Its format.
     pub format: Format,
-    /// Its identity: a VHD's footer unique id or a VHDX's DataWriteGuid (`None` for raw).
+    /// Its identity: a VHD's footer unique id or a VHDX's `DataWriteGuid` (`None` for raw).
     pub identity: Option<Uuid>,
 }
 

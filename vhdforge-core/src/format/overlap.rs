@@ -12,6 +12,7 @@
 //! `cap` stored blocks) take a single pass.
 
 use crate::error::Result;
+use crate::io::usize_from;
 
 /// Stored blocks sorted at once: 16 MiB of `(offset, index)` pairs, more than the 1 Mi
 /// blocks of a full 2 TiB VHD or a 32 TiB VHDX of 32 MiB blocks.
@@ -77,7 +78,7 @@ impl Sweep<'_> {
     /// Sweep the `count` blocks starting in `[lo, hi)`.
     fn range(&mut self, lo: u64, hi: u64, count: u64) -> Result<()> {
         if count <= self.cap as u64 {
-            let mut v = Vec::with_capacity(count as usize);
+            let mut v = Vec::with_capacity(usize_from(count));
             self.spans.scan(&mut |s, i| {
                 if (lo..hi).contains(&s) {
                     v.push((s, i));
@@ -96,10 +97,10 @@ impl Sweep<'_> {
             });
         }
         let width = (hi - lo).div_ceil(BUCKETS);
-        let mut counts = vec![0u64; BUCKETS as usize];
+        let mut counts = vec![0u64; usize_from(BUCKETS)];
         self.spans.scan(&mut |s, _| {
             if (lo..hi).contains(&s) {
-                counts[((s - lo) / width) as usize] += 1;
+                counts[usize_from((s - lo) / width)] += 1;
             }
         })?;
         let bucket = |b: u64| (lo + b * width, (lo + (b + 1) * width).min(hi));

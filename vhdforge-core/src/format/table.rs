@@ -12,7 +12,7 @@
 //! [`MAX_INVALID`] entries every stored block of the table is treated as invalid, which is
 //! never a silently wrong read (such an image is refused by convert and upload anyway).
 
-use crate::io::ReadAt;
+use crate::io::{usize_from, ReadAt};
 use std::io;
 use std::sync::{Arc, Mutex};
 
@@ -184,14 +184,14 @@ impl EntryTable {
         match &self.store {
             // i < count and count × width fit in usize when the table was read whole.
             Store::Whole(b) => {
-                let at = i as usize * w;
+                let at = usize_from(i) * w;
                 Ok(self.width.decode(&b[at..at + w]))
             }
             Store::Paged(slots) => {
                 let byte = i * w as u64;
                 let page = byte / PAGE_BYTES as u64;
-                let in_page = (byte % PAGE_BYTES as u64) as usize;
-                let slot = &slots[(page % PAGE_SLOTS as u64) as usize];
+                let in_page = usize_from(byte % PAGE_BYTES as u64);
+                let slot = &slots[usize_from(page % PAGE_SLOTS as u64)];
                 // A poisoned slot only means another reader panicked; its page is whole.
                 let mut guard = slot
                     .lock()
@@ -213,7 +213,7 @@ impl EntryTable {
     fn read_page(&self, page: u64) -> io::Result<Box<[u8]>> {
         let total = self.count * self.width.bytes() as u64;
         let start = page * PAGE_BYTES as u64;
-        let len = (total - start).min(PAGE_BYTES as u64) as usize;
+        let len = usize_from((total - start).min(PAGE_BYTES as u64));
         let mut bytes = vec![0u8; len].into_boxed_slice();
         self.src.read_exact_at(&mut bytes, self.offset + start)?;
         Ok(bytes)
@@ -234,7 +234,7 @@ impl EntryTable {
                 let mut buf = vec![0u8; SCAN_BYTES];
                 let mut done = 0u64;
                 while done < total {
-                    let n = (total - done).min(SCAN_BYTES as u64) as usize;
+                    let n = usize_from((total - done).min(SCAN_BYTES as u64));
                     self.src.read_exact_at(&mut buf[..n], self.offset + done)?;
                     let first = done / w as u64;
                     for (k, e) in buf[..n].chunks_exact(w).enumerate() {
@@ -381,7 +381,7 @@ mod tests {
         s.seal();
         assert!(s.contains(27) && !s.contains(28) && !s.is_saturated());
         let mut s = InvalidSet::default();
-        for i in 0..(MAX_INVALID as u64 + 1) {
+        for i in 0..=(MAX_INVALID as u64) {
             s.insert(i);
         }
         s.seal();

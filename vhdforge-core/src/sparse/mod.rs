@@ -8,6 +8,7 @@
 
 use crate::error::Result;
 use crate::image::{DiskImage, Extent};
+use crate::io::usize_from;
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -46,7 +47,7 @@ pub fn for_each_nonzero_run(buf: &[u8], base: u64, granularity: u64, mut f: impl
     while pos < len {
         let abs = base + pos;
         let next = ((abs / granularity + 1) * granularity - base).min(len);
-        let nonzero = !is_zero(&buf[pos as usize..next as usize]);
+        let nonzero = !is_zero(&buf[usize_from(pos)..usize_from(next)]);
         match (nonzero, run_start) {
             (true, None) => run_start = Some(pos),
             (false, Some(s)) => {
@@ -83,7 +84,7 @@ where
     thread_local!(static SCRATCH: RefCell<(Vec<u8>, Vec<Range<u64>>)> = const { RefCell::new((Vec::new(), Vec::new())) });
     let scan_one = |piece: &Range<u64>, buf: &mut Vec<u8>, runs: &mut Vec<Range<u64>>| {
         // Pieces are bounded by the caller's piece size (a few MiB).
-        let len = (piece.end - piece.start) as usize;
+        let len = usize_from(piece.end - piece.start);
         buf.resize(len, 0);
         let data = &mut buf[..len];
         read(data, piece.start)?;
@@ -131,7 +132,7 @@ pub fn data_pieces(
                 match out.last_mut() {
                     // Merge with a preceding adjacent piece in the same aligned window.
                     Some(last) if last.end == s && (last.start / max_piece) == (s / max_piece) => {
-                        last.end = piece_end
+                        last.end = piece_end;
                     }
                     _ => out.push(s..piece_end),
                 }

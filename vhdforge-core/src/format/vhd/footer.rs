@@ -28,7 +28,7 @@ pub const DISK_TYPE_DIFFERENCING: u32 = 4;
 /// Creator application vhdforge writes.
 ///
 /// `win ` is what Hyper-V writes. Every reader in docs/formats.md §1.4 takes the size of a
-/// `win ` disk from CurrentSize (qemu 10 and older qemu 7.2 alike, libvhdi, Azure), which an
+/// `win ` disk from `CurrentSize` (qemu 10 and older qemu 7.2 alike, libvhdi, Azure), which an
 /// unknown tag like `vhdf` would not guarantee with older qemu: so we claim `win `.
 pub const CREATOR_APP: &[u8; 4] = b"win ";
 /// Creator version written (10.0, like current Hyper-V).
@@ -98,6 +98,7 @@ pub fn vhd_checksum(bytes: &[u8], checksum_offset: usize) -> u32 {
 
 /// Spec CHS geometry (cylinders, heads, sectors per track) of a disk of `size` bytes
 /// (VHD spec appendix "CHS Calculation"; docs/formats.md §1.5). It rounds down.
+#[allow(clippy::cast_possible_truncation)] // capped at 65535 × 16 × 255 sectors: every part fits
 pub fn chs_geometry(size: u64) -> (u16, u8, u8) {
     let mut ts = size / 512;
     if ts > 65535 * 16 * 255 {
@@ -151,7 +152,7 @@ impl HardDiskFooter {
 
     /// A footer for a fixed disk of `size` bytes, as vhdforge writes it: features 0x2,
     /// version 1.0, data offset all ones, creator `win ` on `Wi2k`, spec CHS of the size,
-    /// CurrentSize = OriginalSize = `size`, the given unique id and time stamp
+    /// `CurrentSize` = `OriginalSize` = `size`, the given unique id and time stamp
     /// (seconds since 2000-01-01), saved state 0, checksum set.
     pub fn new_fixed(size: u64, unique_id: [u8; 16], time_stamp: u32) -> HardDiskFooter {
         let (c, h, s) = chs_geometry(size);
@@ -182,7 +183,7 @@ impl HardDiskFooter {
 
 /// Disk type: none (reserved, invalid).
 pub const DISK_TYPE_NONE: u32 = 0;
-/// The geometry qemu writes with `force_size` as a "use CurrentSize" marker (docs/formats.md §1.4).
+/// The geometry qemu writes with `force_size` as a "use `CurrentSize`" marker (docs/formats.md §1.4).
 pub const CHS_MAX: (u16, u8, u8) = (65535, 16, 255);
 /// Largest dynamic/differencing disk Hyper-V and Virtual PC accept: 2040 GiB (docs/formats.md §1.8).
 pub const MAX_SPARSE_SIZE: u64 = 0xFF00_0000 * 512;
@@ -312,7 +313,9 @@ pub fn validate_footer(f: &HardDiskFooter, at: u64, findings: &mut crate::findin
 /// `None` when neither place holds the cookie.
 pub fn find_trailing_footer(src: &dyn crate::io::ReadAt) -> std::io::Result<Option<FooterAt>> {
     let len = src.size();
-    for size in [FOOTER_SIZE as u32, FOOTER_SIZE as u32 - 1] {
+    #[allow(clippy::cast_possible_truncation)] // FOOTER_SIZE is 512
+    let sizes = [FOOTER_SIZE as u32, FOOTER_SIZE as u32 - 1];
+    for size in sizes {
         let Some(offset) = len.checked_sub(u64::from(size)) else {
             continue;
         };
@@ -334,8 +337,7 @@ pub fn find_trailing_footer(src: &dyn crate::io::ReadAt) -> std::io::Result<Opti
 pub fn vhd_timestamp_now() -> u32 {
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+        .map_or(0, |d| d.as_secs());
     u32::try_from(unix.saturating_sub(VHD_EPOCH_UNIX)).unwrap_or(u32::MAX)
 }
 

@@ -1,7 +1,7 @@
 //! The dynamic disk header and its parent locator entries (VHD spec v1.0, "Dynamic Disk
 //! Header Format"; docs/formats.md §1.7 and §1.9).
 //!
-//! 1024 bytes, big-endian, at the footer's DataOffset in dynamic and differencing disks. It
+//! 1024 bytes, big-endian, at the footer's `DataOffset` in dynamic and differencing disks. It
 //! locates the BAT, gives the block size, and for differencing disks names the parent.
 
 use super::footer::vhd_checksum;
@@ -84,7 +84,7 @@ pub struct DynamicDiskHeader {
     pub table_offset: U64,
     /// 0x00010000.
     pub header_version: U32,
-    /// Number of BAT entries; at least ceil(CurrentSize / BlockSize).
+    /// Number of BAT entries; at least ceil(`CurrentSize` / `BlockSize`).
     pub max_table_entries: U32,
     /// Data bytes per block (power of two, default 2 MiB), excluding the sector bitmap.
     pub block_size: U32,

@@ -30,7 +30,7 @@ use crate::image::{
     check_virtual_range, push_extent, resolve_through_parent, Allocation, DiskImage, DiskType,
     Extent, Format, ImageInfo,
 };
-use crate::io::ReadAt;
+use crate::io::{usize_from, ReadAt};
 use bat::{Bat, BlockLocation, SECTOR};
 use footer::{
     find_trailing_footer, validate_footer, FooterAt, HardDiskFooter, DISK_TYPE_DIFFERENCING,
@@ -437,7 +437,7 @@ impl VhdImage {
         bitmap.runs(in_block / SECTOR, end.div_ceil(SECTOR), |a, b, present| {
             let from = (a * SECTOR).max(in_block);
             let to = (b * SECTOR).min(end);
-            let slice = &mut buf[(from - in_block) as usize..(to - in_block) as usize];
+            let slice = &mut buf[usize_from(from - in_block)..usize_from(to - in_block)];
             if present {
                 self.src
                     .read_exact_at(slice, data + from)

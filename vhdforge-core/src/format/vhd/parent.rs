@@ -88,7 +88,12 @@ pub fn file_url_path(bytes: &[u8]) -> String {
     let used = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     let text = &bytes[..used];
     let text = text.strip_prefix(b"file://").unwrap_or(text);
-    let hex = |b: u8| char::from(b).to_digit(16);
+    // A hex digit is below 16, so `h * 16 + l` below fits a byte.
+    let hex = |b: u8| {
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
     let mut out = Vec::with_capacity(text.len());
     let mut i = 0;
     while i < text.len() {
@@ -96,7 +101,7 @@ pub fn file_url_path(bytes: &[u8]) -> String {
             .then(|| Some((hex(*text.get(i + 1)?)?, hex(*text.get(i + 2)?)?)))
             .flatten();
         if let Some((h, l)) = escape {
-            out.push((h * 16 + l) as u8);
+            out.push(h * 16 + l);
             i += 3;
         } else {
             out.push(text[i]);

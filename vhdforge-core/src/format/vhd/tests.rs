@@ -165,8 +165,8 @@ fn footer_problems_are_findings() {
             "truncated",
             Box::new(|v| {
                 edit_footers_fixed(v, |f| {
-                    f[48..56].copy_from_slice(&(200u64 << 10).to_be_bytes())
-                })
+                    f[48..56].copy_from_slice(&(200u64 << 10).to_be_bytes());
+                });
             }),
             Severity::Error,
             "vhd.truncated",
@@ -176,8 +176,8 @@ fn footer_problems_are_findings() {
             "extra",
             Box::new(|v| {
                 edit_footers_fixed(v, |f| {
-                    f[48..56].copy_from_slice(&(50u64 << 10).to_be_bytes())
-                })
+                    f[48..56].copy_from_slice(&(50u64 << 10).to_be_bytes());
+                });
             }),
             Severity::Warning,
             "vhd.footer.size_mismatch",
@@ -186,7 +186,7 @@ fn footer_problems_are_findings() {
         (
             "data offset",
             Box::new(|v| {
-                edit_footers_fixed(v, |f| f[16..24].copy_from_slice(&512u64.to_be_bytes()))
+                edit_footers_fixed(v, |f| f[16..24].copy_from_slice(&512u64.to_be_bytes()));
             }),
             Severity::Warning,
             "vhd.footer.data_offset",
@@ -269,8 +269,8 @@ fn fatal_problems_are_errors() {
             "header offset",
             Box::new(|v| {
                 edit_footers(v, |f| {
-                    f[16..24].copy_from_slice(&(1u64 << 40).to_be_bytes())
-                })
+                    f[16..24].copy_from_slice(&(1u64 << 40).to_be_bytes());
+                });
             }),
             "vhd.header.offset",
         ),
@@ -285,8 +285,8 @@ fn fatal_problems_are_errors() {
             "bat offset",
             Box::new(|v| {
                 edit_header(v, |h| {
-                    h[16..24].copy_from_slice(&(1u64 << 40).to_be_bytes())
-                })
+                    h[16..24].copy_from_slice(&(1u64 << 40).to_be_bytes());
+                });
             }),
             "vhd.bat.out_of_bounds",
         ),
@@ -493,7 +493,7 @@ fn huge_sizes_do_not_allocate() {
     // A current size of u64::MAX with a tiny BAT is clamped to what the BAT covers.
     let mut v = small_dynamic();
     edit_footers(&mut v, |f| {
-        f[48..56].copy_from_slice(&u64::MAX.to_be_bytes())
+        f[48..56].copy_from_slice(&u64::MAX.to_be_bytes());
     });
     let img = open_mem(v).unwrap();
     assert!(has(&img, Severity::Error, "vhd.bat.too_small"));

@@ -231,6 +231,7 @@ impl Bat {
         Ok(bat)
     }
 
+    #[allow(clippy::too_many_lines)] // every BAT entry check in one pass over the table
     fn validate(
         &mut self,
         has_parent: bool,
@@ -318,14 +319,14 @@ impl Bat {
                                 return;
                             }
                         };
-                        if b & STATE_MASK != SB_BLOCK_PRESENT {
+                        if b & STATE_MASK == SB_BLOCK_PRESENT {
+                            check_span(&|| format!("sector bitmap of block {i}"), b & OFFSET_MASK, MIB)
+                                .or_else(|| check_span(&payload, e & OFFSET_MASK, g.block_len(i)))
+                        } else {
                             Some((
                                 "vhdx.bat.state",
                                 format!("payload block {i} is PARTIALLY_PRESENT but its chunk's sector bitmap entry has state {}, expected 6 (present)", b & STATE_MASK),
                             ))
-                        } else {
-                            check_span(&|| format!("sector bitmap of block {i}"), b & OFFSET_MASK, MIB)
-                                .or_else(|| check_span(&payload, e & OFFSET_MASK, g.block_len(i)))
                         }
                     }
                     PAYLOAD_PARTIALLY_PRESENT => Some((
@@ -418,7 +419,7 @@ impl Bat {
         Ok(())
     }
 
-    /// What payload block `i` holds (`i` < payload_blocks); a paged table may have to read
+    /// What payload block `i` holds (`i` < `payload_blocks`); a paged table may have to read
     /// the page holding its entry.
     pub fn block(&self, i: u64) -> Result<Block> {
         let g = &self.geometry;

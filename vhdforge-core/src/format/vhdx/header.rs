@@ -98,7 +98,7 @@ fn describe(d: Defect, offset: u64) -> (&'static str, String) {
 /// Choose the current header from the two 4 KiB copies (`h1` at 64 KiB, `h2` at 128 KiB).
 ///
 /// One bad copy is a warning; both bad is an error. Equal sequence numbers are accepted only
-/// when the two blocks are byte-identical (Disk2VHD writes such pairs; qemu accepts them too).
+/// when the two blocks are byte-identical (`Disk2vhd` writes such pairs; qemu accepts them too).
 pub fn choose(h1: &[u8], h2: &[u8], findings: &mut Findings) -> Result<Header> {
     let c1 = check(h1);
     let c2 = check(h2);

@@ -1,6 +1,6 @@
 //! The metadata log and its in-memory replay ([MS-VHDX] §2.3; docs/formats.md §2.6).
 //!
-//! A file whose current header has a non-zero LogGuid may hold half-applied metadata
+//! A file whose current header has a non-zero `LogGuid` may hold half-applied metadata
 //! updates; the log holds the complete ones. vhdforge never writes the source, so it
 //! replays the active log sequence into an [`Overlay`]: a map of 4 KiB pages consulted
 //! before the file for every read of the header-referenced structures (region tables, BAT,
@@ -8,7 +8,7 @@
 
 use super::crc32c_zeroed;
 use crate::error::{Error, ErrorKind, Result};
-use crate::io::{read_vec, ReadAt};
+use crate::io::{read_vec, usize_from, ReadAt};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
@@ -45,7 +45,7 @@ const MAX_WALK_STEPS: usize = 1 << 20;
 pub struct LogEntryHeader {
     /// `loge`.
     pub signature: [u8; 4],
-    /// CRC-32C over the whole entry (EntryLength bytes) with this field zeroed.
+    /// CRC-32C over the whole entry (`EntryLength` bytes) with this field zeroed.
     pub checksum: U32,
     /// Entry length in bytes, a multiple of 4 KiB.
     pub entry_length: U32,
@@ -57,7 +57,7 @@ pub struct LogEntryHeader {
     pub descriptor_count: U32,
     /// Zero.
     pub reserved: U32,
-    /// Must equal the header's LogGuid.
+    /// Must equal the header's `LogGuid`.
     pub log_guid: [u8; 16],
     /// File size known to be stable when the entry was written.
     pub flushed_file_offset: U64,
@@ -131,7 +131,7 @@ enum Write {
 pub struct Replay {
     /// Pages written by the active sequence, keyed by 4 KiB-aligned file offset.
     pub pages: BTreeMap<u64, Page>,
-    /// The file length after replay (grown to LastFileOffset if needed).
+    /// The file length after replay (grown to `LastFileOffset` if needed).
     pub file_len: u64,
     /// Entries applied.
     pub entries: usize,
@@ -141,6 +141,7 @@ pub struct Replay {
 
 /// Read the log `(offset, length)` of `src`, find the active sequence for `log_guid` and
 /// replay it into memory. `Ok(None)` when no valid sequence exists (nothing to apply).
+#[allow(clippy::too_many_lines)] // the spec's replay steps in order: find the sequence, check it, apply it
 pub fn replay(src: &dyn ReadAt, log: (u64, u64), log_guid: [u8; 16]) -> Result<Option<Replay>> {
     let (offset, length) = log;
     if length == 0 {
@@ -287,7 +288,7 @@ pub fn replay(src: &dyn ReadAt, log: (u64, u64), log_guid: [u8; 16]) -> Result<O
 
 /// The bytes of the circular log starting at `pos`, `len` long, wrapping at the end.
 fn wrapped(log: &[u8], pos: u64, len: u64) -> Option<std::borrow::Cow<'_, [u8]>> {
-    let (pos, len, total) = (pos as usize, len as usize, log.len());
+    let (pos, len, total) = (usize_from(pos), usize_from(len), log.len());
     if len > total || pos >= total {
         return None;
     }
@@ -302,7 +303,7 @@ fn wrapped(log: &[u8], pos: u64, len: u64) -> Option<std::borrow::Cow<'_, [u8]>>
 
 /// Parse and fully validate the entry at log-relative `pos`; `None` if it is not valid.
 fn parse_entry(log: &[u8], pos: u64, log_guid: [u8; 16], crc_budget: &mut u64) -> Option<Entry> {
-    let first = log.get(pos as usize..pos as usize + 64)?;
+    let first = log.get(usize_from(pos)..usize_from(pos) + 64)?;
     let hdr = LogEntryHeader::read_from_bytes(first).ok()?;
     let length = u64::from(hdr.entry_length.get());
     let count = u64::from(hdr.descriptor_count.get());
@@ -332,9 +333,9 @@ fn parse_entry(log: &[u8], pos: u64, log_guid: [u8; 16], crc_budget: &mut u64) -
         return None;
     }
     let seq = hdr.sequence_number.get();
-    let descs_area = bytes.get(64..(64 + count * 32) as usize)?;
+    let descs_area = bytes.get(64..usize_from(64 + count * 32))?;
     let (descs, _) =
-        <[LogDescriptor]>::ref_from_prefix_with_elems(descs_area, count as usize).ok()?;
+        <[LogDescriptor]>::ref_from_prefix_with_elems(descs_area, usize_from(count)).ok()?;
     let mut data_sector = desc_sectors;
     let mut writes = Vec::with_capacity(descs.len());
     for d in descs {
@@ -349,8 +350,8 @@ fn parse_entry(log: &[u8], pos: u64, log_guid: [u8; 16], crc_budget: &mut u64) -
             }
             writes.push(Write::Zero(at, zlen));
         } else if &d.signature == DESC_SIGNATURE {
-            let start = (data_sector * LOG_SECTOR) as usize;
-            let sector = bytes.get(start..start + LOG_SECTOR as usize)?;
+            let start = usize_from(data_sector * LOG_SECTOR);
+            let sector = bytes.get(start..start + usize_from(LOG_SECTOR))?;
             let ds = LogDataSector::read_from_bytes(sector).ok()?;
             let ds_seq =
                 (u64::from(ds.sequence_high.get()) << 32) | u64::from(ds.sequence_low.get());
@@ -431,10 +432,10 @@ impl ReadAt for Overlay {
         let real_end = end.min(self.inner.size());
         if offset < real_end {
             self.inner
-                .read_exact_at(&mut buf[..(real_end - offset) as usize], offset)?;
+                .read_exact_at(&mut buf[..usize_from(real_end - offset)], offset)?;
         }
         if end > real_end {
-            let from = real_end.saturating_sub(offset) as usize;
+            let from = usize_from(real_end.saturating_sub(offset));
             buf[from..].fill(0);
         }
         // Then every replayed page that intersects the range.
@@ -442,9 +443,11 @@ impl ReadAt for Overlay {
         for (&page_at, page) in self.pages.range(first..end) {
             let s = page_at.max(offset);
             let e = page_at.saturating_add(LOG_SECTOR).min(end);
-            let dst = &mut buf[(s - offset) as usize..(e - offset) as usize];
+            let dst = &mut buf[usize_from(s - offset)..usize_from(e - offset)];
             match page {
-                Some(p) => dst.copy_from_slice(&p[(s - page_at) as usize..(e - page_at) as usize]),
+                Some(p) => {
+                    dst.copy_from_slice(&p[usize_from(s - page_at)..usize_from(e - page_at)]);
+                }
                 None => dst.fill(0),
             }
         }

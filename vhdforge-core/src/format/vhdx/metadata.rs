@@ -5,7 +5,7 @@
 //! parameters, virtual disk size, page 83 id, sector sizes and, for differencing disks, the
 //! parent locator. An unknown item marked required means the file cannot be read safely.
 
-use super::{guid, MIB};
+use super::guid;
 use crate::error::{Error, ErrorKind, Result};
 use crate::finding::Findings;
 use crate::io::{read_vec, ReadAt};
@@ -18,8 +18,8 @@ pub const METADATA_SIGNATURE: &[u8; 8] = b"metadata";
 pub const METADATA_TABLE_SIZE: u64 = 0x1_0000;
 /// Most entries the table may hold.
 pub const MAX_METADATA_ENTRIES: u16 = 2047;
-/// Largest item the spec allows.
-pub const MAX_ITEM_LENGTH: u32 = MIB as u32;
+/// Largest item the spec allows: 1 MiB.
+pub const MAX_ITEM_LENGTH: u32 = 1 << 20;
 /// Entry flag: the item is user metadata.
 pub const FLAG_IS_USER: u32 = 1;
 /// Entry flag: the item is virtual disk metadata.
@@ -32,8 +32,8 @@ pub const LEAVE_BLOCK_ALLOCATED: u32 = 1;
 pub const HAS_PARENT: u32 = 2;
 /// Largest virtual size [MS-VHDX] allows: 64 TiB.
 pub const MAX_VIRTUAL_SIZE: u64 = 64 << 40;
-/// Smallest and largest block size.
-pub const BLOCK_SIZE_RANGE: (u32, u32) = (MIB as u32, 256 * MIB as u32);
+/// Smallest and largest block size: 1 MiB and 256 MiB.
+pub const BLOCK_SIZE_RANGE: (u32, u32) = (1 << 20, 256 << 20);
 
 /// File Parameters item (CAA16737-FA36-4D43-B3B6-33F0AA44E76B).
 pub const FILE_PARAMETERS_GUID: [u8; 16] = guid(
@@ -111,7 +111,7 @@ pub struct MetadataTableEntry {
     pub offset: U32,
     /// Item length in bytes, at most 1 MiB.
     pub length: U32,
-    /// Bit 0 IsUser, bit 1 IsVirtualDisk, bit 2 IsRequired.
+    /// Bit 0 `IsUser`, bit 1 `IsVirtualDisk`, bit 2 `IsRequired`.
     pub flags: U32,
     /// Zero.
     pub reserved: U32,
@@ -285,6 +285,7 @@ impl Items {
 }
 
 /// Read and validate the metadata region at `region` (offset, length) of `src`.
+#[allow(clippy::too_many_lines)] // the table checks, then each known item, in spec order
 pub fn parse(src: &dyn ReadAt, region: (u64, u64), findings: &mut Findings) -> Result<Metadata> {
     let (base, region_len) = region;
     let table = read_vec(src, base, METADATA_TABLE_SIZE, METADATA_TABLE_SIZE).map_err(|e| {

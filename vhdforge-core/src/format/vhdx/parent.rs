@@ -1,6 +1,6 @@
 //! Finding and opening the parent of a differencing VHDX ([MS-VHDX] §2.6.2.6; docs/formats.md §2.7).
 //!
-//! The parent locator names the parent by DataWriteGuid (`parent_linkage`) and by paths.
+//! The parent locator names the parent by `DataWriteGuid` (`parent_linkage`) and by paths.
 //! vhdforge tries `relative_path` (relative to the child's folder), then
 //! `absolute_win32_path`, then that path's file name next to the child, and accepts the
 //! first regular file whose identity matches the linkage (or `parent_linkage2`). The search

@@ -352,7 +352,7 @@ fn structural_errors() {
         (
             "block size not a power of two",
             Box::new(move |b| {
-                b[md + 0x1_0000..md + 0x1_0004].copy_from_slice(&3_000_000u32.to_le_bytes())
+                b[md + 0x1_0000..md + 0x1_0004].copy_from_slice(&3_000_000u32.to_le_bytes());
             }),
             "vhdx.metadata.block_size",
         ),
@@ -364,14 +364,14 @@ fn structural_errors() {
         (
             "virtual size above 64 TiB",
             Box::new(move |b| {
-                b[md + 0x1_0008..md + 0x1_0010].copy_from_slice(&(65u64 << 40).to_le_bytes())
+                b[md + 0x1_0008..md + 0x1_0010].copy_from_slice(&(65u64 << 40).to_le_bytes());
             }),
             "vhdx.metadata.virtual_size",
         ),
         (
             "sector size 1024",
             Box::new(move |b| {
-                b[md + 0x1_0020..md + 0x1_0024].copy_from_slice(&1024u32.to_le_bytes())
+                b[md + 0x1_0020..md + 0x1_0024].copy_from_slice(&1024u32.to_le_bytes());
             }),
             "vhdx.metadata.sector_size",
         ),

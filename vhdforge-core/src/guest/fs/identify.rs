@@ -7,6 +7,7 @@
 //! libblkid does, rather than guessed.
 
 use serde::Serialize;
+use std::fmt::Write as _;
 
 use super::volume::ReadRange;
 use crate::error::Result;
@@ -283,7 +284,11 @@ fn fat_serial(v: u32) -> String {
 
 /// A 16-byte UUID stored in byte order (ext, XFS, btrfs, swap) in its usual text form.
 fn uuid_string(b: &[u8]) -> String {
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let h = b.iter().fold(String::with_capacity(32), |mut h, x| {
+        // Writing to a String cannot fail.
+        let _ = write!(h, "{x:02x}");
+        h
+    });
     format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],

@@ -7,7 +7,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// The metadata-area magic (16 bytes, leading space).
 pub const MDA_MAGIC: &[u8; 16] = b" LVM2 x[5A%r0N*>";
-/// The only mda_header version.
+/// The only `mda_header` version.
 pub const MDA_VERSION: u32 = 1;
 /// Size of the header; the ring of text starts right after it.
 pub const MDA_HEADER_SIZE: u64 = 512;

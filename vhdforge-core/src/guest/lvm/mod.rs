@@ -167,7 +167,8 @@ impl LvWindow<'_> {
         while pos < end {
             let (start, w) = &self.pieces[i];
             let within = pos - start;
-            let n = (w.len() - within).min(end - pos) as usize;
+            let n = (w.len() - within).min(end - pos);
+            let n = crate::io::usize_from(n);
             w.read_at(&mut buf[done..done + n], within)?;
             pos += n as u64;
             done += n;

@@ -3,7 +3,7 @@
 //! backslash escapes, integers and `[ ... ]` lists. Bounded: nesting depth is capped and the
 //! input is already capped by the caller, so nothing here grows without limit.
 
-/// Deepest section nesting accepted (real metadata uses 4: vg, logical_volumes, lv, segment).
+/// Deepest section nesting accepted (real metadata uses 4: vg, `logical_volumes`, lv, segment).
 pub const MAX_DEPTH: usize = 16;
 
 /// A parsed value.
@@ -71,6 +71,7 @@ struct Parser<'t> {
 }
 
 impl Parser<'_> {
+    #[allow(clippy::naive_bytecount)] // error path only: not worth a dependency
     fn err(&self, what: &str) -> String {
         let line = self.s[..self.pos.min(self.s.len())]
             .iter()

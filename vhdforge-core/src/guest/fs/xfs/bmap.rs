@@ -237,7 +237,7 @@ fn check(geo: &Geometry, ino: u64, ext: &[Extent]) -> Result<()> {
         // later byte computation on this map free of overflow.
         let end_bytes = (e.file_block + e.blocks)
             .checked_mul(geo.block_bytes)
-            .filter(|&b| b <= i64::MAX as u64);
+            .filter(|&b| i64::try_from(b).is_ok());
         if end_bytes.is_none() {
             return Err(corrupt(format!(
                 "inode {ino}'s extent at file block {} ({} blocks) lies beyond the largest file XFS allows",

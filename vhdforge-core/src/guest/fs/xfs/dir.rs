@@ -10,6 +10,7 @@ use super::{corrupt, XfsFs};
 use crate::error::Result;
 use crate::format::vhdx::crc32c_zeroed;
 use crate::guest::fs::FileType;
+use crate::io::usize_from;
 
 /// `XD2B`: v4 single-block directory.
 const XD2B: u32 = 0x5844_3242;
@@ -94,6 +95,7 @@ pub fn for_each(fs: &XfsFs, d: &Inode, f: &mut dyn FnMut(Entry) -> bool) -> Resu
 
 /// The short-form directory in the inode: a header with the parent, then packed entries
 /// (name length, offset tag, name, [file type], 4- or 8-byte inode number).
+#[allow(clippy::many_single_char_names)] // `d` the directory, `f` the callback, as in the other readers
 fn short_form(fs: &XfsFs, d: &Inode, f: &mut dyn FnMut(Entry) -> bool) -> Result<()> {
     let ino = d.ino;
     let bad = |what: &str| {
@@ -159,7 +161,7 @@ fn data_blocks(fs: &XfsFs, d: &Inode, f: &mut dyn FnMut(Entry) -> bool) -> Resul
     // system means a damaged map, and bounds the work whatever it claims.
     let mut budget = geo.fs_bytes / dbs + 1;
     let mut next_dblock = 0u64;
-    let mut buf = vec![0u8; dbs as usize];
+    let mut buf = vec![0u8; usize_from(dbs)];
     for e in &ext {
         let start = e.file_block * geo.block_bytes;
         if start >= limit {

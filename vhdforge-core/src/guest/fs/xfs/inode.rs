@@ -11,6 +11,7 @@ use super::{corrupt, unsupported};
 use crate::error::Result;
 use crate::format::vhdx::crc32c_zeroed;
 use crate::guest::fs::{FileType, Timestamp};
+use crate::io::usize_from;
 
 /// `IN`.
 const MAGIC: u16 = 0x494E;
@@ -93,7 +94,7 @@ pub struct RawInodeCore {
     pub lsn: U64,
     /// v3: more flags (0x8 bigtime, 0x10 nrext64).
     pub flags2: U64,
-    /// v3: CoW extent size hint.
+    /// v3: copy-on-write extent size hint.
     pub cowextsize: U32,
     /// v3: padding.
     pub pad2: [u8; 12],
@@ -162,7 +163,8 @@ fn timestamp(raw: [u8; 8], bigtime: bool) -> Timestamp {
     if bigtime {
         let ns = u64::from_be_bytes(raw);
         Timestamp {
-            seconds: (ns / 1_000_000_000) as i64 - BIGTIME_EPOCH_OFFSET,
+            // u64::MAX / 10^9 < 2^35: the seconds always fit an i64.
+            seconds: i64::try_from(ns / 1_000_000_000).unwrap_or(i64::MAX) - BIGTIME_EPOCH_OFFSET,
             nanoseconds: (ns % 1_000_000_000) as u32,
         }
     } else {
@@ -176,6 +178,7 @@ fn timestamp(raw: [u8; 8], bigtime: bool) -> Timestamp {
 }
 
 /// Check the `inode_bytes` bytes of inode `ino` and extract what the reader uses.
+#[allow(clippy::too_many_lines)] // one check per on-disk field, in on-disk order
 pub fn parse(geo: &Geometry, ino: u64, bytes: &[u8]) -> Result<Inode> {
     let Ok((core, _)) = RawInodeCore::read_from_prefix(bytes) else {
         return Err(corrupt(format!("inode {ino} is truncated")));
@@ -246,7 +249,7 @@ pub fn parse(geo: &Geometry, ino: u64, bytes: &[u8]) -> Result<Inode> {
         )));
     }
     let flags2 = if v5 { core.flags2.get() } else { 0 };
-    let literal = geo.inode_bytes as usize - core_len;
+    let literal = usize_from(geo.inode_bytes) - core_len;
     let fork_len = if core.forkoff == 0 {
         literal
     } else {

@@ -10,7 +10,8 @@ use crate::error::{Error, ErrorKind, Result};
 /// Log record header magic.
 const RECORD_MAGIC: u32 = 0xFEED_BABE;
 /// Log basic block.
-const BB: u64 = 512;
+const BB_LEN: usize = 512;
+const BB: u64 = BB_LEN as u64;
 /// Op header client id of log-manager records.
 const CLIENT_LOG: u8 = 0xAA;
 /// Op header flag: this transaction is an unmount record.
@@ -38,8 +39,8 @@ struct Log<'a> {
 }
 
 impl Log<'_> {
-    fn block(&self, i: u64) -> Result<[u8; BB as usize]> {
-        let mut b = [0u8; BB as usize];
+    fn block(&self, i: u64) -> Result<[u8; BB_LEN]> {
+        let mut b = [0u8; BB_LEN];
         self.fs.read_at(&mut b, self.at + (i % self.blocks) * BB)?;
         Ok(b)
     }
@@ -65,9 +66,7 @@ pub fn check_clean(fs: &XfsFs) -> Result<()> {
     let geo = fs.geo();
     let (start, len) = geo.log;
     if len == 0 {
-        return Err(corrupt(
-            "the superblock gives the internal log 0 blocks".into(),
-        ));
+        return Err(corrupt("the superblock gives the internal log 0 blocks"));
     }
     let at = geo.fsblock_bytes(start, len, "the log start")?;
     let log = Log {

@@ -20,12 +20,13 @@ use std::sync::{Arc, Mutex};
 use super::volume::{ReadRange, Volume};
 use super::{show, DirEntry, FileReader, FileSystem, FileType, FsKind, Stat};
 use crate::error::{Error, ErrorKind, Result};
+use crate::io::usize_from;
 use bmap::Extent;
 use dir::Entry;
 use inode::Inode;
 use superblock::Geometry;
 
-pub(crate) fn corrupt(message: String) -> Error {
+pub(crate) fn corrupt(message: impl std::fmt::Display) -> Error {
     Error::new(
         ErrorKind::Corrupt,
         "guest.fs.xfs_corrupt",
@@ -33,7 +34,7 @@ pub(crate) fn corrupt(message: String) -> Error {
     )
 }
 
-pub(crate) fn unsupported(message: String) -> Error {
+pub(crate) fn unsupported(message: impl std::fmt::Display) -> Error {
     Error::new(
         ErrorKind::Unsupported,
         "guest.fs.xfs_unsupported",
@@ -108,7 +109,7 @@ impl XfsFs {
     /// 64 KiB, for every caller).
     pub(crate) fn read_fsblocks(&self, fsb: u64, count: u64, what: &str) -> Result<Vec<u8>> {
         let at = self.geo.fsblock_bytes(fsb, count, what)?;
-        let mut buf = vec![0u8; (count * self.geo.block_bytes) as usize];
+        let mut buf = vec![0u8; usize_from(count * self.geo.block_bytes)];
         self.vol.read_at(&mut buf, at)?;
         Ok(buf)
     }
@@ -120,7 +121,7 @@ impl XfsFs {
 
     pub(crate) fn inode(&self, ino: u64) -> Result<Inode> {
         let at = self.geo.inode_bytes_at(ino)?;
-        let mut buf = vec![0u8; self.geo.inode_bytes as usize];
+        let mut buf = vec![0u8; usize_from(self.geo.inode_bytes)];
         self.vol.read_at(&mut buf, at)?;
         inode::parse(&self.geo, ino, &buf)
     }
@@ -134,24 +135,21 @@ impl XfsFs {
             let pos = offset + done as u64;
             let fb = pos / bs;
             let within = pos % bs;
-            let (run_bytes, src) = match bmap::find(ext, fb) {
-                Some(e) => {
-                    let left = (e.file_block + e.blocks - fb) * bs - within;
-                    let src = (!e.unwritten).then(|| {
-                        self.geo
-                            .fsblock_bytes(e.fsblock, e.blocks, "an extent")
-                            .map(|b| b + (fb - e.file_block) * bs + within)
-                    });
-                    (left, src)
-                }
-                None => {
-                    // A hole up to the next extent (or to the end of what is asked).
-                    let i = ext.partition_point(|e| e.file_block <= fb);
-                    let left = ext
-                        .get(i)
-                        .map_or(u64::MAX, |n| (n.file_block - fb) * bs - within);
-                    (left, None)
-                }
+            let (run_bytes, src) = if let Some(e) = bmap::find(ext, fb) {
+                let left = (e.file_block + e.blocks - fb) * bs - within;
+                let src = (!e.unwritten).then(|| {
+                    self.geo
+                        .fsblock_bytes(e.fsblock, e.blocks, "an extent")
+                        .map(|b| b + (fb - e.file_block) * bs + within)
+                });
+                (left, src)
+            } else {
+                // A hole up to the next extent (or to the end of what is asked).
+                let i = ext.partition_point(|e| e.file_block <= fb);
+                let left = ext
+                    .get(i)
+                    .map_or(u64::MAX, |n| (n.file_block - fb) * bs - within);
+                (left, None)
             };
             let n = usize::try_from(run_bytes)
                 .unwrap_or(usize::MAX)

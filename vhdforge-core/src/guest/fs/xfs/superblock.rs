@@ -9,6 +9,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 use super::{corrupt, unsupported};
 use crate::error::Result;
 use crate::format::vhdx::crc32c_zeroed;
+use crate::io::usize_from;
 
 /// `XFSB`.
 pub const MAGIC: u32 = 0x5846_5342;
@@ -195,11 +196,15 @@ pub struct Geometry {
 }
 
 fn pow2_log(v: u64) -> Option<u8> {
-    v.is_power_of_two().then(|| v.trailing_zeros() as u8)
+    // trailing_zeros of a u64 is at most 64.
+    v.is_power_of_two()
+        .then(|| u8::try_from(v.trailing_zeros()).ok())
+        .flatten()
 }
 
 /// Check the sector-0 bytes (`sector` is `sectsize` bytes, or at least 512) of a volume of
 /// `volume_len` bytes and return its geometry.
+#[allow(clippy::too_many_lines)] // one check per on-disk field, in on-disk order
 pub fn parse(sector: &[u8], volume_len: u64) -> Result<Geometry> {
     let Ok((sb, _)) = RawSuperblock::read_from_prefix(sector) else {
         return Err(corrupt(format!(
@@ -221,7 +226,7 @@ pub fn parse(sector: &[u8], volume_len: u64) -> Result<Geometry> {
     }
     if sb.inprogress != 0 {
         return Err(corrupt(
-            "the superblock says mkfs.xfs never finished (sb_inprogress is set); the file system is unusable".into(),
+            "the superblock says mkfs.xfs never finished (sb_inprogress is set); the file system is unusable",
         ));
     }
     let block_bytes = u64::from(sb.blocksize.get());
@@ -239,10 +244,10 @@ pub fn parse(sector: &[u8], volume_len: u64) -> Result<Geometry> {
         )));
     }
     if version == 5 {
-        if sector.len() < sect as usize {
-            return Err(corrupt("superblock sector short".into()));
+        if sector.len() < usize_from(sect) {
+            return Err(corrupt("superblock sector short"));
         }
-        let want = crc32c_zeroed(&sector[..sect as usize], CRC_OFFSET);
+        let want = crc32c_zeroed(&sector[..usize_from(sect)], CRC_OFFSET);
         let got = u32::from_le_bytes(sb.crc);
         if want != got {
             return Err(corrupt(format!(
@@ -272,7 +277,8 @@ pub fn parse(sector: &[u8], volume_len: u64) -> Result<Geometry> {
     let want_agblklog = if agblocks <= 1 {
         0
     } else {
-        64 - (agblocks - 1).leading_zeros() as u8
+        // agblocks is a u32 widened, so this is at most 32.
+        u8::try_from(64 - (agblocks - 1).leading_zeros()).unwrap_or(u8::MAX)
     };
     if agblocks < 8 || agcount == 0 || agblklog != want_agblklog {
         return Err(corrupt(format!(
@@ -323,7 +329,7 @@ pub fn parse(sector: &[u8], volume_len: u64) -> Result<Geometry> {
     };
     if sb.logstart.get() == 0 {
         return Err(unsupported(
-            "the log is on an external device, which is not in this volume, so whether it is clean cannot be known".into(),
+            "the log is on an external device, which is not in this volume, so whether it is clean cannot be known",
         ));
     }
     let meta_uuid = if version == 5 && sb.features_incompat.get() & 0x4 != 0 {
@@ -352,7 +358,7 @@ pub fn parse(sector: &[u8], volume_len: u64) -> Result<Geometry> {
 fn check_incompat(inc: u32) -> Result<()> {
     if inc & INCOMPAT_NEEDSREPAIR != 0 {
         return Err(corrupt(
-            "the superblock has the needsrepair flag: an xfs_repair was interrupted; run `xfs_repair` in the guest".into(),
+            "the superblock has the needsrepair flag: an xfs_repair was interrupted; run `xfs_repair` in the guest",
         ));
     }
     let mut known = 0u32;
@@ -379,6 +385,7 @@ fn check_incompat(inc: u32) -> Result<()> {
 impl Geometry {
     /// Byte offset in the volume of `count` blocks from fsblock `fsb`, all within one AG and
     /// inside the file system, or an error naming `what`.
+    #[allow(clippy::similar_names)] // `agno`/`agbno` are XFS's own names
     pub fn fsblock_bytes(&self, fsb: u64, count: u64, what: &str) -> Result<u64> {
         let agno = fsb >> self.agblklog;
         let agbno = fsb & ((1u64 << self.agblklog) - 1);
@@ -399,6 +406,7 @@ impl Geometry {
     }
 
     /// Byte offset in the volume of inode `ino`.
+    #[allow(clippy::similar_names)] // `agno`/`agbno` are XFS's own names
     pub fn inode_bytes_at(&self, ino: u64) -> Result<u64> {
         let shift = u32::from(self.agblklog) + u32::from(self.inopblog);
         let agno = ino.checked_shr(shift).unwrap_or(0);

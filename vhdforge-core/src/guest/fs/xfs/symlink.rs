@@ -6,6 +6,7 @@ use super::inode::{ForkFormat, Inode};
 use super::{bmap, corrupt, XfsFs};
 use crate::error::Result;
 use crate::format::vhdx::crc32c_zeroed;
+use crate::io::usize_from;
 
 /// XFS never stores a longer target.
 pub const MAX_TARGET: u64 = 1024;
@@ -29,7 +30,7 @@ pub fn target(fs: &XfsFs, s: &Inode) -> Result<Vec<u8>> {
             s.size
         )));
     }
-    let len = s.size as usize;
+    let len = usize_from(s.size);
     if s.format == ForkFormat::Local {
         return s.fork.get(..len).map(<[u8]>::to_vec).ok_or_else(|| {
             corrupt(format!(
@@ -45,7 +46,7 @@ pub fn target(fs: &XfsFs, s: &Inode) -> Result<Vec<u8>> {
         fs.read_mapped(&ext, 0, &mut out)?;
         return Ok(out);
     }
-    let bs = geo.block_bytes as usize;
+    let bs = usize_from(geo.block_bytes);
     let mut out = Vec::with_capacity(len);
     let mut block = vec![0u8; bs];
     let mut fb = 0u64;

@@ -27,12 +27,13 @@ pub const MAX_ENTRY_ARRAY_BYTES: u64 = 1 << 20;
 pub const MAX_ENTRY_SIZE: u32 = 4096;
 
 /// CRC-32 (IEEE 802.3, as zlib) of `bytes`.
+#[allow(clippy::cast_possible_truncation)] // CRC-32 is 32 bits wide: the u64 always fits
 pub fn crc32(bytes: &[u8]) -> u32 {
-    // The CRC-32 variant is 32 bits wide: the u64 result always fits.
     crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32IsoHdlc, bytes) as u32
 }
 
 /// CRC-32 of `bytes` with the four bytes at `field` taken as zero.
+#[allow(clippy::cast_possible_truncation)] // CRC-32 is 32 bits wide: the u64 always fits
 fn crc32_zeroed(bytes: &[u8], field: usize) -> u32 {
     let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32IsoHdlc);
     d.update(&bytes[..field]);
@@ -60,7 +61,7 @@ struct Copy {
 }
 
 /// Why a copy was rejected, in words for a finding; `header_ok` when only the array failed
-/// (the header's AlternateLBA can then be trusted to find the other copy).
+/// (the header's `AlternateLBA` can then be trusted to find the other copy).
 struct Rejected {
     reason: String,
     header_ok: Option<GptHeader>,
@@ -130,7 +131,7 @@ fn read_copy(
         ));
     }
     let esize = header.size_of_partition_entry.get();
-    if esize < ENTRY_SIZE as u32 || esize > MAX_ENTRY_SIZE || !esize.is_power_of_two() {
+    if (esize as usize) < ENTRY_SIZE || esize > MAX_ENTRY_SIZE || !esize.is_power_of_two() {
         return bad(format!(
             "entry size {esize} is not 128 × 2^n (at most {MAX_ENTRY_SIZE})"
         ));
