@@ -245,11 +245,9 @@ pub fn run(a: &ConvertArgs, ui: &Ui) -> Result<ExitCode> {
     let r = r?;
     // The input's warnings, only now: a warning printed before an error that stops the
     // command (a size Azure refuses) would only distract from that error.
-    for f in pre
-        .findings
-        .iter()
-        .filter(|f| f.severity == vhdforge_core::Severity::Warning && !f.code.starts_with("azure."))
-    {
+    for f in pre.findings.iter().filter(|f| {
+        f.severity == vhdforge_core::Severity::Warning && !f.code.as_str().starts_with("azure.")
+    }) {
         ui.note(&f.to_string());
     }
     let after = inspect(out, &OpenOptions::default())?;

@@ -4,6 +4,7 @@
 //! findings use, see [`crate::finding`]), a message that says what was found and what was
 //! expected, and where known the file and byte offset.
 
+use crate::finding::Code;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -36,7 +37,7 @@ type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug)]
 pub struct Error {
     kind: ErrorKind,
-    code: &'static str,
+    code: Code,
     message: String,
     offset: Option<u64>,
     path: Option<PathBuf>,
@@ -48,10 +49,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// A new error of `kind` with a stable `code` and a human message.
-    pub fn new(kind: ErrorKind, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(kind: ErrorKind, code: impl Into<Code>, message: impl Into<String>) -> Self {
         Error {
             kind,
-            code,
+            code: code.into(),
             message: message.into(),
             offset: None,
             path: None,
@@ -60,12 +61,12 @@ impl Error {
     }
 
     /// A structural error at a byte offset of the image file.
-    pub fn corrupt(code: &'static str, offset: u64, message: impl Into<String>) -> Self {
+    pub fn corrupt(code: impl Into<Code>, offset: u64, message: impl Into<String>) -> Self {
         Error::new(ErrorKind::Corrupt, code, message).at(offset)
     }
 
     /// Something valid but not supported.
-    pub fn unsupported(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn unsupported(code: impl Into<Code>, message: impl Into<String>) -> Self {
         Error::new(ErrorKind::Unsupported, code, message)
     }
 
@@ -78,7 +79,7 @@ impl Error {
         };
         Error {
             kind,
-            code: "io",
+            code: Code::new("io"),
             message: context.into(),
             offset: None,
             path: None,
@@ -91,10 +92,10 @@ impl Error {
     /// printed after the message), so nothing the cause said is lost. Use this instead of
     /// building a new error from `e.message()` by hand.
     #[must_use]
-    pub fn context(self, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn context(self, code: impl Into<Code>, message: impl Into<String>) -> Self {
         Error {
             kind: self.kind,
-            code,
+            code: code.into(),
             message: message.into(),
             offset: None,
             path: None,
@@ -135,7 +136,7 @@ impl Error {
     }
 
     /// The stable code (e.g. `vhd.footer.checksum`).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         self.code
     }
 
@@ -203,7 +204,7 @@ mod tests {
             "the output failed its check: a.vhd: cannot read (at byte offset 0x200): disk on fire"
         );
         let inner = e.source().and_then(|s| s.downcast_ref::<Error>()).unwrap();
-        assert_eq!((inner.code(), inner.offset()), ("io", Some(0x200)));
+        assert_eq!((inner.code().as_str(), inner.offset()), ("io", Some(0x200)));
         assert_eq!(inner.path(), Some(Path::new("a.vhd")));
         // The OS error stays reachable one level further down.
         assert!(inner

@@ -43,7 +43,7 @@ pub mod storage;
 pub mod upload;
 
 pub use error::{Error, ErrorKind, Result};
-pub use finding::{Finding, Findings, Severity};
+pub use finding::{codes, Code, Finding, Findings, Severity};
 pub use format::OpenOptions;
 pub use image::{Allocation, DiskImage, DiskType, Extent, Format, ImageInfo};
 
@@ -135,7 +135,7 @@ fn inspect_impl(path: &Path, opts: &OpenOptions, with_allocation: bool) -> Resul
             };
             (Some(image.info().clone()), allocated)
         }
-        Err(e) if e.kind() == ErrorKind::Io && e.code() == "io.open" => return Err(e),
+        Err(e) if e.kind() == ErrorKind::Io && e.code() == codes::IO_OPEN => return Err(e),
         Err(e) => {
             findings.push(Finding::from(&e));
             (None, None)

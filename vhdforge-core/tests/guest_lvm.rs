@@ -381,7 +381,7 @@ fn striped_and_other_pv_segments_from_lvm_are_reported_not_read() {
         got.pv_uuid,
         pvs["report"][0]["pv"][0]["pv_uuid"].as_str().unwrap()
     );
-    let codes: Vec<&str> = got.findings.iter().map(|f| f.code).collect();
+    let codes: Vec<&str> = got.findings.iter().map(|f| f.code.as_str()).collect();
     assert_eq!(codes, [lvm::CODE_SEGMENT_UNSUPPORTED]);
     let st = got.lv("striped").unwrap();
     assert_eq!(st.size_bytes, 8 * MIB);

@@ -467,7 +467,7 @@ fn damaged_primary_gpt_is_read_from_the_backup_as_the_oracles_read_the_intact_di
         bytes[offset] ^= 0xFF;
         std::fs::write(&img, &bytes).unwrap();
         let t = read(&img);
-        let codes: Vec<&str> = t.findings.iter().map(|f| f.code).collect();
+        let codes: Vec<&str> = t.findings.iter().map(|f| f.code.as_str()).collect();
         assert_eq!(codes, [partition::CODE_GPT_BACKUP_USED], "{what}");
         assert_agrees(&t, &intact);
     }
@@ -484,7 +484,7 @@ fn a_grown_disk_reports_its_misplaced_backup_until_sgdisk_moves_it() {
         .set_len(128 * MIB)
         .unwrap();
     let t = read(&img);
-    let codes: Vec<&str> = t.findings.iter().map(|f| f.code).collect();
+    let codes: Vec<&str> = t.findings.iter().map(|f| f.code.as_str()).collect();
     // The old backup is intact where the primary points, just no longer at the disk's end.
     assert_eq!(codes, [partition::CODE_GPT_BACKUP_MISPLACED]);
     run("sgdisk", &["-e", s(&img)], None);

@@ -315,7 +315,7 @@ mod tests {
         info.logical_sector_size = 4096;
         let got: Vec<(Severity, &str)> = readiness(&info)
             .iter()
-            .map(|f| (f.severity, f.code))
+            .map(|f| (f.severity, f.code.as_str()))
             .collect();
         assert_eq!(
             got,

@@ -57,9 +57,9 @@ pub struct ParentSearch {
     /// The format's word for the identity (`unique id`, `DataWriteGuid`).
     pub identity_name: &'static str,
     /// The error code when the first failure was a parent of another identity.
-    pub mismatch_code: &'static str,
+    pub mismatch_code: crate::Code,
     /// The error code when no candidate was a usable file.
-    pub missing_code: &'static str,
+    pub missing_code: crate::Code,
 }
 
 /// The parent found.
@@ -114,10 +114,8 @@ impl fmt::Display for Tried<'_> {
 
 /// Errors that end the whole search: they would end it for every other candidate too.
 fn ends_the_search(e: &Error) -> bool {
-    matches!(
-        e.code(),
-        "parent.loop" | "parent.not_followed" | "parent.chain_too_deep"
-    )
+    use crate::finding::codes::{PARENT_CHAIN_TOO_DEEP, PARENT_LOOP, PARENT_NOT_FOLLOWED};
+    [PARENT_LOOP, PARENT_NOT_FOLLOWED, PARENT_CHAIN_TOO_DEEP].contains(&e.code())
 }
 
 impl ParentSearch {
@@ -280,8 +278,8 @@ mod tests {
             expected: id(1),
             also_accepted: Some(id(2)),
             identity_name: "unique id",
-            mismatch_code: "test.mismatch",
-            missing_code: "test.missing",
+            mismatch_code: crate::Code::new("test.mismatch"),
+            missing_code: crate::Code::new("test.missing"),
         }
     }
 

@@ -242,7 +242,7 @@ mod tests {
         ];
         for (name, data, want) in cases {
             let img = RawImage::open(Arc::new(MemSource::new(data)), Path::new("m")).unwrap();
-            let got: Vec<&str> = img.findings().iter().map(|f| f.code).collect();
+            let got: Vec<&str> = img.findings().iter().map(|f| f.code.as_str()).collect();
             assert_eq!(got, want, "{name}");
         }
     }

@@ -182,7 +182,10 @@ mod tests {
             |_, _, runs| Ok(runs.len()),
         )
         .unwrap_err();
-        assert_eq!((e.code(), e.offset()), ("test.read", Some(40 * 4096)));
+        assert_eq!(
+            (e.code().as_str(), e.offset()),
+            ("test.read", Some(40 * 4096))
+        );
     }
 
     proptest! {

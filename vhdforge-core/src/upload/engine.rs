@@ -15,6 +15,7 @@ use super::resume::{self, JournalPlace};
 use super::send::{self, JournalState, SendInput};
 use super::{Cancel, PlanSummary, Progress, UploadOptions, UploadSource, UploadSummary};
 use crate::error::{Error, ErrorKind, Result};
+use crate::finding::codes;
 use crate::format::vhd::footer::FOOTER_SIZE;
 use crate::storage::retry::with_retries;
 use crate::storage::{BlobClient, Failure};
@@ -74,10 +75,10 @@ pub(super) async fn until_cancelled<T>(
 /// is not the case when the upload failed before its first journal write (e.g. the blob
 /// could never be created), where --resume would be refused.
 fn with_resume_hint(e: Error, journal: Option<&Path>) -> Error {
-    let transient = matches!(e.code(), "upload.transport" | "upload.checksum")
+    let transient = [codes::UPLOAD_TRANSPORT, codes::UPLOAD_CHECKSUM].contains(&e.code())
         || e.kind() == ErrorKind::Interrupted;
     // A blob replaced under the upload: --resume would (rightly) be refused.
-    let replaced = e.code() == "upload.precondition";
+    let replaced = e.code() == codes::UPLOAD_PRECONDITION;
     let hint = match journal {
         // Stopped on request: there is nothing to fix first.
         Some(p) if e.kind() == ErrorKind::Interrupted => format!(

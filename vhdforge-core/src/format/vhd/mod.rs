@@ -349,8 +349,8 @@ impl VhdImage {
             expected: parent_id,
             also_accepted: None,
             identity_name: "unique id",
-            mismatch_code: "vhd.parent.id_mismatch",
-            missing_code: "vhd.parent.missing",
+            mismatch_code: crate::Code::new("vhd.parent.id_mismatch"),
+            missing_code: crate::Code::new("vhd.parent.missing"),
         };
         match search.run(&candidates, ctx) {
             Ok(found) => {

@@ -533,7 +533,7 @@ mod tests {
             .unwrap();
             assert_eq!(bat.block(0).unwrap(), want, "entry {entry:#x}");
             assert_eq!(
-                f.0.first().map(|f| f.code),
+                f.0.first().map(|f| f.code.as_str()),
                 code,
                 "entry {entry:#x}: {:?}",
                 f.0
@@ -568,7 +568,7 @@ mod tests {
         assert_eq!(bat.block(1).unwrap(), Block::Present(6 * MIB));
         assert_eq!(bat.block(2).unwrap(), Block::Invalid);
         assert_eq!(
-            f.0.iter().map(|f| f.code).collect::<Vec<_>>(),
+            f.0.iter().map(|f| f.code.as_str()).collect::<Vec<_>>(),
             ["vhdx.bat.overlap"]
         );
     }
@@ -617,7 +617,7 @@ mod tests {
             assert_eq!(blocks[40], Block::Invalid);
             assert_eq!(blocks[9], Block::Invalid);
             assert_eq!(blocks[12], Block::Zero);
-            let codes: Vec<&str> = f.0.iter().map(|f| f.code).collect();
+            let codes: Vec<&str> = f.0.iter().map(|f| f.code.as_str()).collect();
             outcomes.push((blocks, codes));
         }
         assert_eq!(outcomes[0], outcomes[1]);

@@ -84,8 +84,8 @@ pub fn open(
         expected: linkage,
         also_accepted: locator.get("parent_linkage2").and_then(parse_linkage),
         identity_name: "DataWriteGuid",
-        mismatch_code: "vhdx.parent.mismatch",
-        missing_code: "vhdx.parent.missing",
+        mismatch_code: crate::Code::new("vhdx.parent.mismatch"),
+        missing_code: crate::Code::new("vhdx.parent.missing"),
     };
     let Found { image, path } = search.run(&candidates(locator, child, findings), ctx)?;
     if image.info().logical_sector_size != sector_size {

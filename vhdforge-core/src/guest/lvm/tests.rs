@@ -137,7 +137,10 @@ fn unsupported_segments_are_reported_and_not_read() {
         let (img, vg) = read(pv(&metadata(1, seg), 512));
         let vg = vg.unwrap();
         assert_eq!(
-            vg.findings.iter().map(|f| f.code).collect::<Vec<_>>(),
+            vg.findings
+                .iter()
+                .map(|f| f.code.as_str())
+                .collect::<Vec<_>>(),
             [CODE_SEGMENT_UNSUPPORTED]
         );
         let root = vg.lv("root").unwrap();
@@ -173,7 +176,12 @@ fn damaged_text_is_a_finding() {
     let mut d = pv(&metadata(1, TWO_LINEAR), 512);
     d[4096 + 600] ^= 1;
     let (_, vg) = read(d);
-    let codes: Vec<_> = vg.unwrap().findings.iter().map(|f| f.code).collect();
+    let codes: Vec<_> = vg
+        .unwrap()
+        .findings
+        .iter()
+        .map(|f| f.code.as_str())
+        .collect();
     assert_eq!(codes, [CODE_METADATA_AREA, CODE_METADATA_AREA]);
 }
 

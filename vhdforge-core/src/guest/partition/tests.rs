@@ -17,7 +17,7 @@ fn read(data: Vec<u8>) -> PartitionTable {
 }
 
 fn codes(t: &PartitionTable) -> Vec<&'static str> {
-    t.findings.iter().map(|f| f.code).collect()
+    t.findings.iter().map(|f| f.code.as_str()).collect()
 }
 
 fn put_u32(d: &mut [u8], off: usize, v: u32) {
