@@ -274,6 +274,10 @@ impl TempFile {
     }
 
     /// The open file.
+    ///
+    /// # Panics
+    ///
+    /// Never: the file is only taken out by [`TempFile::persist`], which consumes `self`.
     pub fn file(&self) -> &File {
         self.file
             .as_ref()
@@ -289,6 +293,10 @@ impl TempFile {
     /// `replace` allows, then flush the folder so the new name survives a power loss.
     /// On any error the temporary file is removed and nothing is at `target` that was not
     /// there before.
+    ///
+    /// # Panics
+    ///
+    /// Never: the file is only taken out here, and this consumes `self`.
     pub fn persist(mut self, target: &Path, replace: Replace) -> Result<(), PersistError> {
         let file = self
             .file

@@ -18,6 +18,18 @@ pub(crate) fn usize_from(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 
+/// `bytes` as lower-case hex, two digits a byte: the one spelling of hashes, ids and saved
+/// bytes in journals and file names.
+pub(crate) fn hex_lower(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        // Writing into a String cannot fail.
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
 /// A read-only byte source addressed by absolute offset.
 pub trait ReadAt: Send + Sync + fmt::Debug {
     /// Fill `buf` from `offset`. Reading past the end is an `UnexpectedEof` error.

@@ -28,7 +28,6 @@ pub mod convert;
 pub mod error;
 pub mod finding;
 pub mod format;
-#[allow(clippy::pedantic)] // TEMP: pending merge
 pub mod fsutil;
 pub mod guest;
 pub mod image;
@@ -36,10 +35,8 @@ pub mod io;
 pub mod progress;
 pub mod sparse;
 #[cfg(feature = "upload")]
-#[allow(clippy::pedantic)] // TEMP: pending merge
 pub mod storage;
 #[cfg(feature = "upload")]
-#[allow(clippy::pedantic)] // TEMP: pending merge
 pub mod upload;
 
 pub use error::{Error, ErrorKind, Result};

@@ -15,7 +15,7 @@ use crate::format::vhd::footer::{
 };
 use crate::fsutil::{self, PersistError, Replace, TempFile};
 use crate::image::Format;
-use crate::io::{pwrite_all, FileSource, ReadAt};
+use crate::io::{hex_lower, pwrite_all, usize_from, FileSource, ReadAt};
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -191,7 +191,7 @@ pub fn convert_in_place(path: &Path, policy: &Policy, force: bool) -> Result<InP
     // An old footer now inside the disk area must read as zero padding.
     let stale_end = len.min(disk_size);
     if stale_end > data_len {
-        let zeros = vec![0u8; (stale_end - data_len) as usize];
+        let zeros = vec![0u8; usize_from(stale_end - data_len)];
         pwrite_all(&file, &zeros, data_len).map_err(|e| io_err("write", e))?;
     }
     pwrite_all(&file, &plan.footer_bytes(), disk_size).map_err(|e| io_err("write", e))?;
@@ -362,7 +362,7 @@ fn write_journal(path: &Path, journal: &Path, len: u64, target_len: u64) -> Resu
     let mut tail = vec![0u8; tail_len as usize];
     src.read_exact_at(&mut tail, len - tail_len)
         .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-    let hex: String = tail.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex_lower(&tail);
     let id = file_id(path)?;
     let text =
         format!("{JOURNAL_MAGIC}\nfile={id}\nlength={len}\ntarget={target_len}\ntail={hex}\n");

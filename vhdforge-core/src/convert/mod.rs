@@ -5,9 +5,7 @@
 //! all produce exactly that byte stream: the virtual disk, zero padding, then the 512-byte
 //! footer.
 
-#[allow(clippy::pedantic)] // TEMP: pending merge
 mod in_place;
-#[allow(clippy::pedantic)] // TEMP: pending merge
 mod to_file;
 
 /// What the user allows beyond Azure's rules (defined with the rules, in [`crate::azure`]).

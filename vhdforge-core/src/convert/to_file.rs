@@ -11,7 +11,7 @@ use crate::azure::FixedVhdLayout;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fsutil::{self, FileKind, Occupant, PersistError, Replace, TempFile};
 use crate::image::DiskImage;
-use crate::io::pwrite_all;
+use crate::io::{pwrite_all, usize_from};
 use crate::progress::Progress;
 use crate::sparse::{data_pieces, scan_pieces};
 use serde::Serialize;
@@ -101,51 +101,7 @@ pub fn convert_to_file(
     })?;
 
     progress.set_total(data_upper_bound);
-    let written = AtomicU64::new(0);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.threads)
-        .build()
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Io,
-                "convert.threads",
-                "cannot start worker threads",
-            )
-            .with_source(e)
-        })?;
-    pool.install(|| {
-        scan_pieces(
-            &pieces,
-            PAGE,
-            |buf, at| {
-                if progress.is_cancelled() {
-                    return Err(Error::new(
-                        ErrorKind::Interrupted,
-                        "interrupted",
-                        "conversion interrupted; no output was written",
-                    ));
-                }
-                image.read_at(buf, at)
-            },
-            |piece, data, runs| {
-                for run in runs {
-                    let at = (run.start - piece.start) as usize;
-                    let len = (run.end - run.start) as usize;
-                    pwrite_all(file, &data[at..at + len], run.start).map_err(|e| {
-                        Error::io(
-                            format!("cannot write the new output for {}", out.display()),
-                            e,
-                        )
-                        .at(run.start)
-                    })?;
-                    written.fetch_add(run.end - run.start, Ordering::Relaxed);
-                }
-                start_writeback(file, piece.start, piece.end - piece.start);
-                progress.advance(piece.end - piece.start);
-                Ok(())
-            },
-        )
-    })?;
+    let data_bytes_written = write_data(image, file, &pieces, out, opts.threads, progress)?;
     pwrite_all(file, &plan.footer_bytes(), plan.disk_size).map_err(|e| {
         Error::io(
             format!("cannot write the new output for {}", out.display()),
@@ -178,7 +134,6 @@ pub fn convert_to_file(
         PersistError::NotReplaceable(occupant) => not_a_file(out, &occupant),
         PersistError::Io(e) => Error::io(format!("cannot put the output in place as {}", out.display()), e),
     })?;
-    let data_bytes_written = written.into_inner();
     Ok(ConvertReport {
         virtual_size: plan.source_size,
         output_size: plan.output_size(),
@@ -187,6 +142,64 @@ pub fn convert_to_file(
         padded_bytes: plan.padding(),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Copy every non-zero page of `image` into `file` at the same offset (the file was sized
+/// beforehand, so skipped pages read as zeros). Returns the data bytes written.
+fn write_data(
+    image: &dyn DiskImage,
+    file: &File,
+    pieces: &[std::ops::Range<u64>],
+    out: &Path,
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<u64> {
+    let written = AtomicU64::new(0);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                "convert.threads",
+                "cannot start worker threads",
+            )
+            .with_source(e)
+        })?;
+    pool.install(|| {
+        scan_pieces(
+            pieces,
+            PAGE,
+            |buf, at| {
+                if progress.is_cancelled() {
+                    return Err(Error::new(
+                        ErrorKind::Interrupted,
+                        "interrupted",
+                        "conversion interrupted; no output was written",
+                    ));
+                }
+                image.read_at(buf, at)
+            },
+            |piece, data, runs| {
+                for run in runs {
+                    let at = usize_from(run.start - piece.start);
+                    let len = usize_from(run.end - run.start);
+                    pwrite_all(file, &data[at..at + len], run.start).map_err(|e| {
+                        Error::io(
+                            format!("cannot write the new output for {}", out.display()),
+                            e,
+                        )
+                        .at(run.start)
+                    })?;
+                    written.fetch_add(run.end - run.start, Ordering::Relaxed);
+                }
+                start_writeback(file, piece.start, piece.end - piece.start);
+                progress.advance(piece.end - piece.start);
+                Ok(())
+            },
+        )
+    })?;
+    Ok(written.into_inner())
 }
 
 /// The output at `tmp` must pass `check` before it gets its name `out`: every structural
@@ -392,7 +405,7 @@ fn free_space(out: &Path) -> Option<u64> {
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     let mut st: libc::statvfs = unsafe_zeroed_statvfs();
     // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer for statvfs.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &raw mut st) };
     // The field types differ between platforms; both fit in u64.
     #[allow(clippy::useless_conversion)]
     let avail = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));

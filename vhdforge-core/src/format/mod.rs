@@ -5,14 +5,12 @@
 
 pub mod chain;
 pub mod overlap;
-#[allow(clippy::pedantic)] // TEMP: pending merge
 pub mod raw;
 pub mod table;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod utf16;
 pub mod vhd;
-#[allow(clippy::pedantic)] // TEMP: pending merge
 pub mod vhdx;
 pub mod winpath;
 

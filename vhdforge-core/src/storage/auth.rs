@@ -197,7 +197,7 @@ pub fn resolve(query: Option<&str>, env: &CredentialEnv) -> Result<Credential> {
 }
 
 /// The full blob URL for `dest`: a URL is kept; `CONTAINER/BLOB` is joined to the
-/// connection string's BlobEndpoint, or to `https://ACCOUNT.blob.core.windows.net`.
+/// connection string's `BlobEndpoint`, or to `https://ACCOUNT.blob.core.windows.net`.
 pub fn expand_destination(dest: &str, env: &CredentialEnv) -> Result<String> {
     if dest.contains("://") {
         return Ok(dest.to_string());

@@ -80,7 +80,7 @@ impl std::fmt::Debug for BlobClient {
 
 /// Whether a transport error is a refused server certificate. rustls is not a direct
 /// dependency, so its error type cannot be downcast; its messages ("invalid peer
-/// certificate: UnknownIssuer", "...: NotValidForName", "...: Expired") are the seam. An
+/// certificate: `UnknownIssuer`", "...: `NotValidForName`", "...: Expired") are the seam. An
 /// `io::Error`'s `source()` skips the error it wraps, so that one is looked at too.
 fn transport_kind(e: &reqwest::Error) -> TransportKind {
     if e.is_builder() {
@@ -124,6 +124,126 @@ fn is_certificate_message(text: &str) -> bool {
         || t.contains("unknownissuer")
 }
 
+/// `url` parsed, if it names a blob over https (or plain http to a loopback host) and carries
+/// no user information.
+fn parse_blob_url(url: &str, display: &str) -> Result<reqwest::Url> {
+    let bad = |msg: String| Error::new(ErrorKind::InvalidInput, "upload.url", msg);
+    let parsed = reqwest::Url::parse(url).map_err(|e| bad(format!("{display} is not a blob URL ({e}); expected https://ACCOUNT.blob.core.windows.net/CONTAINER/BLOB[?SAS]")))?;
+    let host = parsed.host_str().unwrap_or("");
+    match parsed.scheme() {
+        "https" => {}
+        "http" if is_loopback_host(host) => {}
+        "http" => return Err(bad(format!("{display}: plain http is only allowed to loopback hosts; use https (the data and credentials would travel unencrypted)"))),
+        s => return Err(bad(format!("{display}: unsupported scheme {s:?}; use https"))),
+    }
+    if parsed
+        .path()
+        .trim_matches('/')
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .count()
+        < 2
+    {
+        return Err(bad(format!(
+            "{display}: the URL names no blob; expected …/CONTAINER/BLOB"
+        )));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        // Azure never uses URL user information, and reqwest would turn it into a Basic
+        // Authorization header; it would also end up in the journal. Refuse it.
+        return Err(bad(format!(
+            "{display}: the URL carries a user name or password (user:…@), which the Blob service \
+             does not use; remove it and authorize with a SAS or an account key"
+        )));
+    }
+    Ok(parsed)
+}
+
+fn check_api_version(api_version: &str) -> Result<()> {
+    if !is_api_version(api_version) {
+        // Not sendable as a header (or not a version at all): every request would fail
+        // the same way, so say so now instead of retrying.
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "upload.invalid_request",
+            format!(
+                "--api-version {:?} is not a service version (YYYY-MM-DD, e.g. 2021-08-06)",
+                super::redact::redact_text(api_version)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An account key signs only for its own account's endpoints.
+fn check_key_host(cred: &Credential, parsed: &reqwest::Url, display: &str) -> Result<()> {
+    if let Credential::SharedKey(key) = cred {
+        if !key_may_sign_for(parsed, &key.account, &key.scope) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "upload.key_host",
+                format!(
+                    "{display} is not an endpoint of storage account {:?}, so its account key will not \
+                     sign requests to it (the signed header could be replayed by that host); use \
+                     https://{}.blob.core.windows.net/…, set BlobEndpoint in AZURE_STORAGE_CONNECTION_STRING \
+                     for a private endpoint or emulator, or give a SAS URL instead",
+                    key.account, key.account
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The secret values of `cred` (a SAS signature as given and decoded, or the key), to scrub
+/// from anything the service echoes back.
+fn secrets_of(cred: &Credential) -> Vec<String> {
+    let mut secrets = Vec::new();
+    match cred {
+        Credential::Sas(q) => {
+            for p in q.split('&') {
+                if let Some((n, v)) = p.split_once('=') {
+                    if crate::storage::redact::is_sig_name(n) {
+                        secrets.push(v.to_string());
+                        if let Ok(d) = percent_encoding::percent_decode_str(v).decode_utf8() {
+                            secrets.push(d.into_owned());
+                        }
+                    }
+                }
+            }
+        }
+        Credential::SharedKey(k) => secrets.push(k.key_text().to_string()),
+    }
+    secrets
+}
+
+/// The HTTP client for `host`: no redirects, no proxy for loopback hosts, idle connections
+/// dropped before Azurite drops them.
+fn http_client(host: &str, connections: usize) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder();
+    if is_loopback_host(host) {
+        // A proxy from the environment must not intercept an emulator or a local mock.
+        builder = builder.no_proxy();
+    }
+    builder
+        .connect_timeout(Duration::from_secs(20))
+        .pool_max_idle_per_host(connections.max(1))
+        // Azurite closes idle connections after 5 s; do not keep them longer.
+        .pool_idle_timeout(Duration::from_secs(4))
+        .http1_only()
+        // Never follow a redirect: it could send the SAS or a signed request to another
+        // host, or downgrade https to http. A 3xx is a fatal error instead.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                "upload.transport",
+                format!("cannot set up the HTTP client: {}", e.without_url()),
+            )
+        })
+}
+
 impl BlobClient {
     /// A client for the blob at `url`, with credentials from the URL or `env`.
     pub fn new(
@@ -135,104 +255,17 @@ impl BlobClient {
         let expanded = auth::expand_destination(url, env)?;
         let url = expanded.as_str();
         let display = redact(url);
-        let bad = |msg: String| Error::new(ErrorKind::InvalidInput, "upload.url", msg);
-        let parsed = reqwest::Url::parse(url).map_err(|e| bad(format!("{display} is not a blob URL ({e}); expected https://ACCOUNT.blob.core.windows.net/CONTAINER/BLOB[?SAS]")))?;
+        let parsed = parse_blob_url(url, &display)?;
         let host = parsed.host_str().unwrap_or("").to_string();
-        match parsed.scheme() {
-            "https" => {}
-            "http" if is_loopback_host(&host) => {}
-            "http" => return Err(bad(format!("{display}: plain http is only allowed to loopback hosts; use https (the data and credentials would travel unencrypted)"))),
-            s => return Err(bad(format!("{display}: unsupported scheme {s:?}; use https"))),
-        }
         let path = parsed.path().to_string();
-        if path
-            .trim_matches('/')
-            .split('/')
-            .filter(|p| !p.is_empty())
-            .count()
-            < 2
-        {
-            return Err(bad(format!(
-                "{display}: the URL names no blob; expected …/CONTAINER/BLOB"
-            )));
-        }
-        if !parsed.username().is_empty() || parsed.password().is_some() {
-            // Azure never uses URL user information, and reqwest would turn it into a Basic
-            // Authorization header; it would also end up in the journal. Refuse it.
-            return Err(bad(format!(
-                "{display}: the URL carries a user name or password (user:…@), which the Blob service \
-                 does not use; remove it and authorize with a SAS or an account key"
-            )));
-        }
-        if !is_api_version(api_version) {
-            // Not sendable as a header (or not a version at all): every request would fail
-            // the same way, so say so now instead of retrying.
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                "upload.invalid_request",
-                format!(
-                    "--api-version {:?} is not a service version (YYYY-MM-DD, e.g. 2021-08-06)",
-                    super::redact::redact_text(api_version)
-                ),
-            ));
-        }
+        check_api_version(api_version)?;
         let cred = auth::resolve(parsed.query(), env)?;
-        if let Credential::SharedKey(key) = &cred {
-            if !key_may_sign_for(&parsed, &key.account, &key.scope) {
-                return Err(Error::new(
-                    ErrorKind::InvalidInput,
-                    "upload.key_host",
-                    format!(
-                        "{display} is not an endpoint of storage account {:?}, so its account key will not \
-                         sign requests to it (the signed header could be replayed by that host); use \
-                         https://{}.blob.core.windows.net/…, set BlobEndpoint in AZURE_STORAGE_CONNECTION_STRING \
-                         for a private endpoint or emulator, or give a SAS URL instead",
-                        key.account, key.account
-                    ),
-                ));
-            }
-        }
-        let mut secrets = Vec::new();
-        match &cred {
-            Credential::Sas(q) => {
-                for p in q.split('&') {
-                    if let Some((n, v)) = p.split_once('=') {
-                        if crate::storage::redact::is_sig_name(n) {
-                            secrets.push(v.to_string());
-                            if let Ok(d) = percent_encoding::percent_decode_str(v).decode_utf8() {
-                                secrets.push(d.into_owned());
-                            }
-                        }
-                    }
-                }
-            }
-            Credential::SharedKey(k) => secrets.push(k.key_text().to_string()),
-        }
-        let mut base = parsed.clone();
+        check_key_host(&cred, &parsed, &display)?;
+        let secrets = secrets_of(&cred);
+        let mut base = parsed;
         base.set_query(None);
         base.set_fragment(None);
-        let mut builder = reqwest::Client::builder();
-        if is_loopback_host(&host) {
-            // A proxy from the environment must not intercept an emulator or a local mock.
-            builder = builder.no_proxy();
-        }
-        let http = builder
-            .connect_timeout(Duration::from_secs(20))
-            .pool_max_idle_per_host(connections.max(1))
-            // Azurite closes idle connections after 5 s; do not keep them longer.
-            .pool_idle_timeout(Duration::from_secs(4))
-            .http1_only()
-            // Never follow a redirect: it could send the SAS or a signed request to another
-            // host, or downgrade https to http. A 3xx is a fatal error instead.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Io,
-                    "upload.transport",
-                    format!("cannot set up the HTTP client: {}", e.without_url()),
-                )
-            })?;
+        let http = http_client(&host, connections)?;
         Ok(BlobClient {
             http,
             base: base.to_string(),
@@ -265,16 +298,16 @@ impl BlobClient {
         scrub(text, &refs)
     }
 
-    /// Send one request; `query` values are unencoded.
-    async fn send(
+    /// The URL and the full header list of a request: the service's date and version headers
+    /// added, and the credential applied (the SAS appended to the query, or a Shared Key
+    /// signature over the final headers).
+    fn authorized<'h>(
         &self,
-        method: Method,
+        method: &Method,
         query: &[(&str, &str)],
-        headers: &[(&str, String)],
-        body: Option<Bytes>,
-        timeout: Duration,
-    ) -> Result<reqwest::Response, Failure> {
-        let len = body.as_ref().map_or(0, Bytes::len);
+        headers: &[(&'h str, String)],
+        len: usize,
+    ) -> (String, Vec<(&'h str, String)>) {
         let mut all: Vec<(&str, String)> = headers.to_vec();
         all.push(("x-ms-date", httpdate::fmt_http_date(SystemTime::now())));
         all.push(("x-ms-version", self.api_version.clone()));
@@ -299,6 +332,20 @@ impl BlobClient {
         } else {
             format!("{}?{}", self.base, qs.join("&"))
         };
+        (url, all)
+    }
+
+    /// Send one request; `query` values are unencoded.
+    async fn send(
+        &self,
+        method: Method,
+        query: &[(&str, &str)],
+        headers: &[(&str, String)],
+        body: Option<Bytes>,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, Failure> {
+        let len = body.as_ref().map_or(0, Bytes::len);
+        let (url, all) = self.authorized(&method, query, headers, len);
         let method_name = method.to_string();
         let mut req = self.http.request(method, &url).timeout(timeout);
         for (n, v) in &all {
@@ -409,7 +456,7 @@ impl BlobClient {
         while body.len() < MAX_ERROR_BODY {
             match resp.chunk().await {
                 Ok(Some(c)) => {
-                    body.extend_from_slice(&c[..c.len().min(MAX_ERROR_BODY - body.len())])
+                    body.extend_from_slice(&c[..c.len().min(MAX_ERROR_BODY - body.len())]);
                 }
                 _ => break,
             }
@@ -435,6 +482,7 @@ impl BlobClient {
     /// A client for the container holding this blob (same credentials). Path-style URLs
     /// (an IP address or localhost, as Azurite uses) carry the account as the first path
     /// segment; the container is the segment after it.
+    #[must_use]
     pub fn container(&self) -> BlobClient {
         let path_style = self.host.parse::<std::net::IpAddr>().is_ok()
             || self.host.eq_ignore_ascii_case("localhost");

@@ -68,7 +68,7 @@ const INVALID_REQUEST_CODES: &[&str] = &[
 ];
 
 impl Failure {
-    /// One short line for progress and logs ("HTTP 503 ServerBusy", "connection refused").
+    /// One short line for progress and logs (`HTTP 503 ServerBusy`, "connection refused").
     #[must_use]
     pub fn summary(&self) -> String {
         match self {

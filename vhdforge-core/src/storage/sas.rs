@@ -8,6 +8,8 @@
 use super::auth::SharedKey;
 use crate::error::{Error, ErrorKind, Result};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+// Writing into a String cannot fail, so its `fmt::Result`s are ignored below.
+use std::fmt::Write as _;
 
 /// The `sv` vhdforge signs with (the string-to-sign layout depends on it).
 pub const SAS_VERSION: &str = "2021-08-06";
@@ -144,13 +146,13 @@ pub fn service_sas(key: &SharedKey, resource: &SasResource, terms: &SasTerms) ->
     .join("\n");
     let mut q = format!("sv={SAS_VERSION}&sr={sr}&sp={permissions}");
     if !start.is_empty() {
-        q.push_str(&format!("&st={}", enc(start)));
+        let _ = write!(q, "&st={}", enc(start));
     }
-    q.push_str(&format!("&se={}", enc(&terms.expiry)));
+    let _ = write!(q, "&se={}", enc(&terms.expiry));
     if terms.https_only {
         q.push_str("&spr=https");
     }
-    q.push_str(&format!("&sig={}", enc(&key.sign(&sts))));
+    let _ = write!(q, "&sig={}", enc(&key.sign(&sts)));
     Ok(q)
 }
 
@@ -176,13 +178,13 @@ pub fn account_sas(key: &SharedKey, terms: &SasTerms) -> Result<String> {
     .join("\n");
     let mut q = format!("sv={SAS_VERSION}&ss=b&srt=sco&sp={permissions}");
     if !start.is_empty() {
-        q.push_str(&format!("&st={}", enc(start)));
+        let _ = write!(q, "&st={}", enc(start));
     }
-    q.push_str(&format!("&se={}", enc(&terms.expiry)));
+    let _ = write!(q, "&se={}", enc(&terms.expiry));
     if terms.https_only {
         q.push_str("&spr=https");
     }
-    q.push_str(&format!("&sig={}", enc(&key.sign(&sts))));
+    let _ = write!(q, "&sig={}", enc(&key.sign(&sts)));
     Ok(q)
 }
 

@@ -37,7 +37,7 @@ pub(super) struct Destination {
     /// must not be given properties).
     pub seq: Option<u64>,
     /// The blob's `ETag` before this run wrote anything (existing blobs only): equal to a
-    /// journal's clean-stop ETag, it proves nobody wrote to the blob since.
+    /// journal's clean-stop `ETag`, it proves nobody wrote to the blob since.
     pub etag: Option<String>,
 }
 

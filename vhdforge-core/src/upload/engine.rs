@@ -94,14 +94,10 @@ fn with_resume_hint(e: Error, journal: Option<&Path>) -> Error {
         }
         _ => return e,
     };
-    let mut out = Error::new(e.kind(), e.code(), format!("{}; {hint}", e.message()));
-    if let Some(o) = e.offset() {
-        out = out.at(o);
-    }
-    if let Some(p) = e.path() {
-        out = out.in_file(p);
-    }
-    out
+    // The failure stays the cause (its path, offset and own cause included); the code stays
+    // too, so scripts see the same code with or without the hint.
+    let code = e.code();
+    e.context(code, format!("the upload stopped; {hint}"))
 }
 
 /// What `upload --dry-run` reports: the plan of a fresh upload, made without contacting the
@@ -168,6 +164,42 @@ fn checked_client(dest: &str, opts: &UploadOptions) -> Result<BlobClient> {
     BlobClient::new(dest, &opts.credentials, &opts.api_version, opts.concurrency)
 }
 
+/// Which of `requests` must be sent (`todo[i]` for `requests[i]`): all on a fresh upload;
+/// on `--resume`, those the old journal does not record as done, plus any done one whose
+/// data the blob no longer holds.
+async fn requests_todo(
+    client: &BlobClient,
+    src: &UploadSource,
+    opts: &UploadOptions,
+    old: Option<&Journal>,
+    dest: &Destination,
+    requests: &[std::ops::Range<u64>],
+    progress: &dyn Progress,
+) -> Result<Vec<bool>> {
+    let journal_done = old.map(Journal::done_ranges).unwrap_or_default();
+    let todo = resume::requests_to_send(requests, opts.resume, &journal_done, &dest.present);
+    resume::prove_done(
+        client,
+        src,
+        opts,
+        old,
+        dest.etag.as_deref(),
+        requests,
+        todo,
+        progress,
+    )
+    .await
+}
+
+/// Set the whole blob's Content-MD5 once every page is in place.
+async fn set_content_md5(t: &Target<'_>, md5: &str) -> Result<()> {
+    with_retries(&t.opts.retry, t.cancel, t.on_retry, || {
+        t.client.set_content_md5(md5)
+    })
+    .await
+    .map_err(|f| f.into_error("setting Content-MD5 of", t.shown))
+}
+
 /// The upload proper; sets `journal_at` once a journal exists on disk for this upload.
 async fn upload_inner(
     source: &Path,
@@ -207,21 +239,14 @@ async fn upload_inner(
     };
     let dest = destination::prepare(&target).await?;
     resume::check_blob(place.old.as_ref(), &dest.blob, &shown, progress.as_ref())?;
-    let journal_done = place
-        .old
-        .as_ref()
-        .map(Journal::done_ranges)
-        .unwrap_or_default();
     let requests = &planned.data.requests;
-    let todo = resume::requests_to_send(requests, opts.resume, &journal_done, &dest.present);
-    let todo = resume::prove_done(
+    let todo = requests_todo(
         &client,
         src,
         &opts,
         place.old.as_ref(),
-        dest.etag.as_deref(),
+        &dest,
         requests,
-        todo,
         progress.as_ref(),
     )
     .await?;
@@ -248,27 +273,43 @@ async fn upload_inner(
     )
     .await?;
     if let Some(m) = &sent.md5 {
-        with_retries(&opts.retry, &cancel, &on_retry, || {
-            client.set_content_md5(m)
-        })
-        .await
-        .map_err(|f| f.into_error("setting Content-MD5 of", &shown))?;
+        set_content_md5(&target, m).await?;
     }
     // Done: the journal has served its purpose.
     let _ = std::fs::remove_file(jstate.path());
-    Ok(UploadSummary {
-        bytes_total: summary_plan.bytes_total,
+    let retries = sent.retries + pre_retries.load(Ordering::Relaxed);
+    Ok(finished(
+        &target,
+        &summary_plan,
+        sent,
+        retries,
+        stale_cleared,
+        started,
+    ))
+}
+
+/// What a completed upload reports.
+fn finished(
+    t: &Target<'_>,
+    plan: &PlanSummary,
+    sent: send::Sent,
+    retries: u64,
+    stale_ranges_cleared: u64,
+    started: Instant,
+) -> UploadSummary {
+    UploadSummary {
+        bytes_total: plan.bytes_total,
         bytes_sent: sent.bytes,
-        bytes_skipped: summary_plan.bytes_skipped,
-        bytes_already_present: summary_plan.bytes_already_present,
+        bytes_skipped: plan.bytes_skipped,
+        bytes_already_present: plan.bytes_already_present,
         requests: sent.requests,
-        retries: sent.retries + pre_retries.load(Ordering::Relaxed),
-        stale_ranges_cleared: stale_cleared,
+        retries,
+        stale_ranges_cleared,
         seconds: started.elapsed().as_secs_f64(),
-        destination: shown,
+        destination: t.shown.to_string(),
         content_md5: sent.md5,
-        managed_disk: managed,
-    })
+        managed_disk: t.managed,
+    }
 }
 
 /// True for a managed-disk upload SAS (by host, or `--managed-disk`); refuses options such a
@@ -361,10 +402,9 @@ fn plan_line(p: &PlanSummary) -> String {
         format_bytes(p.bytes_skipped)
     );
     if p.bytes_already_present > 0 {
-        s.push_str(&format!(
-            "; {} already uploaded",
-            format_bytes(p.bytes_already_present)
-        ));
+        s.push_str("; ");
+        s.push_str(&format_bytes(p.bytes_already_present));
+        s.push_str(" already uploaded");
     }
     s
 }
@@ -437,7 +477,11 @@ mod tests {
     #[test]
     fn resume_hint_only_when_a_journal_exists() {
         let j = Path::new("/tmp/x.json");
-        let transport = || Error::new(ErrorKind::Remote, "upload.transport", "no answer");
+        // With a cause of its own, which the hint must not drop (issue 8).
+        let transport = || {
+            Error::new(ErrorKind::Remote, "upload.transport", "no answer")
+                .with_source(std::io::Error::other("connection reset by peer"))
+        };
         let cases: [(&str, Error, Option<&Path>, Option<&str>); 6] = [
             // Creation never succeeded: no journal, so --resume would be refused.
             (
@@ -479,7 +523,15 @@ mod tests {
             assert_eq!(out.code(), code, "{name}");
             let text = out.to_string();
             match want {
-                Some(w) => assert!(text.contains(w), "{name}: {text}"),
+                Some(w) => {
+                    assert!(text.contains(w), "{name}: {text}");
+                    // The failure is kept whole as the cause, not copied into a new message.
+                    let cause = std::error::Error::source(&out)
+                        .and_then(|s| s.downcast_ref::<Error>())
+                        .map(ToString::to_string);
+                    assert_eq!(cause.as_deref(), Some(before.as_str()), "{name}");
+                    assert!(text.ends_with(&before), "{name}: {text}");
+                }
                 None => assert_eq!(text, before, "{name}"),
             }
             if journal.is_none() {

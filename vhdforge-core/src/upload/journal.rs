@@ -11,6 +11,7 @@
 //! they are simply sent again.
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::io::hex_lower;
 use crate::storage::redact::without_query;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -183,7 +184,7 @@ pub struct Journal {
     /// Data requests this upload completed (Put Page returned success), merged, `[start, end)`.
     pub done: Vec<(u64, u64)>,
     /// The blob's `ETag` read at a clean stop (Ctrl-C or an error, once no request of this
-    /// run was in flight any more). The ETag changes on every write, so when `--resume`
+    /// run was in flight any more). The `ETag` changes on every write, so when `--resume`
     /// finds the same one, nobody wrote to the blob since and `done` is trusted; otherwise
     /// (or when the run was killed and none was recorded) every done range is read back
     /// and compared before it counts. Absent in journals of earlier releases.
@@ -201,11 +202,7 @@ impl Journal {
 
 /// Where the journal for uploading `source` to `dest` lives.
 pub fn path_for(source: &Path, dest: &str, state_dir: Option<&Path>) -> PathBuf {
-    let key: String = Sha256::digest(without_query(dest).as_bytes())
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let key = hex_lower(&Sha256::digest(without_query(dest).as_bytes())[..8]);
     let name = source
         .file_name()
         .map_or_else(|| "source".into(), |n| n.to_string_lossy().into_owned());
@@ -227,11 +224,7 @@ fn bounded_name(name: &str) -> String {
     while !name.is_char_boundary(cut) {
         cut -= 1;
     }
-    let hash: String = Sha256::digest(name.as_bytes())
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = hex_lower(&Sha256::digest(name.as_bytes())[..8]);
     format!("{}~{hash}", &name[..cut])
 }
 
@@ -459,10 +452,7 @@ pub fn new(
         destination: without_query(dest).to_string(),
         source,
         parents,
-        footer_unique_id: footer_unique_id
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
+        footer_unique_id: hex_lower(&footer_unique_id),
         footer_time_stamp,
         plan_hash,
         blob: BlobIdentity::default(),

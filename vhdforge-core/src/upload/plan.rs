@@ -1,6 +1,6 @@
 //! The upload plan: which Put Page requests carry the output stream (`docs/azure-page-blob.md §7.1`).
 //!
-//! Planned from the metadata first ([`crate::sparse::data_pieces`]: SEEK_DATA for raw and
+//! Planned from the metadata first ([`crate::sparse::data_pieces`]: `SEEK_DATA` for raw and
 //! fixed images, the block maps for dynamic ones), then refined by reading those pieces and
 //! testing each 512-byte page for zero. Non-zero runs are coalesced into 512-aligned
 //! requests of at most 4 MiB; zero gaps shorter than the bridge are sent as zeros so the
@@ -10,6 +10,7 @@
 use crate::azure::FixedVhdLayout;
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::DiskImage;
+use crate::io::hex_lower;
 use crate::progress::Cancel;
 use crate::sparse::{data_pieces, scan_pieces};
 use sha2::{Digest, Sha256};
@@ -40,11 +41,7 @@ impl DataPlan {
             h.update(r.end.to_le_bytes());
         }
         h.update(footer);
-        h.finalize()
-            .iter()
-            .take(16)
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hex_lower(&h.finalize()[..16])
     }
 }
 
@@ -237,7 +234,7 @@ mod tests {
     fn plan_of(data: &[u8], bridge: u64) -> DataPlan {
         let mut c = Coalescer::new(bridge);
         for_each_nonzero_run(data, 0, PAGE, |s, l| {
-            c.add(s, (s + l).div_ceil(PAGE) * PAGE)
+            c.add(s, (s + l).div_ceil(PAGE) * PAGE);
         });
         c.finish()
     }

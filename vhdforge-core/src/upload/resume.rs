@@ -218,10 +218,10 @@ const PROVE_CONCURRENCY: usize = 8;
 /// Every request marked done is read back (≤ 4 MiB each, a few at a time) and compared
 /// with the source: only those that match stay skipped, the rest are sent again, and
 /// `progress` says how much was re-checked and how much differed. Nothing cheaper proves
-/// it: the blob's ETag changes on every write, but a foreign write made *while* the
-/// interrupted upload ran is followed by that upload's own writes, so the ETag recorded at
+/// it: the blob's `ETag` changes on every write, but a foreign write made *while* the
+/// interrupted upload ran is followed by that upload's own writes, so the `ETag` recorded at
 /// its clean stop can match the blob and still hide foreign data in done ranges (a second
-/// red-team pass did exactly that). The ETag only says, in the note, whether the blob
+/// red-team pass did exactly that). The `ETag` only says, in the note, whether the blob
 /// changed after the stop.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn prove_done(

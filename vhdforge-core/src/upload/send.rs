@@ -10,8 +10,10 @@ use crate::azure::FixedVhdLayout;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::vhd::footer::FOOTER_SIZE;
 use crate::image::DiskImage;
+use crate::io::usize_from;
 use crate::storage::blob::{crc64_header, md5_header};
 use crate::storage::{BlobClient, Class, Failure, Integrity};
+use base64::Engine as _;
 use bytes::Bytes;
 use md5::Digest;
 use std::ops::Range;
@@ -24,29 +26,45 @@ use tokio::task::JoinSet;
 /// Zero source for whole-stream MD5 over gaps.
 static ZEROS: [u8; 64 << 10] = [0u8; 64 << 10];
 
+/// `bytes` in MiB, to scale a timeout with a request's size.
+// Precision beyond 2^52 bytes does not matter to a timeout (requests are at most 4 MiB).
+#[allow(clippy::cast_precision_loss)]
+fn mib_f64(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1u32 << 20)
+}
+
 /// Additive-increase / multiplicative-decrease limit on requests in flight.
 #[derive(Debug)]
 struct Aimd {
     max: f64,
-    state: Mutex<(f64, Instant)>,
+    /// The current limit, and when it was last cut (`None`: never, so the first 503 cuts).
+    state: Mutex<(f64, Option<Instant>)>,
 }
 
 impl Aimd {
     fn new(max: usize) -> Self {
+        // A limit is at most MAX_CONCURRENCY; saturating keeps the conversion exact.
+        let max = f64::from(u32::try_from(max.max(1)).unwrap_or(u32::MAX));
         Aimd {
-            max: max.max(1) as f64,
-            state: Mutex::new((max.max(1) as f64, Instant::now() - Duration::from_secs(10))),
+            max,
+            state: Mutex::new((max, None)),
         }
     }
+    // The limit stays within [1, max] (a small whole-ish number), so the cast neither
+    // truncates anything that matters nor meets a negative value; dropping the fraction is
+    // the point.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     fn limit(&self) -> usize {
         self.state.lock().map_or(1, |s| s.0 as usize).max(1)
     }
     /// Throttled: cut to 70 %, at most once per half second (one burst of 503s is one signal).
     fn throttled(&self) {
         if let Ok(mut s) = self.state.lock() {
-            if s.1.elapsed() >= Duration::from_millis(500) {
+            if s.1
+                .is_none_or(|t| t.elapsed() >= Duration::from_millis(500))
+            {
                 s.0 = (s.0 * 0.7).max(1.0);
-                s.1 = Instant::now();
+                s.1 = Some(Instant::now());
             }
         }
     }
@@ -89,16 +107,12 @@ impl Ctx {
     }
 
     fn timeout_for(&self, len: u64) -> Duration {
-        self.opts.request_timeout
-            + self
-                .opts
-                .timeout_per_mib
-                .mul_f64(len as f64 / (1 << 20) as f64)
+        self.opts.request_timeout + self.opts.timeout_per_mib.mul_f64(mib_f64(len))
     }
 
     /// Read stream bytes `range` (disk area or footer).
     fn read(&self, range: &Range<u64>) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        let mut buf = vec![0u8; usize_from(range.end - range.start)];
         if range.start >= self.azure.disk_size {
             buf.copy_from_slice(&self.azure.footer_bytes());
         } else {
@@ -155,11 +169,7 @@ async fn send_one(
             }
             let e = failure.into_error(&op, ctx.client.display());
             return Err(if class == Class::Checksum {
-                Error::new(
-                    e.kind(),
-                    "upload.checksum",
-                    format!("{}; the data keeps arriving corrupted", e.message()),
-                )
+                checksum_gave_up(e)
             } else {
                 e
             });
@@ -225,7 +235,7 @@ fn reader(
     let feed_zeros = |md5: &mut md5::Md5, mut n: u64| {
         while n > 0 {
             let k = n.min(ZEROS.len() as u64);
-            md5.update(&ZEROS[..k as usize]);
+            md5.update(&ZEROS[..usize_from(k)]);
             n -= k;
         }
     };
@@ -260,7 +270,6 @@ fn reader(
     Ok(md5.map(|mut m| {
         feed_zeros(&mut m, ctx.azure.disk_size - pos);
         m.update(ctx.azure.footer_bytes());
-        use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.encode(m.finalize())
     }))
 }
@@ -308,9 +317,9 @@ impl JournalState {
     }
 
     /// The journal of a run stopping cleanly (no request of it in flight any more), with
-    /// the blob's current ETag: while the blob keeps that ETag nobody wrote to it, so a
+    /// the blob's current `ETag`: while the blob keeps that `ETag` nobody wrote to it, so a
     /// `--resume` may trust the done ranges without reading them back. Best effort: when
-    /// the ETag cannot be read the journal is written without one (resume then re-checks).
+    /// the `ETag` cannot be read the journal is written without one (resume then re-checks).
     async fn clean_stop(&mut self, client: &BlobClient) -> Result<()> {
         let etag = tokio::time::timeout(Duration::from_secs(30), client.head())
             .await
@@ -331,6 +340,11 @@ impl JournalState {
 
 /// 412 on a write conditional on this upload's sequence number: the blob is not the one
 /// this upload created.
+/// Put Page kept failing its integrity check: the last failure stays the cause.
+fn checksum_gave_up(e: Error) -> Error {
+    e.context("upload.checksum", "the data keeps arriving corrupted")
+}
+
 pub(super) fn foreign_write(shown: &str) -> Error {
     Error::new(
         ErrorKind::Remote,
@@ -522,6 +536,28 @@ async fn send_footer(ctx: &Arc<Ctx>) -> Result<()> {
 mod tests {
     use super::*;
     #[test]
+    fn checksum_give_up_keeps_the_last_failure() {
+        let last = Error::new(
+            ErrorKind::Remote,
+            "upload.http",
+            "Put Page to d failed: HTTP 400 Md5Mismatch",
+        )
+        .with_source(std::io::Error::other("body"));
+        let before = last.to_string();
+        let e = checksum_gave_up(last);
+        // Its own code (the resume hint looks for it), the cause's kind, the cause whole.
+        assert_eq!((e.code(), e.kind()), ("upload.checksum", ErrorKind::Remote));
+        let cause = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<Error>())
+            .map(ToString::to_string);
+        assert_eq!(cause.as_deref(), Some(before.as_str()));
+        assert_eq!(
+            e.to_string(),
+            format!("the data keeps arriving corrupted: {before}")
+        );
+    }
+
+    #[test]
     fn aimd_cuts_on_throttle_and_recovers() {
         let a = Aimd::new(8);
         assert_eq!(a.limit(), 8);
@@ -531,7 +567,7 @@ mod tests {
         assert_eq!(a.limit(), 5);
         // Never below one request in flight.
         for _ in 0..20 {
-            a.state.lock().unwrap().1 = Instant::now() - Duration::from_secs(1);
+            a.state.lock().unwrap().1 = None;
             a.throttled();
         }
         assert_eq!(a.limit(), 1);

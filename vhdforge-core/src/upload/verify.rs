@@ -15,6 +15,7 @@ use super::{
 use crate::convert::Policy;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::vhd::footer::{HardDiskFooter, COOKIE, FOOTER_SIZE};
+use crate::io::usize_from;
 use crate::storage::retry::with_retries;
 use crate::storage::BlobClient;
 use crate::OpenOptions;
@@ -369,7 +370,7 @@ async fn compare_bytes(
         .flat_map(|r| {
             let end = r.end.min(disk_size);
             (r.start..end)
-                .step_by(MAX_PUT_PAGE as usize)
+                .step_by(usize_from(MAX_PUT_PAGE))
                 .map(move |s| s..(s + MAX_PUT_PAGE).min(end))
         });
     let az = Arc::new(src.azure.clone());
@@ -423,7 +424,7 @@ pub(super) async fn compare_piece(
         .map_err(|f| f.into_error("reading", client.display()))?;
     let r2 = p.clone();
     let first_diff = tokio::task::spawn_blocking(move || -> Result<Option<u64>> {
-        let mut local = vec![0u8; (r2.end - r2.start) as usize];
+        let mut local = vec![0u8; usize_from(r2.end - r2.start)];
         az.read_disk(image.as_ref(), &mut local, r2.start)?;
         Ok(local
             .iter()

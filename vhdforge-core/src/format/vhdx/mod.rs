@@ -30,7 +30,7 @@ use crate::image::{
     check_virtual_range, push_extent, resolve_through_parent, Allocation, DiskImage, DiskType,
     Extent, Format, ImageInfo,
 };
-use crate::io::{read_vec, ReadAt};
+use crate::io::{read_vec, usize_from, ReadAt};
 use bat::{Bat, Block, Geometry};
 use std::path::Path;
 use std::sync::Arc;
@@ -44,12 +44,16 @@ pub const MIB: u64 = 1 << 20;
 const HEADER_AREA: u64 = 0x5_0000;
 
 /// CRC-32C (Castagnoli, the iSCSI CRC) of `bytes`.
+// crc_fast returns every CRC widened to u64; a CRC-32 always fits in the low 32 bits.
+#[allow(clippy::cast_possible_truncation)]
 pub fn crc32c(bytes: &[u8]) -> u32 {
     crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, bytes) as u32
 }
 
 /// CRC-32C of `bytes` with the 4-byte checksum field at `field` counted as zero, as every
 /// VHDX checksum is defined.
+// crc_fast returns every CRC widened to u64; a CRC-32 always fits in the low 32 bits.
+#[allow(clippy::cast_possible_truncation)]
 pub fn crc32c_zeroed(bytes: &[u8], field: usize) -> u32 {
     let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
     let field_end = (field + 4).min(bytes.len());
@@ -71,7 +75,7 @@ pub const fn guid(d1: u32, d2: u16, d3: u16, d4: [u8; 8]) -> [u8; 16] {
     ]
 }
 
-/// The DataWriteGuid (identity) of the VHDX in `src`, from the header [`VhdxImage::open`]
+/// The `DataWriteGuid` (identity) of the VHDX in `src`, from the header [`VhdxImage::open`]
 /// would choose (two 4 KiB reads), so parent candidates can be told apart before a full
 /// open. The full open also picks the header before any log replay, so none is needed here.
 pub fn identity(src: &dyn ReadAt) -> Result<Uuid> {
@@ -138,8 +142,8 @@ impl VhdxImage {
                 "the file does not start with `vhdxfile`",
             ));
         }
-        let h1 = header::HEADER1_OFFSET as usize;
-        let h2 = header::HEADER2_OFFSET as usize;
+        let h1 = usize_from(header::HEADER1_OFFSET);
+        let h2 = usize_from(header::HEADER2_OFFSET);
         let hdr = header::choose(
             &head[h1..h1 + header::HEADER_SIZE],
             &head[h2..h2 + header::HEADER_SIZE],
@@ -148,45 +152,17 @@ impl VhdxImage {
         let log_span = (hdr.log_offset.get(), u64::from(hdr.log_length.get()));
 
         // Replay before trusting anything the log may cover (region tables, metadata, BAT).
-        let replay = if hdr.has_log() {
-            log::replay(src.as_ref(), log_span, hdr.log_guid)?
-        } else {
-            None
-        };
-        let replayed = replay.is_some();
-        let data: Arc<dyn ReadAt> = match replay {
-            Some(r) => {
-                findings.info(
-                    "vhdx.log.replayed",
-                    Some(log_span.0),
-                    format!(
-                        "dirty log replayed in memory ({} entries up to sequence {}); the file was not modified",
-                        r.entries, r.head_sequence
-                    ),
-                );
-                Arc::new(log::Overlay::new(src.clone(), r))
-            }
-            None => {
-                if hdr.has_log() {
-                    findings.info(
-                        "vhdx.log.empty",
-                        Some(log_span.0),
-                        "the header names a log but it holds no valid entry sequence; nothing to replay",
-                    );
-                }
-                src.clone()
-            }
-        };
+        let (data, replayed) = replay_log(src, &hdr, log_span, &mut findings)?;
         // The log may have rewritten the region tables: re-read them through the overlay.
-        let tables = if !replayed {
-            head
-        } else {
+        let tables = if replayed {
             read_vec(data.as_ref(), 0, HEADER_AREA, HEADER_AREA)
                 .map_err(|e| Error::corrupt("vhdx.truncated", 0, e.to_string()))?
+        } else {
+            head
         };
         let (t1, t2) = (
-            region::REGION_TABLE1_OFFSET as usize,
-            region::REGION_TABLE2_OFFSET as usize,
+            usize_from(region::REGION_TABLE1_OFFSET),
+            usize_from(region::REGION_TABLE2_OFFSET),
         );
         let regions = region::parse(
             &tables[t1..t1 + region::REGION_TABLE_SIZE],
@@ -231,49 +207,14 @@ impl VhdxImage {
             );
         }
 
-        let identifier = Some(Uuid::from_bytes_le(hdr.data_write_guid));
-        let (parent, parent_path, parent_identifier) = match (&md.parent_locator, md.has_parent) {
-            (Some(loc), true) => {
-                let p = parent::open(loc, path, md.logical_sector_size, ctx, &mut findings)?;
-                let prefix = p.path.display().to_string();
-                for f in p.image.findings() {
-                    findings.0.push(Finding {
-                        message: format!("{prefix}: {}", f.message),
-                        ..f.clone()
-                    });
-                }
-                (Some(p.image), Some(p.path), Some(p.linkage))
-            }
-            _ => (None, None, None),
-        };
-        let disk_type = if md.has_parent {
-            DiskType::Differencing
-        } else if md.leave_block_allocated {
-            DiskType::Fixed
-        } else {
-            DiskType::Dynamic
-        };
-        let info = ImageInfo {
-            path: path.to_path_buf(),
-            format: Format::Vhdx,
-            disk_type,
-            virtual_size: md.virtual_size,
-            logical_sector_size: md.logical_sector_size,
-            physical_sector_size: md.physical_sector_size,
-            block_size: Some(u64::from(md.block_size)),
-            file_size,
-            identifier,
-            parent: parent_path,
-            parent_identifier,
-            vhd_footer_size: None,
-            creator: None,
-        };
+        let parent = open_parent(&md, path, ctx, &mut findings)?;
+        let info = image_info(path, file_size, &md, &hdr, parent.as_ref());
         Ok(VhdxImage {
             src: data,
             info,
             findings: findings.0,
             bat,
-            parent,
+            parent: parent.map(|p| p.image),
         })
     }
 
@@ -310,7 +251,7 @@ impl VhdxImage {
         Ok(())
     }
 
-    /// Extents of `n` bytes at `pos` (`in_block` into a PARTIALLY_PRESENT block): sectors
+    /// Extents of `n` bytes at `pos` (`in_block` into a `PARTIALLY_PRESENT` block): sectors
     /// whose bitmap bit is 1 (LSB-first) are stored here, the rest come from the parent.
     fn partial_extents(
         &self,
@@ -324,7 +265,7 @@ impl VhdxImage {
         let ss = self.bat.geometry.sector_size;
         let first = in_block / ss;
         let last = (in_block + n - 1) / ss;
-        let mut bits = vec![0u8; (last / 8 - first / 8 + 1) as usize];
+        let mut bits = vec![0u8; usize_from(last / 8 - first / 8 + 1)];
         self.src
             .read_exact_at(&mut bits, bitmap + first / 8)
             .map_err(|e| {
@@ -337,7 +278,7 @@ impl VhdxImage {
         let block_start = pos - in_block;
         for s in first..=last {
             let k = s - (first / 8) * 8;
-            let present = bits[(k / 8) as usize] >> (k % 8) & 1 == 1;
+            let present = bits[usize_from(k / 8)] >> (k % 8) & 1 == 1;
             let s_start = (s * ss).max(in_block);
             let s_end = ((s + 1) * ss).min(in_block + n);
             let allocation = if present {
@@ -361,6 +302,91 @@ impl VhdxImage {
     }
 }
 
+/// Replay the log of `src` in memory when the header names one. Returns what to read the rest
+/// of the image through (the overlay, or `src` itself) and whether a replay happened.
+fn replay_log(
+    src: Arc<dyn ReadAt>,
+    hdr: &header::Header,
+    log_span: (u64, u64),
+    findings: &mut Findings,
+) -> Result<(Arc<dyn ReadAt>, bool)> {
+    if !hdr.has_log() {
+        return Ok((src, false));
+    }
+    let Some(r) = log::replay(src.as_ref(), log_span, hdr.log_guid)? else {
+        findings.info(
+            "vhdx.log.empty",
+            Some(log_span.0),
+            "the header names a log but it holds no valid entry sequence; nothing to replay",
+        );
+        return Ok((src, false));
+    };
+    findings.info(
+        "vhdx.log.replayed",
+        Some(log_span.0),
+        format!(
+            "dirty log replayed in memory ({} entries up to sequence {}); the file was not modified",
+            r.entries, r.head_sequence
+        ),
+    );
+    Ok((Arc::new(log::Overlay::new(src, r)), true))
+}
+
+/// What `open` reports about the image: its type from the metadata flags, its sizes, and its
+/// identity and its parent's.
+fn image_info(
+    path: &Path,
+    file_size: u64,
+    md: &metadata::Metadata,
+    hdr: &header::Header,
+    parent: Option<&parent::Parent>,
+) -> ImageInfo {
+    let disk_type = if md.has_parent {
+        DiskType::Differencing
+    } else if md.leave_block_allocated {
+        DiskType::Fixed
+    } else {
+        DiskType::Dynamic
+    };
+    ImageInfo {
+        path: path.to_path_buf(),
+        format: Format::Vhdx,
+        disk_type,
+        virtual_size: md.virtual_size,
+        logical_sector_size: md.logical_sector_size,
+        physical_sector_size: md.physical_sector_size,
+        block_size: Some(u64::from(md.block_size)),
+        file_size,
+        identifier: Some(Uuid::from_bytes_le(hdr.data_write_guid)),
+        parent: parent.map(|p| p.path.clone()),
+        parent_identifier: parent.map(|p| p.linkage),
+        vhd_footer_size: None,
+        creator: None,
+    }
+}
+
+/// The parent of a differencing disk, its findings copied into `findings` prefixed with its
+/// path; `None` for a disk without a parent.
+fn open_parent(
+    md: &metadata::Metadata,
+    path: &Path,
+    ctx: &mut OpenContext<'_>,
+    findings: &mut Findings,
+) -> Result<Option<parent::Parent>> {
+    let (Some(loc), true) = (&md.parent_locator, md.has_parent) else {
+        return Ok(None);
+    };
+    let p = parent::open(loc, path, md.logical_sector_size, ctx, findings)?;
+    let prefix = p.path.display().to_string();
+    for f in p.image.findings() {
+        findings.0.push(Finding {
+            message: format!("{prefix}: {}", f.message),
+            ..f.clone()
+        });
+    }
+    Ok(Some(p))
+}
+
 impl DiskImage for VhdxImage {
     fn info(&self) -> &ImageInfo {
         &self.info
@@ -371,7 +397,7 @@ impl DiskImage for VhdxImage {
         let mut map = Vec::new();
         self.own_extents(offset, buf.len() as u64, &mut map)?;
         for e in map {
-            let dst = &mut buf[(e.start - offset) as usize..(e.end() - offset) as usize];
+            let dst = &mut buf[usize_from(e.start - offset)..usize_from(e.end() - offset)];
             match (e.allocation, &self.parent) {
                 // Contiguous blocks were merged by push_extent: one pread per stored run.
                 (Allocation::Data { file_offset, .. }, _) => {
@@ -384,7 +410,7 @@ impl DiskImage for VhdxImage {
                             err,
                         )
                         .at(file_offset)
-                    })?
+                    })?;
                 }
                 (Allocation::Unallocated, Some(p)) => read_parent(p.as_ref(), dst, e.start)?,
                 _ => dst.fill(0),
