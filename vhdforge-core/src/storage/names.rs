@@ -48,7 +48,7 @@ fn check_sas_complete(query: Option<&str>, shown: &str) -> Result<()> {
     };
     if has("sv") && !has("sig") {
         return Err(refuse(format!(
-            "{shown} has a SAS without its signature (sv=… but no sig=…): the shell cut the URL at `&`: \
+            "{shown} has a SAS without its signature (sv=… but no sig parameter): the shell cut the URL at `&`: \
              quote it ('https://…?sv=…&sig=…'), or put the SAS in a file for --sas-file"
         )));
     }

@@ -90,20 +90,53 @@ fn assignment_value_start(bytes: &[u8], i: usize, name: &str) -> Option<usize> {
 }
 
 /// Where a secret value that starts at `start` ends. Not at the first character outside
-/// base64: an echoed signature may carry its `+` as `\u002B`, `&#43;` or a space, and the
-/// rest would show. The value runs to the next quote, angle bracket or line end, or to an
-/// `&` that starts another `name=` parameter: a few words after a secret may be redacted
-/// with it, which is safe; part of the secret shown is not.
+/// base64: an echoed signature may carry its `+` as `\u002B` or `&#43;`, and the rest
+/// would show. The value runs to the next white space, quote, angle bracket or line end,
+/// or to an `&` that starts another `name=` parameter; across a single space only while
+/// what came before and the word after are plain base64 and the whole is still shorter
+/// than a signature (44 characters): a `+` decoded to a space. A word or two after a
+/// secret may be redacted with it, which is safe; part of the secret shown is not.
 fn secret_value_end(bytes: &[u8], start: usize) -> usize {
-    let mut end = start;
-    while end < bytes.len() {
-        match bytes[end] {
-            b'"' | b'\'' | b'<' | b'>' | b'\n' | b'\r' => break,
-            b'&' if starts_parameter(bytes, end + 1) => break,
-            _ => end += 1,
-        }
+    /// Base64 and percent-encoding characters.
+    fn plain(c: u8) -> bool {
+        c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'%' | b'-' | b'_')
     }
-    end
+    const SIGNATURE_LEN: usize = 44;
+    let mut end = start;
+    loop {
+        while end < bytes.len() {
+            match bytes[end] {
+                b'"' | b'\'' | b'<' | b'>' | b'\n' | b'\r' | b' ' | b'\t' => break,
+                b'&' if starts_parameter(bytes, end + 1) => return end,
+                // Prose punctuation before white space ("…sig=X: the container …").
+                b':' | b';' | b',' | b')' | b']'
+                    if bytes.get(end + 1).is_none_or(u8::is_ascii_whitespace) =>
+                {
+                    return end
+                }
+                _ => end += 1,
+            }
+        }
+        if bytes.get(end) != Some(&b' ')
+            || end - start >= SIGNATURE_LEN
+            || !bytes[start..end].iter().all(|&c| plain(c))
+        {
+            return end;
+        }
+        let mut next = end + 1;
+        while next < bytes.len() && plain(bytes[next]) {
+            next += 1;
+        }
+        let word_ends = next == bytes.len()
+            || matches!(
+                bytes[next],
+                b' ' | b'\t' | b'\n' | b'\r' | b'"' | b'\'' | b'<' | b'&'
+            );
+        if next == end + 1 || !word_ends {
+            return end;
+        }
+        end = next;
+    }
 }
 
 /// Whether `name=` (letters, digits, `_`, `-`, `%`) starts at `i`.
@@ -356,6 +389,11 @@ mod tests {
             // (`redact` drops everything from `#` on: a fragment could carry anything.)
             ("x?sig=AAAA&#43;SECRET&sv=1", "x?sig=REDACTED"),
             ("x?sig=AAAA SECRET", "x?sig=REDACTED"),
+            // Prose after a secret stays readable (a message's advice must survive).
+            (
+                "https://a/c/b?sig=REDACTED: the container does not exist: add it",
+                "https://a/c/b?sig=REDACTED: the container does not exist: add it",
+            ),
             ("\"url\": \"x?sig=AAAA\"", "\"url\": \"x?sig=REDACTED\""),
             ("AccountKey = SECRET;x=1", "AccountKey = REDACTED;x=1"),
             // Words that merely end in "sig" are left alone.

@@ -546,7 +546,10 @@ mod tests {
         let before = last.to_string();
         let e = checksum_gave_up(last);
         // Its own code (the resume hint looks for it), the cause's kind, the cause whole.
-        assert_eq!((e.code(), e.kind()), ("upload.checksum", ErrorKind::Remote));
+        assert_eq!(
+            (e.code().as_str(), e.kind()),
+            ("upload.checksum", ErrorKind::Remote)
+        );
         let cause = std::error::Error::source(&e)
             .and_then(|s| s.downcast_ref::<Error>())
             .map(ToString::to_string);
