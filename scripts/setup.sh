@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install everything vhdforge's tests and demo need on a fresh Debian/Ubuntu machine:
 #   - the oracles: qemu-img (qemu-utils) and libvhdi (vhdiinfo, vhdimount, python3-libvhdi);
-#     sfdisk, partx, sgdisk and lvm2 for the guest partition/volume tests
+#     sfdisk, partx, sgdisk and lvm2 for the guest partition/volume tests; e2fsprogs,
+#     xfsprogs and dosfstools for the guest file-system tests; man-db, openssl, script and
+#     losetup for the CLI and security tests
 #   - Azurite 3.37 (npm) for the upload tests, under .tools/ in the repo
 # Idempotent: does nothing that is already done. Needs root (or sudo) for apt-get.
 set -euo pipefail
@@ -21,6 +23,13 @@ command -v pvcreate >/dev/null 2>&1 || need_apt+=(lvm2)
 command -v mkfs.ext4 >/dev/null 2>&1 && command -v debugfs >/dev/null 2>&1 || need_apt+=(e2fsprogs)
 command -v mkfs.xfs >/dev/null 2>&1 || need_apt+=(xfsprogs)
 command -v mkfs.fat >/dev/null 2>&1 || need_apt+=(dosfstools)
+# Used by CLI and security tests: man pages, a self-signed TLS server, a pseudo-terminal,
+# loop devices, curl (Azurite's readiness probe).
+command -v man >/dev/null 2>&1 || need_apt+=(man-db)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v script >/dev/null 2>&1 || need_apt+=(bsdutils)
+command -v losetup >/dev/null 2>&1 || need_apt+=(mount)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
