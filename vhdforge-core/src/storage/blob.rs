@@ -829,7 +829,7 @@ mod tests {
 
     #[test]
     fn crc64_check_value() {
-        // CRC-64/NVME check value of "123456789" (azure-page-blob.md §0.2).
+        // CRC-64/NVME check value of "123456789" (docs/azure-page-blob.md §0.2).
         assert_eq!(
             crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, b"123456789"),
             0xae8b_1486_0a79_9888
