@@ -6,10 +6,12 @@
 //! resident set (`ru_maxrss` from `wait4`) must stay under 256 MiB.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+mod common;
+use common::{run_measured, Run};
 
 const MIB: u64 = 1 << 20;
 /// The bound the security review asks for.
@@ -169,66 +171,18 @@ fn start(rt: &tokio::runtime::Runtime, how: Hostility) -> u16 {
     port
 }
 
-/// What a child run left behind.
-struct Run {
-    code: i32,
-    stderr: String,
-    peak_kib: i64,
-    took: Duration,
-}
-
-/// Run `vhdforge args` (stderr to a file: no pipe to fill), killed after `limit`.
+/// Run `vhdforge args` without any credential from this process's environment.
 fn run(dir: &Path, args: &[&str], limit: Duration) -> Run {
-    let err_path = dir.join("child.stderr");
-    // Reaped by the wait4 loop below, which also yields the peak RSS.
-    #[allow(clippy::zombie_processes)]
-    let child = Command::new(env!("CARGO_BIN_EXE_vhdforge"))
-        .args(args)
-        .env_remove("AZURE_STORAGE_CONNECTION_STRING")
-        .env_remove("AZURE_STORAGE_ACCOUNT")
-        .env_remove("AZURE_STORAGE_KEY")
-        .env_remove("VHDFORGE_DEST_SAS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .unwrap();
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
-    let started = Instant::now();
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let mut timed_out = false;
-    loop {
-        // SAFETY: pid is our own child, status and usage are valid for writes.
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        assert!(r >= 0, "wait4 failed: {}", std::io::Error::last_os_error());
-        if r == pid {
-            break;
+    run_measured(dir, args, limit, |cmd| {
+        for var in [
+            "AZURE_STORAGE_CONNECTION_STRING",
+            "AZURE_STORAGE_ACCOUNT",
+            "AZURE_STORAGE_KEY",
+            "VHDFORGE_DEST_SAS",
+        ] {
+            cmd.env_remove(var);
         }
-        if started.elapsed() > limit && !timed_out {
-            timed_out = true;
-            // SAFETY: signalling our own, not yet reaped child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-    assert!(
-        !timed_out,
-        "vhdforge ran longer than {limit:?}; stderr: {stderr}"
-    );
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
-    Run {
-        code,
-        stderr,
-        peak_kib: usage.ru_maxrss,
-        took: started.elapsed(),
-    }
+    })
 }
 
 /// `verify` against a server behaving as `how`: exit 2, `wants` in the message, bounded.

@@ -6,79 +6,27 @@
 
 use fixtures::large::{write_huge_vhd_chain, write_huge_vhdx, VhdBatFill};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod common;
+use common::{run_measured, Run};
 
 const MIB: u64 = 1 << 20;
 const TIB: u64 = 1 << 40;
 /// The bound the security review asks for.
 const LIMIT_KIB: i64 = 256 * 1024;
 
-/// What a child run left behind.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-    peak_kib: i64,
-}
-
-/// Run `vhdforge args` with its output in files (no pipe to fill), at most `limit` long,
-/// and return its exit code and peak RSS. The child is killed (and reaped) on timeout.
+/// Run `vhdforge args`, at most `limit` long, and report its peak RSS.
 fn run(dir: &Path, args: &[&str], limit: Duration) -> Run {
-    let out_path = dir.join("child.stdout");
-    let err_path = dir.join("child.stderr");
-    // Reaped by the wait4 loop below, which also yields the peak RSS.
-    #[allow(clippy::zombie_processes)]
-    let child = Command::new(env!("CARGO_BIN_EXE_vhdforge"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .unwrap();
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
-    let started = Instant::now();
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let mut timed_out = false;
-    loop {
-        // SAFETY: pid is our own child, status and usage are valid for writes.
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        assert!(r >= 0, "wait4 failed: {}", std::io::Error::last_os_error());
-        if r == pid {
-            break;
-        }
-        if started.elapsed() > limit && !timed_out {
-            timed_out = true;
-            // SAFETY: signalling our own, not yet reaped child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
-    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-    assert!(
-        !timed_out,
-        "vhdforge {args:?} ran longer than {limit:?}; stderr: {stderr}"
-    );
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
+    let r = run_measured(dir, args, limit, |_| {});
     eprintln!(
-        "vhdforge {:?}: exit {code}, peak RSS {} MiB, {:.1}s",
+        "vhdforge {:?}: exit {}, peak RSS {} MiB, {:.1}s",
         args.first(),
-        usage.ru_maxrss / 1024,
-        started.elapsed().as_secs_f64()
+        r.code,
+        r.peak_kib / 1024,
+        r.took.as_secs_f64()
     );
-    Run {
-        code,
-        stdout,
-        stderr,
-        peak_kib: usage.ru_maxrss,
-    }
+    r
 }
 
 fn assert_bounded(r: &Run, what: &str) {
