@@ -172,7 +172,7 @@ pub fn is_not_found(e: &Error) -> bool {
     e.code() == NOT_FOUND
 }
 
-const NOT_FOUND: &str = "guest.fs.not_found";
+const NOT_FOUND: crate::Code = crate::Code::new("guest.fs.not_found");
 
 pub(crate) fn not_found(path: &[u8]) -> Error {
     Error::new(
