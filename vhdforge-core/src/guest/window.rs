@@ -113,6 +113,55 @@ impl<'a> Window<'a> {
     }
 }
 
+/// Read `buf` at `offset` of a byte range made of consecutive pieces (a logical volume's
+/// segments, a volume's disk ranges): piece `i` starts at `start_of(i)` in the range and is
+/// `len_of(i)` long; `read_piece(i, part, within)` reads `part` at `within` of piece `i`.
+/// `total` is the range's length and `what` names it in the error for a read past its end.
+pub(crate) fn read_across_pieces(
+    count: usize,
+    start_of: impl Fn(usize) -> u64,
+    len_of: impl Fn(usize) -> u64,
+    mut read_piece: impl FnMut(usize, &mut [u8], u64) -> Result<()>,
+    (total, what): (u64, &str),
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<()> {
+    let end = offset
+        .checked_add(buf.len() as u64)
+        .filter(|&e| e <= total)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                "guest.read.out_of_range",
+                format!(
+                    "read {offset:#x}+{:#x} beyond the {what}'s {total:#x} bytes",
+                    buf.len()
+                ),
+            )
+        })?;
+    let (mut pos, mut done) = (offset, 0usize);
+    // The piece holding `pos`: the last one starting at or before it.
+    let (mut lo, mut hi) = (0, count);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if start_of(mid) <= pos {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    let mut i = lo.saturating_sub(1);
+    while pos < end && i < count {
+        let within = pos - start_of(i);
+        let n = crate::io::usize_from(len_of(i).saturating_sub(within).min(end - pos));
+        read_piece(i, &mut buf[done..done + n], within)?;
+        pos += n as u64;
+        done += n;
+        i += 1;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -143,38 +143,18 @@ impl ReadRange for Volume {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .filter(|&e| e <= self.len)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::InvalidInput,
-                    "guest.read.out_of_range",
-                    format!(
-                        "read {offset:#x}+{:#x} beyond the volume's {:#x} bytes",
-                        buf.len(),
-                        self.len
-                    ),
-                )
-            })?;
-        let mut pos = offset;
-        let mut done = 0usize;
-        let mut i = self
-            .pieces
-            .partition_point(|p| p.at <= pos)
-            .saturating_sub(1);
-        while pos < end {
-            let p = self.pieces[i];
-            let within = pos - p.at;
-            let n = (p.len - within).min(end - pos);
-            let n_usize = usize::try_from(n).unwrap_or(usize::MAX);
-            self.image
-                .read_at(&mut buf[done..done + n_usize], p.disk_start + within)?;
-            pos += n;
-            done += n_usize;
-            i += 1;
-        }
-        Ok(())
+        crate::guest::window::read_across_pieces(
+            self.pieces.len(),
+            |i| self.pieces[i].at,
+            |i| self.pieces[i].len,
+            |i, part, within| {
+                let p = self.pieces[i];
+                self.image.read_at(part, p.disk_start + within)
+            },
+            (self.len, "volume"),
+            buf,
+            offset,
+        )
     }
 }
 

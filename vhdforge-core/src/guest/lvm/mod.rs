@@ -143,38 +143,15 @@ impl LvWindow<'_> {
     }
     /// Read `buf.len()` bytes at `offset` of the LV, across segments as needed.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .filter(|&e| e <= self.len)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::InvalidInput,
-                    "guest.read.out_of_range",
-                    format!(
-                        "read {offset:#x}+{:#x} beyond the logical volume's {:#x} bytes",
-                        buf.len(),
-                        self.len
-                    ),
-                )
-            })?;
-        let mut pos = offset;
-        let mut done = 0usize;
-        // The piece holding `pos`: the last one starting at or before it.
-        let mut i = self
-            .pieces
-            .partition_point(|(s, _)| *s <= pos)
-            .saturating_sub(1);
-        while pos < end {
-            let (start, w) = &self.pieces[i];
-            let within = pos - start;
-            let n = (w.len() - within).min(end - pos);
-            let n = crate::io::usize_from(n);
-            w.read_at(&mut buf[done..done + n], within)?;
-            pos += n as u64;
-            done += n;
-            i += 1;
-        }
-        Ok(())
+        crate::guest::window::read_across_pieces(
+            self.pieces.len(),
+            |i| self.pieces[i].0,
+            |i| self.pieces[i].1.len(),
+            |i, part, within| self.pieces[i].1.read_at(part, within),
+            (self.len, "logical volume"),
+            buf,
+            offset,
+        )
     }
 }
 
