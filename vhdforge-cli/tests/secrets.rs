@@ -4,16 +4,13 @@
 
 use assert_cmd::Command;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use vhdforge_core::storage::sas::{self, SasResource, SasTerms};
 use vhdforge_core::storage::SharedKey;
 
 const MIB: u64 = 1 << 20;
-/// Azurite's documented development account and key (public, test-only).
-const ACCOUNT: &str = "devstoreaccount1";
-const KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+mod common;
+use common::{Azurite, ACCOUNT, KEY};
 /// A signature that must never be printed.
 const SECRET_SIG: &str = "VGhpc0lzVGhlU2VjcmV0U2ln%2Bx%3D";
 
@@ -131,68 +128,6 @@ fn url_password_is_never_printed_nor_journaled() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("d.raw")]);
-}
-
-/// An Azurite blob service of our own, killed on drop (fails, never skips, when missing).
-struct Azurite {
-    child: Child,
-    port: u16,
-}
-
-impl Azurite {
-    fn start() -> Azurite {
-        let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../.tools/azurite/node_modules/.bin/azurite-blob");
-        assert!(
-            bin.exists(),
-            "Azurite is not installed at {}: run `scripts/azurite.sh install`",
-            bin.display()
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new(&bin)
-            .args(["--blobHost", "127.0.0.1", "--blobPort"])
-            .arg(port.to_string())
-            .args(["--inMemoryPersistence", "--disableTelemetry", "--silent"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start azurite-blob");
-        let az = Azurite { child, port };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "Azurite did not listen within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        az
-    }
-
-    fn blob_url(&self, container: &str, blob: &str) -> String {
-        format!(
-            "http://127.0.0.1:{}/{ACCOUNT}/{container}/{blob}",
-            self.port
-        )
-    }
-
-    fn connection_string(&self) -> String {
-        format!(
-            "DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};BlobEndpoint=http://127.0.0.1:{}/{ACCOUNT};",
-            self.port
-        )
-    }
-}
-
-impl Drop for Azurite {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn sas_for(resource: SasResource, perms: &str) -> String {

@@ -4,8 +4,8 @@
 // Each test binary compiles this module and uses a different part of it.
 #![allow(dead_code)]
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// What a child run of `vhdforge` left behind.
@@ -79,5 +79,76 @@ pub fn run_measured(
         stderr,
         peak_kib: usage.ru_maxrss,
         took: started.elapsed(),
+    }
+}
+
+/// Azurite's documented development account and key (public, test-only).
+pub const ACCOUNT: &str = "devstoreaccount1";
+pub const KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// An Azurite blob service of our own, killed on drop (fails, never skips, when missing).
+pub struct Azurite {
+    child: Child,
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+}
+
+impl Azurite {
+    /// Start it on a free loopback port and wait until it listens.
+    pub fn start() -> Azurite {
+        let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../.tools/azurite/node_modules/.bin/azurite-blob");
+        assert!(
+            bin.exists(),
+            "Azurite is not installed at {}: run `scripts/azurite.sh install`",
+            bin.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(&bin)
+            .args(["--blobHost", "127.0.0.1", "--blobPort"])
+            .arg(port.to_string())
+            .args(["--inMemoryPersistence", "--disableTelemetry", "--silent"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start azurite-blob");
+        let az = Azurite { child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "Azurite did not listen within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        az
+    }
+
+    /// The URL of `container/blob` in the development account.
+    pub fn blob_url(&self, container: &str, blob: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}/{ACCOUNT}/{container}/{blob}",
+            self.port
+        )
+    }
+
+    /// A Shared Key connection string for the development account.
+    pub fn connection_string(&self) -> String {
+        format!(
+            "DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};BlobEndpoint=http://127.0.0.1:{}/{ACCOUNT};",
+            self.port
+        )
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
