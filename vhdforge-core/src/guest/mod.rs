@@ -1,5 +1,5 @@
-//! Guest inspection: what lies *inside* the virtual disk — partition tables and LVM2 volumes
-//! today, file systems built on them later.
+//! Guest inspection: what lies *inside* the virtual disk — partition tables, LVM2 volumes,
+//! the file systems on them, and [`volumes`], which turns a disk into the volumes a user names.
 //!
 //! Everything here reads through the [`DiskImage`](crate::DiskImage) seam with positional
 //! reads, so it works the same on raw disks, VHD, VHDX and differencing chains. A partition
@@ -11,7 +11,9 @@
 pub mod fs;
 pub mod lvm;
 pub mod partition;
+pub mod volumes;
 mod window;
 
 pub use partition::{partitions, Generation, Partition, PartitionKind, PartitionTable, Scheme};
+pub use volumes::{scan, DiskVolumes, GuestVolume, OsFamily};
 pub use window::Window;
