@@ -11,9 +11,11 @@
 pub mod fs;
 pub mod lvm;
 pub mod partition;
+mod tree;
 pub mod volumes;
 mod window;
 
 pub use partition::{partitions, Generation, Partition, PartitionKind, PartitionTable, Scheme};
+pub use tree::GuestTree;
 pub use volumes::{scan, DiskVolumes, GuestVolume, OsFamily};
 pub use window::Window;
