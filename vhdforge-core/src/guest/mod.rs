@@ -11,6 +11,7 @@
 pub mod fs;
 pub mod lvm;
 pub mod partition;
+pub mod registry;
 mod window;
 
 pub use partition::{partitions, Generation, Partition, PartitionKind, PartitionTable, Scheme};
