@@ -674,6 +674,23 @@ fn dirty_hive_logs_replay_to_what_hivex_reads_in_the_newer_hive() {
         Some(0x63)
     );
 
+    // The same through positional sources (how the Windows checks will read them).
+    let src = vhdforge_core::io::MemSource::new(primary.clone());
+    let log_src = vhdforge_core::io::MemSource::new(log.clone());
+    let hive = Hive::read(&src, &[&log_src]).unwrap();
+    check(&hive, &p2, "read");
+
+    // A wiped primary base block is recovered from the log's copy, then replayed.
+    let mut wiped = primary.clone();
+    wiped[..512].fill(0);
+    let hive = Hive::with_logs(&wiped, &[&log]).unwrap();
+    assert_eq!(hive.dirty().unwrap().reason, DirtyReason::BadChecksum);
+    check(&hive, &p2, "recovered base block");
+    assert!(
+        Hive::from_bytes(&wiped).is_err(),
+        "without a log there is nothing to recover from"
+    );
+
     // The entries split over LOG1 and LOG2, handed over in the other order.
     let log1 = log_file(&v0, s + 1, 6, std::slice::from_ref(&a));
     let log2 = log_file(&v0, s + 2, 6, std::slice::from_ref(&b));

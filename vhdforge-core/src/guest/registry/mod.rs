@@ -33,6 +33,9 @@ pub use value::{Value, ValueData, ValueType};
 /// SYSTEM and SOFTWARE hives are 10–100 MiB; the cap keeps a hive, its cell index (1/64 of
 /// it) and a log well inside vhdforge's 256 MiB budget.
 pub const MAX_HIVE_BYTES: usize = 128 << 20;
+/// The largest log file [`Hive::read`] loads: with a hive at its cap, two logs at theirs
+/// and the cell index, the total stays under 200 MiB.
+pub const MAX_LOG_BYTES: usize = 32 << 20;
 /// Deepest key path walked ([`Hive::walk`]); Windows' own limit is 512 levels.
 pub const MAX_DEPTH: usize = 512;
 
@@ -57,6 +60,40 @@ pub(crate) fn unsupported(message: impl std::fmt::Display) -> Error {
 
 pub(crate) fn limit(message: impl std::fmt::Display) -> Error {
     Error::unsupported(CODE_LIMIT, format!("registry hive: {message}"))
+}
+
+fn too_big(what: &str, len: usize) -> Error {
+    limit(format!(
+        "{what} has {len} bytes, more than the {MAX_HIVE_BYTES} vhdforge reads"
+    ))
+}
+
+/// The checked base block of a primary file and its first 512 bytes.
+fn primary_base_block(primary: &[u8]) -> Result<(BaseBlock, Vec<u8>)> {
+    let base = base_block::parse(primary, "the hive file")?;
+    if base.file_type != base_block::FILE_TYPE_PRIMARY {
+        return Err(corrupt(
+            28,
+            format!(
+                "the file type is {}; a primary hive file has 0 (is this a .LOG file?)",
+                base.file_type
+            ),
+        ));
+    }
+    Ok((base, primary[..base_block::LOG_HEADER_BYTES].to_vec()))
+}
+
+/// A log's copy of the base block, made a primary's (file type 0), if it is intact.
+fn log_base_block(log: &[u8]) -> Option<(BaseBlock, Vec<u8>)> {
+    let base = base_block::parse(log, "the log").ok()?;
+    if !base.checksum_ok || base.file_type != base_block::FILE_TYPE_LOG_NEW {
+        return None;
+    }
+    let mut header = log[..base_block::LOG_HEADER_BYTES].to_vec();
+    header[28..32].copy_from_slice(&0u32.to_le_bytes());
+    base_block::set_checksum(&mut header);
+    let base = base_block::parse(&header, "the log").ok()?;
+    Some((base, header))
 }
 
 /// Why a hive is dirty.
@@ -106,25 +143,28 @@ impl Hive {
     /// memory; a clean primary ignores its logs, as Windows does.
     pub fn with_logs(primary: &[u8], logs: &[&[u8]]) -> Result<Hive> {
         if primary.len() > MAX_HIVE_BYTES {
-            return Err(limit(format!(
-                "the hive file has {} bytes, more than the {MAX_HIVE_BYTES} vhdforge reads",
-                primary.len()
-            )));
+            return Err(too_big("the hive file", primary.len()));
         }
-        let base = base_block::parse(primary, "the hive file")?;
-        if base.file_type != base_block::FILE_TYPE_PRIMARY {
-            return Err(corrupt(
-                28,
-                format!(
-                    "the file type is {}; a primary hive file has 0 (is this a .LOG file?)",
-                    base.file_type
-                ),
-            ));
+        Hive::from_vec(primary.to_vec(), logs)
+    }
+
+    /// [`Hive::with_logs`] on a primary file the caller hands over: its buffer becomes the
+    /// hive's, so the hive is held once, not twice.
+    pub fn from_vec(mut primary: Vec<u8>, logs: &[&[u8]]) -> Result<Hive> {
+        if primary.len() > MAX_HIVE_BYTES {
+            return Err(too_big("the hive file", primary.len()));
         }
-        let mut header = primary[..base_block::LOG_HEADER_BYTES].to_vec();
+        let (base, mut header, recovered) = match primary_base_block(&primary) {
+            Ok((base, header)) => (base, header, false),
+            // A damaged primary base block is recovered from a log's copy, as Windows does.
+            Err(e) => match logs.iter().find_map(|l| log_base_block(l)) {
+                Some((base, header)) => (base, header, true),
+                None => return Err(e),
+            },
+        };
         let size = base.hive_bins_data_size as usize;
         let avail = primary.len().saturating_sub(BASE_BLOCK_BYTES);
-        let reason = if !base.checksum_ok {
+        let reason = if recovered || !base.checksum_ok {
             Some(DirtyReason::BadChecksum)
         } else if base.sequences_differ() {
             Some(DirtyReason::SequencesDiffer {
@@ -144,7 +184,10 @@ impl Hive {
                 ),
             ));
         }
-        let mut bins = primary[BASE_BLOCK_BYTES.min(primary.len())..][..size.min(avail)].to_vec();
+        // The hive bins are the primary's buffer with the base block taken off the front.
+        primary.drain(..BASE_BLOCK_BYTES.min(primary.len()));
+        primary.truncate(size);
+        let mut bins = primary;
         let dirty = reason.map(|reason| {
             let replay = log::replay(&base, &mut header, &mut bins, logs);
             Dirty { reason, replay }
@@ -192,10 +235,11 @@ impl Hive {
         Ok(hive)
     }
 
-    /// Read a hive (at most [`MAX_HIVE_BYTES`]) and its logs from positional sources.
+    /// Read a hive (at most [`MAX_HIVE_BYTES`]) and its logs (at most [`MAX_LOG_BYTES`] each)
+    /// from positional sources.
     pub fn read(primary: &dyn ReadAt, logs: &[&dyn ReadAt]) -> Result<Hive> {
-        let cap = MAX_HIVE_BYTES as u64;
-        let whole = |src: &dyn ReadAt, what: &str| -> Result<Vec<u8>> {
+        let whole = |src: &dyn ReadAt, what: &str, cap: usize| -> Result<Vec<u8>> {
+            let cap = cap as u64;
             if src.size() > cap {
                 return Err(limit(format!(
                     "{what} `{}` has {} bytes, more than the {cap} vhdforge reads",
@@ -206,13 +250,13 @@ impl Hive {
             crate::io::read_vec(src, 0, src.size(), cap)
                 .map_err(|e| Error::io(format!("cannot read {what} `{}`", src.name()), e))
         };
-        let primary = whole(primary, "the hive")?;
+        let primary = whole(primary, "the hive", MAX_HIVE_BYTES)?;
         let logs: Vec<Vec<u8>> = logs
             .iter()
-            .map(|l| whole(*l, "the hive log"))
+            .map(|l| whole(*l, "the hive log", MAX_LOG_BYTES))
             .collect::<Result<_>>()?;
         let refs: Vec<&[u8]> = logs.iter().map(Vec::as_slice).collect();
-        Hive::with_logs(&primary, &refs)
+        Hive::from_vec(primary, &refs)
     }
 
     /// The checked base block (after replay, if one happened).
