@@ -16,9 +16,13 @@ pub const KEY_SIGNATURE: [u8; 2] = *b"nk";
 pub const KEY_COMP_NAME: u16 = 0x0020;
 /// Key flag: the hive's root key.
 pub const KEY_HIVE_ENTRY: u16 = 0x0004;
-/// Subkeys one key may list (every real key has far fewer; a cap keeps a hostile list from
-/// costing memory: 4 bytes per entry).
-pub const MAX_SUBKEYS: usize = 1 << 20;
+/// Subkeys one key may list: the largest real keys (Installer components, COM classes) hold
+/// some 100 000; the cap keeps [`Key::subkeys`] of a hostile list under about 30 MiB.
+pub const MAX_SUBKEYS: usize = 1 << 18;
+/// Values one key may hold (real keys: a few thousand at most).
+pub const MAX_VALUES: usize = 1 << 18;
+/// Value data [`Key::values`] returns at once.
+pub const MAX_VALUES_BYTES: usize = 64 << 20;
 
 /// A key node cell as laid out on disk (after the cell size).
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -124,6 +128,10 @@ impl<'h> Key<'h> {
         &self.name
     }
 
+    pub(super) fn hive(&self) -> &'h Hive {
+        self.hive
+    }
+
     /// The cell offset of this key (relative to the hive bins data), a stable identity.
     pub fn offset(&self) -> u32 {
         self.offset
@@ -159,7 +167,7 @@ impl<'h> Key<'h> {
     }
 
     /// The offsets of the subkey nodes: every element of the list, through one `ri` level.
-    fn subkey_offsets(&self) -> Result<Vec<u32>> {
+    pub(super) fn subkey_offsets(&self) -> Result<Vec<u32>> {
         let count = self.node.subkey_count.get();
         let list = self.node.subkey_list.get();
         if count == 0 || list == NONE {
@@ -207,20 +215,31 @@ impl<'h> Key<'h> {
         Ok(out)
     }
 
-    /// The values, in the stored order.
+    /// The values, in the stored order (at most [`MAX_VALUES_BYTES`] of data in all).
     pub fn values(&self) -> Result<Vec<Value>> {
-        self.value_offsets()?
-            .into_iter()
-            .map(|o| Value::at(self.hive, o))
-            .collect()
-    }
-
-    /// The value called `name` (case-insensitive; `""` is the default value), if any.
-    pub fn value(&self, name: &str) -> Result<Option<Value>> {
+        let mut out = Vec::new();
+        let mut total = 0usize;
         for o in self.value_offsets()? {
             let v = Value::at(self.hive, o)?;
-            if name::eq_ignore_case(v.name(), name) {
-                return Ok(Some(v));
+            total += v.raw().len();
+            if total > MAX_VALUES_BYTES {
+                return Err(limit(format!(
+                    "the values of `{}` hold more than {MAX_VALUES_BYTES} bytes together, more than vhdforge reads at once",
+                    self.name
+                )));
+            }
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    /// The value called `name` (case-insensitive; `""` is the default value), if any. Only
+    /// the match's data is read.
+    pub fn value(&self, name: &str) -> Result<Option<Value>> {
+        for o in self.value_offsets()? {
+            let (_, n) = Value::header(self.hive, o)?;
+            if name::eq_ignore_case(&n, name) {
+                return Value::at(self.hive, o).map(Some);
             }
         }
         Ok(None)
@@ -231,6 +250,12 @@ impl<'h> Key<'h> {
         let list = self.node.value_list.get();
         if count == 0 || list == NONE {
             return Ok(Vec::new());
+        }
+        if count > MAX_VALUES {
+            return Err(limit(format!(
+                "the key `{}` has {count} values, more than the {MAX_VALUES} vhdforge reads",
+                self.name
+            )));
         }
         let cell = self.hive.cell(list, "a value list")?;
         let Some(bytes) = count.checked_mul(4).and_then(|n| cell.get(..n)) else {

@@ -366,16 +366,24 @@ impl Hive {
         let root = self.root()?;
         let mut seen = HashSet::from([root.offset()]);
         visit("", &root)?;
-        walk_below(&root, "", 1, &mut seen, visit)
+        let mut pending = 0;
+        walk_below(&root, "", 1, &mut seen, &mut pending, visit)
     }
 }
 
-/// The walk below `k` (see [`Hive::walk`]).
+/// Subkey offsets a walk may hold at once, over all the levels it is in: each key is listed
+/// once in a sound hive, so this exceeds the keys a 128 MiB hive can hold (80 bytes each)
+/// only when lists repeat entries to make a walk hoard memory (16 MiB here).
+const MAX_PENDING: usize = 4 << 20;
+
+/// The walk below `k` (see [`Hive::walk`]); `pending` counts the subkey offsets held by the
+/// levels above.
 fn walk_below(
     k: &Key<'_>,
     path: &str,
     depth: usize,
     seen: &mut HashSet<u32>,
+    pending: &mut usize,
     visit: &mut dyn FnMut(&str, &Key<'_>) -> Result<()>,
 ) -> Result<()> {
     if depth > MAX_DEPTH {
@@ -383,23 +391,31 @@ fn walk_below(
             "keys below `{path}` are nested deeper than {MAX_DEPTH} levels"
         )));
     }
-    for child in k.subkeys()? {
-        if !seen.insert(child.offset()) {
+    let children = k.subkey_offsets()?;
+    *pending += children.len();
+    if *pending > MAX_PENDING {
+        return Err(limit(format!(
+            "the keys on the way to `{path}` list more than {MAX_PENDING} subkeys together; the lists repeat entries"
+        )));
+    }
+    for offset in children.iter().copied() {
+        if !seen.insert(offset) {
             return Err(corrupt(
-                bins::file_offset(child.offset() as usize),
+                bins::file_offset(offset as usize),
                 format!(
-                    "the key at {:#x} is listed more than once (below `{path}`): the tree has a cycle or a shared subtree",
-                    child.offset()
+                    "the key at {offset:#x} is listed more than once (below `{path}`): the tree has a cycle or a shared subtree"
                 ),
             ));
         }
+        let child = Key::at(k.hive(), offset)?;
         let child_path = if path.is_empty() {
             child.name().to_string()
         } else {
             format!("{path}\\{}", child.name())
         };
         visit(&child_path, &child)?;
-        walk_below(&child, &child_path, depth + 1, seen, visit)?;
+        walk_below(&child, &child_path, depth + 1, seen, pending, visit)?;
     }
+    *pending -= children.len();
     Ok(())
 }

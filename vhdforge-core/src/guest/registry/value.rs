@@ -116,6 +116,18 @@ pub struct Value {
 impl Value {
     /// Read the `vk` cell at `offset` and its data.
     pub(super) fn at(hive: &Hive, offset: u32) -> Result<Value> {
+        let (vk, name) = Value::header(hive, offset)?;
+        let data = data(hive, &vk, offset, &name)?;
+        Ok(Value {
+            name,
+            kind: ValueType(vk.data_type.get()),
+            data,
+        })
+    }
+
+    /// The `vk` cell at `offset` and its name, without the data (a lookup by name reads the
+    /// data of the match only).
+    pub(super) fn header(hive: &Hive, offset: u32) -> Result<(RawValueKey, String)> {
         let here = file_offset(offset as usize);
         let cell = hive.cell(offset, "a value list")?;
         let (vk, rest) = RawValueKey::read_from_prefix(cell).map_err(|_| {
@@ -141,12 +153,7 @@ impl Value {
             ));
         };
         let name = name::decode(raw_name, vk.flags.get() & VALUE_COMP_NAME != 0);
-        let data = data(hive, &vk, offset, &name)?;
-        Ok(Value {
-            name,
-            kind: ValueType(vk.data_type.get()),
-            data,
-        })
+        Ok((vk, name))
     }
 
     /// The name; `""` for the key's default value.
