@@ -17,7 +17,8 @@ pub const KEY_COMP_NAME: u16 = 0x0020;
 /// Key flag: the hive's root key.
 pub const KEY_HIVE_ENTRY: u16 = 0x0004;
 /// Subkeys one key may list: the largest real keys (Installer components, COM classes) hold
-/// some 100 000; the cap keeps [`Key::subkeys`] of a hostile list under about 30 MiB.
+/// some 100 000; the cap keeps [`Key::subkeys`] of a hostile list under about 40 MiB
+/// (some 150 bytes per key).
 pub const MAX_SUBKEYS: usize = 1 << 18;
 /// Values one key may hold (real keys: a few thousand at most).
 pub const MAX_VALUES: usize = 1 << 18;
