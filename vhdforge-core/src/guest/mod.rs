@@ -11,6 +11,7 @@
 pub mod fs;
 pub mod lvm;
 pub mod partition;
+pub mod registry;
 mod tree;
 pub mod volumes;
 mod window;
