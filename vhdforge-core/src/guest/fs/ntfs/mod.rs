@@ -14,6 +14,7 @@ mod record;
 mod stream;
 
 use std::cmp::Ordering;
+use std::sync::Mutex;
 
 use super::volume::{ReadRange, Volume};
 use super::{
@@ -70,6 +71,9 @@ const REPARSE_WOF: u32 = 0x8000_0017;
 /// `$STANDARD_INFORMATION` file attributes.
 const FILE_READONLY: u32 = 0x1;
 
+/// Directories the lookup cache remembers (a path and a reference each).
+const DIR_CACHE: usize = 64;
+
 const I30: [u16; 4] = [0x24, 0x49, 0x33, 0x30];
 
 /// A file's base record and every attribute from it and its extension records.
@@ -103,6 +107,10 @@ pub struct NtfsFs {
     geo: Geometry,
     mft: Stream,
     upcase: Vec<u16>,
+    /// Recently resolved directories, path → file reference, most recent last: the generic
+    /// path walk stats every prefix of a path, so without it a lookup would start again
+    /// from the root for each one.
+    dirs: Mutex<Vec<(Vec<u8>, u64)>>,
 }
 
 impl std::fmt::Debug for NtfsFs {
@@ -146,6 +154,7 @@ impl NtfsFs {
             geo,
             mft: first,
             upcase: Vec::new(),
+            dirs: Mutex::new(Vec::new()),
         };
         if fs.mft.is_compressed() || fs.mft.is_encrypted() || fs.mft.size < 16 * geo.record {
             return Err(corrupt(format!(
@@ -295,22 +304,60 @@ impl NtfsFs {
 
     /// The file at a resolved absolute path.
     fn lookup(&self, path: &[u8]) -> Result<Inode> {
-        let mut cur = self.inode(ROOT_RECORD, None)?;
-        for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
-            if cur.flags & REC_DIRECTORY == 0 {
+        // Start from the deepest cached directory that is a prefix of the path.
+        let (mut at, mut cur) = {
+            let cache = self
+                .dirs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            cache
+                .iter()
+                .filter(|(p, _)| {
+                    path.starts_with(p) && (path.len() == p.len() || path[p.len()] == b'/')
+                })
+                .max_by_key(|(p, _)| p.len())
+                .map_or((0, None), |(p, r)| (p.len(), Some(*r)))
+        };
+        let mut inode = match cur.take() {
+            Some(r) => self.inode_ref(r)?,
+            None => self.inode(ROOT_RECORD, None)?,
+        };
+        while at < path.len() {
+            let rest = &path[at..];
+            let skip = rest.iter().take_while(|&&b| b == b'/').count();
+            let len = rest[skip..].iter().take_while(|&&b| b != b'/').count();
+            if len == 0 {
+                break;
+            }
+            let comp = &rest[skip..skip + len];
+            at += skip + len;
+            if inode.flags & REC_DIRECTORY == 0 {
                 return Err(not_found(path));
             }
             let name = wtf8_to_utf16(comp).ok_or_else(|| not_found(path))?;
             let entry = self
-                .index(&cur)?
+                .index(&inode)?
                 .lookup(&name)?
                 .ok_or_else(|| not_found(path))?;
-            cur = self.inode(
-                entry.file_ref & 0xFFFF_FFFF_FFFF,
-                Some((entry.file_ref >> 48) as u16),
-            )?;
+            inode = self.inode_ref(entry.file_ref)?;
+            if inode.flags & REC_DIRECTORY != 0 {
+                let mut cache = self
+                    .dirs
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if cache.len() >= DIR_CACHE {
+                    cache.remove(0);
+                }
+                cache.push((path[..at].to_vec(), entry.file_ref));
+            }
         }
-        Ok(cur)
+        Ok(inode)
+    }
+
+    /// The file a 64-bit file reference (record number, sequence number) names.
+    fn inode_ref(&self, file_ref: u64) -> Result<Inode> {
+        let seq = u16::try_from(file_ref >> 48).unwrap_or(0);
+        self.inode(file_ref & 0xFFFF_FFFF_FFFF, Some(seq))
     }
 
     /// The symlink or junction target of a reparse point, as a path on this volume; `None`
