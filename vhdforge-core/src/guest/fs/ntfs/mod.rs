@@ -667,6 +667,64 @@ mod tests {
         assert!(wtf8_to_utf16(&[0xE2, 0x82]).is_none(), "cut off");
     }
 
+    fn nonresident(
+        lowest: u64,
+        highest: u64,
+        runs: Vec<record::Run>,
+        size: u64,
+        init: u64,
+    ) -> Attr {
+        Attr {
+            ty: AT_DATA,
+            name: Vec::new(),
+            flags: 0,
+            body: record::Body::NonResident(record::NonResident {
+                lowest_vcn: lowest,
+                highest_vcn: highest,
+                runs,
+                compression_unit: 0,
+                data_size: size,
+                initialized_size: init,
+            }),
+        }
+    }
+
+    /// Extents from several records (an attribute list) join in VCN order whatever order
+    /// they are found in; sparse runs and bytes past the initialized size read as zeros;
+    /// a gap between extents is an error, not zeros.
+    #[test]
+    fn extents_join_and_read_with_holes() {
+        let data: Vec<u8> = (0..64 * 512).map(|i| (i % 251) as u8).collect();
+        let image: std::sync::Arc<dyn crate::DiskImage> =
+            std::sync::Arc::from(crate::open_bytes(data.clone()).unwrap());
+        let run = |vcn, len, lcn| record::Run { vcn, len, lcn };
+        let fs = NtfsFs {
+            vol: Volume::whole(image),
+            geo: Geometry {
+                cluster: 512,
+                total_clusters: 64,
+                mft_lcn: 0,
+                record: 1024,
+            },
+            mft: Stream::empty(),
+            upcase: Vec::new(),
+            dirs: Mutex::new(Vec::new()),
+        };
+        let a = nonresident(0, 3, vec![run(0, 2, Some(10)), run(2, 2, None)], 3000, 2500);
+        let b = nonresident(4, 5, vec![run(4, 2, Some(20))], 0, 0);
+        let s = Stream::from_attrs(vec![&b, &a]).unwrap().unwrap();
+        let mut got = vec![0xEEu8; 3000];
+        s.read_at(&fs, 0, &mut got).unwrap();
+        let mut want = vec![0u8; 3000];
+        want[..1024].copy_from_slice(&data[5120..6144]);
+        want[2048..2500].copy_from_slice(&data[10240..10240 + 452]);
+        assert_eq!(got, want);
+        let mut one = [0u8; 1];
+        assert!(s.read_at(&fs, 3000, &mut one).is_err(), "past the size");
+        let gap = nonresident(5, 5, vec![run(5, 1, Some(20))], 0, 0);
+        assert!(Stream::from_attrs(vec![&a, &gap]).is_err());
+    }
+
     #[test]
     fn filetime_epoch() {
         assert_eq!(
