@@ -694,7 +694,9 @@ mod tests {
     /// a gap between extents is an error, not zeros.
     #[test]
     fn extents_join_and_read_with_holes() {
-        let data: Vec<u8> = (0..64 * 512).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..64 * 512u32)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect();
         let image: std::sync::Arc<dyn crate::DiskImage> =
             std::sync::Arc::from(crate::open_bytes(data.clone()).unwrap());
         let run = |vcn, len, lcn| record::Run { vcn, len, lcn };
