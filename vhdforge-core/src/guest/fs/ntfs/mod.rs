@@ -727,6 +727,35 @@ mod tests {
         assert!(Stream::from_attrs(vec![&a, &gap]).is_err());
     }
 
+    /// A run whose VCN times the cluster size passes 2^64 is an error, not an overflow.
+    #[test]
+    fn far_runs_do_not_overflow() {
+        let image: std::sync::Arc<dyn crate::DiskImage> =
+            std::sync::Arc::from(crate::open_bytes(vec![0u8; 64 * 4096]).unwrap());
+        let fs = NtfsFs {
+            vol: Volume::whole(image),
+            geo: Geometry {
+                cluster: 4096,
+                total_clusters: 64,
+                mft_lcn: 0,
+                record: 1024,
+            },
+            mft: Stream::empty(),
+            upcase: Vec::new(),
+            dirs: Mutex::new(Vec::new()),
+        };
+        let far = (1u64 << 61) - 1;
+        let run = record::Run {
+            vcn: 0,
+            len: far,
+            lcn: None,
+        };
+        let a = nonresident(0, far - 1, vec![run], u64::MAX, u64::MAX);
+        let s = Stream::from_attrs(vec![&a]).unwrap().unwrap();
+        let mut b = [0u8; 16];
+        assert!(s.read_at(&fs, u64::MAX - 100, &mut b).is_err());
+    }
+
     #[test]
     fn filetime_epoch() {
         assert_eq!(

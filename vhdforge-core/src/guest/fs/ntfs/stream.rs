@@ -152,7 +152,13 @@ impl Stream {
                     self.size
                 ))
             })?;
-            let run_end = (run.vcn + run.len) * cluster;
+            // VCNs come from the disk: a run far past any real file must not overflow.
+            let run_end = (run.vcn + run.len).checked_mul(cluster).ok_or_else(|| {
+                corrupt(format!(
+                    "a run at VCN {} lies past any byte offset",
+                    run.vcn
+                ))
+            })?;
             let n = usize_from((run_end - pos).min(self.initialized - pos).min(left as u64));
             let part = &mut buf[done..done + n];
             match run.lcn {
