@@ -31,6 +31,8 @@ pub enum FsKind {
     Exfat,
     /// NTFS.
     Ntfs,
+    /// A BitLocker-encrypted volume (`-FVE-FS-`; NTFS inside, unreadable without its keys).
+    BitLocker,
     /// Linux swap space (`SWAPSPACE2`, or a hibernation image in it).
     Swap,
     /// A LUKS1 or LUKS2 encrypted volume.
@@ -55,6 +57,7 @@ impl std::fmt::Display for FsKind {
             FsKind::Fat32 => "FAT32",
             FsKind::Exfat => "exFAT",
             FsKind::Ntfs => "NTFS",
+            FsKind::BitLocker => "BitLocker",
             FsKind::Swap => "swap",
             FsKind::Luks => "LUKS",
             FsKind::Btrfs => "btrfs",
@@ -228,6 +231,9 @@ fn probe_boot_sector(s: &[u8]) -> Option<Match> {
         // The 64-bit serial at 0x48; Linux shows it as 16 hex digits, high byte first.
         let serial = u64::from_le_bytes(s[0x48..0x50].try_into().ok()?);
         return Some((FsKind::Ntfs, None, Some(format!("{serial:016X}"))));
+    }
+    if &s[3..11] == b"-FVE-FS-" {
+        return Some((FsKind::BitLocker, None, None));
     }
     if &s[3..11] == b"EXFAT   " {
         let serial = u32_at(0x64);

@@ -11,11 +11,13 @@
 
 mod ext4;
 mod identify;
+mod ntfs;
 mod volume;
 mod xfs;
 
 pub use ext4::Ext4Fs;
 pub use identify::{identify, FsKind, Identity};
+pub use ntfs::NtfsFs;
 pub use volume::{ReadRange, Volume};
 pub use xfs::XfsFs;
 
@@ -146,10 +148,12 @@ pub fn open(volume: Volume) -> Result<Box<dyn FileSystem>> {
     match id.kind {
         FsKind::Ext => Ok(Box::new(Ext4Fs::open(volume)?)),
         FsKind::Xfs => Ok(Box::new(XfsFs::open(volume)?)),
+        FsKind::Ntfs => Ok(Box::new(NtfsFs::open(volume)?)),
+        FsKind::BitLocker => Err(ntfs::bitlocker()),
         FsKind::Unknown => Err(Error::new(
             ErrorKind::Unsupported,
             "guest.fs.unknown",
-            "no file system signature found on this volume (expected ext2/3/4 or XFS); it may be unformatted, encrypted by a format vhdforge does not know, or not the volume you meant",
+            "no file system signature found on this volume (expected ext2/3/4, XFS or NTFS); it may be unformatted, encrypted by a format vhdforge does not know, or not the volume you meant",
         )),
         FsKind::Ambiguous => Err(Error::new(
             ErrorKind::Unsupported,
@@ -162,7 +166,7 @@ pub fn open(volume: Volume) -> Result<Box<dyn FileSystem>> {
         other => Err(Error::new(
             ErrorKind::Unsupported,
             "guest.fs.unsupported",
-            format!("the volume holds {other}, which vhdforge identifies but does not read (it reads ext2/3/4 and XFS)"),
+            format!("the volume holds {other}, which vhdforge identifies but does not read (it reads ext2/3/4, XFS and NTFS)"),
         )),
     }
 }
