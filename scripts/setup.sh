@@ -5,6 +5,8 @@
 #     xfsprogs and dosfstools for the guest file-system tests; man-db, openssl, script and
 #     losetup for the CLI and security tests
 #   - Azurite 3.37 (npm) for the upload tests, under .tools/ in the repo
+#   - the Windows build and its smoke tests: mingw-w64 (cross C toolchain and linker), the
+#     x86_64-pc-windows-gnu Rust target (rustup), and Wine 8 (wine64) to run the .exe
 # Idempotent: does nothing that is already done. Needs root (or sudo) for apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,12 +34,21 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v script >/dev/null 2>&1 || need_apt+=(bsdutils)
 command -v losetup >/dev/null 2>&1 || need_apt+=(mount)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# The Windows cross-build (scripts/windows/build.sh) and the Wine smoke tests.
+command -v x86_64-w64-mingw32-gcc >/dev/null 2>&1 || need_apt+=(gcc-mingw-w64-x86-64-win32)
+[ -x /usr/lib/wine/wine64 ] || command -v wine64 >/dev/null 2>&1 || need_apt+=(wine64)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "setup: installing ${need_apt[*]} (apt-get)" >&2
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if command -v rustup >/dev/null 2>&1 &&
+  ! rustup target list --installed | grep -qx x86_64-pc-windows-gnu; then
+  echo "setup: rustup target add x86_64-pc-windows-gnu" >&2
+  rustup target add x86_64-pc-windows-gnu
 fi
 
 if [ -x scripts/azurite.sh ]; then

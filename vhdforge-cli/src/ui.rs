@@ -332,7 +332,10 @@ pub fn init_logging(verbose: u8, quiet: bool, log_file: Option<&Path>) -> anyhow
     };
     let ansi = matches!(sink, LogSink::Stderr)
         && std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        // A Windows console must be switched to VT mode first; a classic one that cannot
+        // gets plain text rather than escape garbage.
+        && vhdforge_core::platform::enable_ansi_on_stderr();
     let _ = SINK.set(sink);
     let filter = tracing_subscriber::EnvFilter::try_from_env("VHDFORGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter_for(verbose, quiet)));

@@ -72,6 +72,15 @@ impl Error {
 
     /// An I/O failure with what was being done.
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        // A sharing or lock violation on Windows is almost always a VM holding its disk:
+        // say so under its own code, without the OS's numbered message.
+        if crate::platform::is_in_use(&source) {
+            return Error::new(
+                ErrorKind::Io,
+                crate::platform::IN_USE_CODE,
+                format!("{}: {}", context.into(), crate::platform::IN_USE_HINT),
+            );
+        }
         let kind = if source.kind() == io::ErrorKind::Interrupted {
             ErrorKind::Interrupted
         } else {

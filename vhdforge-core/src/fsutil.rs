@@ -43,8 +43,7 @@ pub fn create_new(path: &Path) -> io::Result<File> {
         use std::os::windows::fs::OpenOptionsExt;
         // FILE_FLAG_OPEN_REPARSE_POINT: act on a symbolic link or junction itself; with
         // CREATE_NEW an existing one is then an error, never a way to another file.
-        const FILE_FLAG_OPEN_REPARSE_POINT: u32 = 0x0020_0000;
-        o.custom_flags(FILE_FLAG_OPEN_REPARSE_POINT);
+        o.custom_flags(windows_sys::Win32::Storage::FileSystem::FILE_FLAG_OPEN_REPARSE_POINT);
     }
     o.open(path)
 }
@@ -305,6 +304,30 @@ impl TempFile {
         file.sync_all()?;
         // Closed before the rename: Windows refuses to rename some open files.
         drop(file);
+        #[cfg(windows)]
+        {
+            // MoveFileExW decides "is anything there" atomically (no hard-link dance) and,
+            // with MOVEFILE_WRITE_THROUGH, returns once the new name is on disk (the
+            // Windows counterpart of flushing the folder below).
+            if replace == Replace::RegularFile {
+                let occupant = Occupant::of(target)?;
+                if !occupant.is_replaceable() {
+                    return Err(PersistError::NotReplaceable(occupant));
+                }
+            }
+            match crate::platform::windows::rename(
+                &self.path,
+                target,
+                replace == Replace::RegularFile,
+            ) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(PersistError::Exists(Occupant::of(target)?));
+                }
+                Err(e) => return Err(PersistError::Io(e)),
+            }
+        }
+        #[cfg(not(windows))]
         match replace {
             Replace::RegularFile => {
                 let occupant = Occupant::of(target)?;
@@ -365,10 +388,10 @@ fn temp_prefix(target: &Path, tag: &str) -> String {
 }
 
 /// Remove the temporaries [`TempFile::beside`] made for `target` with `tag` in processes
-/// that no longer run (killed mid-way). Linux only (`/proc` tells whether a process runs);
-/// elsewhere they are left alone. Links are removed as links.
+/// that no longer run (killed mid-way). Linux and Windows ([`crate::platform::process_running`]
+/// tells whether a process runs); elsewhere they are left alone. Links are removed as links.
 pub fn remove_orphans(target: &Path, tag: &str) {
-    if !cfg!(target_os = "linux") {
+    if crate::platform::process_running(std::process::id()).is_none() {
         return;
     }
     let prefix = temp_prefix(target, tag);
@@ -389,7 +412,7 @@ pub fn remove_orphans(target: &Path, tag: &str) {
         else {
             continue;
         };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+        if pid != std::process::id() && crate::platform::process_running(pid) == Some(false) {
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -400,6 +423,19 @@ pub fn folder_of(path: &Path) -> &Path {
     path.parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
+}
+
+/// Ask for `file` (new and empty) to be sparse, so that sizing it and skipping its zero
+/// ranges allocates nothing for them. On Unix files are sparse already; on Windows this is
+/// `FSCTL_SET_SPARSE`, and a file system without sparse files (FAT, exFAT; Wine) only costs
+/// disk space, so its refusal is logged, not an error.
+pub fn mark_sparse(file: &File) {
+    #[cfg(windows)]
+    if let Err(e) = crate::platform::windows::set_sparse(file) {
+        tracing::debug!("cannot mark the new file sparse ({e}); zero ranges will take space");
+    }
+    #[cfg(not(windows))]
+    let _ = file;
 }
 
 /// Flush the folder holding `path`, so a rename or removal there survives a crash (Unix;
@@ -476,6 +512,13 @@ pub fn read_trusted_small_file(
         use std::os::unix::fs::OpenOptionsExt;
         o.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC);
     }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::OpenOptionsExt;
+        // Open a symbolic link or junction itself: its kind (not a regular file) then
+        // refuses it below, as O_NOFOLLOW does on Unix.
+        o.custom_flags(windows_sys::Win32::Storage::FileSystem::FILE_FLAG_OPEN_REPARSE_POINT);
+    }
     let file = match o.open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -502,6 +545,10 @@ pub fn read_trusted_small_file(
             kind.describe()
         )));
     }
+    // Windows files have ACLs, not an owner id and mode bits: the folder's ACL decides who
+    // may plant a journal (%LOCALAPPDATA% is the user's own).
+    #[cfg(not(unix))]
+    let _ = also_owner;
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;

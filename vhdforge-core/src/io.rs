@@ -153,6 +153,7 @@ fn clear_nonblocking(file: &File) -> io::Result<()> {
 }
 
 #[cfg(not(unix))]
+#[allow(clippy::unnecessary_wraps)] // the Unix version's signature
 fn clear_nonblocking(_file: &File) -> io::Result<()> {
     Ok(())
 }
@@ -289,8 +290,20 @@ pub fn seek_data(file: &File, offset: u64, len: u64) -> io::Result<Option<Range<
     Ok((start < end).then_some(start..end))
 }
 
+/// The next data segment of `file` at or after `offset`, by `FSCTL_QUERY_ALLOCATED_RANGES`
+/// (everything is data where the file system cannot tell).
+#[cfg(windows)]
+pub fn seek_data(file: &File, offset: u64, len: u64) -> io::Result<Option<Range<u64>>> {
+    crate::platform::windows::next_allocated(file, offset, len)
+}
+
 /// The next data segment: without `SEEK_DATA`, everything is data.
-#[cfg(not(any(target_os = "linux", target_os = "freebsd", target_os = "macos")))]
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "freebsd",
+    target_os = "macos",
+    windows
+)))]
 pub fn seek_data(_file: &File, offset: u64, len: u64) -> io::Result<Option<Range<u64>>> {
     Ok((offset < len).then(|| offset..len))
 }

@@ -32,6 +32,7 @@ pub mod fsutil;
 pub mod guest;
 pub mod image;
 pub mod io;
+pub mod platform;
 pub mod preflight;
 pub mod progress;
 pub mod sparse;

@@ -93,6 +93,8 @@ pub fn convert_to_file(
     })?;
     let file = tmp.file();
     let tmp_path = tmp.path().to_path_buf();
+    // Before sizing: on Windows only a sparse file's extension takes no clusters.
+    fsutil::mark_sparse(file);
     file.set_len(plan.output_size()).map_err(|e| {
         Error::io(
             format!("cannot size the new output for {}", out.display()),

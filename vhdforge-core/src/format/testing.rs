@@ -1,5 +1,6 @@
 //! Helpers shared by the format tests.
 
+#[cfg(unix)]
 use std::path::Path;
 
 /// Run `f` on another thread and fail if it has not returned within `secs`: a hang (a

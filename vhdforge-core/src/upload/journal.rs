@@ -257,14 +257,10 @@ pub fn probe_writable(path: &Path) -> Result<()> {
 }
 
 /// Where the per-user state directory is (`$XDG_STATE_HOME/vhdforge`, else
-/// `~/.local/state/vhdforge`, else `%LOCALAPPDATA%\\vhdforge`), without creating it.
+/// `~/.local/state/vhdforge`; on Windows `%LOCALAPPDATA%\\vhdforge`), without creating it
+/// (see [`crate::platform::state_dir_from`]).
 pub fn state_dir_location() -> Option<PathBuf> {
-    std::env::var_os("XDG_STATE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .or_else(|| std::env::var_os("LOCALAPPDATA").map(PathBuf::from))
-        .map(|b| b.join("vhdforge"))
+    crate::platform::state_dir()
 }
 
 /// The per-user state directory ([`state_dir_location`]), created if needed; used when the
@@ -274,7 +270,7 @@ pub fn default_state_dir() -> Result<PathBuf> {
         Error::new(
             ErrorKind::InvalidInput,
             "upload.journal",
-            "no state directory (HOME unset): pass --state-dir",
+            "no per-user state directory (HOME, or LOCALAPPDATA on Windows, is unset): pass --state-dir",
         )
     })?;
     std::fs::create_dir_all(&dir).map_err(|e| {
