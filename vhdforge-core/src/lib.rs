@@ -33,6 +33,8 @@ pub mod guest;
 pub mod image;
 pub mod io;
 pub mod progress;
+#[cfg(feature = "upload")]
+pub mod remote;
 pub mod sparse;
 #[cfg(feature = "upload")]
 pub mod storage;

@@ -25,6 +25,8 @@ fn collect(dir: &Path, out: &mut Vec<String>) {
                     "marketplace.",
                     "upload.",
                     "verify.",
+                    "remote.",
+                    "sas.",
                 ]
                 .iter()
                 .any(|p| piece.starts_with(p))
