@@ -75,6 +75,7 @@ enum Command {
     Verify(upload_cmd::VerifyArgs),
     // After the upload (remote_cmd): info/check also take a URL.
     Sas(remote_cmd::SasArgs),
+    Copy(remote_cmd::CopyArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish) on stdout.
     #[command(
         long_about = "Print a shell completion script on stdout, generated from the same \
@@ -123,6 +124,7 @@ fn main() -> ExitCode {
         Command::Upload(a) => upload_cmd::run_upload(a, &ui),
         Command::Verify(a) => upload_cmd::run_verify(a, &ui),
         Command::Sas(a) => remote_cmd::run_sas(&a, &ui),
+        Command::Copy(a) => remote_cmd::run_copy(&a, &ui),
         Command::Completions { shell } => print_completions(shell),
         Command::Manpage { command } => print_manpage(command.as_deref()),
     };
@@ -142,6 +144,7 @@ impl Command {
             Command::Upload(a) => a.json,
             Command::Verify(a) => a.json,
             Command::Sas(a) => a.json,
+            Command::Copy(a) => a.json,
             Command::Completions { .. } | Command::Manpage { .. } => false,
         }
     }

@@ -2,72 +2,16 @@
 //! FILE` judges a file, and `sas URL` prints the Partner Center URI only after trying it.
 //! A second, plain HTTP client (curl) writes the wrong blobs and downloads through the SAS.
 
-use assert_cmd::Command;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-use vhdforge_core::storage::sas::{self, SasResource, SasTerms};
-use vhdforge_core::storage::SharedKey;
+use std::path::Path;
 
 mod common;
+mod remote_support;
 use common::{Azurite, ACCOUNT, KEY};
-
-const MIB: usize = 1 << 20;
-
-fn vhdforge() -> Command {
-    let mut c = Command::cargo_bin("vhdforge").unwrap();
-    for v in [
-        "AZURE_STORAGE_CONNECTION_STRING",
-        "AZURE_STORAGE_ACCOUNT",
-        "AZURE_STORAGE_KEY",
-        "VHDFORGE_DEST_SAS",
-    ] {
-        c.env_remove(v);
-    }
-    c.timeout(Duration::from_secs(120));
-    c
-}
-
-/// Exit code, stdout, stderr.
-fn run(cmd: &mut Command) -> (i32, String, String) {
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use remote_support::*;
 
 fn container_sas(container: &str, perms: &str) -> String {
-    let key = SharedKey::new(ACCOUNT, KEY).unwrap();
-    let terms = SasTerms {
-        permissions: perms.into(),
-        start: None,
-        expiry: "2099-01-01T00:00:00Z".into(),
-        https_only: false,
-    };
-    sas::service_sas(
-        &key,
-        &SasResource::Container {
-            container: container.into(),
-        },
-        &terms,
-    )
-    .unwrap()
-}
-
-/// curl, the second client: status code, body written to `out` when given.
-fn curl(args: &[&str], out: Option<&Path>) -> u16 {
-    let mut c = std::process::Command::new("curl");
-    c.args(["-sS", "--max-time", "60", "-o"]);
-    c.arg(out.map_or_else(|| PathBuf::from("/dev/null"), Path::to_path_buf));
-    c.args(["-w", "%{http_code}"]);
-    c.args(args);
-    let o = c.output().expect("curl is required (scripts/setup.sh)");
-    String::from_utf8_lossy(&o.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
+    container_sas_for(ACCOUNT, KEY, container, perms)
 }
 
 fn upload(az: &Azurite, src: &Path, container: &str, blob: &str) {

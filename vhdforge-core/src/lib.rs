@@ -25,6 +25,8 @@
 
 pub mod azure;
 pub mod convert;
+#[cfg(feature = "upload")]
+pub mod copy;
 pub mod error;
 pub mod finding;
 pub mod format;

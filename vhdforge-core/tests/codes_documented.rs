@@ -27,6 +27,7 @@ fn collect(dir: &Path, out: &mut Vec<String>) {
                     "verify.",
                     "remote.",
                     "sas.",
+                    "copy.",
                 ]
                 .iter()
                 .any(|p| piece.starts_with(p))

@@ -1,0 +1,261 @@
+//! `vhdforge copy` against Azurite (issue 14): only the source's page ranges move, between
+//! containers and between two accounts of one Azurite (`AZURITE_ACCOUNTS`), by the client
+//! and by the service's Copy Blob; a managed-disk destination gets its stale ranges
+//! cleared. Page lists are checked with curl, an independent client.
+
+mod common;
+mod remote_support;
+
+use common::{Azurite, ACCOUNT, KEY};
+use remote_support::*;
+use serde_json::Value;
+use vhdforge_core::storage::sas::{self, SasTerms};
+use vhdforge_core::storage::SharedKey;
+
+const GIB: u64 = 1 << 30;
+/// The second account's key (any base64 will do for Azurite).
+const KEY2: &str = "c2Vjb25kLWFjY291bnQta2V5LWZvci10ZXN0cy1vbmx5LTAxMjM0NTY3ODk=";
+const ACCOUNT2: &str = "second";
+
+struct Env {
+    az: Azurite,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn start() -> Env {
+        let accounts = format!("{ACCOUNT}:{KEY};{ACCOUNT2}:{KEY2}");
+        Env {
+            az: Azurite::start_with(&[("AZURITE_ACCOUNTS", &accounts)]),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn url(&self, account: &str, container: &str, blob: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}/{account}/{container}/{blob}",
+            self.az.port
+        )
+    }
+    /// A blob URL with a container SAS of `perms`.
+    fn sas_url(&self, account: &str, container: &str, blob: &str, perms: &str) -> String {
+        let key = if account == ACCOUNT { KEY } else { KEY2 };
+        format!(
+            "{}?{}",
+            self.url(account, container, blob),
+            container_sas_for(account, key, container, perms)
+        )
+    }
+    fn create_container(&self, account: &str, container: &str) {
+        let key = if account == ACCOUNT { KEY } else { KEY2 };
+        let q = sas::account_sas(
+            &SharedKey::new(account, key).unwrap(),
+            &SasTerms {
+                permissions: "rwlc".into(),
+                start: None,
+                expiry: "2099-01-01T00:00:00Z".into(),
+                https_only: false,
+            },
+        )
+        .unwrap();
+        let url = format!(
+            "http://127.0.0.1:{}/{account}/{container}?restype=container&{q}",
+            self.az.port
+        );
+        let st = curl(
+            &[
+                "-X",
+                "PUT",
+                "-H",
+                &format!("x-ms-version: {VERSION}"),
+                "-H",
+                "Content-Length: 0",
+                &url,
+            ],
+            None,
+        );
+        assert_eq!(st, 201, "create container {account}/{container}");
+    }
+    fn ranges(&self, account: &str, container: &str, blob: &str) -> Vec<(u64, u64)> {
+        page_ranges(
+            self.dir.path(),
+            &self.sas_url(account, container, blob, "rl"),
+        )
+    }
+    fn copy(&self, args: &[&str]) -> (i32, Value, String) {
+        let (code, out, err) = run(vhdforge()
+            .env(
+                "AZURE_STORAGE_CONNECTION_STRING",
+                self.az.connection_string(),
+            )
+            .args(["copy", "--json"])
+            .args(args));
+        let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+        (code, v, err)
+    }
+}
+
+/// A 1 TiB-virtual fixed VHD holding 1 MiB + 64 KiB of data and its footer.
+fn sparse_tib_source(e: &Env, container: &str, blob: &str) -> Vec<(u64, u64)> {
+    let size = (1u64 << 40) + 512;
+    let url = e.sas_url(ACCOUNT, container, blob, "rcw");
+    create_page_blob(&url, size);
+    let d = e.dir.path();
+    put_page(d, &url, 0, &fixtures::raw::pattern(1, 64 << 10));
+    put_page(d, &url, 512 * GIB, &fixtures::raw::pattern(2, MIB));
+    let footer = fixtures::vhd::footer(
+        2,
+        1 << 40,
+        u64::MAX,
+        &fixtures::vhd::FooterOptions::default(),
+    );
+    put_page(d, &url, 1 << 40, &footer);
+    vec![
+        (0, 64 << 10),
+        (512 * GIB, 512 * GIB + MIB as u64),
+        (1 << 40, size),
+    ]
+}
+
+fn assert_copied(v: &Value, src: &[(u64, u64)]) {
+    assert_eq!(v["ranges_equal"], true, "{v:#}");
+    let data: u64 = src.iter().map(|(s, e)| e - s).sum();
+    assert_eq!(v["bytes_copied"], data, "{v:#}");
+}
+
+/// Client copies and Copy Blob, between containers of one account and into a second
+/// account: the destination's page list equals the source's (1 MiB of a 1 TiB disk, not
+/// 1 TiB), the data is identical (--verify-full and a download of the touched ranges).
+#[test]
+fn copy_moves_only_page_ranges_between_containers_and_accounts() {
+    let e = Env::start();
+    e.create_container(ACCOUNT, "src");
+    e.create_container(ACCOUNT, "dst");
+    e.create_container(ACCOUNT2, "other");
+    let src = sparse_tib_source(&e, "src", "disk.vhd");
+    assert_eq!(e.ranges(ACCOUNT, "src", "disk.vhd"), src);
+
+    // Client, same account, by account key; --verify-full compares the data.
+    let (code, v, err) = e.copy(&[
+        "--via",
+        "client",
+        "--verify-full",
+        &e.url(ACCOUNT, "src", "disk.vhd"),
+        &e.url(ACCOUNT, "dst", "client.vhd"),
+    ]);
+    assert_eq!(code, 0, "{v:#}{err}");
+    assert_copied(&v, &src);
+    assert_eq!(v["identical"], true);
+    assert_eq!(v["requests"], 3);
+    assert_eq!(e.ranges(ACCOUNT, "dst", "client.vhd"), src);
+    // The copy is `check URL`-clean like its source.
+    let (code, out, err) = run(vhdforge()
+        .env("AZURE_STORAGE_CONNECTION_STRING", e.az.connection_string())
+        .args(["check", "--json"])
+        .arg(e.url(ACCOUNT, "dst", "client.vhd")));
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Copy Blob, same account.
+    let (code, v, err) = e.copy(&[
+        "--via",
+        "async",
+        &e.url(ACCOUNT, "src", "disk.vhd"),
+        &e.url(ACCOUNT, "dst", "async.vhd"),
+    ]);
+    assert_eq!(code, 0, "{v:#}{err}");
+    assert_copied(&v, &src);
+    assert_eq!(e.ranges(ACCOUNT, "dst", "async.vhd"), src);
+
+    // Into the second account: each URL with its own SAS (a key signs only for its account).
+    for via in ["client", "async"] {
+        let blob = format!("{via}.vhd");
+        let (code, v, err) = e.copy(&[
+            "--via",
+            via,
+            "--verify-full",
+            &e.sas_url(ACCOUNT, "src", "disk.vhd", "rl"),
+            &e.sas_url(ACCOUNT2, "other", &blob, "rcw"),
+        ]);
+        assert_eq!(code, 0, "{via}: {v:#}{err}");
+        assert_copied(&v, &src);
+        assert_eq!(v["identical"], true);
+        assert_eq!(e.ranges(ACCOUNT2, "other", &blob), src, "{via}");
+        assert!(!err.contains("sig="), "{err}");
+    }
+
+    // An existing destination is not replaced without --overwrite.
+    let (code, v, _) = e.copy(&[
+        "--via",
+        "client",
+        &e.url(ACCOUNT, "src", "disk.vhd"),
+        &e.url(ACCOUNT, "dst", "client.vhd"),
+    ]);
+    assert_eq!(code, 2);
+    assert_eq!(v["error"]["code"], "upload.exists", "{v:#}");
+}
+
+/// A managed-disk destination (an existing blob of the exact size, written in place) holds
+/// data from an earlier image where the source has none: it is cleared, so the disk ends
+/// with exactly the source's pages; a disk of another size is refused naming the size.
+#[test]
+fn copy_to_a_managed_disk_clears_stale_ranges() {
+    let e = Env::start();
+    e.create_container(ACCOUNT, "src");
+    e.create_container(ACCOUNT, "mdisk");
+    let size = 64 * MIB as u64 + 512;
+    let src_url = e.sas_url(ACCOUNT, "src", "d.vhd", "rcw");
+    create_page_blob(&src_url, size);
+    put_page(
+        e.dir.path(),
+        &src_url,
+        MIB as u64,
+        &fixtures::raw::pattern(3, 8192),
+    );
+    let disk = e.sas_url(ACCOUNT, "mdisk", "disk.vhd", "rcw");
+    create_page_blob(&disk, size);
+    // The earlier image: data at 8 MiB and over part of the source's range.
+    put_page(
+        e.dir.path(),
+        &disk,
+        8 * MIB as u64,
+        &fixtures::raw::pattern(4, 65536),
+    );
+    put_page(
+        e.dir.path(),
+        &disk,
+        MIB as u64,
+        &fixtures::raw::pattern(5, 4096),
+    );
+    let (code, v, err) = e.copy(&[
+        "--via",
+        "client",
+        "--managed-disk",
+        "--verify-full",
+        &e.sas_url(ACCOUNT, "src", "d.vhd", "r"),
+        &disk,
+    ]);
+    assert_eq!(code, 0, "{v:#}{err}");
+    assert_eq!(v["managed_disk"], true);
+    assert_eq!(v["stale_bytes_cleared"], 65536);
+    assert_eq!(v["identical"], true);
+    assert_eq!(
+        e.ranges(ACCOUNT, "mdisk", "disk.vhd"),
+        vec![(MIB as u64, MIB as u64 + 8192)]
+    );
+    // Wrong size: refused before any write, naming the size to create.
+    let small = e.sas_url(ACCOUNT, "mdisk", "small.vhd", "rcw");
+    create_page_blob(&small, 32 * MIB as u64 + 512);
+    let (code, v, _) = e.copy(&[
+        "--via",
+        "client",
+        "--managed-disk",
+        &e.sas_url(ACCOUNT, "src", "d.vhd", "r"),
+        &small,
+    ]);
+    assert_eq!(code, 2);
+    assert_eq!(v["error"]["code"], "upload.size_mismatch");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains(&size.to_string()));
+    assert!(e.ranges(ACCOUNT, "mdisk", "small.vhd").is_empty());
+}
