@@ -7,6 +7,7 @@ mod common;
 mod remote_support;
 
 use common::{Azurite, ACCOUNT, KEY};
+use remote_support::shim;
 use remote_support::*;
 use serde_json::Value;
 use vhdforge_core::storage::sas::{self, SasTerms};
@@ -258,4 +259,95 @@ fn copy_to_a_managed_disk_clears_stale_ranges() {
         .unwrap()
         .contains(&size.to_string()));
     assert!(e.ranges(ACCOUNT, "mdisk", "small.vhd").is_empty());
+}
+
+/// `--via server` (the default): Put Page From URL through the loopback shim in front of
+/// Azurite (which lacks it), into the second account. Every request obeys the service's
+/// rules (the shim records none broken), one per ≤ 4 MiB piece; the page lists match.
+/// Without a SAS on the source the destination service could not read it: refused first.
+#[test]
+fn copy_via_server_uses_put_page_from_url() {
+    let e = Env::start();
+    e.create_container(ACCOUNT, "src");
+    e.create_container(ACCOUNT2, "other");
+    let shim = shim::Shim::start(e.az.port);
+    let size = 64 * MIB as u64 + 512;
+    let src_url = e.sas_url(ACCOUNT, "src", "d.vhd", "rcw");
+    create_page_blob(&src_url, size);
+    // 9 MiB + 4 KiB of data in one run (the writes touch): pieces of 4, 4 and 1 MiB + 4 KiB.
+    let d = e.dir.path();
+    for (i, at) in [(0u64, 2 * MIB as u64), (1, 2 * MIB as u64 + 4 * MIB as u64)] {
+        put_page(d, &src_url, at, &fixtures::raw::pattern(10 + i, 4 * MIB));
+    }
+    put_page(
+        d,
+        &src_url,
+        10 * MIB as u64,
+        &fixtures::raw::pattern(12, MIB + 4096),
+    );
+    let src = e.ranges(ACCOUNT, "src", "d.vhd");
+    let dest = format!(
+        "http://127.0.0.1:{}/{ACCOUNT2}/other/server.vhd?{}",
+        shim.port,
+        container_sas_for(ACCOUNT2, KEY2, "other", "rcw")
+    );
+    let (code, v, err) = e.copy(&[
+        "--verify-full",
+        &e.sas_url(ACCOUNT, "src", "d.vhd", "r"),
+        &dest,
+    ]);
+    assert_eq!(code, 0, "{v:#}{err}");
+    assert_copied(&v, &src);
+    assert_eq!(v["identical"], true);
+    let seen = shim.seen.lock().unwrap();
+    assert!(seen.violations.is_empty(), "{:?}", seen.violations);
+    assert_eq!(seen.from_url, 3, "pieces of at most 4 MiB");
+    assert_eq!(v["requests"], 3);
+    drop(seen);
+    assert_eq!(e.ranges(ACCOUNT2, "other", "server.vhd"), src);
+
+    // No SAS on the source: the service could not read it.
+    let (code, v, _) = e.copy(&[
+        &e.url(ACCOUNT, "src", "d.vhd"),
+        &dest.replace("server.vhd", "x.vhd"),
+    ]);
+    assert_eq!(code, 2);
+    assert_eq!(v["error"]["code"], "copy.source_sas", "{v:#}");
+
+    // The shim itself refuses what the service refuses (so its silence above means something).
+    let src_sas = e.sas_url(ACCOUNT, "src", "d.vhd", "r");
+    let bad = |range: &str, source_range: &str, source: &str| {
+        curl(
+            &[
+                "-X",
+                "PUT",
+                "-H",
+                "x-ms-page-write: update",
+                "-H",
+                "x-ms-version: 2021-08-06",
+                "-H",
+                &format!("x-ms-range: {range}"),
+                "-H",
+                &format!("x-ms-source-range: {source_range}"),
+                "-H",
+                &format!("x-ms-copy-source: {source}"),
+                "-H",
+                "Content-Length: 0",
+                &format!("{dest}&comp=page"),
+            ],
+            None,
+        )
+    };
+    assert_eq!(bad("bytes=0-5242879", "bytes=0-5242879", &src_sas), 400);
+    assert_eq!(bad("bytes=100-611", "bytes=100-611", &src_sas), 416);
+    assert_eq!(bad("bytes=0-1023", "bytes=0-511", &src_sas), 400);
+    assert_eq!(
+        bad(
+            "bytes=0-511",
+            "bytes=0-511",
+            &e.url(ACCOUNT, "src", "d.vhd")
+        ),
+        403
+    );
+    assert_eq!(shim.seen.lock().unwrap().violations.len(), 4);
 }
