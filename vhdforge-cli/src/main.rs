@@ -5,6 +5,7 @@
 
 mod convert_cmd;
 mod inspect_cmd;
+mod listing_cmd;
 mod remote_cmd;
 mod ui;
 mod upload_cmd;
@@ -76,6 +77,7 @@ enum Command {
     // After the upload (remote_cmd): info/check also take a URL.
     Sas(remote_cmd::SasArgs),
     Copy(remote_cmd::CopyArgs),
+    Listing(listing_cmd::ListingArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish) on stdout.
     #[command(
         long_about = "Print a shell completion script on stdout, generated from the same \
@@ -125,6 +127,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => upload_cmd::run_verify(a, &ui),
         Command::Sas(a) => remote_cmd::run_sas(&a, &ui),
         Command::Copy(a) => remote_cmd::run_copy(&a, &ui),
+        Command::Listing(a) => listing_cmd::run(&a, &ui),
         Command::Completions { shell } => print_completions(shell),
         Command::Manpage { command } => print_manpage(command.as_deref()),
     };
@@ -145,6 +148,7 @@ impl Command {
             Command::Verify(a) => a.json,
             Command::Sas(a) => a.json,
             Command::Copy(a) => a.json,
+            Command::Listing(a) => a.json(),
             Command::Completions { .. } | Command::Manpage { .. } => false,
         }
     }

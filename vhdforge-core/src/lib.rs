@@ -34,6 +34,7 @@ pub mod fsutil;
 pub mod guest;
 pub mod image;
 pub mod io;
+pub mod listing;
 pub mod progress;
 #[cfg(feature = "upload")]
 pub mod remote;

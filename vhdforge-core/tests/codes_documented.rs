@@ -28,6 +28,7 @@ fn collect(dir: &Path, out: &mut Vec<String>) {
                     "remote.",
                     "sas.",
                     "copy.",
+                    "listing.",
                 ]
                 .iter()
                 .any(|p| piece.starts_with(p))
