@@ -18,6 +18,8 @@ pub struct Seen {
     pub from_url: u64,
     /// Rule violations (each also answered with an error status).
     pub violations: Vec<String>,
+    /// Faults injected ([`Shim::start_faulty`]): 503s and dropped connections.
+    pub faults: u64,
 }
 
 /// The running shim (its thread ends with the test process).
@@ -192,19 +194,46 @@ fn put_page_from_url(port: u16, req: &Request, seen: &Mutex<Seen>) -> Vec<u8> {
 impl Shim {
     /// Start in front of Azurite's `azurite_port`.
     pub fn start(azurite_port: u16) -> Shim {
+        Shim::run(azurite_port, false)
+    }
+
+    /// [`Shim::start`], and also a faulty service: every third write (Put Page, Put Page
+    /// From URL) is answered 503 ServerBusy, and every fifth read (Get Blob) loses its
+    /// connection without an answer.
+    pub fn start_faulty(azurite_port: u16) -> Shim {
+        Shim::run(azurite_port, true)
+    }
+
+    fn run(azurite_port: u16, faulty: bool) -> Shim {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Seen::default()));
         let s2 = seen.clone();
+        let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
         std::thread::spawn(move || {
             for conn in l.incoming() {
                 let Ok(conn) = conn else { continue };
                 let seen = s2.clone();
+                let counter = counter.clone();
                 std::thread::spawn(move || {
                     let mut r = BufReader::new(conn.try_clone().unwrap());
                     let Some(req) = read_request(&mut r) else {
                         return;
                     };
+                    let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let write = req.method == "PUT" && req.target.contains("comp=page");
+                    let read = req.method == "GET" && !req.target.contains("comp=");
+                    if faulty && write && n % 3 == 1 {
+                        seen.lock().unwrap().faults += 1;
+                        let mut conn = conn;
+                        let _ = conn.write_all(&error(503, "ServerBusy"));
+                        return;
+                    }
+                    if faulty && read && n % 5 == 2 {
+                        // The connection goes away without an answer.
+                        seen.lock().unwrap().faults += 1;
+                        return;
+                    }
                     let is_from_url = req.method == "PUT"
                         && req.header("x-ms-copy-source").is_some()
                         && req.target.contains("comp=page");
