@@ -195,6 +195,10 @@ pub struct CopyArgs {
     /// Replace an existing destination page blob.
     #[arg(long)]
     pub overwrite: bool,
+    /// Continue an interrupted copy into DEST: pieces it holds are compared with the
+    /// source and only missing or different ones are written (client and server).
+    #[arg(long, conflicts_with = "overwrite")]
+    pub resume: bool,
     /// Requests in flight, 1 to 16.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub concurrency: u16,
@@ -219,6 +223,7 @@ pub fn run_copy(a: &CopyArgs, ui: &Ui) -> Result<ExitCode> {
             ViaArg::Async => Via::Async,
         },
         overwrite: a.overwrite,
+        resume: a.resume,
         concurrency: usize::from(a.concurrency),
         managed_disk: a.managed_disk,
         verify_full: a.verify_full,

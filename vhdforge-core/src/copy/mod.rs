@@ -39,6 +39,8 @@ pub enum Via {
 }
 
 /// What a copy does.
+// Each bool is an independent command-line switch (as in `UploadOptions`).
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone)]
 pub struct CopyOptions {
     /// How the data travels.
@@ -51,6 +53,9 @@ pub struct CopyOptions {
     pub managed_disk: bool,
     /// Compare the data of both blobs at the end, not only their page lists.
     pub verify_full: bool,
+    /// Continue an interrupted copy into the existing destination: pieces it already holds
+    /// are read back and compared, and only those that differ or are missing are written.
+    pub resume: bool,
     /// `x-ms-version`.
     pub api_version: String,
     /// Credentials besides SAS in the URLs.
@@ -67,6 +72,7 @@ impl Default for CopyOptions {
             concurrency: 8,
             managed_disk: false,
             verify_full: false,
+            resume: false,
             api_version: crate::upload::DEFAULT_API_VERSION.into(),
             credentials: CredentialEnv::default(),
             retry: RetryPolicy::default(),
@@ -85,6 +91,8 @@ pub struct CopyReport {
     pub requests: u64,
     /// Bytes cleared on a managed disk that held data where the source has none.
     pub stale_bytes_cleared: u64,
+    /// With `resume`: bytes the destination already held, compared equal, not written.
+    pub bytes_already_present: u64,
     /// Whether the destination was a managed disk.
     pub managed_disk: bool,
     /// The two page lists are equal (after joining adjacent ranges).
@@ -184,10 +192,26 @@ pub async fn copy(
     let bytes: u64 = src_ranges.iter().map(|r| r.end - r.start).sum();
     let managed = opts.managed_disk || is_managed_disk_host(target.host());
     let mut stale_bytes_cleared = 0;
-    if managed {
+    // A managed disk and a resumed copy are written in place: never created, the size must
+    // match, and what they hold outside the source's ranges is cleared.
+    let in_place = managed || opts.resume;
+    let mut held = Vec::new();
+    if in_place {
         let d = with_retries(&opts.retry, &cancel, &retry, || target.head())
             .await
             .map_err(failed("reading the properties of", &target))?;
+        if !managed && (d.size != size || !d.blob_type.eq_ignore_ascii_case("PageBlob")) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "copy.resume",
+                format!(
+                    "--resume: {} is a {} of {} bytes, not the {size}-byte page blob an interrupted copy of this                      source leaves; copy again with --overwrite",
+                    target.display(),
+                    d.blob_type,
+                    d.size
+                ),
+            ));
+        }
         if d.size != size {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
@@ -202,7 +226,7 @@ pub async fn copy(
         }
         // The stale-data guard: whatever the disk holds outside the source's ranges would
         // survive the copy and mix two images.
-        let held = merge_ranges(
+        held = merge_ranges(
             with_retries(&opts.retry, &cancel, &retry, || target.page_ranges())
                 .await
                 .map_err(failed("listing the page ranges of", &target))?,
@@ -225,20 +249,20 @@ pub async fn copy(
         return Err(cancelled("before any data was copied"));
     }
     progress.set_total(bytes);
-    let requests = match opts.via {
+    let (requests, bytes_already_present) = match opts.via {
         Via::Async => {
-            if managed {
+            if in_place {
                 return Err(Error::new(
                     ErrorKind::InvalidInput,
                     "copy.via",
-                    "--via async cannot write a managed-disk upload SAS (Copy Blob replaces the blob); use --via server or client",
+                    "--via async cannot write a managed-disk upload SAS nor resume (Copy Blob replaces the whole blob);                      use --via server or client",
                 ));
             }
             run_async(&source, &target, opts, progress, &cancel).await?;
-            0
+            (0, 0)
         }
         Via::Client | Via::Server => {
-            if !managed {
+            if !in_place {
                 with_retries(&opts.retry, &cancel, &retry, || {
                     target.create_page_blob(size, opts.overwrite)
                 })
@@ -258,11 +282,14 @@ pub async fn copy(
             } else {
                 None
             };
+            // What the destination still holds of an earlier run (stale pages now cleared).
+            let present = difference(&held, &difference(&held, &src_ranges));
             send_pieces(
                 &source,
                 &target,
                 from,
                 &src_ranges,
+                &present,
                 n,
                 opts,
                 progress,
@@ -289,6 +316,7 @@ pub async fn copy(
         bytes_copied: bytes,
         requests,
         stale_bytes_cleared,
+        bytes_already_present,
         managed_disk: managed,
         ranges_equal,
         identical,
@@ -303,23 +331,40 @@ async fn send_pieces(
     target: &BlobClient,
     from: Option<String>,
     ranges: &[Range<u64>],
+    present: &[Range<u64>],
     n: usize,
     opts: &CopyOptions,
     progress: &dyn Progress,
     cancel: &Cancel,
-) -> Result<u64> {
+) -> Result<(u64, u64)> {
     let from = from.map(Arc::new);
     let mut set = tokio::task::JoinSet::new();
     let mut requests = 0u64;
+    let mut already = 0u64;
+    let present: Arc<Vec<Range<u64>>> = Arc::new(present.to_vec());
     let mut first_error: Option<Error> = None;
     let mut todo = pieces(ranges).into_iter();
     loop {
         while set.len() < n && first_error.is_none() && !cancel.is_cancelled() {
             let Some(p) = todo.next() else { break };
             let (source, target, from) = (source.clone(), target.clone(), from.clone());
+            let present = present.clone();
             let (policy, cancel) = (opts.retry.clone(), cancel.clone());
             set.spawn(async move {
                 let len = p.end - p.start;
+                // Resumed: a piece the destination holds whole is skipped when it equals
+                // the source's (an interrupted run's Put Pages are whole or absent).
+                if present.iter().any(|r| r.start <= p.start && p.end <= r.end) {
+                    let a = with_retries(&policy, &cancel, &|_| {}, || source.get_range(p.clone()))
+                        .await
+                        .map_err(|f| f.into_error("reading", source.display()))?;
+                    let b = with_retries(&policy, &cancel, &|_| {}, || target.get_range(p.clone()))
+                        .await
+                        .map_err(|f| f.into_error("reading back", target.display()))?;
+                    if a == b {
+                        return Ok((len, false));
+                    }
+                }
                 let timeout = Duration::from_secs(60 + 30 * len.div_ceil(1 << 20));
                 let r = if let Some(url) = &from {
                     with_retries(&policy, &cancel, &|_| {}, || {
@@ -344,15 +389,19 @@ async fn send_pieces(
                     .await
                     .map_err(|f| f.into_error("writing", target.display()))
                 };
-                r.map(|()| len)
+                r.map(|()| (len, true))
             });
         }
         let Some(done) = set.join_next().await else {
             break;
         };
         match done {
-            Ok(Ok(len)) => {
-                requests += 1;
+            Ok(Ok((len, written))) => {
+                if written {
+                    requests += 1;
+                } else {
+                    already += len;
+                }
                 progress.advance(len);
             }
             Ok(Err(e)) => {
@@ -374,7 +423,7 @@ async fn send_pieces(
     }
     match first_error {
         Some(e) => Err(e),
-        None => Ok(requests),
+        None => Ok((requests, already)),
     }
 }
 
