@@ -406,3 +406,77 @@ fn copy_survives_throttling_and_dropped_connections() {
     assert!(seen.faults >= 4, "faults injected: {}", seen.faults);
     assert!(seen.violations.is_empty(), "{:?}", seen.violations);
 }
+
+/// SIGKILL in the middle of a copy (slowed by a throttling service), then `--resume`:
+/// whatever the kill left, the resumed copy ends identical to the source.
+#[test]
+fn copy_killed_then_resumed_ends_identical() {
+    let e = Env::start();
+    e.create_container(ACCOUNT, "src");
+    e.create_container(ACCOUNT, "dst");
+    let shim = shim::Shim::start_faulty(e.az.port);
+    let size = 64 * MIB as u64 + 512;
+    let src_url = e.sas_url(ACCOUNT, "src", "d.vhd", "rcw");
+    create_page_blob(&src_url, size);
+    for i in 0..8u64 {
+        put_page(
+            e.dir.path(),
+            &src_url,
+            i * 8 * MIB as u64,
+            &fixtures::raw::pattern(40 + i, MIB),
+        );
+    }
+    let src = e.ranges(ACCOUNT, "src", "d.vhd");
+    let dest = format!(
+        "http://127.0.0.1:{}/{ACCOUNT}/dst/killed.vhd?{}",
+        shim.port,
+        container_sas_for(ACCOUNT, KEY, "dst", "rcw")
+    );
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("vhdforge"))
+        .env_remove("AZURE_STORAGE_CONNECTION_STRING")
+        .args(["copy", "--via", "client", "--concurrency", "1"])
+        .arg(e.sas_url(ACCOUNT, "src", "d.vhd", "r"))
+        .arg(&dest)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill once the destination has some data (or the copy ended on its own).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "copy made no progress"
+        );
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        let exists = curl(
+            &[
+                "-I",
+                "-H",
+                "x-ms-version: 2021-08-06",
+                &e.sas_url(ACCOUNT, "dst", "killed.vhd", "r"),
+            ],
+            None,
+        ) == 200;
+        if exists && !e.ranges(ACCOUNT, "dst", "killed.vhd").is_empty() {
+            child.kill().unwrap();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.wait();
+    let (code, v, err) = e.copy(&[
+        "--via",
+        "client",
+        "--resume",
+        "--verify-full",
+        &e.sas_url(ACCOUNT, "src", "d.vhd", "r"),
+        &dest,
+    ]);
+    assert_eq!(code, 0, "{v:#}{err}");
+    assert_eq!(v["identical"], true);
+    assert!(v["bytes_already_present"].as_u64().unwrap() > 0, "{v:#}");
+    assert_eq!(e.ranges(ACCOUNT, "dst", "killed.vhd"), src);
+}
