@@ -15,9 +15,16 @@ pub fn as_url(file: &std::path::Path) -> Option<&str> {
     (lower.starts_with("https://") || lower.starts_with("http://")).then_some(s)
 }
 
+/// A look at a blob is interactive: a host that does not answer is reported within seconds
+/// (4 attempts, about 4 s of backoff) rather than after upload's patient minutes.
 fn options() -> RemoteOptions {
     RemoteOptions {
         credentials: CredentialEnv::from_process_env(),
+        retry: vhdforge_core::storage::RetryPolicy {
+            max_attempts: 4,
+            base_delay: std::time::Duration::from_millis(500),
+            max_delay: std::time::Duration::from_secs(4),
+        },
         ..RemoteOptions::default()
     }
 }
