@@ -97,7 +97,7 @@ pub fn to_json(file: &std::path::Path, i: &Inspection) -> serde_json::Value {
     })
 }
 
-fn human(file: &std::path::Path, i: &Inspection) -> String {
+pub(crate) fn human(file: &std::path::Path, i: &Inspection) -> String {
     let mut s = String::new();
     match &i.info {
         Some(info) => {
@@ -161,6 +161,9 @@ fn is_fixed_vhd(i: &Inspection) -> bool {
 
 /// `vhdforge info`.
 pub fn run_info(a: &InfoArgs, ui: &Ui) -> Result<ExitCode> {
+    if let Some(url) = crate::remote_cmd::as_url(&a.file) {
+        return crate::remote_cmd::run_info(url, a.json, ui);
+    }
     let i = run_inspect(&a.file, a.no_parents)?;
     if a.json {
         ui.print_json(&to_json(&a.file, &i))?;
@@ -172,6 +175,9 @@ pub fn run_info(a: &InfoArgs, ui: &Ui) -> Result<ExitCode> {
 
 /// `vhdforge check`.
 pub fn run_check(a: &CheckArgs, ui: &Ui) -> Result<ExitCode> {
+    if let Some(url) = crate::remote_cmd::as_url(&a.file) {
+        return crate::remote_cmd::run_check(url, a.json, ui);
+    }
     let i = run_inspect(&a.file, a.no_parents)?;
     if a.json {
         ui.print_json(&to_json(&a.file, &i))?;

@@ -5,6 +5,8 @@
 
 mod convert_cmd;
 mod inspect_cmd;
+mod listing_cmd;
+mod remote_cmd;
 mod ui;
 mod upload_cmd;
 
@@ -72,6 +74,10 @@ enum Command {
     Convert(convert_cmd::ConvertArgs),
     Upload(upload_cmd::UploadArgs),
     Verify(upload_cmd::VerifyArgs),
+    // After the upload (remote_cmd): info/check also take a URL.
+    Sas(remote_cmd::SasArgs),
+    Copy(remote_cmd::CopyArgs),
+    Listing(listing_cmd::ListingArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish) on stdout.
     #[command(
         long_about = "Print a shell completion script on stdout, generated from the same \
@@ -119,6 +125,9 @@ fn main() -> ExitCode {
         Command::Convert(a) => convert_cmd::run(&a, &ui),
         Command::Upload(a) => upload_cmd::run_upload(a, &ui),
         Command::Verify(a) => upload_cmd::run_verify(a, &ui),
+        Command::Sas(a) => remote_cmd::run_sas(&a, &ui),
+        Command::Copy(a) => remote_cmd::run_copy(&a, &ui),
+        Command::Listing(a) => listing_cmd::run(&a, &ui),
         Command::Completions { shell } => print_completions(shell),
         Command::Manpage { command } => print_manpage(command.as_deref()),
     };
@@ -137,6 +146,9 @@ impl Command {
             Command::Convert(a) => a.json,
             Command::Upload(a) => a.json,
             Command::Verify(a) => a.json,
+            Command::Sas(a) => a.json,
+            Command::Copy(a) => a.json,
+            Command::Listing(a) => a.json(),
             Command::Completions { .. } | Command::Manpage { .. } => false,
         }
     }

@@ -61,7 +61,7 @@ fn sparse_raw(dir: &Path, name: &str) -> PathBuf {
     p
 }
 
-/// `info '<SAS URL>'` takes the URL as a path; the "cannot open" error must not show it whole.
+/// `info '<SAS URL>'` reads that blob (no service answers here): the error must not show the signature.
 #[test]
 fn sas_url_given_as_a_path_is_redacted() {
     for json in [false, true] {

@@ -25,6 +25,8 @@
 
 pub mod azure;
 pub mod convert;
+#[cfg(feature = "upload")]
+pub mod copy;
 pub mod error;
 pub mod finding;
 pub mod format;
@@ -32,9 +34,12 @@ pub mod fsutil;
 pub mod guest;
 pub mod image;
 pub mod io;
+pub mod listing;
 pub mod platform;
 pub mod preflight;
 pub mod progress;
+#[cfg(feature = "upload")]
+pub mod remote;
 pub mod sparse;
 #[cfg(feature = "upload")]
 pub mod storage;

@@ -25,6 +25,10 @@ fn collect(dir: &Path, out: &mut Vec<String>) {
                     "marketplace.",
                     "upload.",
                     "verify.",
+                    "remote.",
+                    "sas.",
+                    "copy.",
+                    "listing.",
                 ]
                 .iter()
                 .any(|p| piece.starts_with(p))

@@ -97,6 +97,11 @@ pub struct Azurite {
 impl Azurite {
     /// Start it on a free loopback port and wait until it listens.
     pub fn start() -> Azurite {
+        Azurite::start_with(&[])
+    }
+
+    /// [`Azurite::start`] with extra environment (e.g. `AZURITE_ACCOUNTS` for more accounts).
+    pub fn start_with(env: &[(&str, &str)]) -> Azurite {
         let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../.tools/azurite/node_modules/.bin/azurite-blob");
         assert!(
@@ -113,6 +118,7 @@ impl Azurite {
             .args(["--blobHost", "127.0.0.1", "--blobPort"])
             .arg(port.to_string())
             .args(["--inMemoryPersistence", "--disableTelemetry", "--silent"])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -5,6 +5,10 @@
 //! can leave this module is scrubbed of SAS signatures and keys, a key signs only for its
 //! own account ([`key_may_sign_for`]), and a URL with a password is refused.
 
+mod copy;
+
+pub use copy::CopyState;
+
 use super::auth::{self, Credential, CredentialEnv};
 use super::failure::{Failure, TransportKind};
 use super::hosts::{is_loopback_host, key_may_sign_for};
