@@ -7,6 +7,7 @@ mod convert_cmd;
 mod inspect_cmd;
 mod listing_cmd;
 mod remote_cmd;
+mod preflight_cmd;
 mod ui;
 mod upload_cmd;
 
@@ -78,6 +79,7 @@ enum Command {
     Sas(remote_cmd::SasArgs),
     Copy(remote_cmd::CopyArgs),
     Listing(listing_cmd::ListingArgs),
+    Preflight(preflight_cmd::PreflightArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish) on stdout.
     #[command(
         long_about = "Print a shell completion script on stdout, generated from the same \
@@ -128,6 +130,7 @@ fn main() -> ExitCode {
         Command::Sas(a) => remote_cmd::run_sas(&a, &ui),
         Command::Copy(a) => remote_cmd::run_copy(&a, &ui),
         Command::Listing(a) => listing_cmd::run(&a, &ui),
+        Command::Preflight(a) => preflight_cmd::run(&a, &ui),
         Command::Completions { shell } => print_completions(shell),
         Command::Manpage { command } => print_manpage(command.as_deref()),
     };
@@ -149,6 +152,7 @@ impl Command {
             Command::Sas(a) => a.json,
             Command::Copy(a) => a.json,
             Command::Listing(a) => a.json(),
+            Command::Preflight(a) => a.json,
             Command::Completions { .. } | Command::Manpage { .. } => false,
         }
     }
