@@ -23,6 +23,8 @@ command -v pvcreate >/dev/null 2>&1 || need_apt+=(lvm2)
 command -v mkfs.ext4 >/dev/null 2>&1 && command -v debugfs >/dev/null 2>&1 || need_apt+=(e2fsprogs)
 command -v mkfs.xfs >/dev/null 2>&1 || need_apt+=(xfsprogs)
 command -v mkfs.fat >/dev/null 2>&1 || need_apt+=(dosfstools)
+# Guest boot tests: a real Debian tree (debootstrap) and initramfs fixtures (cpio, xz, zstd).
+for t in debootstrap:debootstrap cpio:cpio xz:xz-utils zstd:zstd; do command -v "${t%%:*}" >/dev/null 2>&1 || need_apt+=("${t#*:}"); done
 # Used by CLI and security tests: man pages, a self-signed TLS server, a pseudo-terminal,
 # loop devices, curl (Azurite's readiness probe).
 command -v man >/dev/null 2>&1 || need_apt+=(man-db)
