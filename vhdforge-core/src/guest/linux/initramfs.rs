@@ -30,7 +30,8 @@ pub const MAX_BUILTIN_BYTES: u64 = 1 << 20;
 /// Largest xz dictionary accepted (`xz -9` uses 64 MiB), so decoding stays inside the
 /// memory budget whatever the header claims.
 pub const MAX_XZ_DICT_BYTES: u64 = 64 << 20;
-/// Largest zstd window accepted (`zstd --long` uses 128 MiB).
+/// Largest zstd window accepted (`zstd -19` uses 8 MiB, `--ultra -22` and `--long=27`
+/// 128 MiB): `ruzstd` keeps up to a window of output, so it is checked before decoding.
 pub const MAX_ZSTD_WINDOW_BYTES: u64 = 128 << 20;
 
 /// newc cpio header length: a 6-byte magic and 13 eight-digit hex fields.
@@ -206,16 +207,14 @@ pub fn read_initramfs(file: &mut dyn FileReader) -> Result<Initramfs> {
                 walk_cpio(&mut dec, false, offset, &mut out, &mut budget)?;
             }
             Compression::Zstd => {
-                let dec = ruzstd::decoding::StreamingDecoder::new_with_max_window_size(
-                    &mut src,
-                    MAX_ZSTD_WINDOW_BYTES,
-                )
-                .map_err(|e| {
-                    corrupt(
-                        offset,
-                        format!("the zstd member at byte {offset} cannot be decoded: {e}"),
-                    )
-                })?;
+                check_zstd_window(&mut src, offset)?;
+                let dec =
+                    ruzstd::streaming_decoder::StreamingDecoder::new(&mut src).map_err(|e| {
+                        corrupt(
+                            offset,
+                            format!("the zstd member at byte {offset} cannot be decoded: {e}"),
+                        )
+                    })?;
                 walk_cpio(
                     &mut BufReader::new(dec),
                     false,
@@ -245,13 +244,39 @@ struct Budget {
     entries: u64,
 }
 
+/// An error while streaming: reading the guest file failed (it carries [`GuestReadError`]),
+/// or a decompressor found the data damaged.
 fn io_err(e: &io::Error) -> Error {
-    Error::new(
-        ErrorKind::Io,
-        "guest.initramfs.read",
-        format!("reading the initramfs failed: {e}"),
-    )
+    let from_guest = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<GuestReadError>())
+        .is_some();
+    if from_guest {
+        Error::new(
+            ErrorKind::Io,
+            "guest.initramfs.read",
+            format!("reading the initramfs failed: {e}"),
+        )
+    } else {
+        Error::new(
+            ErrorKind::Corrupt,
+            "guest.initramfs.corrupt",
+            format!("the initramfs cannot be decompressed: {e}; it is damaged or truncated, rebuild it in the guest (dracut -f or update-initramfs -u)"),
+        )
+    }
 }
+
+/// A failure of the guest file system under the initramfs, told apart from decoder errors.
+#[derive(Debug)]
+struct GuestReadError(String);
+
+impl std::fmt::Display for GuestReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for GuestReadError {}
 
 fn hex(b: &[u8]) -> String {
     b.iter()
@@ -504,6 +529,48 @@ fn check_xz_dictionary(src: &mut Source<'_>, offset: u64) -> Result<()> {
     Ok(())
 }
 
+/// Refuse a zstd frame whose window is larger than [`MAX_ZSTD_WINDOW_BYTES`]. Frame
+/// header (RFC 8878 §3.1.1.1): magic, descriptor (bits 7–6 content-size field size, bit 5
+/// single segment, bits 1–0 dictionary-id size), then the window descriptor (absent for a
+/// single segment, whose window is the content size), the dictionary id, the content size.
+fn check_zstd_window(src: &mut Source<'_>, offset: u64) -> Result<()> {
+    let head = src.peek(18).map_err(|e| io_err(&e))?.to_vec();
+    let Some(&fhd) = head.get(4) else {
+        return Ok(()); // Too short: the decoder reports the truncation.
+    };
+    let single = fhd & 0x20 != 0;
+    let window = if single {
+        let dict_len = [0usize, 1, 2, 4][usize::from(fhd & 3)];
+        let fcs_len = [1usize, 2, 4, 8][usize::from(fhd >> 6)];
+        let at = 5 + dict_len;
+        let Some(raw) = head.get(at..at + fcs_len) else {
+            return Ok(());
+        };
+        let mut v = 0u64;
+        for (i, b) in raw.iter().enumerate() {
+            v |= u64::from(*b) << (8 * i);
+        }
+        if fcs_len == 2 {
+            v += 256;
+        }
+        v
+    } else {
+        let Some(&wd) = head.get(5) else {
+            return Ok(());
+        };
+        let base = 1u64 << (10 + u32::from(wd >> 3));
+        base + base / 8 * u64::from(wd & 7)
+    };
+    if window > MAX_ZSTD_WINDOW_BYTES {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            "guest.initramfs.zstd_window",
+            format!("the zstd member at byte {offset} asks for a {} MiB window; vhdforge reads zstd initramfs images with windows up to {} MiB (zstd --ultra -22 and --long=27 use 128 MiB)", window >> 20, MAX_ZSTD_WINDOW_BYTES >> 20),
+        ));
+    }
+    Ok(())
+}
+
 /// Decode one xz stream from `src` and walk the cpio inside it, in bounded pieces: lzma-rs
 /// writes its output into [`Pipe`], which hands each chunk to an incremental cpio walker.
 fn xz_walk(
@@ -697,7 +764,7 @@ impl Read for ReaderAdapter<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.0
             .read(buf)
-            .map_err(|e| io::Error::other(e.to_string()))
+            .map_err(|e| io::Error::other(GuestReadError(e.to_string())))
     }
 }
 
@@ -943,6 +1010,62 @@ mod tests {
         b[16] = 39; // 3 GiB
         let e = read(b).unwrap_err();
         assert_eq!(e.code(), "guest.initramfs.xz_dictionary");
+    }
+
+    /// A guest file whose reads fail after `ok` bytes.
+    struct Failing(Vec<u8>, usize);
+    impl FileReader for Failing {
+        fn size(&self) -> u64 {
+            1 << 20
+        }
+        fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
+            if self.1 >= self.0.len() {
+                return Err(Error::new(ErrorKind::Io, "io.read", "disk gone"));
+            }
+            let n = buf.len().min(self.0.len() - self.1);
+            buf[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+            self.1 += n;
+            Ok(n)
+        }
+        fn seek(&mut self, _: u64) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn guest_read_failures_and_damage_have_their_own_codes() {
+        // A failing disk under a compressed member is an I/O error, not "damaged".
+        let g = gzip(&main_archive());
+        let e = read_initramfs(&mut Failing(g[..g.len() / 2].to_vec(), 0)).unwrap_err();
+        assert_eq!(e.code(), "guest.initramfs.read");
+        assert!(e.to_string().contains("disk gone"), "{e}");
+        // Flipped bits inside the deflate data: damaged.
+        let mut g = gzip(&main_archive());
+        let mid = g.len() / 2;
+        g[mid] ^= 0xff;
+        g[mid + 1] ^= 0xff;
+        if let Err(e) = read(g) {
+            assert_eq!(e.code(), "guest.initramfs.corrupt", "{e}");
+        }
+    }
+
+    #[test]
+    fn huge_zstd_window_is_refused_before_allocating() {
+        // Frame header: magic, descriptor 0 (window descriptor present, no content size),
+        // window exponent 18, mantissa 1 → 256 MiB + 32 MiB, over the 128 MiB cap.
+        let mut img = early();
+        img.extend_from_slice(&[0x28, 0xb5, 0x2f, 0xfd, 0x00, 18 << 3 | 1, 0, 0, 0, 0]);
+        let e = read(img).unwrap_err();
+        assert_eq!(e.code(), "guest.initramfs.zstd_window");
+        assert!(e.to_string().contains("288 MiB window"), "{e}");
+        // Single segment: the window is the content size (8-byte field, 1 GiB).
+        let mut img = vec![0x28, 0xb5, 0x2f, 0xfd, 0xe0];
+        img.extend_from_slice(&(1u64 << 30).to_le_bytes());
+        img.extend_from_slice(&[0; 8]);
+        assert_eq!(read(img).unwrap_err().code(), "guest.initramfs.zstd_window");
+        // 128 MiB exactly is accepted by this check (the frame then fails as truncated).
+        let img = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 17 << 3, 0, 0, 0, 0];
+        assert_eq!(read(img).unwrap_err().code(), "guest.initramfs.corrupt");
     }
 
     #[test]
