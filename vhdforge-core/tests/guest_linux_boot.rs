@@ -685,3 +685,37 @@ fn real_debian_without_the_drivers_names_update_initramfs() {
         "{hv:?}"
     );
 }
+
+#[test]
+fn real_debian_grub_cfg_reached_through_an_esp_stub() {
+    // Debian's UEFI stub as grub-install writes it: `search.fs_uuid UUID root hdX`, a
+    // prefix glued from `($root)` and a quoted path, then `configfile`.
+    let deb = debian_tree();
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let root = work.join("debroot3");
+    sh(&format!(
+        "mkdir -p '{1}' && cd '{0}' && cp -a --parents boot/grub boot/vmlinuz-* usr/sbin/update-grub '{1}'",
+        deb.display(),
+        root.display()
+    ));
+    let esp = work.join("debesp");
+    put(
+        &esp,
+        "EFI/debian/grub.cfg",
+        b"search.fs_uuid 0a1b2c3d-4e5f-4061-8293-a4b5c6d7e8f9 root hd0,gpt2 \nset prefix=($root)'/boot/grub'\nconfigfile $prefix/grub.cfg\n",
+    );
+    let mut tree = GuestTree::new(ext4_of(&root, work, "64M"));
+    tree.mount(b"/boot/efi", ext4_of(&esp, work, "8M"));
+    let cfg = boot::default_entry(&tree).unwrap();
+    assert_eq!(
+        cfg.files,
+        ["/boot/efi/EFI/debian/grub.cfg", "/boot/grub/grub.cfg"]
+    );
+    assert_eq!(cfg.entry.title, "GNU/Linux");
+    assert!(
+        cfg.entry.cmdline.contains("console=ttyS0,115200n8"),
+        "{}",
+        cfg.entry.cmdline
+    );
+}
