@@ -1134,6 +1134,35 @@ mod tests {
         assert!(["guest.boot.include_depth", "guest.boot.too_large"].contains(&run_err(e).as_str()));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+        /// Any text made of GRUB's syntax characters and keywords: a result or an error,
+        /// never a panic (unbalanced quotes, braces, `if`s, `>` paths, `$` forms).
+        #[test]
+        fn any_grub_cfg_gives_a_result_or_an_error(
+            parts in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just("menuentry 'a' {\n".to_string()),
+                    proptest::strategy::Just("submenu b --id s {\n".to_string()),
+                    proptest::strategy::Just("}\n".to_string()),
+                    proptest::strategy::Just("if [ \"${x}\" ] ; then\n".to_string()),
+                    proptest::strategy::Just("else\n".to_string()),
+                    proptest::strategy::Just("fi\n".to_string()),
+                    proptest::strategy::Just("set default=1>0\n".to_string()),
+                    proptest::strategy::Just("set default=\"s>a\"\n".to_string()),
+                    proptest::strategy::Just("linux /vmlinuz-1 $x ${y} console=ttyS0\n".to_string()),
+                    proptest::strategy::Just("source /boot/grub/grub.cfg\n".to_string()),
+                    proptest::strategy::Just("blscfg\n".to_string()),
+                    "[ -~\\n'\"${};#]{0,12}",
+                ],
+                0..40,
+            )
+        ) {
+            let fs = OneFile(parts.concat().into_bytes());
+            let _ = default_entry(&fs);
+        }
+    }
+
     /// A file system holding `/boot/grub/grub.cfg` only.
     struct OneFile(Vec<u8>);
     struct Reader(Vec<u8>, usize);
