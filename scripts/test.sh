@@ -8,4 +8,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/windows/build.sh
+scripts/debian-tree.sh   # the real Debian tree of the guest boot tests (built once, cached)
 cargo test --workspace --all-targets --no-fail-fast "$@"

@@ -9,6 +9,7 @@
 //! as findings with stable `guest.*` codes instead of panics.
 
 pub mod fs;
+pub mod linux;
 pub mod lvm;
 pub mod partition;
 pub mod registry;

@@ -17,6 +17,8 @@ pub mod linux;
 use std::path::Path;
 use std::sync::Arc;
 
+pub mod linux_boot;
+
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};

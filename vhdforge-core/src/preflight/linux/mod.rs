@@ -194,8 +194,7 @@ fn run_checks(
     ssh::check(ctx);
     agent::check(ctx, id.as_deref());
     network::check(ctx);
-    // boot checks: preflight::linux_boot::check_boot(ctx.tree, &mut ctx.findings)
-    // (P2's `console`, `earlyprintk`, `hv_drivers`; wired in at merge.)
+    crate::preflight::linux_boot::check_boot(ctx.tree, &mut ctx.findings);
 }
 
 fn set_mount_point(report: &mut PreflightReport, volume: &str, at: &str) {
