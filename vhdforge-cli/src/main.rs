@@ -4,6 +4,7 @@
 //! not do its job (unreadable file, bad arguments, I/O or network error).
 
 mod convert_cmd;
+mod guest_cmd;
 mod inspect_cmd;
 mod ui;
 mod upload_cmd;
@@ -72,6 +73,9 @@ enum Command {
     Convert(convert_cmd::ConvertArgs),
     Upload(upload_cmd::UploadArgs),
     Verify(upload_cmd::VerifyArgs),
+    Volumes(guest_cmd::VolumesArgs),
+    Ls(guest_cmd::LsArgs),
+    Cat(guest_cmd::CatArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish) on stdout.
     #[command(
         long_about = "Print a shell completion script on stdout, generated from the same \
@@ -119,6 +123,9 @@ fn main() -> ExitCode {
         Command::Convert(a) => convert_cmd::run(&a, &ui),
         Command::Upload(a) => upload_cmd::run_upload(a, &ui),
         Command::Verify(a) => upload_cmd::run_verify(a, &ui),
+        Command::Volumes(a) => guest_cmd::run_volumes(&a, &ui),
+        Command::Ls(a) => guest_cmd::run_ls(&a, &ui),
+        Command::Cat(a) => guest_cmd::run_cat(&a, &ui),
         Command::Completions { shell } => print_completions(shell),
         Command::Manpage { command } => print_manpage(command.as_deref()),
     };
@@ -137,6 +144,9 @@ impl Command {
             Command::Convert(a) => a.json,
             Command::Upload(a) => a.json,
             Command::Verify(a) => a.json,
+            Command::Volumes(a) => a.json,
+            Command::Ls(a) => a.json,
+            Command::Cat(_) => false,
             Command::Completions { .. } | Command::Manpage { .. } => false,
         }
     }

@@ -10,11 +10,13 @@
 //! [`MAX_PATH_BYTES`].
 
 mod ext4;
+mod fat;
 mod identify;
 mod volume;
 mod xfs;
 
 pub use ext4::Ext4Fs;
+pub use fat::FatFs;
 pub use identify::{identify, FsKind, Identity};
 pub use volume::{ReadRange, Volume};
 pub use xfs::XfsFs;
@@ -146,10 +148,11 @@ pub fn open(volume: Volume) -> Result<Box<dyn FileSystem>> {
     match id.kind {
         FsKind::Ext => Ok(Box::new(Ext4Fs::open(volume)?)),
         FsKind::Xfs => Ok(Box::new(XfsFs::open(volume)?)),
+        FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32 => Ok(Box::new(FatFs::open(volume)?)),
         FsKind::Unknown => Err(Error::new(
             ErrorKind::Unsupported,
             "guest.fs.unknown",
-            "no file system signature found on this volume (expected ext2/3/4 or XFS); it may be unformatted, encrypted by a format vhdforge does not know, or not the volume you meant",
+            "no file system signature found on this volume (expected ext2/3/4, XFS or FAT); it may be unformatted, encrypted by a format vhdforge does not know, or not the volume you meant",
         )),
         FsKind::Ambiguous => Err(Error::new(
             ErrorKind::Unsupported,
@@ -162,7 +165,7 @@ pub fn open(volume: Volume) -> Result<Box<dyn FileSystem>> {
         other => Err(Error::new(
             ErrorKind::Unsupported,
             "guest.fs.unsupported",
-            format!("the volume holds {other}, which vhdforge identifies but does not read (it reads ext2/3/4 and XFS)"),
+            format!("the volume holds {other}, which vhdforge identifies but does not read (it reads ext2/3/4, XFS and FAT)"),
         )),
     }
 }
