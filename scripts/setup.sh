@@ -23,6 +23,7 @@ command -v pvcreate >/dev/null 2>&1 || need_apt+=(lvm2)
 command -v mkfs.ext4 >/dev/null 2>&1 && command -v debugfs >/dev/null 2>&1 || need_apt+=(e2fsprogs)
 command -v mkfs.xfs >/dev/null 2>&1 || need_apt+=(xfsprogs)
 command -v mkfs.fat >/dev/null 2>&1 || need_apt+=(dosfstools)
+command -v mcopy >/dev/null 2>&1 || need_apt+=(mtools)
 # Used by CLI and security tests: man pages, a self-signed TLS server, a pseudo-terminal,
 # loop devices, curl (Azurite's readiness probe).
 command -v man >/dev/null 2>&1 || need_apt+=(man-db)
