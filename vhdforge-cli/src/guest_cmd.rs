@@ -14,8 +14,8 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use serde_json::json;
 use vhdforge_core::guest::fs::{FileSystem, FileType, Stat};
-use vhdforge_core::guest::{scan, DiskVolumes, OsFamily};
-use vhdforge_core::{DiskImage, OpenOptions};
+use vhdforge_core::guest::{scan, DiskVolumes, OsFamily, Scheme};
+use vhdforge_core::{DiskImage, ErrorKind, OpenOptions};
 
 use crate::ui::{bytes, Ui};
 
@@ -550,11 +550,16 @@ pub fn run_cat(a: &CatArgs, _ui: &Ui) -> Result<ExitCode> {
     while left > 0 {
         let n = file.read(&mut buf)?;
         if n == 0 {
-            anyhow::bail!(
-                "{} ended {left} bytes before its recorded size of {}: the file system is damaged",
-                escape(path),
-                st.size
-            );
+            return Err(vhdforge_core::Error::new(
+                ErrorKind::Corrupt,
+                "guest.fs.short_file",
+                format!(
+                    "{} ended {left} bytes before its recorded size of {}: the file system is damaged",
+                    escape(path),
+                    st.size
+                ),
+            )
+            .into());
         }
         match out.write_all(&buf[..n]) {
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
