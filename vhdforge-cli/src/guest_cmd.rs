@@ -160,11 +160,12 @@ pub fn run_volumes(a: &VolumesArgs, ui: &Ui) -> Result<ExitCode> {
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut s = format!(
-        "{}: {:?} partition table\n",
-        a.image.display(),
-        v.table.scheme
-    );
+    let scheme = match v.table.scheme {
+        Scheme::Gpt => "GPT partition table",
+        Scheme::Mbr => "MBR partition table",
+        Scheme::None => "no partition table",
+    };
+    let mut s = format!("{}: {scheme}\n", a.image.display());
     let rows: Vec<[String; 7]> = v
         .volumes
         .iter()

@@ -5,8 +5,11 @@
 //! Mounting needs root (CI is root); a missing tool fails the test, never skips it.
 
 use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+
+mod common;
 
 use fixtures::guest::tree::{fat_tree, fat_view, kernel_view, linux_tree, Record};
 use fixtures::guest::{build, run, Content, Format, Kind, Lv, Mount, Part, Table};
@@ -303,6 +306,11 @@ fn small_disk(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(t.join("etc")).unwrap();
     std::fs::write(t.join("etc/hostname"), "guest\n").unwrap();
     std::fs::write(t.join("big"), fixtures::guest::tree::pattern(4 << 20, 9)).unwrap();
+    // Linux names are bytes: one that is not UTF-8.
+    std::fs::write(t.join(std::ffi::OsStr::from_bytes(b"bad\xffname")), "x").unwrap();
+    // 256 MiB, nearly all hole: cat must stream it, not hold it.
+    let f = std::fs::File::create(t.join("holes")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"end", (256 << 20) - 3).unwrap();
     let raw = dir.join("small.raw");
     build(
         &raw,
@@ -339,6 +347,24 @@ fn errors_name_the_path_or_volume_and_exit_2() {
     // The only readable file system is the default, even without an OS root.
     let ok = vhdforge(&["ls", img, "/etc"]);
     assert_eq!(String::from_utf8_lossy(&ok.stdout), "hostname\n");
+    // One file, long form: mode, owner, size, UTC time, name.
+    let one = String::from_utf8(vhdforge(&["ls", "--long", img, "/etc/hostname"]).stdout).unwrap();
+    assert!(
+        one.starts_with("-rw-r--r-- ")
+            && one.contains(" 6 ")
+            && one.trim_end().ends_with(" /etc/hostname"),
+        "{one}"
+    );
+    // A name that is not UTF-8: escaped in text, lossy plus escaped form in JSON.
+    let text = String::from_utf8(vhdforge(&["ls", img, "/"]).stdout).unwrap();
+    assert!(text.lines().any(|l| l == "bad\\xffname"), "{text}");
+    let all: Vec<serde_json::Value> =
+        serde_json::from_slice(&vhdforge(&["ls", "--json", img, "/"]).stdout).unwrap();
+    let bad = all
+        .iter()
+        .find(|v| v["path_escaped"] == "/bad\\xffname")
+        .expect("the non-UTF-8 name is listed with its escaped form");
+    assert_eq!(bad["path"], "/bad\u{fffd}name");
 
     let cases: [(&[&str], &str, &str); 5] = [
         (
@@ -399,6 +425,25 @@ fn errors_name_the_path_or_volume_and_exit_2() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn cat_streams_a_large_sparse_file_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = small_disk(dir.path());
+    let run = common::run_measured(
+        dir.path(),
+        &["cat", s(&raw), "/holes"],
+        std::time::Duration::from_secs(60),
+        |_| {},
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = std::fs::read(dir.path().join("child.stdout")).unwrap();
+    assert_eq!(out.len(), 256 << 20);
+    assert_eq!(&out[out.len() - 3..], b"end");
+    assert!(out[..out.len() - 3].iter().all(|&b| b == 0));
+    // The file is 256 MiB; the copy holds one 1 MiB buffer.
+    assert!(run.peak_kib < 64 << 10, "peak RSS {} KiB", run.peak_kib);
 }
 
 #[test]
