@@ -73,17 +73,19 @@ pub fn bench_guest(dir: &Path, vhdforge: &Path) -> Result<()> {
     let base = dir.join("guest");
     let disk = base.join("disk.raw");
     let fsimg = base.join("scratch/p1.fs");
-    if !disk.exists() {
+    // A build that failed half-way leaves the disk without its scratch image: start over.
+    if !disk.exists() || !fsimg.exists() {
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base)?;
         let tree = base.join("tree");
         make_tree(&tree)?;
         build(
             &disk,
-            1600,
+            2200,
             Table::Gpt,
             &[Part::new(
-                1500,
+                // mkfs.ext4 gives one inode per 16 KiB: 2100 MiB holds the 101 000 entries.
+                2100,
                 Kind::Linux,
                 Content::fs(Format::Ext4, "bench", Some(&tree)),
             )],
