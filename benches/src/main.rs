@@ -8,6 +8,7 @@
 //! Inputs are built under `$VHDFORGE_BENCH_DIR` (default `target/bench-data`) with qemu-img
 //! and kept between runs. See benches/README.md for the figures measured.
 
+mod guest;
 mod upload;
 mod util;
 
@@ -27,12 +28,13 @@ fn main() -> Result<()> {
         "convert" => bench_convert(&dir),
         "upload" => upload::bench_upload(&dir, &vhdforge_bin()?),
         "sink" => upload::sink_vs_curl_only(&dir, &vhdforge_bin()?),
+        "guest" => guest::bench_guest(&dir, &vhdforge_bin()?),
         "all" => {
             bench_read(&dir)?;
             bench_convert(&dir)?;
             upload::bench_upload(&dir, &vhdforge_bin()?)
         }
-        other => bail!("unknown benchmark {other:?}: use read, convert, upload or all"),
+        other => bail!("unknown benchmark {other:?}: use read, convert, upload, guest or all"),
     }
 }
 

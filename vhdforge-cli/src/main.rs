@@ -4,6 +4,7 @@
 //! not do its job (unreadable file, bad arguments, I/O or network error).
 
 mod convert_cmd;
+mod guest_cmd;
 mod inspect_cmd;
 mod listing_cmd;
 mod remote_cmd;
@@ -80,6 +81,9 @@ enum Command {
     Copy(remote_cmd::CopyArgs),
     Listing(listing_cmd::ListingArgs),
     Preflight(preflight_cmd::PreflightArgs),
+    Volumes(guest_cmd::VolumesArgs),
+    Ls(guest_cmd::LsArgs),
+    Cat(guest_cmd::CatArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish) on stdout.
     #[command(
         long_about = "Print a shell completion script on stdout, generated from the same \
@@ -131,6 +135,9 @@ fn main() -> ExitCode {
         Command::Copy(a) => remote_cmd::run_copy(&a, &ui),
         Command::Listing(a) => listing_cmd::run(&a, &ui),
         Command::Preflight(a) => preflight_cmd::run(&a, &ui),
+        Command::Volumes(a) => guest_cmd::run_volumes(&a, &ui),
+        Command::Ls(a) => guest_cmd::run_ls(&a, &ui),
+        Command::Cat(a) => guest_cmd::run_cat(&a, &ui),
         Command::Completions { shell } => print_completions(shell),
         Command::Manpage { command } => print_manpage(command.as_deref()),
     };
@@ -153,6 +160,9 @@ impl Command {
             Command::Copy(a) => a.json,
             Command::Listing(a) => a.json(),
             Command::Preflight(a) => a.json,
+            Command::Volumes(a) => a.json,
+            Command::Ls(a) => a.json,
+            Command::Cat(_) => false,
             Command::Completions { .. } | Command::Manpage { .. } => false,
         }
     }

@@ -27,6 +27,11 @@ impl Ui {
         Ui { quiet }
     }
 
+    /// Whether -q was given (for commands that stream their result themselves).
+    pub fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
     /// Print a human-readable result on stdout (nothing with --quiet); a reader that went
     /// away (`| head`) is not an error.
     pub fn print(&self, text: &str) -> anyhow::Result<()> {

@@ -10,12 +10,14 @@
 //! [`MAX_PATH_BYTES`].
 
 mod ext4;
+mod fat;
 mod identify;
 mod ntfs;
 mod volume;
 mod xfs;
 
 pub use ext4::Ext4Fs;
+pub use fat::FatFs;
 pub use identify::{identify, FsKind, Identity};
 pub use ntfs::NtfsFs;
 pub use volume::{ReadRange, Volume};
@@ -150,10 +152,11 @@ pub fn open(volume: Volume) -> Result<Box<dyn FileSystem>> {
         FsKind::Xfs => Ok(Box::new(XfsFs::open(volume)?)),
         FsKind::Ntfs => Ok(Box::new(NtfsFs::open(volume)?)),
         FsKind::BitLocker => Err(ntfs::bitlocker()),
+        FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32 => Ok(Box::new(FatFs::open(volume)?)),
         FsKind::Unknown => Err(Error::new(
             ErrorKind::Unsupported,
             "guest.fs.unknown",
-            "no file system signature found on this volume (expected ext2/3/4, XFS or NTFS); it may be unformatted, encrypted by a format vhdforge does not know, or not the volume you meant",
+            "no file system signature found on this volume (expected ext2/3/4, XFS, NTFS or FAT); it may be unformatted, encrypted by a format vhdforge does not know, or not the volume you meant",
         )),
         FsKind::Ambiguous => Err(Error::new(
             ErrorKind::Unsupported,
@@ -166,7 +169,7 @@ pub fn open(volume: Volume) -> Result<Box<dyn FileSystem>> {
         other => Err(Error::new(
             ErrorKind::Unsupported,
             "guest.fs.unsupported",
-            format!("the volume holds {other}, which vhdforge identifies but does not read (it reads ext2/3/4, XFS and NTFS)"),
+            format!("the volume holds {other}, which vhdforge identifies but does not read (it reads ext2/3/4, XFS, NTFS and FAT)"),
         )),
     }
 }

@@ -1,0 +1,624 @@
+//! `vhdforge volumes`, `vhdforge ls` and `vhdforge cat`: the guest's volumes and files, read
+//! offline through the guest layer (partitions, LVM, ext4/XFS/FAT/NTFS), whatever the image
+//! format. Nothing here knows a file-system format: a volume is chosen with
+//! `DiskVolumes::choose` and read through the `FileSystem` trait.
+//!
+//! Output streams: `ls -R` prints each directory as it is read (text and `--json` alike) and
+//! `cat` copies in fixed buffers, so memory does not grow with the tree or the file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use serde_json::json;
+use vhdforge_core::guest::fs::{FileSystem, FileType, Stat};
+use vhdforge_core::guest::{scan, DiskVolumes, OsFamily, Scheme};
+use vhdforge_core::{DiskImage, ErrorKind, OpenOptions};
+
+use crate::ui::{bytes, Ui};
+
+/// Directories nested deeper than this are not entered by `ls -R` (a damaged file system can
+/// make a directory its own descendant; Linux paths cannot be deeper than 2048 anyway).
+const MAX_DEPTH: usize = 256;
+/// `cat` copies in pieces of this size: memory stays flat whatever the file's size.
+const CAT_BUFFER_BYTES: usize = 1 << 20;
+
+const VOLUME_HELP: &str = "The volume to read: a partition number (as `vhdforge volumes` shows), \
+an LVM vg/lv, or a file-system label or UUID. Default: the volume holding the OS root \
+(/etc/os-release or Windows/System32/config), or the only file system there is.";
+
+/// List the partitions and volumes of a disk and say which one holds the OS root.
+#[derive(clap::Args, Debug)]
+#[command(
+    long_about = "List the partitions and volumes of a disk image (raw, VHD, VHDX or a \
+differencing chain): number, start, size, partition type, file system, label, UUID, LVM vg/lv, \
+and which one holds the operating system's root. The NAME column is what `ls`/`cat --volume` \
+take.
+
+Examples:
+  vhdforge volumes disk.vhdx
+  vhdforge volumes --json disk.vhdx | jq '.volumes[] | select(.os_root)'
+
+Exit 0 when the disk was read, 2 when it could not be."
+)]
+pub struct VolumesArgs {
+    /// The disk image.
+    pub image: PathBuf,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// List files inside a disk image's guest file system (no mount, no root needed).
+#[derive(clap::Args, Debug)]
+#[command(
+    long_about = "List a directory (or one entry) of the file system inside a disk image, \
+offline: no mount, no root, no helper VM; raw, VHD, VHDX and differencing chains alike, ext2/3/4, \
+XFS and FAT (NTFS where supported).
+
+PATH is absolute inside the volume (symlinks are followed inside the guest, never on the host). \
+Entries are listed in the order the directory stores them; -R lists subdirectories after their \
+parent's entries, at most 256 levels deep.
+
+Names that are not UTF-8 (Linux names are bytes) are printed with each invalid byte as \\xNN; \
+control characters are printed the same way. In --json, `path` and `target` are the lossy UTF-8 \
+form (U+FFFD for invalid bytes) and `path_escaped` / `target_escaped` appear with the \\xNN form \
+whenever it differs.
+
+--json prints ONE array of {\"path\", \"type\": \"file\"|\"dir\"|\"symlink\"|\"other\", \"size\", \
+\"mode\", \"uid\", \"gid\", \"mtime\", \"mtime_nsec\", \"target\"}; mode is the permission bits as a \
+number (0o644 = 420), mtime seconds since 1970 UTC.
+
+Examples:
+  vhdforge ls disk.vhdx /etc
+  vhdforge ls --long disk.vhdx /boot/grub2/grub.cfg
+  vhdforge ls -R --json --volume 1 disk.vhdx / > esp.json
+
+Exit 0 when everything was listed, 2 on an error (no such file, not a directory, unsupported or \
+encrypted volume, a damaged file system); with -R a directory that cannot be read is reported on \
+stderr and the listing goes on, then exits 2."
+)]
+pub struct LsArgs {
+    /// The disk image.
+    pub image: PathBuf,
+    /// The absolute guest path to list.
+    #[arg(default_value = "/")]
+    pub path: String,
+    /// List subdirectories recursively.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+    /// Show type and mode, owner, size, modification time and link target.
+    #[arg(short, long)]
+    pub long: bool,
+    /// Print one JSON array instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, value_name = "V", help = VOLUME_HELP)]
+    pub volume: Option<String>,
+}
+
+/// Print a file from inside a disk image on stdout, exactly (binary-safe).
+#[derive(clap::Args, Debug)]
+#[command(
+    long_about = "Print a regular file from the file system inside a disk image on \
+stdout, byte for byte: binary-safe, holes read as zeros, streamed in 1 MiB pieces so memory does \
+not grow with the file. Symlinks are followed inside the guest.
+
+Examples:
+  vhdforge cat disk.vhdx /etc/default/grub
+  vhdforge cat --volume 1 disk.vhdx /EFI/ubuntu/grub.cfg
+  vhdforge cat disk.vhdx /var/log/messages | tail
+
+Exit 0 when the whole file was written (or the reader closed the pipe), 2 on an error."
+)]
+pub struct CatArgs {
+    /// The disk image.
+    pub image: PathBuf,
+    /// The absolute guest path of a regular file.
+    pub path: String,
+    #[arg(long, value_name = "V", help = VOLUME_HELP)]
+    pub volume: Option<String>,
+}
+
+fn open_image(path: &Path) -> Result<Arc<dyn DiskImage>> {
+    let img = vhdforge_core::open(path, &OpenOptions::default())
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(Arc::from(img))
+}
+
+fn scan_image(path: &Path) -> Result<DiskVolumes> {
+    let img = open_image(path)?;
+    scan(&img).with_context(|| format!("cannot read the volumes of {}", path.display()))
+}
+
+/// The file system `--volume` (or the default rule) names.
+fn open_fs(image: &Path, volume: Option<&str>) -> Result<Box<dyn FileSystem>> {
+    let vols = scan_image(image)?;
+    let v = vols.choose(volume)?;
+    let fs = v
+        .open()
+        .with_context(|| format!("cannot read volume {} of {}", v.name, image.display()))?;
+    Ok(fs)
+}
+
+// ---------------------------------------------------------------------------------------
+// volumes
+
+/// `vhdforge volumes`.
+pub fn run_volumes(a: &VolumesArgs, ui: &Ui) -> Result<ExitCode> {
+    let v = scan_image(&a.image)?;
+    let chosen = v.choose(None).ok().map(|x| x.name.clone());
+    if a.json {
+        ui.print_json(&json!({
+            "path": a.image.display().to_string(),
+            "scheme": v.table.scheme,
+            "volumes": v.volumes,
+            "default": chosen,
+            "findings": v.findings,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let scheme = match v.table.scheme {
+        Scheme::Gpt => "GPT partition table",
+        Scheme::Mbr => "MBR partition table",
+        Scheme::None => "no partition table",
+    };
+    let mut s = format!("{}: {scheme}\n", a.image.display());
+    let rows: Vec<[String; 7]> = v
+        .volumes
+        .iter()
+        .map(|x| {
+            [
+                x.name.clone(),
+                bytes(x.start_bytes),
+                bytes(x.size_bytes),
+                x.type_name.clone(),
+                x.filesystem.to_string(),
+                x.label.clone().unwrap_or_default(),
+                format!(
+                    "{}{}",
+                    x.uuid.clone().unwrap_or_default(),
+                    match x.os_root {
+                        Some(OsFamily::Linux) => "  [Linux root]",
+                        Some(OsFamily::Windows) => "  [Windows root]",
+                        None => "",
+                    }
+                ),
+            ]
+        })
+        .collect();
+    let head = ["NAME", "START", "SIZE", "TYPE", "FS", "LABEL", "UUID"];
+    let mut w = head.map(str::len);
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                l.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        l.trim_end().to_string() + "\n"
+    };
+    s += &line(&head);
+    for r in &rows {
+        s += &line(&r.each_ref().map(String::as_str));
+    }
+    if rows.is_empty() {
+        s += "(no partition or volume)\n";
+    }
+    match &chosen {
+        Some(n) => s += &format!("ls/cat read volume {n} unless --volume says otherwise\n"),
+        None => s += "ls/cat need --volume NAME on this disk\n",
+    }
+    for f in &v.findings {
+        s += &format!("  {f}\n");
+    }
+    ui.print(&s)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------------------------------
+// ls
+
+/// A guest name or path for display: valid UTF-8 stays as it is, each invalid byte and each
+/// control character becomes `\xNN` (a name must not move the terminal's cursor), and a
+/// backslash becomes `\\` so the escaped form is unambiguous.
+pub fn escape(name: &[u8]) -> String {
+    let mut out = String::with_capacity(name.len());
+    for chunk in name.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\\' {
+                out.push_str("\\\\");
+            } else if c.is_control() {
+                let mut b = [0u8; 4];
+                for byte in c.encode_utf8(&mut b).bytes() {
+                    out.push_str(&format!("\\x{byte:02x}"));
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+fn type_name(t: FileType) -> &'static str {
+    match t {
+        FileType::Regular => "file",
+        FileType::Directory => "dir",
+        FileType::Symlink => "symlink",
+        _ => "other",
+    }
+}
+
+/// One entry as `ls --json` prints it.
+fn entry_json(path: &[u8], st: &Stat) -> serde_json::Value {
+    let mut v = json!({
+        "path": String::from_utf8_lossy(path),
+        "type": type_name(st.file_type),
+        "size": st.size,
+        "mode": st.mode,
+        "uid": st.uid,
+        "gid": st.gid,
+        "mtime": st.mtime.seconds,
+        "mtime_nsec": st.mtime.nanoseconds,
+        "target": st.link_target.as_deref().map(String::from_utf8_lossy),
+    });
+    if std::str::from_utf8(path).is_err() {
+        v["path_escaped"] = json!(escape(path));
+    }
+    if let Some(t) = &st.link_target {
+        if std::str::from_utf8(t).is_err() {
+            v["target_escaped"] = json!(escape(t));
+        }
+    }
+    v
+}
+
+/// `drwxr-xr-x` as `ls -l` prints it.
+fn mode_string(st: &Stat) -> String {
+    let t = match st.file_type {
+        FileType::Regular => '-',
+        FileType::Directory => 'd',
+        FileType::Symlink => 'l',
+        FileType::CharDevice => 'c',
+        FileType::BlockDevice => 'b',
+        FileType::Fifo => 'p',
+        FileType::Socket => 's',
+    };
+    let m = st.mode;
+    let bit = |mask: u16, c: char| if m & mask != 0 { c } else { '-' };
+    let special = |x: bool, special: bool, lower: char, upper: char| match (special, x) {
+        (true, true) => lower,
+        (true, false) => upper,
+        (false, true) => 'x',
+        (false, false) => '-',
+    };
+    let mut s = String::with_capacity(10);
+    s.push(t);
+    s.push(bit(0o400, 'r'));
+    s.push(bit(0o200, 'w'));
+    s.push(special(m & 0o100 != 0, m & 0o4000 != 0, 's', 'S'));
+    s.push(bit(0o040, 'r'));
+    s.push(bit(0o020, 'w'));
+    s.push(special(m & 0o010 != 0, m & 0o2000 != 0, 's', 'S'));
+    s.push(bit(0o004, 'r'));
+    s.push(bit(0o002, 'w'));
+    s.push(special(m & 0o001 != 0, m & 0o1000 != 0, 't', 'T'));
+    s
+}
+
+/// `YYYY-MM-DD HH:MM:SS` UTC for seconds since 1970 (proleptic Gregorian calendar).
+fn utc(seconds: i64) -> String {
+    let days = seconds.div_euclid(86_400);
+    let secs = seconds.rem_euclid(86_400);
+    // Days to civil date: eras of 400 years (146 097 days), March-based years.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// Where `ls` writes: a text line or one element of the JSON array per entry.
+struct Sink<W: Write> {
+    out: W,
+    json: bool,
+    long: bool,
+    quiet: bool,
+    first: bool,
+}
+
+impl<W: Write> Sink<W> {
+    fn begin(&mut self) -> std::io::Result<()> {
+        if self.json {
+            self.out.write_all(b"[")?;
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, path: &[u8], shown_name: &[u8], st: &Stat) -> std::io::Result<()> {
+        if self.json {
+            let sep: &[u8] = if self.first { b"\n  " } else { b",\n  " };
+            self.first = false;
+            self.out.write_all(sep)?;
+            self.out
+                .write_all(entry_json(path, st).to_string().as_bytes())?;
+            return Ok(());
+        }
+        if self.quiet {
+            return Ok(());
+        }
+        if self.long {
+            let mut line = format!(
+                "{} {:>5} {:>5} {:>12} {} {}",
+                mode_string(st),
+                st.uid,
+                st.gid,
+                st.size,
+                utc(st.mtime.seconds),
+                escape(shown_name)
+            );
+            if let Some(t) = &st.link_target {
+                line.push_str(" -> ");
+                line.push_str(&escape(t));
+            }
+            line.push('\n');
+            self.out.write_all(line.as_bytes())
+        } else {
+            self.out
+                .write_all(format!("{}\n", escape(shown_name)).as_bytes())
+        }
+    }
+
+    /// The `dir:` heading `ls -R` prints before each directory's entries.
+    fn heading(&mut self, dir: &[u8], first: bool) -> std::io::Result<()> {
+        if self.json || self.quiet {
+            return Ok(());
+        }
+        let sep = if first { "" } else { "\n" };
+        self.out
+            .write_all(format!("{sep}{}:\n", escape(dir)).as_bytes())
+    }
+
+    fn end(&mut self) -> std::io::Result<()> {
+        if self.json {
+            self.out
+                .write_all(if self.first { b"]\n" } else { b"\n]\n" })?;
+        }
+        self.out.flush()
+    }
+}
+
+fn child(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = dir.to_vec();
+    if p.last() != Some(&b'/') {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+/// `vhdforge ls`.
+pub fn run_ls(a: &LsArgs, ui: &Ui) -> Result<ExitCode> {
+    let fs = open_fs(&a.image, a.volume.as_deref())?;
+    let path = a.path.as_bytes();
+    // A symlink named on the command line is listed as itself, unless it leads to a
+    // directory, which is listed (as `ls` does without -l).
+    let st = fs.lstat(path)?;
+    let top = if st.file_type == FileType::Symlink
+        && fs
+            .stat(path)
+            .is_ok_and(|s| s.file_type == FileType::Directory)
+    {
+        fs.resolve(path, true)?
+    } else if st.file_type == FileType::Directory {
+        fs.resolve(path, false)?
+    } else {
+        Vec::new()
+    };
+    let stdout = std::io::stdout();
+    let mut sink = Sink {
+        out: std::io::BufWriter::with_capacity(64 << 10, stdout.lock()),
+        json: a.json,
+        long: a.long,
+        quiet: ui.is_quiet(),
+        first: true,
+    };
+    let result = if top.is_empty() {
+        sink.begin()
+            .and_then(|()| sink.entry(path, path, &st))
+            .and_then(|()| sink.end())
+            .map(|()| true)
+    } else {
+        list_tree(fs.as_ref(), &top, a.recursive, &mut sink)
+    };
+    match result {
+        Ok(true) => Ok(ExitCode::SUCCESS),
+        Ok(false) => Ok(ExitCode::from(2)),
+        // The reader went away (`| head`): what it wanted was written.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(anyhow::Error::new(e).context("writing the listing to stdout")),
+    }
+}
+
+/// List `top` (and with `recursive` its subdirectories, depth first, each after its parent's
+/// entries). A directory that cannot be read is reported on stderr and skipped; returns
+/// whether everything was listed. Only the paths of directories still to visit are held.
+fn list_tree<W: Write>(
+    fs: &dyn FileSystem,
+    top: &[u8],
+    recursive: bool,
+    sink: &mut Sink<W>,
+) -> std::io::Result<bool> {
+    let mut all_ok = true;
+    // (directory, depth), popped last first; each directory's subdirectories are pushed in
+    // reverse so they are visited in the order they were listed.
+    let mut todo: Vec<(Vec<u8>, usize)> = vec![(top.to_vec(), 0)];
+    sink.begin()?;
+    let mut first_dir = true;
+    while let Some((dir, depth)) = todo.pop() {
+        if recursive {
+            sink.heading(&dir, first_dir)?;
+        }
+        first_dir = false;
+        let mut subdirs = Vec::new();
+        let mut io_err = None;
+        let listed = fs.list_resolved(&dir, &mut |e| {
+            let p = child(&dir, &e.name);
+            let st = match fs.stat_resolved(&p) {
+                Ok(s) => s,
+                Err(err) => {
+                    eprintln!("vhdforge: cannot stat {}: {err}", escape(&p));
+                    all_ok = false;
+                    return true;
+                }
+            };
+            if let Err(w) = sink.entry(&p, &e.name, &st) {
+                io_err = Some(w);
+                return false;
+            }
+            if recursive && st.file_type == FileType::Directory {
+                subdirs.push(p);
+            }
+            true
+        });
+        if let Some(e) = io_err {
+            return Err(e);
+        }
+        if let Err(err) = listed {
+            eprintln!("vhdforge: cannot list {}: {err}", escape(&dir));
+            all_ok = false;
+        }
+        if depth + 1 > MAX_DEPTH && !subdirs.is_empty() {
+            eprintln!(
+                "vhdforge: not entering the {} directories under {}: deeper than {MAX_DEPTH} levels (a damaged file system can make a directory its own descendant)",
+                subdirs.len(),
+                escape(&dir)
+            );
+            all_ok = false;
+            continue;
+        }
+        todo.extend(subdirs.into_iter().rev().map(|d| (d, depth + 1)));
+    }
+    sink.end()?;
+    Ok(all_ok)
+}
+
+// ---------------------------------------------------------------------------------------
+// cat
+
+/// `vhdforge cat`.
+pub fn run_cat(a: &CatArgs, _ui: &Ui) -> Result<ExitCode> {
+    let fs = open_fs(&a.image, a.volume.as_deref())?;
+    let path = a.path.as_bytes();
+    let st = fs.stat(path)?;
+    if st.file_type != FileType::Regular {
+        let what = match st.file_type {
+            FileType::Directory => "a directory (list it with `vhdforge ls`)",
+            FileType::CharDevice | FileType::BlockDevice => "a device node",
+            FileType::Fifo => "a named pipe",
+            FileType::Socket => "a socket",
+            FileType::Regular | FileType::Symlink => "not a regular file",
+        };
+        anyhow::bail!("{} is {what}; cat prints regular files only", escape(path));
+    }
+    let mut file = fs.open(path)?;
+    let mut buf = vec![0u8; CAT_BUFFER_BYTES];
+    let mut out = std::io::stdout().lock();
+    let mut left = file.size();
+    while left > 0 {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Err(vhdforge_core::Error::new(
+                ErrorKind::Corrupt,
+                "guest.fs.short_file",
+                format!(
+                    "{} ended {left} bytes before its recorded size of {}: the file system is damaged",
+                    escape(path),
+                    st.size
+                ),
+            )
+            .into());
+        }
+        match out.write_all(&buf[..n]) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+            r => r.context("writing to stdout")?,
+        }
+        left = left.saturating_sub(n as u64);
+    }
+    match out.flush() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        r => r.context("writing to stdout")?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_are_not_printable_utf8_are_escaped_unambiguously() {
+        // (raw name, shown) — invalid bytes, control characters and the escape character.
+        let cases: [(&[u8], &str); 5] = [
+            (b"plain.txt", "plain.txt"),
+            ("héllo ✓".as_bytes(), "héllo ✓"),
+            (b"bad\xff\xfename", "bad\\xff\\xfename"),
+            (b"esc\x1b[2Jclear", "esc\\x1b[2Jclear"),
+            (b"back\\x41slash", "back\\\\x41slash"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(escape(raw), want);
+        }
+    }
+
+    #[test]
+    fn timestamps_print_as_utc_calendar_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc(1_700_000_000), "2023-11-14 22:13:20");
+        assert_eq!(utc(-1), "1969-12-31 23:59:59");
+    }
+
+    #[test]
+    fn modes_print_as_ls_does() {
+        let st = |t, mode| Stat {
+            file_type: t,
+            mode,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: vhdforge_core::guest::fs::Timestamp {
+                seconds: 0,
+                nanoseconds: 0,
+            },
+            link_target: None,
+        };
+        assert_eq!(mode_string(&st(FileType::Directory, 0o1777)), "drwxrwxrwt");
+        assert_eq!(mode_string(&st(FileType::Regular, 0o4755)), "-rwsr-xr-x");
+        assert_eq!(mode_string(&st(FileType::Regular, 0o2644)), "-rw-r-Sr--");
+        assert_eq!(mode_string(&st(FileType::Symlink, 0o777)), "lrwxrwxrwx");
+    }
+}
