@@ -4,6 +4,7 @@
 //! not do its job (unreadable file, bad arguments, I/O or network error).
 
 mod convert_cmd;
+mod hyperv_cmd;
 mod inspect_cmd;
 mod ui;
 mod upload_cmd;
@@ -72,6 +73,7 @@ enum Command {
     Convert(convert_cmd::ConvertArgs),
     Upload(upload_cmd::UploadArgs),
     Verify(upload_cmd::VerifyArgs),
+    Hyperv(hyperv_cmd::HypervArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish) on stdout.
     #[command(
         long_about = "Print a shell completion script on stdout, generated from the same \
@@ -119,6 +121,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => convert_cmd::run(&a, &ui),
         Command::Upload(a) => upload_cmd::run_upload(a, &ui),
         Command::Verify(a) => upload_cmd::run_verify(a, &ui),
+        Command::Hyperv(a) => hyperv_cmd::run(a, &ui),
         Command::Completions { shell } => print_completions(shell),
         Command::Manpage { command } => print_manpage(command.as_deref()),
     };
@@ -137,6 +140,7 @@ impl Command {
             Command::Convert(a) => a.json,
             Command::Upload(a) => a.json,
             Command::Verify(a) => a.json,
+            Command::Hyperv(a) => a.json(),
             Command::Completions { .. } | Command::Manpage { .. } => false,
         }
     }
