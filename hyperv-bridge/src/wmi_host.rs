@@ -96,7 +96,12 @@ impl WmiHost {
                 wmi::quote_and_escape_wql_str(n)
             ));
         }
-        self.objects(&wql)
+        // Every command starts here: if Msvm_ComputerSystem cannot be queried at all (Wine's
+        // WMI, a half-installed role), there is no usable Hyper-V, whatever the HRESULT.
+        self.objects(&wql).map_err(|e| match e {
+            HostError::Other(reason) => HostError::Unavailable { reason },
+            other => other,
+        })
     }
 
     fn machine(&self, name: &str) -> Result<IWbemClassWrapper, HostError> {
