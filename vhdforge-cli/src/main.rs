@@ -5,6 +5,7 @@
 
 mod convert_cmd;
 mod guest_cmd;
+mod hyperv_cmd;
 mod inspect_cmd;
 mod listing_cmd;
 mod remote_cmd;
@@ -84,6 +85,7 @@ enum Command {
     Volumes(guest_cmd::VolumesArgs),
     Ls(guest_cmd::LsArgs),
     Cat(guest_cmd::CatArgs),
+    Hyperv(hyperv_cmd::HypervArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish) on stdout.
     #[command(
         long_about = "Print a shell completion script on stdout, generated from the same \
@@ -138,6 +140,7 @@ fn main() -> ExitCode {
         Command::Volumes(a) => guest_cmd::run_volumes(&a, &ui),
         Command::Ls(a) => guest_cmd::run_ls(&a, &ui),
         Command::Cat(a) => guest_cmd::run_cat(&a, &ui),
+        Command::Hyperv(a) => hyperv_cmd::run(a, &ui),
         Command::Completions { shell } => print_completions(shell),
         Command::Manpage { command } => print_manpage(command.as_deref()),
     };
@@ -163,6 +166,7 @@ impl Command {
             Command::Volumes(a) => a.json,
             Command::Ls(a) => a.json,
             Command::Cat(_) => false,
+            Command::Hyperv(a) => a.json(),
             Command::Completions { .. } | Command::Manpage { .. } => false,
         }
     }

@@ -1,4 +1,4 @@
-//! The NTFS boot sector (`docs/guest-filesystems.md` §5.1): the geometry every other address
+//! The NTFS boot sector (`docs/guest-filesystems.md` §6.1): the geometry every other address
 //! is computed from, so each field is checked before it is used.
 
 use super::{corrupt, unsupported};

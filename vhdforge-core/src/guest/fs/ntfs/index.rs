@@ -1,4 +1,4 @@
-//! Directory indexes (`$I30`, `docs/guest-filesystems.md` §5.9): the B+-tree of `$FILE_NAME`
+//! Directory indexes (`$I30`, `docs/guest-filesystems.md` §6.9): the B+-tree of `$FILE_NAME`
 //! keys in `$INDEX_ROOT` and the INDX blocks of `$INDEX_ALLOCATION`. Lookups descend by the
 //! volume's `$UpCase` collation; listings walk the tree in order. Only blocks reached from
 //! the root are read (unused blocks keep stale entries), each at most once per walk, and the

@@ -1,4 +1,4 @@
-//! NTFS, read-only, written for vhdforge (`docs/guest-filesystems.md` §5). One file per
+//! NTFS, read-only, written for vhdforge (`docs/guest-filesystems.md` §6). One file per
 //! on-disk structure: [`boot`] (geometry, `BitLocker`), [`record`] (fixups, FILE records,
 //! attributes, runlists), [`stream`] (an attribute's content, streamed), [`index`]
 //! (directory B+-trees). This file bootstraps the MFT, gathers a file's attributes across

@@ -1,5 +1,5 @@
 //! Multi-sector records (update-sequence fixups), FILE records, their attributes and the
-//! runlists of non-resident attributes (`docs/guest-filesystems.md` §5.3–§5.6). Everything
+//! runlists of non-resident attributes (`docs/guest-filesystems.md` §6.3–§6.6). Everything
 //! here works on one record already in memory, so every offset is checked against it.
 
 use super::corrupt;
