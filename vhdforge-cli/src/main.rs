@@ -8,8 +8,8 @@ mod guest_cmd;
 mod hyperv_cmd;
 mod inspect_cmd;
 mod listing_cmd;
-mod remote_cmd;
 mod preflight_cmd;
+mod remote_cmd;
 mod ui;
 mod upload_cmd;
 

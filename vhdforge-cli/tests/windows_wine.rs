@@ -538,6 +538,7 @@ fn wine_smoke_suite() {
 
     interrupted_convert(&wine, dir.path());
     disk_in_use(&wine, dir.path());
+    hyperv_unavailable(&wine);
     report(&format!("all steps passed in {:.0?}", started.elapsed()));
 }
 
@@ -682,4 +683,25 @@ fn disk_in_use(wine: &Wine, dir: &Path) {
     let msg = j["error"]["message"].as_str().unwrap();
     assert!(msg.contains("is the VM running or saved?"), "{msg}");
     assert!(!msg.contains("os error"), "a raw OS error in: {msg}");
+}
+
+/// Wine has WMI but no `root\\virtualization\\v2`: the real WMI code of `hyperv list` runs
+/// and must end with the clean "Hyper-V is not available" error, not a COM error code.
+fn hyperv_unavailable(wine: &Wine) {
+    let o = wine.run(
+        &[
+            OsStr::new("hyperv"),
+            OsStr::new("list"),
+            OsStr::new("--json"),
+        ],
+        &[],
+        Duration::from_secs(120),
+    );
+    let j = json(&o);
+    report(&format!("hyperv list: exit {:?}, {j}", o.status.code()));
+    assert_eq!(o.status.code(), Some(2), "{j}");
+    assert_eq!(j["error"]["code"], "hyperv.unavailable", "{j}");
+    let msg = j["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("plan --inventory"), "{msg}");
+    assert!(!msg.contains("0x8004"), "a raw WMI error in: {msg}");
 }
