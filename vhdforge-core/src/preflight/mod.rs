@@ -5,6 +5,8 @@
 //! where the evidence is (volume, path, line or value) and the command that fixes it inside
 //! the guest, because the person reading it has to go and change the guest.
 
+pub mod windows;
+
 use serde::Serialize;
 
 use crate::finding::{Code, Severity};
