@@ -191,17 +191,19 @@ impl HiveView {
 }
 
 /// A value as a person reads it in evidence: numbers in decimal (and hex when large),
-/// strings quoted, lists bracketed, other data as at most 32 hex bytes.
+/// strings quoted (Windows paths keep their single backslashes; control characters and
+/// quotes, which could forge an evidence line, are escaped), lists bracketed, other data as
+/// at most 32 hex bytes.
 pub(crate) fn render(v: &Value) -> String {
     match v.data() {
         ValueData::Dword(n) if n > 9 => format!("{n} ({n:#x})"),
         ValueData::Dword(n) => n.to_string(),
         ValueData::Qword(n) => n.to_string(),
-        ValueData::String(s) => format!("\"{}\"", s.escape_debug()),
+        ValueData::String(s) => format!("\"{}\"", shown(&s)),
         ValueData::MultiString(list) => format!(
             "[{}]",
             list.iter()
-                .map(|s| format!("\"{}\"", s.escape_debug()))
+                .map(|s| format!("\"{}\"", shown(s)))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
@@ -211,4 +213,15 @@ pub(crate) fn render(v: &Value) -> String {
             format!("{} bytes: {}{more}", bytes.len(), shown.join(" "))
         }
     }
+}
+
+/// `s` with control characters and quotes escaped, backslashes kept.
+fn shown(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '"' => "\\\"".to_string(),
+            c if c.is_control() => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
 }
