@@ -163,6 +163,14 @@ fn variants() -> Vec<(vhdforge_core::finding::Code, Mutation, &'static str)> {
         (codes::UNSUPPORTED_ROLE, |t| {
             t.set(HiveName::System, "CurrentControlSet\\Services\\vmms", "Start", Reg::Dword(2));
         }, "SYSTEM\\ControlSet001\\Services\\vmms: Start = 2 (REG_DWORD) (Automatic)"),
+        // A role without a service of its own, found through Server Manager's component cache.
+        (codes::UNSUPPORTED_ROLE, |t| {
+            t.set(HiveName::Software, "Microsoft\\ServerManager\\ServicingStorage\\ServerComponentCache\\ADRMS", "InstallState", Reg::Dword(1));
+        }, "ServerComponentCache\\ADRMS: InstallState = 1"),
+        // State.ini says generalized, the registry does not: the registry is not ignored.
+        (codes::NOT_GENERALIZED, |t| {
+            t.set(HiveName::Software, "Microsoft\\Windows\\CurrentVersion\\Setup\\State", "ImageState", Reg::Sz("IMAGE_STATE_SPECIALIZE_RESEAL_TO_OOBE".into()));
+        }, "Setup\\State: ImageState = \"IMAGE_STATE_SPECIALIZE_RESEAL_TO_OOBE\""),
         (codes::DHCP_DISABLED, |t| {
             t.set(HiveName::System, "CurrentControlSet\\Services\\Dhcp", "Start", Reg::Dword(4));
         }, "Services\\Dhcp: Start = 4 (REG_DWORD) (Disabled)"),
@@ -390,4 +398,44 @@ fn a_disk_without_windows_says_so() {
         show(&p)
     );
     assert!(facts.os.is_none());
+}
+
+#[test]
+fn the_firewall_check_follows_the_rdp_listener_port() {
+    let dir = tempfile::tempdir().unwrap();
+    const RDP_TCP: &str = "CurrentControlSet\\Control\\Terminal Server\\WinStations\\RDP-Tcp";
+    const FW: &str =
+        "CurrentControlSet\\Services\\SharedAccess\\Parameters\\FirewallPolicy\\FirewallRules";
+    let mut moved = WindowsTree::clean();
+    moved.set(HiveName::System, RDP_TCP, "PortNumber", Reg::Dword(3390));
+    let (out, _) = check(&dir.path().join("a"), &moved, Layout::Gen1Single);
+    let p = problems(&out);
+    let mut got: Vec<_> = p.iter().map(|f| f.code).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [codes::RDP_FIREWALL, codes::RDP_SETTINGS],
+        "{}",
+        show(&p)
+    );
+    assert!(show(&p).contains("TCP 3390"), "{}", show(&p));
+    // The rule moved with it: only the unusual port is left.
+    moved.set(
+        HiveName::System,
+        FW,
+        "RemoteDesktop-UserMode-In-TCP",
+        Reg::Sz(wt::RDP_RULE.replace("LPort=3389", "LPort=3390")),
+    );
+    let (out, _) = check(&dir.path().join("b"), &moved, Layout::Gen1Single);
+    let p = problems(&out);
+    assert_eq!(p.len(), 1, "{}", show(&p));
+    assert_eq!(p[0].code, codes::RDP_SETTINGS);
+    assert!(
+        p[0].evidence
+            .as_deref()
+            .unwrap()
+            .contains("PortNumber = 3390"),
+        "{}",
+        show(&p)
+    );
 }

@@ -287,6 +287,27 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any string, including ones built from the grammar's own pieces, parses or is
+        /// refused; a parsed rule can be evaluated.
+        #[test]
+        fn any_rule_string_is_parsed_or_refused_without_panic(
+            parts in proptest::collection::vec(prop_oneof![
+                Just("v2.31".to_string()), Just("Action=Allow".to_string()), Just("Active=TRUE".to_string()),
+                Just("Dir=In".to_string()), Just("LPort=".to_string()), Just("LPort=65535-0".to_string()),
+                Just("Protocol=99999999999".to_string()), Just("Profile=Public".to_string()), "[ -~]{0,12}",
+            ], 0..12),
+        ) {
+            let text = parts.join("|");
+            if let Some(r) = parse("x", &text) {
+                for p in Profile::ALL {
+                    let _ = r.allows(3389, p) || r.blocks(0, p) || r.allows_if_active(65535, p);
+                }
+            }
+        }
+    }
 
     const RDP: &str = "v2.33|Action=Allow|Active=TRUE|Dir=In|Protocol=6|Profile=Domain|Profile=Private|Profile=Public|LPort=3389|App=%SystemRoot%\\system32\\svchost.exe|Svc=termservice|Name=@FirewallAPI.dll,-28775|Desc=@FirewallAPI.dll,-28756|EmbedCtxt=@FirewallAPI.dll,-28752|Edge=FALSE|Defer=App|";
 
