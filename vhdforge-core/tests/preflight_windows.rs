@@ -439,3 +439,31 @@ fn the_firewall_check_follows_the_rdp_listener_port() {
         show(&p)
     );
 }
+
+#[test]
+fn a_damaged_system_hive_is_reported_once_not_as_every_value_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = WindowsTree::clean();
+    let mut garbage = wt::empty_hive();
+    garbage[4096..4100].copy_from_slice(b"XXXX"); // the first hive bin loses its signature
+    t.files
+        .insert("Windows/System32/config/SYSTEM".into(), garbage);
+    let (out, facts) = check(dir.path(), &t, Layout::Gen1Single);
+    let p = problems(&out);
+    assert_eq!(p.len(), 1, "{}", show(&p));
+    assert_eq!(
+        (p[0].code, p[0].severity),
+        (codes::UNREADABLE, Severity::Error)
+    );
+    assert!(
+        p[0].evidence
+            .as_deref()
+            .unwrap()
+            .contains("1:/Windows/System32/config/SYSTEM"),
+        "{}",
+        show(&p)
+    );
+    // SOFTWARE and the kernel image are still read.
+    assert_eq!(facts.os.as_ref().unwrap().build, Some(20348));
+    assert_eq!(facts.os.as_ref().unwrap().arch.as_deref(), Some("AMD64"));
+}

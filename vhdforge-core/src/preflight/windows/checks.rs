@@ -41,24 +41,37 @@ fn reg_dword(hive: &str, path: &str, name: &str, value: u32) -> String {
 }
 
 /// Run every check on what was read.
+/// A check whose hive could not be read is skipped: the hive was reported as unreadable
+/// once, and every value it holds would otherwise be reported as missing.
 pub(super) fn run(i: &Inputs, out: &mut Vec<GuestFinding>, facts: &mut WindowsFacts) {
-    os(i, out, facts);
-    arch(i, out, facts);
-    generalized(i, out, facts);
-    rdp(i, out);
-    rdp_settings(i, out);
-    rdp_firewall(i, out);
-    san_policy(i, out);
-    pending_reboot(i, out);
-    roles(i, out);
-    dhcp_and_cdrom(i, out);
-    services(i, out);
-    time(i, out);
-    temp(i, out);
+    let (system, software) = (i.system.loaded, i.software.loaded);
+    if software {
+        os(i, out, facts);
+    }
+    if system || i.kernel_machine.is_some() {
+        arch(i, out, facts);
+    }
+    if software || i.state_ini.is_some() {
+        generalized(i, out, facts);
+    }
+    if system || software {
+        pending_reboot(i, out);
+        roles(i, out);
+    }
+    if system {
+        rdp(i, out);
+        rdp_settings(i, out);
+        rdp_firewall(i, out);
+        san_policy(i, out);
+        dhcp_and_cdrom(i, out);
+        services(i, out);
+        time(i, out);
+        temp(i, out);
+        agent(i, out);
+        pagefile(i, out);
+        crash_dump(i, out);
+    }
     boot(i, out);
-    agent(i, out);
-    pagefile(i, out);
-    crash_dump(i, out);
 }
 
 /// `guest.disk.generation`: the VM generation the partition table implies.
@@ -428,6 +441,9 @@ fn rdp_settings(i: &Inputs, out: &mut Vec<GuestFinding>) {
         (&i.system, "SYSTEM", paths::RDP_TCP, RDP_LISTENER),
         (&i.software, "SOFTWARE", paths::TS_POLICY, RDP_POLICY),
     ] {
+        if !view.loaded {
+            continue;
+        }
         for &(name, want) in table {
             if view.dword(path, name) == Some(want) {
                 continue;

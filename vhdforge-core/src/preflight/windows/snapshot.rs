@@ -37,6 +37,9 @@ pub(crate) struct HiveView {
     keys: HashMap<String, KeyData>,
     /// Keys that could not be read (damaged cells), with the reason.
     pub unreadable: Vec<String>,
+    /// False for a hive that could not be read at all: the checks that need it are skipped
+    /// (its absence is reported once) rather than reporting every value as missing.
+    pub loaded: bool,
 }
 
 impl HiveView {
@@ -47,6 +50,7 @@ impl HiveView {
             control_set: None,
             keys: HashMap::new(),
             unreadable: Vec::new(),
+            loaded: false,
         }
     }
 
@@ -67,6 +71,7 @@ impl HiveView {
             control_set,
             keys: HashMap::new(),
             unreadable: Vec::new(),
+            loaded: true,
         };
         let mut bytes = 0usize;
         for p in paths {
