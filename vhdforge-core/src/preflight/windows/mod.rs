@@ -47,8 +47,12 @@ pub struct WindowsFacts {
     pub os: Option<WindowsOs>,
     /// The VM generation the partition table implies.
     pub generation: Option<Generation>,
-    /// The volume (as `--volume` names it) holding `Windows/System32/config`.
+    /// The volume (as `--volume` names it) holding `Windows/System32/config`: the first
+    /// such volume in disk order.
     pub os_volume: Option<String>,
+    /// Further volumes that also hold a Windows installation (not checked; a disk meant for
+    /// Azure holds one).
+    pub other_windows_volumes: Vec<String>,
     /// Where the BCD store was read: `<volume>:<path>`.
     pub bcd: Option<String>,
     /// The control set `Select\Current` names (`ControlSet001`).
@@ -131,6 +135,7 @@ pub fn check_windows(disk: &DiskVolumes, out: &mut Vec<GuestFinding>) -> Windows
         return facts;
     };
     facts.os_volume = Some(os_volume.name.clone());
+    facts.other_windows_volumes = roots[1..].iter().map(|v| v.name.clone()).collect();
     let fs = match os_volume.open() {
         Ok(f) => f,
         Err(e) => {
