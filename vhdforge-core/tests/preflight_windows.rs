@@ -85,6 +85,26 @@ fn clean_gen1_disk_passes_and_reports_what_it_is() {
         info(codes::OS).message
     );
     assert!(info(codes::GENERATION).message.contains("Generation 1"));
+    // The same disk inside a dynamic VHDX (qemu-img wrote it) reads the same.
+    let vhdx = dir.path().join("disk.vhdx");
+    let status = std::process::Command::new("qemu-img")
+        .args([
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vhdx",
+            "-o",
+            "subformat=dynamic",
+        ])
+        .arg(dir.path().join("disk.raw"))
+        .arg(&vhdx)
+        .status()
+        .expect("oracle `qemu-img` is required (qemu-utils); scripts/setup.sh installs it");
+    assert!(status.success());
+    let (in_vhdx, vhdx_facts) = check_disk(&vhdx);
+    assert_eq!(in_vhdx, out, "the same findings through VHDX");
+    assert_eq!(vhdx_facts.bcd, facts.bcd);
     // The JSON the report will carry.
     let json = serde_json::to_value(&facts).unwrap();
     assert_eq!(json["generation"], "1");
