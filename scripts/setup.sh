@@ -25,6 +25,7 @@ command -v mkfs.xfs >/dev/null 2>&1 || need_apt+=(xfsprogs)
 command -v mkfs.fat >/dev/null 2>&1 || need_apt+=(dosfstools)
 command -v hivexregedit >/dev/null 2>&1 && command -v hivexsh >/dev/null 2>&1 || need_apt+=(libhivex-bin libwin-hivex-perl)
 command -v mkntfs >/dev/null 2>&1 && command -v wimapply >/dev/null 2>&1 || need_apt+=(ntfs-3g wimtools)
+command -v mcopy >/dev/null 2>&1 || need_apt+=(mtools)  # fills the Gen2 Windows test disk's ESP without a vfat mount
 # Used by CLI and security tests: man pages, a self-signed TLS server, a pseudo-terminal,
 # loop devices, curl (Azurite's readiness probe).
 command -v man >/dev/null 2>&1 || need_apt+=(man-db)
