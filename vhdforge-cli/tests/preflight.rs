@@ -105,12 +105,19 @@ fn a_clean_guest_in_an_azure_ready_vhd_passes_and_a_planted_key_fails() {
     // The key itself is not shown.
     assert!(!text.contains("AAAAC3"), "{text}");
 
-    // Windows checks do not exist yet: could not run.
+    // Windows checks asked for on a Linux disk: they run, find no Windows, and say so.
     let out = vhdforge()
         .args(["preflight", "--json", "--os", "windows"])
         .arg(&bad)
         .assert()
-        .code(2);
+        .code(1);
     let v: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
-    assert_eq!(v["error"]["code"], "guest.os.not_implemented");
+    let codes: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].as_str().unwrap())
+        .collect();
+    assert!(codes.contains(&"guest.windows.unreadable"), "{v}");
+    assert_eq!(v["os"]["family"], "windows", "{v}");
 }

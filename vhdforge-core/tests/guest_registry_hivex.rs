@@ -4,7 +4,7 @@
 //! file — thousands of subkeys, data over 16 KiB, every value type, Latin-1 and UTF-16 names
 //! — and every key and value vhdforge reads must equal `hivexregedit --export` byte for
 //! byte. Keys deleted with `hivexsh -w` must vanish from both. A dirty hive with a
-//! new-format log is built by this file's own writer of the documented log format (no tool
+//! new-format log is built by the fixtures' own writer of the documented log format (no tool
 //! here writes one); its replay is checked by exporting the replayed bytes with hivex and
 //! comparing with the hive the log was made from. A missing oracle fails, never skips.
 
@@ -12,9 +12,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use vhdforge_core::guest::registry::{
-    base_block, bcd, log::marvin32, log::MARVIN_SEED, DirtyReason, Hive, Replay, ValueData,
+// The minimal hive and the log writer live in the fixtures crate, shared with the Windows
+// preflight tests; the log writer there is independent of the reader (its own Marvin32).
+use fixtures::windows_tree::{
+    dirty_pages, empty_hive as minimal_hive, hex, log_entry, log_file, utf16z,
 };
+use vhdforge_core::guest::registry::{base_block, bcd, DirtyReason, Hive, Replay, ValueData};
 
 fn run(program: &str, args: &[&str]) -> Vec<u8> {
     let out = Command::new(program)
@@ -40,76 +43,6 @@ fn s(p: &Path) -> &str {
 
 fn put_u32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-
-/// The smallest hive hivex will open for writing: a base block (format 1.5), one bin, the
-/// root key and the security cell hivex copies onto every key it adds.
-fn minimal_hive() -> Vec<u8> {
-    let mut bins = vec![0u8; 4096];
-    bins[..4].copy_from_slice(b"hbin");
-    put_u32(&mut bins, 8, 4096);
-    let root = 0x20usize;
-    let name = b"ROOT";
-    let nk_len = (4 + 76 + name.len()).div_ceil(8) * 8;
-    let sk_at = root + nk_len;
-    let nk = &mut bins[root..root + nk_len];
-    put_u32(nk, 0, (-(nk_len as i32)) as u32);
-    nk[4..6].copy_from_slice(b"nk");
-    nk[6..8].copy_from_slice(&0x2Cu16.to_le_bytes()); // hive root, no delete, 8-bit name
-    for f in [32, 40, 48] {
-        put_u32(nk, 4 + f, 0xFFFF_FFFF); // no subkey list, volatile list, value list
-    }
-    put_u32(nk, 4 + 44, sk_at as u32);
-    put_u32(nk, 4 + 52, 0xFFFF_FFFF); // no class
-    nk[4 + 72..4 + 74].copy_from_slice(&(name.len() as u16).to_le_bytes());
-    nk[4 + 76..4 + 76 + name.len()].copy_from_slice(name);
-    // A self-relative security descriptor with an empty DACL.
-    let mut sd = vec![1u8, 0, 0x04, 0x80];
-    sd.extend_from_slice(&[0; 12]);
-    sd.extend_from_slice(&20u32.to_le_bytes());
-    sd.extend_from_slice(&[2, 0, 8, 0, 0, 0, 0, 0]);
-    let sk_len = (4 + 20 + sd.len()).div_ceil(8) * 8;
-    let sk = &mut bins[sk_at..sk_at + sk_len];
-    put_u32(sk, 0, (-(sk_len as i32)) as u32);
-    sk[4..6].copy_from_slice(b"sk");
-    put_u32(sk, 8, sk_at as u32);
-    put_u32(sk, 12, sk_at as u32);
-    put_u32(sk, 16, 1);
-    put_u32(sk, 20, sd.len() as u32);
-    sk[24..24 + sd.len()].copy_from_slice(&sd);
-    let free = sk_at + sk_len;
-    put_u32(&mut bins, free, (4096 - free) as u32);
-    let mut base = vec![0u8; 4096];
-    base[..4].copy_from_slice(b"regf");
-    for (at, v) in [
-        (4, 1),
-        (8, 1),
-        (20, 1),
-        (24, 5),
-        (32, 1),
-        (36, root as u32),
-        (40, 4096),
-        (44, 1),
-    ] {
-        put_u32(&mut base, at, v);
-    }
-    base_block::set_checksum(&mut base);
-    [base, bins].concat()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn utf16z(s: &str) -> Vec<u8> {
-    s.encode_utf16()
-        .chain([0])
-        .flat_map(u16::to_le_bytes)
-        .collect()
 }
 
 /// The .reg file hivex merges: every value type, names in Latin-1 and beyond, a value name
@@ -547,60 +480,6 @@ fn deleted_keys_vanish_like_in_hivex() {
         ours.keys().filter(|k| k.starts_with("\\Many\\")).count(),
         599
     );
-}
-
-/// A new-format log entry (`HvLE`) as documented in docs/guest-registry.md §8, written by
-/// this test (no tool here writes one): header, page references, pages, padded to 512
-/// bytes, with both Marvin32 hashes.
-fn log_entry(sequence: u32, hive_bins_size: usize, pages: &[(u32, Vec<u8>)]) -> Vec<u8> {
-    let mut e = vec![0u8; 40];
-    e[..4].copy_from_slice(b"HvLE");
-    put_u32(&mut e, 12, sequence);
-    put_u32(&mut e, 16, hive_bins_size as u32);
-    put_u32(&mut e, 20, pages.len() as u32);
-    for (off, data) in pages {
-        e.extend_from_slice(&off.to_le_bytes());
-        e.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    }
-    for (_, data) in pages {
-        e.extend_from_slice(data);
-    }
-    e.resize(e.len().div_ceil(512) * 512, 0);
-    let size = e.len() as u32;
-    put_u32(&mut e, 4, size);
-    let h1 = marvin32(&e[40..], MARVIN_SEED);
-    e[24..32].copy_from_slice(&h1.to_le_bytes());
-    let h2 = marvin32(&e[..32], MARVIN_SEED);
-    e[32..40].copy_from_slice(&h2.to_le_bytes());
-    e
-}
-
-/// A log file: the primary's first 512 bytes as a log base block (type 6, both sequences
-/// `sequence`), then `entries`.
-fn log_file(primary: &[u8], sequence: u32, file_type: u32, entries: &[Vec<u8>]) -> Vec<u8> {
-    let mut head = primary[..512].to_vec();
-    put_u32(&mut head, 4, sequence);
-    put_u32(&mut head, 8, sequence);
-    put_u32(&mut head, 28, file_type);
-    base_block::set_checksum(&mut head);
-    [vec![head], entries.to_vec()].concat().concat()
-}
-
-/// The 4 KiB pages of hive bins data that differ between two hive files, merged into runs.
-fn dirty_pages(old: &[u8], new: &[u8]) -> Vec<(u32, Vec<u8>)> {
-    let (old, new) = (&old[4096..], &new[4096..]);
-    let mut runs: Vec<(u32, Vec<u8>)> = Vec::new();
-    for (i, page) in new.chunks(4096).enumerate() {
-        let at = i * 4096;
-        if old.get(at..at + 4096) == Some(page) {
-            continue;
-        }
-        match runs.last_mut() {
-            Some((off, data)) if *off as usize + data.len() == at => data.extend_from_slice(page),
-            _ => runs.push((at as u32, page.to_vec())),
-        }
-    }
-    runs
 }
 
 fn hive_bins_size(file: &[u8]) -> usize {

@@ -19,6 +19,8 @@ use std::sync::Arc;
 
 pub mod linux_boot;
 
+pub mod windows;
+
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -84,8 +86,6 @@ pub mod codes {
     pub const FS_UNSUPPORTED: Code = Code::new("guest.fs.unsupported");
     /// No operating system root was found.
     pub const OS_UNKNOWN: Code = Code::new("guest.os.unknown");
-    /// The guest's OS has no preflight checks yet.
-    pub const OS_NOT_IMPLEMENTED: Code = Code::new("guest.os.not_implemented");
 }
 
 /// One thing a guest check found.
@@ -147,7 +147,7 @@ pub enum OsChoice {
     Auto,
     /// The Linux checks (fails if the disk holds no Linux root).
     Linux,
-    /// The Windows checks (not yet implemented).
+    /// The Windows checks.
     Windows,
 }
 
@@ -205,6 +205,10 @@ pub struct PreflightReport {
     pub azure_ready: bool,
     /// No guest finding is an error.
     pub guest_ready: bool,
+    /// What the Windows checks read (product, build, control set, hives, BCD), for a
+    /// Windows guest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows: Option<windows::WindowsFacts>,
 }
 
 impl PreflightReport {
@@ -216,7 +220,7 @@ impl PreflightReport {
 
 /// Preflight the image at `path`: container findings as `check` computes them, then the
 /// guest's. Errors only when the image cannot be read at all, or `os` asks for checks that
-/// cannot run (Windows; Linux on a disk without a Linux root).
+/// cannot run (Linux on a disk without a Linux root).
 pub fn run(path: &Path, opts: &OpenOptions, os: OsChoice) -> Result<PreflightReport> {
     let inspection = crate::inspect_quick(path, opts)?;
     if !inspection.readable {
@@ -272,16 +276,24 @@ pub fn run_image(image: &Arc<dyn DiskImage>, os: OsChoice) -> Result<PreflightRe
         upload_size_bytes: None,
         azure_ready: false,
         guest_ready: false,
+        windows: None,
     };
     // The one OS dispatch: the Windows checks plug in here next to the Linux ones.
     let found = found_family(&disk);
     match (os, found) {
         (OsChoice::Windows, _) | (OsChoice::Auto, Some(OsFamily::Windows)) => {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                codes::OS_NOT_IMPLEMENTED,
-                "the Windows preflight checks are not implemented yet; `vhdforge check` still checks the container, and `--os linux` checks a Linux root",
-            ));
+            let facts = windows::check_windows(&disk, &mut findings);
+            let os = facts.os.clone().unwrap_or_default();
+            report.os = OsInfo {
+                family: Some(OsFamily::Windows),
+                name: os.release.clone().or(os.product_name.clone()),
+                version: os.display_version.clone().or_else(|| {
+                    os.build
+                        .map(|b| os.ubr.map_or(b.to_string(), |u| format!("{b}.{u}")))
+                }),
+                kernel: os.build.map(|b| format!("NT build {b}")),
+            };
+            report.windows = Some(facts);
         }
         (OsChoice::Linux, Some(OsFamily::Windows) | None) => {
             return Err(Error::new(
