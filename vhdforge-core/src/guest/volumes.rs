@@ -26,8 +26,6 @@ pub const CODE_AMBIGUOUS: &str = "guest.volume.ambiguous";
 pub const CODE_NO_FILE_SYSTEM: &str = "guest.volume.none";
 /// The volume is encrypted (LUKS, BitLocker): its files cannot be read without the key.
 pub const CODE_ENCRYPTED: &str = "guest.volume.encrypted";
-/// A `BitLocker` volume's boot sector names `-FVE-FS-` as its OEM id (bytes 3..11).
-const BITLOCKER_OEM: &[u8] = b"-FVE-FS-";
 
 /// The operating system family whose root a volume holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -75,7 +73,7 @@ impl GuestVolume {
     /// Open the file system on this volume. An encrypted volume is refused by name, so the
     /// user learns why rather than that no file system was found.
     pub fn open(&self) -> Result<Box<dyn FileSystem>> {
-        if let Some(scheme) = self.encryption()? {
+        if let Some(scheme) = self.encryption() {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 CODE_ENCRYPTED,
@@ -88,20 +86,14 @@ impl GuestVolume {
         fs::open(self.volume.clone())
     }
 
-    /// `Some("LUKS")` or `Some("BitLocker")` when the volume is encrypted.
-    pub fn encryption(&self) -> Result<Option<&'static str>> {
-        use crate::guest::fs::ReadRange as _;
-        if self.filesystem == FsKind::Luks {
-            return Ok(Some("LUKS"));
+    /// `Some("LUKS")` or `Some("BitLocker")` when the volume is encrypted (identification
+    /// recognises both by their signatures).
+    pub fn encryption(&self) -> Option<&'static str> {
+        match self.filesystem {
+            FsKind::Luks => Some("LUKS"),
+            FsKind::BitLocker => Some("BitLocker"),
+            _ => None,
         }
-        if self.filesystem == FsKind::Unknown && self.volume.len() >= 512 {
-            let mut head = [0u8; 11];
-            self.volume.read_at(&mut head, 0)?;
-            if &head[3..11] == BITLOCKER_OEM {
-                return Ok(Some("BitLocker"));
-            }
-        }
-        Ok(None)
     }
 
     /// True when vhdforge has a reader for what this volume holds (it may still fail to
@@ -506,7 +498,7 @@ mod tests {
         // Partition 1: a BitLocker boot sector; partition 2: a LUKS header.
         let img = disk(4 << 20, |d| {
             mbr(d, &[(0x07, 2048, 2048), (0x83, 4096, 2048)]);
-            d[2048 * 512 + 3..2048 * 512 + 11].copy_from_slice(BITLOCKER_OEM);
+            d[2048 * 512 + 3..2048 * 512 + 11].copy_from_slice(b"-FVE-FS-");
             d[4096 * 512..4096 * 512 + 6].copy_from_slice(b"LUKS\xba\xbe");
         });
         let v = scan(&img).unwrap();
