@@ -30,6 +30,7 @@ command -v mkntfs >/dev/null 2>&1 && command -v wimapply >/dev/null 2>&1 || need
 # Guest boot tests: a real Debian tree (debootstrap) and initramfs fixtures (cpio, xz, zstd).
 for t in debootstrap:debootstrap cpio:cpio xz:xz-utils zstd:zstd; do command -v "${t%%:*}" >/dev/null 2>&1 || need_apt+=("${t#*:}"); done
 command -v mcopy >/dev/null 2>&1 || need_apt+=(mtools)
+command -v mkfs.btrfs >/dev/null 2>&1 || need_apt+=(btrfs-progs)
 # Used by CLI and security tests: man pages, a self-signed TLS server, a pseudo-terminal,
 # loop devices, curl (Azurite's readiness probe).
 command -v man >/dev/null 2>&1 || need_apt+=(man-db)

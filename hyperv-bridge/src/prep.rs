@@ -186,6 +186,7 @@ pub fn deliver_to_file(
         },
         force,
         threads,
+        ..ConvertOptions::default()
     };
     Ok(convert_to_file(
         prepared.image.as_ref(),

@@ -75,6 +75,11 @@ pub struct ConvertArgs {
     /// Worker threads [default: one per core].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Copy every data byte; never share blocks with the input. By default, on a file system
+    /// that can (XFS with reflink, btrfs, ReFS) and with the input on the same one, aligned
+    /// data blocks are cloned: shared with the input, no new space, no data read.
+    #[arg(long, conflicts_with = "in_place")]
+    pub no_clone: bool,
     /// Check everything and print the plan (sizes, data to write); write nothing.
     #[arg(long, conflicts_with = "in_place")]
     pub dry_run: bool,
@@ -239,6 +244,7 @@ pub fn run(a: &ConvertArgs, ui: &Ui) -> Result<ExitCode> {
         policy,
         force: a.force,
         threads: a.threads.unwrap_or(0),
+        no_clone: a.no_clone,
     };
     let r = convert_to_file(image.as_ref(), out, &opts, &progress);
     progress.finish(r.is_ok());
@@ -264,11 +270,19 @@ pub fn run(a: &ConvertArgs, ui: &Ui) -> Result<ExitCode> {
             ));
         }
         s.push_str(&format!(
-            "{} -> {}: fixed VHD of {}, wrote {} of data, skipped {} of zeros, in {:.1} s ({} average){}\n",
+            "{} -> {}: fixed VHD of {}, wrote {} of data, {}skipped {} of zeros, in {:.1} s ({} average){}\n",
             a.input.display(),
             out.display(),
             bytes(r.output_size - 512),
             format_bytes(r.data_bytes_written),
+            if r.data_bytes_cloned > 0 {
+                format!(
+                    "cloned {} (shared with the input), ",
+                    format_bytes(r.data_bytes_cloned)
+                )
+            } else {
+                String::new()
+            },
             format_bytes(r.zero_bytes_skipped),
             r.seconds,
             format_rate(r.data_bytes_written, r.seconds),

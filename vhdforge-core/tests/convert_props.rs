@@ -35,7 +35,7 @@ proptest! {
         drop(src);
         let image = vhdforge_core::open(&src_path, &Default::default()).unwrap();
         let out = dir.path().join("out.vhd");
-        let opts = ConvertOptions { policy: Policy { unique_id: Some([9; 16]), time_stamp: Some(77), ..Policy::default() }, force: false, threads };
+        let opts = ConvertOptions { policy: Policy { unique_id: Some([9; 16]), time_stamp: Some(77), ..Policy::default() }, force: false, threads, no_clone: true };
         let report = convert_to_file(image.as_ref(), &out, &opts, &NoProgress).unwrap();
         let disk = size.div_ceil(MIB) * MIB;
         prop_assert_eq!(report.output_size, disk + 512);

@@ -5,7 +5,12 @@
 //! non-zero pages with positional writes into a sparse temporary file next to the output;
 //! the footer goes last, the file is flushed, then renamed into place. Cost grows with the
 //! data in the image, not its virtual size.
+//!
+//! Before that, unless `--no-clone`, the clone pass ([`super::clone`]) shares every
+//! block-aligned stored extent into the output when the file system can (XFS reflink,
+//! btrfs, `ReFS`); only what it leaves is read and copied as above.
 
+use super::clone::{split_pieces, Cloner};
 use super::Policy;
 use crate::azure::FixedVhdLayout;
 use crate::error::{Error, ErrorKind, Result};
@@ -37,6 +42,8 @@ pub struct ConvertOptions {
     pub force: bool,
     /// Worker threads (0 = rayon's default, one per core).
     pub threads: usize,
+    /// Never share blocks with the source (`--no-clone`): copy every data byte.
+    pub no_clone: bool,
 }
 
 /// What a conversion did.
@@ -46,10 +53,13 @@ pub struct ConvertReport {
     pub virtual_size: u64,
     /// Length of the output file (disk + footer).
     pub output_size: u64,
-    /// Non-zero bytes written.
+    /// Non-zero bytes written (copied).
     pub data_bytes_written: u64,
-    /// Bytes of the source's virtual disk not written because they are zero (by metadata or
-    /// content); the padding is counted apart, in `padded_bytes`.
+    /// Bytes shared with the source by block cloning instead of copied (zero pages inside
+    /// cloned ranges included: they share the source's blocks).
+    pub data_bytes_cloned: u64,
+    /// Bytes of the source's virtual disk neither copied nor cloned because they are zero
+    /// (by metadata or content); the padding is counted apart, in `padded_bytes`.
     pub zero_bytes_skipped: u64,
     /// Zero bytes added to reach a whole MiB.
     pub padded_bytes: u64,
@@ -80,7 +90,9 @@ pub fn convert_to_file(
     check_output_for(image, out, opts.force)?;
     let pieces = data_pieces(image, 0..plan.source_size, PIECE)?;
     let data_upper_bound: u64 = pieces.iter().map(|r| r.end - r.start).sum();
-    check_free_space(out, data_upper_bound)?;
+    if opts.no_clone {
+        check_free_space(out, data_upper_bound)?;
+    }
 
     fsutil::remove_orphans(out, TEMP_TAG);
     // Removed again on any error or interruption (drop), so OUT's name only ever holds a
@@ -103,6 +115,18 @@ pub fn convert_to_file(
     })?;
 
     progress.set_total(data_upper_bound);
+    let cloner = (!opts.no_clone).then(|| Cloner::new(image, file)).flatten();
+    let (data_bytes_cloned, pieces) = match cloner {
+        Some(c) => {
+            let done = c.run(image, file, 0..plan.source_size, progress)?;
+            (done.cloned, split_pieces(&done.leftover, PIECE))
+        }
+        None => (0, pieces),
+    };
+    if !opts.no_clone {
+        // Only now is it known how much will take new space: what cloning left to copy.
+        check_free_space(out, pieces.iter().map(|r| r.end - r.start).sum())?;
+    }
     let data_bytes_written = write_data(image, file, &pieces, out, opts.threads, progress)?;
     pwrite_all(file, &plan.footer_bytes(), plan.disk_size).map_err(|e| {
         Error::io(
@@ -140,7 +164,11 @@ pub fn convert_to_file(
         virtual_size: plan.source_size,
         output_size: plan.output_size(),
         data_bytes_written,
-        zero_bytes_skipped: plan.source_size.saturating_sub(data_bytes_written),
+        data_bytes_cloned,
+        zero_bytes_skipped: plan
+            .source_size
+            .saturating_sub(data_bytes_written)
+            .saturating_sub(data_bytes_cloned),
         padded_bytes: plan.padding(),
         seconds: started.elapsed().as_secs_f64(),
     })

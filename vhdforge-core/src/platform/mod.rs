@@ -8,6 +8,7 @@ use std::ffi::OsString;
 use std::io;
 use std::path::PathBuf;
 
+pub mod clone;
 #[cfg(windows)]
 pub mod windows;
 

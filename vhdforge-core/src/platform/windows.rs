@@ -20,7 +20,9 @@ use windows_sys::Win32::System::Console::{
     GetConsoleMode, SetConsoleMode, ENABLE_VIRTUAL_TERMINAL_PROCESSING,
 };
 use windows_sys::Win32::System::Ioctl::{
-    FILE_ALLOCATED_RANGE_BUFFER, FSCTL_QUERY_ALLOCATED_RANGES, FSCTL_SET_SPARSE,
+    DUPLICATE_EXTENTS_DATA, FILE_ALLOCATED_RANGE_BUFFER, FSCTL_DUPLICATE_EXTENTS_TO_FILE,
+    FSCTL_GET_INTEGRITY_INFORMATION, FSCTL_GET_INTEGRITY_INFORMATION_BUFFER,
+    FSCTL_QUERY_ALLOCATED_RANGES, FSCTL_SET_SPARSE,
 };
 use windows_sys::Win32::System::Threading::{
     GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
@@ -207,4 +209,67 @@ pub fn enable_vt_on_stderr() -> bool {
     }
     // SAFETY: as above, with a mode derived from the current one.
     unsafe { SetConsoleMode(h, mode | ENABLE_VIRTUAL_TERMINAL_PROCESSING) != 0 }
+}
+
+/// The cluster size of the volume holding `file`, as `ReFS` reports it with
+/// `FSCTL_GET_INTEGRITY_INFORMATION` (the documented way to learn the alignment
+/// `FSCTL_DUPLICATE_EXTENTS_TO_FILE` needs). NTFS, FAT and Wine do not answer: `None`.
+pub fn refs_cluster_size(file: &File) -> Option<u64> {
+    let mut info = FSCTL_GET_INTEGRITY_INFORMATION_BUFFER::default();
+    let mut returned = 0u32;
+    // SAFETY: a handle we own; `info` is a live, correctly sized output buffer for this
+    // synchronous call; no input buffer.
+    let ok = unsafe {
+        DeviceIoControl(
+            file.as_raw_handle(),
+            FSCTL_GET_INTEGRITY_INFORMATION,
+            std::ptr::null(),
+            0,
+            (&raw mut info).cast(),
+            size_of_u32::<FSCTL_GET_INTEGRITY_INFORMATION_BUFFER>(),
+            &raw mut returned,
+            std::ptr::null_mut(),
+        )
+    };
+    (ok != 0 && info.ClusterSizeInBytes != 0).then_some(u64::from(info.ClusterSizeInBytes))
+}
+
+/// Share `len` bytes of `src` at `src_offset` into `dst` at `dst_offset`
+/// (`FSCTL_DUPLICATE_EXTENTS_TO_FILE`, `ReFS` block cloning). Both offsets and the length
+/// must be multiples of the cluster size, both files on one volume, and `dst` sparse (or
+/// the cloned range takes clusters of its own) and already at least `dst_offset + len`
+/// long. Any refusal comes back as the OS error; the caller copies instead.
+pub fn duplicate_extents(
+    src: &File,
+    src_offset: u64,
+    dst: &File,
+    dst_offset: u64,
+    len: u64,
+) -> io::Result<()> {
+    let too_big = || io::Error::new(io::ErrorKind::InvalidInput, "clone range beyond i64");
+    let data = DUPLICATE_EXTENTS_DATA {
+        FileHandle: src.as_raw_handle(),
+        SourceFileOffset: i64::try_from(src_offset).map_err(|_| too_big())?,
+        TargetFileOffset: i64::try_from(dst_offset).map_err(|_| too_big())?,
+        ByteCount: i64::try_from(len).map_err(|_| too_big())?,
+    };
+    let mut returned = 0u32;
+    // SAFETY: both handles are live for the call (borrowed `File`s); `data` is a live,
+    // correctly sized input buffer; no output buffer; synchronous (no OVERLAPPED).
+    let ok = unsafe {
+        DeviceIoControl(
+            dst.as_raw_handle(),
+            FSCTL_DUPLICATE_EXTENTS_TO_FILE,
+            (&raw const data).cast(),
+            size_of_u32::<DUPLICATE_EXTENTS_DATA>(),
+            std::ptr::null_mut(),
+            0,
+            &raw mut returned,
+            std::ptr::null_mut(),
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -1,0 +1,288 @@
+//! The clone pass of `convert`: on a file system that shares blocks between files (XFS with
+//! reflink, btrfs; `ReFS` on Windows), the source's data blocks are shared into the output
+//! instead of read and written, so the conversion costs metadata work per extent.
+//!
+//! What is cloned: each stored extent's part whose virtual offset (the output's offset:
+//! the disk starts at 0) and file offset are both aligned to the file system block, taken
+//! in whole [`UNIT`]s of the virtual space. VHDX payload blocks (1 MiB-aligned in the file)
+//! and raw or fixed VHD data qualify; the dynamic VHD's blocks, which start one sector
+//! bitmap (512 bytes) past an aligned offset, do not, and are copied. An image whose reads
+//! come partly from memory (a VHDX log replayed in memory) is never cloned: the file's
+//! bytes are not the disk's.
+//!
+//! Zero pages inside a cloned range are cloned too: they share the source's blocks (no new
+//! space), and upload skips them by content anyway.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::image::{Allocation, DiskImage, Extent};
+use crate::platform::clone::{clone_alignment, clone_range};
+use crate::progress::Progress;
+use std::fs::File;
+use std::ops::Range;
+
+/// Virtual granule of cloning. Whole units only, so that an extent cut at any multiple of
+/// it gives the same clones, and tiny clones (a ioctl per few KiB) are copied instead.
+pub const UNIT: u64 = 1 << 20;
+/// Largest single clone request: bounds how long a Ctrl-C waits.
+const MAX_CLONE: u64 = 256 << 20;
+/// Finding code of a VHDX whose log was replayed in memory (its file is not the disk).
+const LOG_REPLAYED: &str = "vhdx.log.replayed";
+
+/// The part of a stored extent `[start, end)` (virtual) at `file_offset` that can be cloned
+/// with alignment `align`: whole `unit`s of the virtual space (`unit` a multiple of
+/// `align`), and only when virtual and file offsets agree modulo `align`, so the source
+/// offset is aligned too. `None` when nothing qualifies.
+pub fn clone_part(
+    start: u64,
+    end: u64,
+    file_offset: u64,
+    align: u64,
+    unit: u64,
+) -> Option<Range<u64>> {
+    if align == 0 || unit == 0 || unit % align != 0 || start % align != file_offset % align {
+        return None;
+    }
+    let a = start.checked_next_multiple_of(unit)?;
+    let b = end - end % unit;
+    (a < b).then_some(a..b)
+}
+
+/// What the clone pass did.
+#[derive(Debug, Default)]
+pub struct CloneOutcome {
+    /// Bytes shared into the output.
+    pub cloned: u64,
+    /// The stored ranges still to copy, sorted, disjoint.
+    pub leftover: Vec<Range<u64>>,
+}
+
+/// Clones data from the files of an image's chain into one output file.
+pub struct Cloner {
+    /// Per chain layer, the file to clone from (`None`: that layer is copied).
+    layers: Vec<Option<File>>,
+    align: u64,
+    unit: u64,
+}
+
+impl Cloner {
+    /// A cloner for `image` into `dst`, or `None` (with the reason logged) when nothing can
+    /// be cloned: no clone support on this platform or file system, or a log overlay.
+    pub fn new(image: &dyn DiskImage, dst: &File) -> Option<Cloner> {
+        let align = clone_alignment(dst)?;
+        let mut layers = Vec::new();
+        let mut cur = Some(image);
+        while let Some(i) = cur {
+            if i.findings().iter().any(|f| f.code == LOG_REPLAYED) {
+                tracing::debug!(
+                    "not cloning: {} is read through a log replayed in memory",
+                    i.info().path.display()
+                );
+                return None;
+            }
+            // The same file the image was opened from, as far as its length can tell; a
+            // file replaced since is copied through the image as before.
+            let f = File::open(&i.info().path)
+                .ok()
+                .filter(|f| f.metadata().is_ok_and(|m| m.len() == i.info().file_size));
+            layers.push(f);
+            cur = i.parent();
+        }
+        Some(Cloner {
+            layers,
+            align,
+            unit: UNIT.max(align),
+        })
+    }
+
+    /// Clone what can be cloned of the stored ranges of `range` into `dst` (at the same
+    /// virtual offset); return the cloned byte count and the stored ranges left to copy.
+    /// The first refusal by the file system stops cloning (the rest is copied); progress
+    /// advances by the cloned bytes.
+    pub fn run(
+        &self,
+        image: &dyn DiskImage,
+        dst: &File,
+        range: Range<u64>,
+        progress: &dyn Progress,
+    ) -> Result<CloneOutcome> {
+        /// The map is walked in slices so memory grows with the extents of one slice.
+        const SLICE: u64 = 256 << 20;
+        let mut out = CloneOutcome::default();
+        let mut enabled = true;
+        let mut extents: Vec<Extent> = Vec::new();
+        let mut pos = range.start;
+        while pos < range.end {
+            let len = SLICE.min(range.end - pos);
+            extents.clear();
+            image.extents(pos, len, &mut extents)?;
+            for e in &extents {
+                let Allocation::Data { layer, file_offset } = e.allocation else {
+                    continue;
+                };
+                if progress.is_cancelled() {
+                    return Err(Error::new(
+                        ErrorKind::Interrupted,
+                        "interrupted",
+                        "conversion interrupted; no output was written",
+                    ));
+                }
+                let src = self
+                    .layers
+                    .get(usize::try_from(layer).unwrap_or(usize::MAX))
+                    .and_then(Option::as_ref);
+                let part = clone_part(e.start, e.end(), file_offset, self.align, self.unit);
+                let (Some(src), Some(part), true) = (src, part, enabled) else {
+                    push_range(&mut out.leftover, e.start..e.end());
+                    continue;
+                };
+                push_range(&mut out.leftover, e.start..part.start);
+                let mut at = part.start;
+                while at < part.end {
+                    let n = MAX_CLONE.min(part.end - at);
+                    let src_at = file_offset + (at - e.start);
+                    match clone_range(src, src_at, dst, at, n) {
+                        Ok(()) => {
+                            out.cloned += n;
+                            progress.advance(n);
+                            at += n;
+                        }
+                        Err(err) => {
+                            tracing::debug!(
+                                "cloning refused at {at:#x} ({err}); copying the rest instead"
+                            );
+                            enabled = false;
+                            break;
+                        }
+                    }
+                }
+                push_range(&mut out.leftover, at..e.end());
+            }
+            pos += len;
+        }
+        Ok(out)
+    }
+}
+
+/// Append `r` to sorted `v`, merging it with the last range when they touch.
+fn push_range(v: &mut Vec<Range<u64>>, r: Range<u64>) {
+    if r.is_empty() {
+        return;
+    }
+    match v.last_mut() {
+        Some(last) if last.end == r.start => last.end = r.end,
+        _ => v.push(r),
+    }
+}
+
+/// Cut sorted ranges into pieces of at most `max` bytes, split at multiples of `max`.
+pub fn split_pieces(ranges: &[Range<u64>], max: u64) -> Vec<Range<u64>> {
+    let mut out = Vec::new();
+    for r in ranges {
+        let mut s = r.start;
+        while s < r.end {
+            let e = ((s / max + 1) * max).min(r.end);
+            out.push(s..e);
+            s = e;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clone_part_table() {
+        const K4: u64 = 4096;
+        const K64: u64 = 64 << 10;
+        const M: u64 = 1 << 20;
+        // (what, start, end, file_offset, align, unit, expected)
+        type Case = (&'static str, u64, u64, u64, u64, u64, Option<Range<u64>>);
+        let cases: &[Case] = &[
+            (
+                "VHDX block: 1 MiB aligned both sides",
+                0,
+                32 * M,
+                4 * M,
+                K4,
+                M,
+                Some(0..32 * M),
+            ),
+            (
+                "ReFS 64 KiB clusters",
+                2 * M,
+                5 * M,
+                7 * M,
+                K64,
+                M,
+                Some(2 * M..5 * M),
+            ),
+            // Virtual and file offsets disagree modulo the block: never aligned on both.
+            (
+                "dynamic VHD: data one bitmap sector in",
+                0,
+                2 * M,
+                1536,
+                K4,
+                M,
+                None,
+            ),
+            (
+                "ReFS 64 KiB, 4 KiB-only agreement",
+                0,
+                2 * M,
+                K4,
+                K64,
+                M,
+                None,
+            ),
+            // Head and tail outside whole units are left to copy.
+            (
+                "unaligned ends trimmed to units",
+                M / 2,
+                3 * M + 5,
+                M / 2 + 8 * K4,
+                K4,
+                M,
+                Some(M..3 * M),
+            ),
+            ("shorter than a unit", M + K4, 2 * M - K4, K4, K4, M, None),
+            (
+                "exactly one unit",
+                3 * M,
+                4 * M,
+                9 * M,
+                K4,
+                M,
+                Some(3 * M..4 * M),
+            ),
+            ("unit not a multiple of align", 0, 4 * M, 0, 3 * K4, M, None),
+            ("zero alignment", 0, 4 * M, 0, 0, M, None),
+            (
+                "near u64::MAX does not overflow",
+                u64::MAX - M,
+                u64::MAX,
+                0,
+                K4,
+                M,
+                None,
+            ),
+        ];
+        for (what, s, e, f, a, u, want) in cases {
+            assert_eq!(clone_part(*s, *e, *f, *a, *u), *want, "{what}");
+        }
+    }
+
+    #[test]
+    fn pieces_split_at_aligned_points() {
+        let p = split_pieces(&[1..10, 12..13, 20..21], 4);
+        assert_eq!(p, vec![1..4, 4..8, 8..10, 12..13, 20..21]);
+        let mut v = Vec::new();
+        push_range(&mut v, 0..4);
+        push_range(&mut v, 4..6);
+        push_range(&mut v, 6..6);
+        push_range(&mut v, 8..9);
+        assert_eq!(v, vec![0..6, 8..9]);
+    }
+}
