@@ -128,6 +128,8 @@ pub struct SasArgs {
     /// Print one JSON object instead of the URI alone.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub connect: crate::upload_cmd::ConnectArgs,
 }
 
 /// `vhdforge sas`.
@@ -136,7 +138,11 @@ pub fn run_sas(a: &SasArgs, ui: &Ui) -> Result<ExitCode> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let s = sas::partner_center_sas(&a.url, a.days, now, &options())?;
+    let opts = RemoteOptions {
+        credentials: a.connect.credentials(),
+        ..options()
+    };
+    let s = sas::partner_center_sas(&a.url, a.days, now, &opts)?;
     if a.json {
         ui.print_json(&serde_json::json!({
             "uri": s.uri,
@@ -218,6 +224,8 @@ pub struct CopyArgs {
     /// Print a JSON summary instead of the text line.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub connect: crate::upload_cmd::ConnectArgs,
 }
 
 /// `vhdforge copy`.
@@ -234,7 +242,7 @@ pub fn run_copy(a: &CopyArgs, ui: &Ui) -> Result<ExitCode> {
         concurrency: usize::from(a.concurrency),
         managed_disk: a.managed_disk,
         verify_full: a.verify_full,
-        credentials: CredentialEnv::from_process_env(),
+        credentials: a.connect.credentials(),
         ..CopyOptions::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

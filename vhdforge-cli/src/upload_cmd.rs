@@ -105,14 +105,56 @@ pub struct UploadArgs {
     /// Check DEST, credentials and source and print the plan; contact no server, send nothing.
     #[arg(long, conflicts_with = "resume")]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// How to reach Azure, shared by every command that talks to the Blob service.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ConnectArgs {
+    /// The Azure cloud whose endpoints CONTAINER/BLOB means when only an account name is
+    /// known: AzureCloud, AzureChinaCloud or AzureUSGovernment (the `az cloud list` names;
+    /// default: AZURE_CLOUD, else AzureCloud). A connection string's EndpointSuffix or
+    /// BlobEndpoint wins over it.
+    #[arg(long, value_name = "CLOUD", value_parser = parse_cloud)]
+    pub cloud: Option<String>,
+    /// Also trust the CA certificates in this PEM file (a TLS-inspecting proxy's root, a
+    /// private endpoint's CA), besides the built-in roots and the system's trust store.
+    /// Also VHDFORGE_CA_CERT.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+fn parse_cloud(s: &str) -> Result<String, String> {
+    vhdforge_core::storage::Cloud::parse(s)
+        .map(|c| c.name().to_string())
+        .map_err(|e| e.message().to_string())
+}
+
+impl ConnectArgs {
+    /// The environment's credentials with these flags applied over it.
+    pub fn credentials(&self) -> CredentialEnv {
+        let mut env = CredentialEnv::from_process_env();
+        if let Some(c) = &self.cloud {
+            env.cloud = Some(c.clone());
+        }
+        if let Some(p) = &self.ca_cert {
+            env.ca_cert = Some(p.clone());
+        }
+        env
+    }
 }
 
 /// The environment `upload` and `verify` read, listed at the end of their long help.
 const UPLOAD_ENV_HELP: &str = "\
 Environment:
-  AZURE_STORAGE_CONNECTION_STRING   Shared Key: AccountName, AccountKey [, BlobEndpoint]
+  AZURE_STORAGE_CONNECTION_STRING   AccountName + AccountKey, or SharedAccessSignature;
+                                    [EndpointSuffix | BlobEndpoint] [DefaultEndpointsProtocol]
   AZURE_STORAGE_ACCOUNT             the account (with AZURE_STORAGE_KEY)
   AZURE_STORAGE_KEY                 the account key (base64)
+  AZURE_CLOUD                       AzureCloud | AzureChinaCloud | AzureUSGovernment (as --cloud)
+  VHDFORGE_CA_CERT                  extra trusted CA certificates, PEM (as --ca-cert)
+  HTTPS_PROXY, NO_PROXY             proxy for https (never used for loopback hosts)
   VHDFORGE_DEST_SAS                 the SAS for DEST (query or SAS URL)
   VHDFORGE_LOG                      log filter (tracing directives)
   NO_COLOR                          no colour in logs
@@ -159,6 +201,8 @@ pub struct VerifyArgs {
     /// The --bridge-kib the upload used.
     #[arg(long, default_value_t = 64, value_name = "KIB")]
     pub bridge_kib: u64,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -240,7 +284,7 @@ pub fn run_upload(args: UploadArgs, ui: &Ui) -> anyhow::Result<ExitCode> {
             allow_any_size: args.allow_any_size,
             ..Policy::default()
         },
-        credentials: CredentialEnv::from_process_env(),
+        credentials: args.connect.credentials(),
         ..UploadOptions::default()
     };
     if args.dry_run {
@@ -309,7 +353,7 @@ fn dry_run(
 /// Run `vhdforge verify`: exit 0 identical, 1 different; errors come back as `Err` (exit 2).
 pub fn run_verify(args: VerifyArgs, ui: &Ui) -> anyhow::Result<ExitCode> {
     let dest = dest_with_sas(&args.dest, args.sas_file.as_deref())?;
-    let credentials = CredentialEnv::from_process_env();
+    let credentials = args.connect.credentials();
     // Azure's naming rules and a cut SAS, before any request (upload checks the same).
     if let Ok(url) = vhdforge_core::storage::auth::expand_destination(&dest, &credentials) {
         vhdforge_core::storage::names::check_destination(

@@ -80,7 +80,7 @@ async fn account_key_is_never_sent_to_a_foreign_host() {
     let env = CredentialEnv {
         account: Some(ACCOUNT.into()),
         key: Some(KEY.into()),
-        connection_string: None,
+        ..CredentialEnv::default()
     };
     for dest in [
         // Loopback, but the path names another account.

@@ -215,7 +215,7 @@ async fn fatal_errors_are_clear() {
         "error leaks the signature: {e}"
     );
     // Wrong key.
-    let wrong = CredentialEnv { connection_string: None, account: Some(ACCOUNT.into()), key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()) };
+    let wrong = CredentialEnv { account: Some(ACCOUNT.into()), key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()), ..CredentialEnv::default() };
     let e = upload::upload(
         &src,
         &az.blob_url("fatal", "k.vhd"),

@@ -102,6 +102,19 @@ impl Azurite {
 
     /// [`Azurite::start`] with extra environment (e.g. `AZURITE_ACCOUNTS` for more accounts).
     pub fn start_with(env: &[(&str, &str)]) -> Azurite {
+        Azurite::start_args(env, &[])
+    }
+
+    /// Azurite over HTTPS with the certificate and key of `pki` and `--oauth basic` (which
+    /// Azurite allows only over HTTPS): Shared Key, SAS and bearer tokens all work.
+    pub fn start_https(pki: &TestPki) -> Azurite {
+        let cert = pki.server_cert.to_str().unwrap().to_string();
+        let key = pki.server_key.to_str().unwrap().to_string();
+        Azurite::start_args(&[], &["--cert", &cert, "--key", &key, "--oauth", "basic"])
+    }
+
+    /// Start with extra environment and extra command-line arguments.
+    pub fn start_args(env: &[(&str, &str)], extra: &[&str]) -> Azurite {
         let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../.tools/azurite/node_modules/.bin/azurite-blob");
         assert!(
@@ -118,6 +131,7 @@ impl Azurite {
             .args(["--blobHost", "127.0.0.1", "--blobPort"])
             .arg(port.to_string())
             .args(["--inMemoryPersistence", "--disableTelemetry", "--silent"])
+            .args(extra)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -156,5 +170,187 @@ impl Drop for Azurite {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A throwaway CA and a server certificate it signed (for `localhost`, `127.0.0.1` and
+/// `*.azurite.test`), plus an unrelated CA, made with `openssl` in `dir`.
+pub struct TestPki {
+    /// The CA that signed the server certificate (PEM).
+    pub ca_cert: PathBuf,
+    /// Another CA that signed nothing here (PEM): trusting it must not be enough.
+    pub wrong_ca_cert: PathBuf,
+    /// The server certificate (PEM).
+    pub server_cert: PathBuf,
+    /// The server key (PEM).
+    pub server_key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is needed for the HTTPS tests (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TestPki {
+    /// Generate everything in `dir` (a few hundred milliseconds).
+    pub fn generate(dir: &Path) -> TestPki {
+        for ca in ["ca", "wrong-ca"] {
+            openssl(
+                dir,
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-keyout",
+                    &format!("{ca}.key"),
+                    "-out",
+                    &format!("{ca}.pem"),
+                    "-subj",
+                    &format!("/CN=vhdforge test {ca}"),
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ],
+            );
+        }
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        );
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=DNS:localhost,DNS:azurite.test,DNS:*.azurite.test,IP:127.0.0.1\n\
+             basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "server.ext",
+                "-out",
+                "server.pem",
+            ],
+        );
+        TestPki {
+            ca_cert: dir.join("ca.pem"),
+            wrong_ca_cert: dir.join("wrong-ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+        }
+    }
+}
+
+/// A loopback HTTP CONNECT proxy on a thread per connection, which records every request
+/// line it receives and tunnels each CONNECT to `127.0.0.1:<the requested port>` whatever
+/// host was asked for (so a test name like `azurite.test` needs no DNS).
+pub struct ConnectProxy {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// The request lines seen, e.g. `CONNECT azurite.test:10000 HTTP/1.1`.
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ConnectProxy {
+    /// Start it; the listener thread lives as long as the test process.
+    pub fn start() -> ConnectProxy {
+        use std::io::{BufRead as _, BufReader, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { continue };
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let _ = client.set_read_timeout(Some(Duration::from_secs(60)));
+                    let mut reader = BufReader::new(client.try_clone().unwrap());
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).is_err() {
+                        return;
+                    }
+                    let request = line.trim_end().to_string();
+                    log.lock().unwrap().push(request.clone());
+                    // Skip the rest of the request head.
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                            break;
+                        }
+                    }
+                    let mut client = client;
+                    let target_port = request
+                        .strip_prefix("CONNECT ")
+                        .and_then(|r| r.split(' ').next())
+                        .and_then(|hp| hp.rsplit(':').next())
+                        .and_then(|p| p.parse::<u16>().ok());
+                    let Some(target_port) = target_port else {
+                        let _ = client.write_all(
+                            b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n",
+                        );
+                        return;
+                    };
+                    let Ok(upstream) = std::net::TcpStream::connect(("127.0.0.1", target_port))
+                    else {
+                        let _ = client
+                            .write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n");
+                        return;
+                    };
+                    let _ = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+                    // Bytes the reader already buffered beyond the head (none for CONNECT:
+                    // the client waits for our 200 before its TLS hello).
+                    let mut up_w = upstream.try_clone().unwrap();
+                    let buffered = reader.buffer().to_vec();
+                    let _ = up_w.write_all(&buffered);
+                    let mut up_r = upstream;
+                    let mut client_w = client.try_clone().unwrap();
+                    let t = std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut up_r, &mut client_w);
+                        let _ = client_w.shutdown(std::net::Shutdown::Write);
+                    });
+                    let mut client_r = reader.into_inner();
+                    let _ = std::io::copy(&mut client_r, &mut up_w);
+                    let _ = up_w.shutdown(std::net::Shutdown::Write);
+                    let _ = t.join();
+                });
+            }
+        });
+        ConnectProxy { port, seen }
     }
 }

@@ -1,11 +1,14 @@
 //! Credentials for the Blob service (docs/azure-page-blob.md §1.5, §1.6): which one a
 //! request uses, and Shared Key request signing.
 //!
-//! Order of precedence: a SAS in the destination URL; else Shared Key from
-//! `AZURE_STORAGE_CONNECTION_STRING` (AccountName/AccountKey); else Shared Key from
+//! Order of precedence: a SAS in the destination URL; else the connection string
+//! `AZURE_STORAGE_CONNECTION_STRING` (its `AccountKey`, else its `SharedAccessSignature`; see
+//! [`super::connstr`]); else Shared Key from
 //! `AZURE_STORAGE_ACCOUNT` + `AZURE_STORAGE_KEY`. Keys are held decoded and never displayed,
 //! and sign only for their own account's endpoints ([`super::hosts::key_may_sign_for`]).
 
+use super::cloud::Cloud;
+use super::connstr::ConnectionString;
 use super::hosts::KeyScope;
 use crate::error::{Error, ErrorKind, Result};
 use base64::Engine as _;
@@ -13,8 +16,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::fmt;
 
-/// Where credentials may come from besides the URL; a snapshot of the environment so tests
-/// do not depend on (or mutate) the process environment.
+/// Where credentials may come from besides the URL, and how to reach the service; a snapshot
+/// of the environment so tests do not depend on (or mutate) the process environment.
 #[derive(Clone, Default)]
 pub struct CredentialEnv {
     /// `AZURE_STORAGE_CONNECTION_STRING`.
@@ -23,6 +26,12 @@ pub struct CredentialEnv {
     pub account: Option<String>,
     /// `AZURE_STORAGE_KEY`.
     pub key: Option<String>,
+    /// `--cloud` or `AZURE_CLOUD` as given (an `az` cloud name); `None` is `AzureCloud`. Kept
+    /// unparsed so a bad value is reported by the command that needs it, with its code.
+    pub cloud: Option<String>,
+    /// `--ca-cert` or `VHDFORGE_CA_CERT`: a PEM file of extra trusted root certificates (a corporate TLS-inspection
+    /// root, a private endpoint's CA), trusted besides the built-in and OS roots.
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for CredentialEnv {
@@ -34,19 +43,37 @@ impl fmt::Debug for CredentialEnv {
             )
             .field("account", &self.account)
             .field("key", &self.key.as_ref().map(|_| "<set>"))
+            .field("cloud", &self.cloud)
+            .field("ca_cert", &self.ca_cert)
             .finish()
     }
 }
 
 impl CredentialEnv {
-    /// Read the three variables from the process environment (empty values count as unset).
+    /// Read the variables from the process environment (empty values count as unset).
     pub fn from_process_env() -> Self {
         let get = |n: &str| std::env::var(n).ok().filter(|v| !v.trim().is_empty());
         CredentialEnv {
             connection_string: get("AZURE_STORAGE_CONNECTION_STRING"),
             account: get("AZURE_STORAGE_ACCOUNT"),
             key: get("AZURE_STORAGE_KEY"),
+            cloud: get("AZURE_CLOUD"),
+            ca_cert: get("VHDFORGE_CA_CERT").map(std::path::PathBuf::from),
         }
+    }
+
+    /// The cloud that decides the endpoint suffix when only an account name is known.
+    pub fn cloud(&self) -> Result<Cloud> {
+        self.cloud
+            .as_deref()
+            .map_or(Ok(Cloud::AzureCloud), Cloud::parse)
+    }
+
+    fn connection(&self) -> Result<Option<ConnectionString>> {
+        self.connection_string
+            .as_deref()
+            .map(ConnectionString::parse)
+            .transpose()
     }
 }
 
@@ -131,59 +158,63 @@ impl fmt::Debug for Credential {
     }
 }
 
-/// Parse a connection string (`Key=Value;...`) into a Shared Key and the blob endpoint if given.
+/// Parse a connection string into a Shared Key and the blob endpoint it names (its
+/// `BlobEndpoint`, or `ACCOUNT.blob.EndpointSuffix`); a SAS-only string is an error here.
 pub fn parse_connection_string(s: &str) -> Result<(SharedKey, Option<String>)> {
-    let mut account = None;
-    let mut key = None;
-    let mut endpoint = None;
-    let mut suffix = None;
-    for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-        // Keys are base64 and end in '=': split at the first '=' only.
-        let Some((k, v)) = part.split_once('=') else {
-            continue;
-        };
-        match k.trim().to_ascii_lowercase().as_str() {
-            "accountname" => account = Some(v.trim().to_string()),
-            "accountkey" => key = Some(v.trim().to_string()),
-            "blobendpoint" => endpoint = Some(v.trim().to_string()),
-            "endpointsuffix" => suffix = Some(v.trim().to_string()),
-            _ => {}
-        }
-    }
-    match (account, key) {
-        (Some(a), Some(k)) => {
-            let mut key = SharedKey::new(&a, &k)?;
-            key.scope = KeyScope {
-                blob_endpoint: endpoint.clone(),
-                endpoint_suffix: suffix.clone(),
-            };
-            // Without a BlobEndpoint, blobs live at ACCOUNT.blob.SUFFIX.
-            let endpoint = endpoint.or_else(|| {
-                suffix.map(|s| format!("https://{a}.blob.{}", s.trim_matches('.')))
-            });
-            Ok((key, endpoint))
-        }
-        _ => Err(Error::new(
+    let cs = ConnectionString::parse(s)?;
+    let key = key_of(&cs)?.ok_or_else(|| {
+        Error::new(
             ErrorKind::InvalidInput,
             "upload.credentials",
-            "AZURE_STORAGE_CONNECTION_STRING lacks AccountName or AccountKey (a SAS connection string is not supported: put the SAS in the destination URL instead)",
-        )),
-    }
+            "AZURE_STORAGE_CONNECTION_STRING holds a SAS, not an account key, and this needs the key",
+        )
+    })?;
+    let endpoint = cs.blob_endpoint.clone().or_else(|| {
+        cs.endpoint_suffix
+            .as_ref()
+            .and_then(|_| cs.blob_service(Cloud::AzureCloud))
+    });
+    Ok((key, endpoint))
 }
 
-/// Pick the credential for `url` (its query, if any, holds a SAS when it has `sig=`).
+/// The Shared Key of a connection string, scoped to the endpoints it names.
+fn key_of(cs: &ConnectionString) -> Result<Option<SharedKey>> {
+    let (Some(account), Some(k)) = (&cs.account_name, &cs.account_key) else {
+        return Ok(None);
+    };
+    let mut key = SharedKey::new(account, k)?;
+    key.scope = KeyScope {
+        blob_endpoint: cs.blob_endpoint.clone(),
+        endpoint_suffix: cs.endpoint_suffix.clone(),
+    };
+    Ok(Some(key))
+}
+
+/// True when the query holds a SAS signature.
+fn has_sig(query: &str) -> bool {
+    query.split('&').any(|p| {
+        p.split('=')
+            .next()
+            .is_some_and(crate::storage::redact::is_sig_name)
+    })
+}
+
+/// Pick the credential for a URL whose query is `query` (a SAS when it has `sig=`).
+///
+/// Order: the URL's SAS; the connection string's key, else its `SharedAccessSignature`;
+/// `AZURE_STORAGE_ACCOUNT` + `AZURE_STORAGE_KEY`. Use [`resolve_for`] when the URL is known: it
+/// also keeps a connection string's SAS to that string's own endpoints.
 pub fn resolve(query: Option<&str>, env: &CredentialEnv) -> Result<Credential> {
-    if let Some(q) = query.filter(|q| {
-        q.split('&').any(|p| {
-            p.split('=')
-                .next()
-                .is_some_and(crate::storage::redact::is_sig_name)
-        })
-    }) {
+    if let Some(q) = query.filter(|q| has_sig(q)) {
         return Ok(Credential::Sas(q.to_string()));
     }
-    if let Some(cs) = &env.connection_string {
-        return Ok(Credential::SharedKey(parse_connection_string(cs)?.0));
+    if let Some(cs) = env.connection()? {
+        if let Some(key) = key_of(&cs)? {
+            return Ok(Credential::SharedKey(key));
+        }
+        if let Some(sas) = cs.sas {
+            return Ok(Credential::Sas(sas));
+        }
     }
     if let (Some(a), Some(k)) = (&env.account, &env.key) {
         return Ok(Credential::SharedKey(SharedKey::new(a, k)?));
@@ -196,21 +227,48 @@ pub fn resolve(query: Option<&str>, env: &CredentialEnv) -> Result<Credential> {
     ))
 }
 
+/// [`resolve`] for `url`, and a SAS from the connection string is sent only to that
+/// string's own endpoints (a SAS, like a key, works for anyone who holds it).
+pub fn resolve_for(url: &reqwest::Url, env: &CredentialEnv) -> Result<Credential> {
+    let cred = resolve(url.query(), env)?;
+    if url.query().is_some_and(has_sig) {
+        return Ok(cred);
+    }
+    if let (Credential::Sas(_), Some(cs)) = (&cred, env.connection()?) {
+        let scope = KeyScope {
+            blob_endpoint: cs.blob_endpoint.clone(),
+            endpoint_suffix: cs.endpoint_suffix.clone(),
+        };
+        let account = cs.account_name.as_deref().unwrap_or("");
+        if !super::hosts::key_may_sign_for(url, account, &scope) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "upload.key_host",
+                format!(
+                    "{} is not an endpoint of the connection string's account, so its SharedAccessSignature \
+                     will not be sent there; give CONTAINER/BLOB, or a URL under its BlobEndpoint",
+                    super::redact::redact(url.as_str())
+                ),
+            ));
+        }
+    }
+    Ok(cred)
+}
+
 /// The full blob URL for `dest`: a URL is kept; `CONTAINER/BLOB` is joined to the
-/// connection string's `BlobEndpoint`, or to `https://ACCOUNT.blob.core.windows.net`.
+/// connection string's blob endpoint (`BlobEndpoint`, or `ACCOUNT.blob.` + its
+/// `EndpointSuffix` or the cloud's), or to `https://ACCOUNT.blob.<cloud suffix>`.
 pub fn expand_destination(dest: &str, env: &CredentialEnv) -> Result<String> {
     if dest.contains("://") {
         return Ok(dest.to_string());
     }
     let rel = dest.trim_start_matches('/');
-    if let Some(cs) = &env.connection_string {
-        let (key, endpoint) = parse_connection_string(cs)?;
-        let base =
-            endpoint.unwrap_or_else(|| format!("https://{}.blob.core.windows.net", key.account));
+    let cloud = env.cloud()?;
+    if let Some(base) = env.connection()?.and_then(|cs| cs.blob_service(cloud)) {
         return Ok(format!("{}/{rel}", base.trim_end_matches('/')));
     }
     if let Some(a) = &env.account {
-        return Ok(format!("https://{a}.blob.core.windows.net/{rel}"));
+        return Ok(format!("{}/{rel}", cloud.blob_endpoint(a)));
     }
     Err(Error::new(
         ErrorKind::InvalidInput,
@@ -368,6 +426,7 @@ mod tests {
             connection_string: Some(format!("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={DEV_KEY};BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;")),
             account: Some("other".into()),
             key: Some(DEV_KEY.into()),
+            ..CredentialEnv::default()
         };
         // A SAS in the URL wins over everything.
         assert!(matches!(
@@ -441,6 +500,95 @@ mod tests {
                 ),
             }
         }
+    }
+
+    #[test]
+    fn destination_per_cloud() {
+        // (env, cloud, dest, expected URL)
+        let key = |a: &str| CredentialEnv {
+            account: Some(a.into()),
+            key: Some(DEV_KEY.into()),
+            ..CredentialEnv::default()
+        };
+        let cs = |text: String| CredentialEnv {
+            connection_string: Some(text),
+            ..CredentialEnv::default()
+        };
+        let cases = [
+            (key("a"), None, "https://a.blob.core.windows.net/c/b"),
+            (key("a"), Some("AzureCloud"), "https://a.blob.core.windows.net/c/b"),
+            (key("a"), Some("azurechinacloud"), "https://a.blob.core.chinacloudapi.cn/c/b"),
+            (key("a"), Some("AzureUSGovernment"), "https://a.blob.core.usgovcloudapi.net/c/b"),
+            // The connection string's EndpointSuffix beats the cloud.
+            (
+                cs(format!("AccountName=a;AccountKey={DEV_KEY};EndpointSuffix=core.chinacloudapi.cn")),
+                Some("AzureUSGovernment"),
+                "https://a.blob.core.chinacloudapi.cn/c/b",
+            ),
+            // No suffix in the string: the cloud decides.
+            (
+                cs(format!("AccountName=a;AccountKey={DEV_KEY}")),
+                Some("AzureUSGovernment"),
+                "https://a.blob.core.usgovcloudapi.net/c/b",
+            ),
+            // A SAS connection string.
+            (
+                cs("BlobEndpoint=https://s.blob.core.chinacloudapi.cn;SharedAccessSignature=sv=1&sig=abc".into()),
+                None,
+                "https://s.blob.core.chinacloudapi.cn/c/b",
+            ),
+        ];
+        for (mut env, cloud, want) in cases {
+            env.cloud = cloud.map(str::to_string);
+            assert_eq!(expand_destination("c/b", &env).unwrap(), want, "{cloud:?}");
+            // Whatever the cloud, the key signs for the endpoint the short form names.
+            let url = reqwest::Url::parse(want).unwrap();
+            match resolve_for(&url, &env).unwrap() {
+                Credential::SharedKey(k) => {
+                    assert!(super::super::hosts::key_may_sign_for(
+                        &url, &k.account, &k.scope
+                    ));
+                }
+                Credential::Sas(q) => assert_eq!(q, "sv=1&sig=abc"),
+            }
+        }
+        let bad = CredentialEnv {
+            cloud: Some("AzureStack".into()),
+            ..key("a")
+        };
+        assert_eq!(
+            expand_destination("c/b", &bad).unwrap_err().code(),
+            "upload.cloud"
+        );
+    }
+
+    #[test]
+    fn connection_string_sas_stays_home() {
+        let env = CredentialEnv {
+            connection_string: Some(
+                "AccountName=acct;SharedAccessSignature=sv=1&sig=SECRETSIG;EndpointSuffix=core.usgovcloudapi.net"
+                    .into(),
+            ),
+            ..CredentialEnv::default()
+        };
+        let home = reqwest::Url::parse("https://acct.blob.core.usgovcloudapi.net/c/b").unwrap();
+        assert!(matches!(
+            resolve_for(&home, &env).unwrap(),
+            Credential::Sas(_)
+        ));
+        for other in [
+            "https://evil.example/c/b",
+            "https://other.blob.core.usgovcloudapi.net/c/b",
+            "https://acct.blob.core.usgovcloudapi.net.evil.example/c/b",
+        ] {
+            let u = reqwest::Url::parse(other).unwrap();
+            let e = resolve_for(&u, &env).unwrap_err();
+            assert_eq!(e.code(), "upload.key_host", "{other}");
+            assert!(!e.to_string().contains("SECRETSIG"));
+        }
+        // A SAS in the URL itself is the user's explicit choice for that URL.
+        let u = reqwest::Url::parse("https://evil.example/c/b?sv=1&sig=x").unwrap();
+        assert!(matches!(resolve_for(&u, &env).unwrap(), Credential::Sas(q) if q == "sv=1&sig=x"));
     }
 
     #[test]

@@ -221,33 +221,6 @@ fn secrets_of(cred: &Credential) -> Vec<String> {
     secrets
 }
 
-/// The HTTP client for `host`: no redirects, no proxy for loopback hosts, idle connections
-/// dropped before Azurite drops them.
-fn http_client(host: &str, connections: usize) -> Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder();
-    if is_loopback_host(host) {
-        // A proxy from the environment must not intercept an emulator or a local mock.
-        builder = builder.no_proxy();
-    }
-    builder
-        .connect_timeout(Duration::from_secs(20))
-        .pool_max_idle_per_host(connections.max(1))
-        // Azurite closes idle connections after 5 s; do not keep them longer.
-        .pool_idle_timeout(Duration::from_secs(4))
-        .http1_only()
-        // Never follow a redirect: it could send the SAS or a signed request to another
-        // host, or downgrade https to http. A 3xx is a fatal error instead.
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Io,
-                "upload.transport",
-                format!("cannot set up the HTTP client: {}", e.without_url()),
-            )
-        })
-}
-
 impl BlobClient {
     /// A client for the blob at `url`, with credentials from the URL or `env`.
     pub fn new(
@@ -263,13 +236,13 @@ impl BlobClient {
         let host = parsed.host_str().unwrap_or("").to_string();
         let path = parsed.path().to_string();
         check_api_version(api_version)?;
-        let cred = auth::resolve(parsed.query(), env)?;
+        let cred = auth::resolve_for(&parsed, env)?;
         check_key_host(&cred, &parsed, &display)?;
         let secrets = secrets_of(&cred);
         let mut base = parsed;
         base.set_query(None);
         base.set_fragment(None);
-        let http = http_client(&host, connections)?;
+        let http = super::http::client(&host, connections, env)?;
         Ok(BlobClient {
             http,
             base: base.to_string(),
@@ -866,7 +839,7 @@ mod tests {
         let env = CredentialEnv {
             account: Some("a".into()),
             key: Some("AAAA".into()),
-            connection_string: None,
+            ..CredentialEnv::default()
         };
         let e = BlobClient::new(
             "http://acct.blob.core.windows.net/c/b",

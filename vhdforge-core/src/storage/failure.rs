@@ -113,8 +113,9 @@ impl Failure {
                 "upload.tls",
                 format!(
                     "{op} {dest}: the server's TLS certificate was refused ({message}); \
-                     check the host name in DEST, and that no proxy or firewall intercepts TLS \
-                     (a certificate this machine does not trust is never accepted)"
+                     check the host name in DEST; if a proxy or firewall inspects TLS, or the endpoint \
+                     uses a private CA, give that CA's certificate with --ca-cert FILE (PEM) or install it \
+                     in the system's trust store (a certificate this machine does not trust is never accepted)"
                 ),
             ),
             Failure::Transport {

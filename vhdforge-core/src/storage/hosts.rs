@@ -24,10 +24,15 @@ pub fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// True for managed-disk upload endpoints (`md-*` hosts, `*.blob.storage.azure.net`).
+/// True for managed-disk upload endpoints of every cloud: `md-*` hosts
+/// (`md-impexp-….blob.core.windows.net`, `….chinacloudapi.cn`, `….usgovcloudapi.net`) and
+/// the DNS-zone hosts `*.blob.storage.azure.{net,cn,us}`.
 pub fn is_managed_disk_host(host: &str) -> bool {
     let h = host.to_ascii_lowercase();
-    h.starts_with("md-") || h.ends_with(".blob.storage.azure.net")
+    h.starts_with("md-")
+        || super::cloud::ALL_CLOUDS
+            .iter()
+            .any(|c| h.ends_with(&format!(".blob.{}", c.storage_zone_suffix())))
 }
 
 /// Where a Shared Key may be sent, besides the public endpoints of its account.
@@ -74,13 +79,15 @@ pub fn key_may_sign_for(url: &reqwest::Url, account: &str, scope: &KeyScope) -> 
             return true;
         }
     }
-    // Azure DNS-zone endpoints: ACCOUNT.zNN.blob.storage.azure.net.
-    if let Some(rest) = host
-        .strip_prefix(&format!("{account}.z"))
-        .and_then(|r| r.strip_suffix(".blob.storage.azure.net"))
-    {
-        if rest.len() == 2 && rest.bytes().all(|b| b.is_ascii_digit()) {
-            return true;
+    // Azure DNS-zone endpoints: ACCOUNT.zNN.blob.storage.azure.{net,cn,us}.
+    for cloud in super::cloud::ALL_CLOUDS {
+        if let Some(rest) = host
+            .strip_prefix(&format!("{account}.z"))
+            .and_then(|r| r.strip_suffix(&format!(".blob.{}", cloud.storage_zone_suffix())))
+        {
+            if rest.len() == 2 && rest.bytes().all(|b| b.is_ascii_digit()) {
+                return true;
+            }
         }
     }
     // An emulator on this machine, path style: /ACCOUNT/CONTAINER/BLOB.
@@ -106,6 +113,18 @@ mod tests {
         assert!(is_managed_disk_host("md-impexp-abc.blob.core.windows.net"));
         assert!(is_managed_disk_host("md-x.z1.blob.storage.azure.net"));
         assert!(!is_managed_disk_host("acct.blob.core.windows.net"));
+        // Every cloud's managed-disk hosts.
+        for host in [
+            "md-impexp-x1.blob.core.chinacloudapi.cn",
+            "md-impexp-x1.blob.core.usgovcloudapi.net",
+            "md-abc.z7.blob.storage.azure.cn",
+            "md-abc.z7.blob.storage.azure.us",
+            "md-abc.z7.blob.storage.azure.net",
+        ] {
+            assert!(is_managed_disk_host(host), "{host}");
+        }
+        assert!(!is_managed_disk_host("acct.blob.core.chinacloudapi.cn"));
+        assert!(!is_managed_disk_host("blob.storage.azure.us.evil.com"));
     }
 
     #[test]
@@ -125,6 +144,21 @@ mod tests {
                 true,
             ),
             ("https://acct.z12.blob.storage.azure.net/c/b", &none, true),
+            ("https://acct.blob.core.usgovcloudapi.net/c/b", &none, true),
+            ("https://acct.z01.blob.storage.azure.cn/c/b", &none, true),
+            ("https://acct.z01.blob.storage.azure.us/c/b", &none, true),
+            ("https://other.blob.core.chinacloudapi.cn/c/b", &none, false),
+            (
+                "https://other.blob.core.usgovcloudapi.net/c/b",
+                &none,
+                false,
+            ),
+            (
+                "https://acct.z01.blob.storage.azure.us.evil.com/c/b",
+                &none,
+                false,
+            ),
+            ("https://acct.zab.blob.storage.azure.cn/c/b", &none, false),
             // Another account, or a look-alike host: refused.
             ("https://other.blob.core.windows.net/c/b", &none, false),
             (

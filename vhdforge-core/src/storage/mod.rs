@@ -4,9 +4,11 @@
 //!
 //! - [`blob`]: [`BlobClient`], the HTTP operations on one blob (Put Page, Get Page Ranges …);
 //! - [`auth`]: which credential a request uses, and Shared Key signing;
+//! - [`cloud`], [`connstr`]: the Azure clouds' endpoints, and connection strings;
 //! - [`sas`]: signing shared access signatures with an account key;
 //! - [`hosts`]: plain http only to loopback, managed-disk hosts, and a key only for its
 //!   own account's endpoints;
+//! - `http`: the HTTP client (trusted roots, `--ca-cert`, proxies, no redirects);
 //! - [`failure`]: what a failed request means (retry, throttle, re-read, stop) and the
 //!   message that says what to fix;
 //! - [`retry`]: backoff with jitter and the retry loop;
@@ -15,8 +17,11 @@
 
 pub mod auth;
 pub mod blob;
+pub mod cloud;
+pub mod connstr;
 pub mod failure;
 pub mod hosts;
+mod http;
 pub mod names;
 pub mod redact;
 pub mod retry;
@@ -25,6 +30,7 @@ pub mod xml;
 
 pub use auth::{Credential, CredentialEnv, SharedKey};
 pub use blob::{BlobClient, BlobProps, CopyState, Integrity};
+pub use cloud::Cloud;
 pub use failure::{Class, Failure, TransportKind};
 pub use redact::{redact, redact_text, Redacted};
 pub use retry::RetryPolicy;

@@ -99,8 +99,7 @@ kill $c 2>/dev/null
                 "DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};BlobEndpoint={};",
                 self.account_url()
             )),
-            account: None,
-            key: None,
+            ..CredentialEnv::default()
         }
     }
 
