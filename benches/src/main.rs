@@ -4,11 +4,13 @@
 //!   cargo run --release -p vhdforge-benches -- read      # issue 2: read throughput vs raw file
 //!   cargo run --release -p vhdforge-benches -- convert   # issue 3: convert vs qemu-img
 //!   cargo run --release -p vhdforge-benches -- upload    # issue 4: upload vs Python SDK, curl
+//!   cargo run --release -p vhdforge-benches -- preflight # issue 12: preflight of a 30 GiB VHDX
 //!
 //! Inputs are built under `$VHDFORGE_BENCH_DIR` (default `target/bench-data`) with qemu-img
 //! and kept between runs. See benches/README.md for the figures measured.
 
 mod guest;
+mod preflight;
 mod upload;
 mod util;
 
@@ -29,12 +31,15 @@ fn main() -> Result<()> {
         "upload" => upload::bench_upload(&dir, &vhdforge_bin()?),
         "sink" => upload::sink_vs_curl_only(&dir, &vhdforge_bin()?),
         "guest" => guest::bench_guest(&dir, &vhdforge_bin()?),
+        "preflight" => preflight::bench_preflight(&dir),
         "all" => {
             bench_read(&dir)?;
             bench_convert(&dir)?;
             upload::bench_upload(&dir, &vhdforge_bin()?)
         }
-        other => bail!("unknown benchmark {other:?}: use read, convert, upload, guest or all"),
+        other => {
+            bail!("unknown benchmark {other:?}: use read, convert, upload, guest, preflight or all")
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
+use fixtures::initramfs::{initramfs_image, module_files};
 use vhdforge_core::guest::fs::{self, FileSystem, Volume};
 use vhdforge_core::guest::linux::boot::{self, Loader};
 use vhdforge_core::guest::linux::initramfs;
@@ -53,54 +54,6 @@ fn ext4_of(dir: &Path, work: &Path, size: &str) -> Box<dyn FileSystem> {
     ));
     let image = Arc::from(vhdforge_core::open(&img, &OpenOptions::default()).unwrap());
     fs::open(Volume::whole(image)).unwrap()
-}
-
-/// An initramfs from `files` (relative path, content): an uncompressed early cpio as
-/// dracut writes it (when `early`), then the main archive through `compressor` (a shell
-/// command, e.g. `xz --check=crc32`; empty = uncompressed).
-fn initramfs_image(work: &Path, files: &[(&str, &[u8])], early: bool, compressor: &str) -> Vec<u8> {
-    let n = std::fs::read_dir(work).unwrap().count();
-    let main = work.join(format!("initrd-main-{n}"));
-    for (p, d) in files {
-        put(&main, p, d);
-    }
-    let mut out = Vec::new();
-    if early {
-        let e = work.join(format!("initrd-early-{n}"));
-        put(&e, "early_cpio", b"1\n");
-        put(&e, "kernel/x86/microcode/GenuineIntel.bin", &[0x5a; 5000]);
-        out.extend(sh(&format!(
-            "cd '{}' && find . | LC_ALL=C sort | cpio -o -H newc --quiet",
-            e.display()
-        )));
-    }
-    let pipe = if compressor.is_empty() {
-        String::new()
-    } else {
-        format!(" | {compressor}")
-    };
-    out.extend(sh(&format!(
-        "cd '{}' && find . | LC_ALL=C sort | cpio -o -H newc --quiet{pipe}",
-        main.display()
-    )));
-    out
-}
-
-fn module_files(kver: &str, names: &[&str], ext: &str) -> Vec<(String, Vec<u8>)> {
-    names
-        .iter()
-        .map(|m| {
-            let dir = match *m {
-                "hv_storvsc" => "scsi",
-                "hv_netvsc" => "net/hyperv",
-                _ => "hv",
-            };
-            (
-                format!("usr/lib/modules/{kver}/kernel/drivers/{dir}/{m}{ext}"),
-                vec![0x42; 300],
-            )
-        })
-        .collect()
 }
 
 fn codes(f: &[GuestFinding]) -> Vec<String> {
@@ -217,11 +170,7 @@ fi
     ] {
         put(&boot, &format!("vmlinuz-{kver}"), b"kernel");
         let files = module_files(kver, mods, ".ko.xz");
-        let refs: Vec<(&str, &[u8])> = files
-            .iter()
-            .map(|(a, b)| (a.as_str(), b.as_slice()))
-            .collect();
-        let img = initramfs_image(work, &refs, true, "xz --check=crc32 --lzma2=dict=1MiB");
+        let img = initramfs_image(work, &files, true, "xz --check=crc32 --lzma2=dict=1MiB");
         put(&boot, &format!("initramfs-{kver}.img"), &img);
     }
     let mut tree = GuestTree::new(ext4_of(&root, work, "16M"));
@@ -389,11 +338,7 @@ blscfg
     for kver in [R9_NEW, R9_OLD] {
         put(&boot, &format!("vmlinuz-{kver}"), b"kernel");
         let files = module_files(kver, &["hv_vmbus", "hv_storvsc", "hv_netvsc"], ".ko.xz");
-        let refs: Vec<(&str, &[u8])> = files
-            .iter()
-            .map(|(a, b)| (a.as_str(), b.as_slice()))
-            .collect();
-        let img = initramfs_image(work, &refs, true, "zstd -q -15 -c");
+        let img = initramfs_image(work, &files, true, "zstd -q -15 -c");
         put(&boot, &format!("initramfs-{kver}.img"), &img);
     }
     let mut tree = GuestTree::new(ext4_of(&root, work, "16M"));
@@ -491,14 +436,10 @@ fn centos6_legacy_grub_conf() {
     );
     put(&boot, &format!("vmlinuz-{kver}"), b"k");
     let files = module_files(kver, &["hv_vmbus", "hv_storvsc"], ".ko");
-    let refs: Vec<(&str, &[u8])> = files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_slice()))
-        .collect();
     put(
         &boot,
         &format!("initramfs-{kver}.img"),
-        &initramfs_image(work, &refs, false, "gzip -9n"),
+        &initramfs_image(work, &files, false, "gzip -9n"),
     );
     let mut tree = GuestTree::new(ext4_of(&root, work, "8M"));
     tree.mount(b"/boot", ext4_of(&boot, work, "8M"));
@@ -657,14 +598,10 @@ fn real_debian_without_the_drivers_names_update_initramfs() {
         .into_string()
         .unwrap();
     let files = module_files(&kver, &["hv_netvsc"], ".ko");
-    let refs: Vec<(&str, &[u8])> = files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_slice()))
-        .collect();
     put(
         &root,
         &format!("boot/initrd.img-{kver}"),
-        &initramfs_image(work, &refs, false, "zstd -q -c"),
+        &initramfs_image(work, &files, false, "zstd -q -c"),
     );
     let tree = GuestTree::new(ext4_of(&root, work, "64M"));
     let mut f = Vec::new();

@@ -3,14 +3,19 @@
 //! each planted violation gives exactly its code with its evidence. The same disk as VHDX,
 //! dynamic VHD and a differencing chain gives the same guest findings as raw.
 //!
-//! The boot-loader and initramfs checks (`console`, `earlyprintk`, `hv_drivers`) are not
-//! part of these runs yet; they are wired in separately.
+//! The clean trees boot like the real distributions: CentOS 7 from a grub2 `grub.cfg` on
+//! its own `/boot` with `linux16`/`initrd16` and a dracut initramfs (early microcode cpio,
+//! then xz, `.ko.xz` modules); Debian 12 from `/boot/grub/grub.cfg` on the root with an
+//! initramfs-tools gzip initramfs. Both hold hv_vmbus, hv_storvsc and hv_netvsc and have
+//! `console=ttyS0` and `earlyprintk=ttyS0`, so the boot checks run through the whole runner.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use fixtures::linux_tree::{build_disk, link, put, write, Distro, Layout, Tree};
+use fixtures::linux_tree::{
+    build_disk, grub_cfg, link, put, put_initramfs, write, Distro, Layout, Tree,
+};
 use vhdforge_core::preflight::{run, run_image, GuestFinding, OsChoice, PreflightReport};
 use vhdforge_core::{DiskImage, OpenOptions, Severity};
 
@@ -51,7 +56,24 @@ fn disk(dir: &Path, distro: Distro, layout: Layout, plant: &dyn Fn(&Tree)) -> Pa
 fn edit(root: &Path, path: &str, f: impl FnOnce(String) -> String) {
     let p = root.join(path);
     let text = std::fs::read_to_string(&p).unwrap();
-    std::fs::write(&p, f(text)).unwrap();
+    let changed = f(text.clone());
+    assert_ne!(
+        changed,
+        text,
+        "the plant into {} changed nothing",
+        p.display()
+    );
+    std::fs::write(&p, changed).unwrap();
+}
+
+/// Edit the tree's grub.cfg.
+fn edit_grub(t: &Tree, f: impl FnOnce(String) -> String) {
+    let p = grub_cfg(t);
+    edit(
+        p.parent().unwrap(),
+        p.file_name().unwrap().to_str().unwrap(),
+        f,
+    );
 }
 
 #[test]
@@ -142,7 +164,47 @@ fn cases() -> Vec<Case> {
     let vg = fixtures::linux_tree::vg_name();
     let d = Distro::Debian12;
     let plain = Layout::default();
+    let c7 = fixtures::linux_tree::CENTOS_KERNEL;
+    let deb = fixtures::linux_tree::DEBIAN_KERNEL;
     vec![
+        (
+            "no console=ttyS0 (CentOS, grub2 on /boot)",
+            Distro::CentOs7,
+            plain,
+            Box::new(|t: &Tree| {
+                edit_grub(t, |s| s.replace(" console=ttyS0,115200n8", ""));
+            }),
+            "guest.linux.console",
+            Severity::Error,
+            "/boot/grub2/grub.cfg line 5, entry 'CentOS Linux (".into(),
+        ),
+        (
+            "no earlyprintk (Debian, grub.cfg on the root)",
+            d,
+            plain,
+            Box::new(|t: &Tree| edit_grub(t, |s| s.replace(" earlyprintk=ttyS0", ""))),
+            "guest.linux.earlyprintk",
+            Severity::Warning,
+            "/boot/grub/grub.cfg line 8, entry 'Debian GNU/Linux': root=UUID=".into(),
+        ),
+        (
+            "a dracut initramfs without hv_storvsc",
+            Distro::CentOs7,
+            plain,
+            Box::new(|t: &Tree| put_initramfs(t, &["hv_vmbus", "hv_netvsc"])),
+            "guest.linux.hv_drivers",
+            Severity::Error,
+            format!("/boot/initramfs-{c7}.img: 2 modules in 2 member(s) (uncompressed cpio, xz)"),
+        ),
+        (
+            "an initramfs-tools initramfs without any Hyper-V driver",
+            d,
+            plain,
+            Box::new(|t: &Tree| put_initramfs(t, &["hv_netvsc"])),
+            "guest.linux.hv_drivers",
+            Severity::Error,
+            format!("/boot/initrd.img-{deb}: 1 modules in 1 member(s) (gzip)"),
+        ),
         (
             "root has a SHA-512 hash",
             d,
