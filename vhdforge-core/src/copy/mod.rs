@@ -198,7 +198,7 @@ pub async fn copy(
             ErrorKind::Remote,
             "upload.protocol",
             format!(
-                "{} reports a page blob of {size} bytes, over the {}-byte page blob limit: the service's answer \
+                "{}: HEAD reports a page blob of {size} bytes, over the {}-byte page blob limit: the service's answer \
                  could not be understood (is the URL a Blob service?)",
                 source.display(),
                 crate::azure::MAX_PAGE_BLOB
@@ -210,7 +210,7 @@ pub async fn copy(
             ErrorKind::Remote,
             "upload.protocol",
             format!(
-                "{} lists written pages {}-{} past its own length of {size} bytes: the service's answer could not \
+                "{}: its page list holds pages {}-{} past its own length of {size} bytes: the service's answer could not \
                  be understood (is the URL a Blob service?)",
                 source.display(),
                 r.start,
