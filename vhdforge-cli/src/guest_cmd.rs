@@ -490,7 +490,11 @@ fn list_tree<W: Write>(
             let st = match fs.stat_resolved(&p) {
                 Ok(s) => s,
                 Err(err) => {
-                    eprintln!("vhdforge: cannot stat {}: {err}", escape(&p));
+                    eprintln!(
+                        "vhdforge: cannot stat {}: {}",
+                        escape(&p),
+                        crate::ui::terminal_safe(&err.to_string())
+                    );
                     all_ok = false;
                     return true;
                 }
@@ -508,7 +512,11 @@ fn list_tree<W: Write>(
             return Err(e);
         }
         if let Err(err) = listed {
-            eprintln!("vhdforge: cannot list {}: {err}", escape(&dir));
+            eprintln!(
+                "vhdforge: cannot list {}: {}",
+                escape(&dir),
+                crate::ui::terminal_safe(&err.to_string())
+            );
             all_ok = false;
         }
         if depth + 1 > MAX_DEPTH && !subdirs.is_empty() {

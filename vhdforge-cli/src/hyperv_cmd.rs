@@ -334,19 +334,42 @@ fn plan_file(
         code: "hyperv.inventory".into(),
         error,
     };
-    // An inventory is a few KiB per VM; refuse anything absurd before reading it whole.
-    const MAX_INVENTORY: u64 = 64 << 20;
-    let len = std::fs::metadata(file)
-        .map_err(|e| bad(format!("cannot read the inventory {}: {e}", file.display())))?
-        .len();
-    if len > MAX_INVENTORY {
-        return Err(bad(format!(
-            "{} is {len} bytes; an inventory is at most {MAX_INVENTORY} bytes: is it really the output of `vhdforge hyperv inventory --json`?",
+    // An inventory is a few KiB per VM (a full host of 1024 VMs stays under 4 MiB); refuse
+    // anything larger. Parsed, a JSON object takes ten times its text or more (a 16 MiB
+    // inventory of empty chain elements held 1.4 GiB), so this cap is what keeps `plan`
+    // under the memory bound. The length is counted while reading, not taken from the
+    // metadata: a pipe or a device (`--inventory /dev/zero`, `<(…)`) reports 0 there.
+    const MAX_INVENTORY: u64 = 4 << 20;
+    let too_big = || {
+        bad(format!(
+            "{} is larger than {MAX_INVENTORY} bytes, more than any inventory (a few KiB per VM): is it really the output of `vhdforge hyperv inventory --json`?",
             file.display()
-        )));
+        ))
+    };
+    let cannot =
+        |e: std::io::Error| bad(format!("cannot read the inventory {}: {e}", file.display()));
+    if std::fs::metadata(file).map_err(cannot)?.len() > MAX_INVENTORY {
+        return Err(too_big());
     }
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| bad(format!("cannot read the inventory {}: {e}", file.display())))?;
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(
+            std::fs::File::open(file).map_err(cannot)?,
+            MAX_INVENTORY + 1,
+        ),
+        &mut raw,
+    )
+    .map_err(cannot)?;
+    if raw.len() as u64 > MAX_INVENTORY {
+        return Err(too_big());
+    }
+    let text = String::from_utf8(raw).map_err(|e| {
+        bad(format!(
+            "{} is not UTF-8 text (invalid byte at offset {}); an inventory is the JSON `vhdforge hyperv inventory VM --json` writes",
+            file.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
     let inv = Inventory::from_json(&text).map_err(|e| {
         bad(format!(
             "{} is not a vhdforge inventory: {e} (expected the JSON `vhdforge hyperv inventory VM --json` writes; docs/hyperv.md has the schema)",

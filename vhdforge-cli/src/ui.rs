@@ -383,9 +383,35 @@ pub fn report_error(e: &anyhow::Error, code: &str, json: bool) -> ExitCode {
             serde_json::to_string_pretty(&v).unwrap_or_default()
         ));
     } else {
-        eprintln!("vhdforge: error: {msg}");
+        eprintln!("vhdforge: error: {}", terminal_safe(&msg));
     }
     ExitCode::from(2)
+}
+
+/// `text` safe to print on a terminal: every control character but line feed and tab
+/// becomes `\xNN` (each byte of it). Error messages quote what an input holds — a guest's
+/// file names and symlink targets, a disk's parent path, an inventory's VM names — and an
+/// escape sequence in one must not rewrite the terminal (its title, colours, the lines
+/// above) or hide the message itself.
+pub fn terminal_safe(text: &str) -> String {
+    if !text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            let mut b = [0u8; 4];
+            for byte in c.encode_utf8(&mut b).bytes() {
+                let _ = write!(out, "\\x{byte:02x}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Human-readable byte count with the exact figure ("1.5 GiB (1610612736 bytes)"), for

@@ -214,10 +214,59 @@ pub struct ChainElement {
     pub error: Option<String>,
 }
 
+/// Most VMs an inventory may list (Hyper-V runs at most 1024 per host).
+pub const MAX_VMS: usize = 4096;
+/// Most checkpoints per VM (Hyper-V allows 50).
+pub const MAX_CHECKPOINTS: usize = 1024;
+/// Most disks per VM (Hyper-V: 4 SCSI controllers of 64 plus 4 IDE slots).
+pub const MAX_DISKS: usize = 1024;
+/// Most files in one disk's chain (vhdforge follows at most 64 parents when converting).
+pub const MAX_CHAIN_FILES: usize = 256;
+
 impl Inventory {
     /// Parse an inventory; the error names the line, column and field at fault.
+    ///
+    /// An inventory file is untrusted input: beyond the schema, the counts are bounded by
+    /// what Hyper-V allows (with a wide margin), because `plan` reports on every chain
+    /// element and checkpoint, and an inventory of a million empty elements would otherwise
+    /// print hundreds of MiB of blockers.
     pub fn from_json(text: &str) -> Result<Inventory, serde_json::Error> {
-        serde_json::from_str(text)
+        use serde::de::Error as _;
+        let inv: Inventory = serde_json::from_str(text)?;
+        let over = |what: &str, n: usize, max: usize| {
+            serde_json::Error::custom(format!(
+                "{what}: {n}, more than the {max} any Hyper-V host has"
+            ))
+        };
+        if inv.vms.len() > MAX_VMS {
+            return Err(over("VMs", inv.vms.len(), MAX_VMS));
+        }
+        for vm in &inv.vms {
+            if vm.checkpoints.len() > MAX_CHECKPOINTS {
+                return Err(over(
+                    &format!("checkpoints of VM {:?}", vm.name),
+                    vm.checkpoints.len(),
+                    MAX_CHECKPOINTS,
+                ));
+            }
+            if vm.disks.len() > MAX_DISKS {
+                return Err(over(
+                    &format!("disks of VM {:?}", vm.name),
+                    vm.disks.len(),
+                    MAX_DISKS,
+                ));
+            }
+            for d in &vm.disks {
+                if d.chain.len() > MAX_CHAIN_FILES {
+                    return Err(over(
+                        &format!("files in the chain of {} of VM {:?}", d.slot(), vm.name),
+                        d.chain.len(),
+                        MAX_CHAIN_FILES,
+                    ));
+                }
+            }
+        }
+        Ok(inv)
     }
 
     /// The VM to plan: the one named, or the only one. The error says which names exist.

@@ -189,6 +189,35 @@ pub async fn copy(
             .await
             .map_err(failed("listing the page ranges of", &source))?,
     );
+    // The source's answers size what is planned here (every 4 MiB piece is held in a list),
+    // so they are checked before they are believed: a page blob is at most 8 TiB, and its
+    // ranges lie inside it. A server claiming a range of 2^50 bytes would otherwise make
+    // vhdforge allocate gigabytes of pieces and die.
+    if size > crate::azure::MAX_PAGE_BLOB {
+        return Err(Error::new(
+            ErrorKind::Remote,
+            "upload.protocol",
+            format!(
+                "{}: HEAD reports a page blob of {size} bytes, over the {}-byte page blob limit: the service's answer \
+                 could not be understood (is the URL a Blob service?)",
+                source.display(),
+                crate::azure::MAX_PAGE_BLOB
+            ),
+        ));
+    }
+    if let Some(r) = src_ranges.iter().find(|r| r.end > size) {
+        return Err(Error::new(
+            ErrorKind::Remote,
+            "upload.protocol",
+            format!(
+                "{}: its page list holds pages {}-{} past its own length of {size} bytes: the service's answer could not \
+                 be understood (is the URL a Blob service?)",
+                source.display(),
+                r.start,
+                r.end - 1
+            ),
+        ));
+    }
     let bytes: u64 = src_ranges.iter().map(|r| r.end - r.start).sum();
     let managed = opts.managed_disk || is_managed_disk_host(target.host());
     let mut stale_bytes_cleared = 0;
