@@ -22,6 +22,11 @@ use crate::ui::{bytes, Ui};
 /// Directories nested deeper than this are not entered by `ls -R` (a damaged file system can
 /// make a directory its own descendant; Linux paths cannot be deeper than 2048 anyway).
 const MAX_DEPTH: usize = 256;
+/// Directories `ls -R` lists at most. The depth limit alone does not bound the work: a
+/// damaged file system whose directory holds two links back to itself has 2^256 paths
+/// within it. Real guests hold tens of thousands of directories; the readers give no file
+/// identity yet, so the cycle itself cannot be recognised, only bounded.
+const MAX_DIRECTORIES: usize = 1_000_000;
 /// `cat` copies in pieces of this size: memory stays flat whatever the file's size.
 const CAT_BUFFER_BYTES: usize = 1 << 20;
 
@@ -478,7 +483,16 @@ fn list_tree<W: Write>(
     let mut todo: Vec<(Vec<u8>, usize)> = vec![(top.to_vec(), 0)];
     sink.begin()?;
     let mut first_dir = true;
+    let mut listed_dirs = 0usize;
     while let Some((dir, depth)) = todo.pop() {
+        listed_dirs += 1;
+        if listed_dirs > MAX_DIRECTORIES {
+            eprintln!(
+                "vhdforge: stopping after {MAX_DIRECTORIES} directories: the file system is damaged (a directory reachable from itself) or larger than any guest ls -R is meant for; list a subdirectory instead"
+            );
+            all_ok = false;
+            break;
+        }
         if recursive {
             sink.heading(&dir, first_dir)?;
         }
