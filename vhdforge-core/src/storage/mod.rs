@@ -24,7 +24,7 @@ pub mod sas;
 pub mod xml;
 
 pub use auth::{Credential, CredentialEnv, SharedKey};
-pub use blob::{BlobClient, BlobProps, CopyState, Integrity};
+pub use blob::{BlobClient, BlobProps, CopyState, Integrity, PageListLimits};
 pub use failure::{Class, Failure, TransportKind};
 pub use redact::{redact, redact_text, Redacted};
 pub use retry::RetryPolicy;
