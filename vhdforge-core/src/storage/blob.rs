@@ -530,6 +530,35 @@ impl BlobClient {
         }
     }
 
+    /// Delete Blob (with its snapshots); a blob already gone is fine.
+    pub async fn delete(&self) -> Result<(), Failure> {
+        match self
+            .send(
+                Method::DELETE,
+                &[],
+                &[("x-ms-delete-snapshots", "include".to_string())],
+                None,
+                Duration::from_secs(60),
+            )
+            .await
+        {
+            Ok(_) | Err(Failure::Status { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A client for the blob `name` in this client's container (same credentials); `self`
+    /// is a container client from [`BlobClient::container`].
+    #[must_use]
+    pub fn child(&self, name: &str) -> BlobClient {
+        let mut c = self.clone();
+        let enc = utf8_percent_encode(name, NON_ALPHANUMERIC).to_string();
+        c.base = format!("{}/{enc}", self.base.trim_end_matches('/'));
+        c.path = format!("{}/{enc}", self.path.trim_end_matches('/'));
+        c.display = redact(&c.base);
+        c
+    }
+
     /// Get Blob Properties.
     pub async fn head(&self) -> Result<BlobProps, Failure> {
         let resp = self
@@ -695,6 +724,21 @@ impl BlobClient {
                     }
                     Err(e) => return Err(e),
                 };
+                // The marker is checked first: a server repeating itself is named as such.
+                if let Some(n) = &next {
+                    if n.len() > MAX_MARKER_BYTES {
+                        return Err(protocol(format!(
+                            "a page list continuation marker of {} bytes (at most {MAX_MARKER_BYTES} expected)",
+                            n.len()
+                        )));
+                    }
+                    if !seen.insert(n.clone()) {
+                        return Err(protocol(
+                            "the page list's continuation marker repeats an earlier one (the listing would never end)"
+                                .into(),
+                        ));
+                    }
+                }
                 for r in ranges {
                     // Clip to the segment asked for: a range crossing its edge is listed
                     // again (in part) by the neighbouring segment.
@@ -708,18 +752,6 @@ impl BlobClient {
                     reached = end;
                     break;
                 };
-                if n.len() > MAX_MARKER_BYTES {
-                    return Err(protocol(format!(
-                        "a page list continuation marker of {} bytes (at most {MAX_MARKER_BYTES} expected)",
-                        n.len()
-                    )));
-                }
-                if !seen.insert(n.clone()) {
-                    return Err(protocol(
-                        "the page list's continuation marker repeats an earlier one (the listing would never end)"
-                            .into(),
-                    ));
-                }
                 marker = Some(n);
             }
             // After a completed segment `reached == end`; after a timeout, the listing
