@@ -3,6 +3,7 @@
 //! Exit codes: 0 success (or check passed), 1 check failed / images differ, 2 the tool could
 //! not do its job (unreadable file, bad arguments, I/O or network error).
 
+mod bench_cmd;
 mod convert_cmd;
 mod guest_cmd;
 mod hyperv_cmd;
@@ -80,6 +81,7 @@ enum Command {
     // After the upload (remote_cmd): info/check also take a URL.
     Sas(remote_cmd::SasArgs),
     Copy(remote_cmd::CopyArgs),
+    Bench(bench_cmd::BenchArgs),
     Listing(listing_cmd::ListingArgs),
     Preflight(preflight_cmd::PreflightArgs),
     Volumes(guest_cmd::VolumesArgs),
@@ -135,6 +137,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => upload_cmd::run_verify(a, &ui),
         Command::Sas(a) => remote_cmd::run_sas(&a, &ui),
         Command::Copy(a) => remote_cmd::run_copy(&a, &ui),
+        Command::Bench(a) => bench_cmd::run(&a, &ui),
         Command::Listing(a) => listing_cmd::run(&a, &ui),
         Command::Preflight(a) => preflight_cmd::run(&a, &ui),
         Command::Volumes(a) => guest_cmd::run_volumes(&a, &ui),
@@ -161,6 +164,7 @@ impl Command {
             Command::Verify(a) => a.json,
             Command::Sas(a) => a.json,
             Command::Copy(a) => a.json,
+            Command::Bench(a) => a.json,
             Command::Listing(a) => a.json(),
             Command::Preflight(a) => a.json,
             Command::Volumes(a) => a.json,

@@ -234,7 +234,10 @@ fn a_repeated_continuation_marker_ends_the_listing() {
 
 #[test]
 fn endless_fresh_markers_stop_at_the_range_cap() {
-    verify_against(Hostility::EndlessFreshMarkers, "more than 2000000 ranges");
+    verify_against(
+        Hostility::EndlessFreshMarkers,
+        "the page list went backwards",
+    );
 }
 
 #[test]

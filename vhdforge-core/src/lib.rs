@@ -24,6 +24,8 @@
 )]
 
 pub mod azure;
+#[cfg(feature = "upload")]
+pub mod bench;
 pub mod convert;
 #[cfg(feature = "upload")]
 pub mod copy;

@@ -503,6 +503,35 @@ impl BlobClient {
         }
     }
 
+    /// Delete Blob (with its snapshots); a blob already gone is fine.
+    pub async fn delete(&self) -> Result<(), Failure> {
+        match self
+            .send(
+                Method::DELETE,
+                &[],
+                &[("x-ms-delete-snapshots", "include".to_string())],
+                None,
+                Duration::from_secs(60),
+            )
+            .await
+        {
+            Ok(_) | Err(Failure::Status { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A client for the blob `name` in this client's container (same credentials); `self`
+    /// is a container client from [`BlobClient::container`].
+    #[must_use]
+    pub fn child(&self, name: &str) -> BlobClient {
+        let mut c = self.clone();
+        let enc = utf8_percent_encode(name, NON_ALPHANUMERIC).to_string();
+        c.base = format!("{}/{enc}", self.base.trim_end_matches('/'));
+        c.path = format!("{}/{enc}", self.path.trim_end_matches('/'));
+        c.display = redact(&c.base);
+        c
+    }
+
     /// Get Blob Properties.
     pub async fn head(&self) -> Result<BlobProps, Failure> {
         let resp = self
@@ -587,42 +616,89 @@ impl BlobClient {
         .map(drop)
     }
 
-    /// Get Page Ranges: every written range, following `NextMarker` pages.
+    /// Get Page Ranges: every written range, listed in `x-ms-range` segments and following
+    /// `NextMarker` pages (docs/azure-page-blob.md §1.1), with the default
+    /// [`PageListLimits`].
+    pub async fn page_ranges(&self) -> Result<Vec<Range<u64>>, Failure> {
+        self.page_ranges_with(&PageListLimits::default()).await
+    }
+
+    /// Get Page Ranges with explicit limits (tests force small segments and deadlines).
+    ///
+    /// A huge, fragmented blob can make one listing of the whole blob run into the service's
+    /// processing timeout (500 `OperationTimedOut`), so the blob is listed in segments of
+    /// `limits.segment` bytes; a segment that times out is listed again from where its
+    /// answers had got to, in halves, down to `limits.min_segment`. Ranges are merged as they
+    /// arrive (the service and Azurite return adjacent ranges unmerged), so memory follows the
+    /// number of separate extents, not of answers.
     ///
     /// A server decides how much it answers, so every answer is bounded: each body at
-    /// [`MAX_PAGE_LIST_BODY`], the ranges in all at [`MAX_PAGE_RANGES`], the requests at
-    /// [`MAX_PAGE_LIST_REQUESTS`], and a marker must be new (one seen before would start
-    /// the same listing again, forever). Past any of these: an `upload.protocol` error.
-    pub async fn page_ranges(&self) -> Result<Vec<Range<u64>>, Failure> {
-        let mut out = Vec::new();
-        let mut marker: Option<String> = None;
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..MAX_PAGE_LIST_REQUESTS {
-            let mut q: Vec<(&str, &str)> = vec![("comp", "pagelist")];
-            if let Some(m) = &marker {
-                q.push(("marker", m.as_str()));
-            }
-            let resp = self
-                .send(Method::GET, &q, &[], None, Duration::from_secs(300))
-                .await?;
-            let body = self
-                .read_capped(resp, MAX_PAGE_LIST_BODY, "a page list")
-                .await?;
-            let text = String::from_utf8_lossy(&body);
-            // The snippet quoted in the error comes from the server: scrub it.
-            let (ranges, next) = parse_page_list(&text).map_err(|m| Failure::Status {
-                status: 200,
-                code: "UnparsablePageList".into(),
-                message: self.scrub(&m),
-            })?;
-            if out.len() + ranges.len() > MAX_PAGE_RANGES {
-                return Err(protocol(format!(
-                    "the page list holds more than {MAX_PAGE_RANGES} ranges, more than any blob vhdforge writes"
-                )));
-            }
-            out.extend(ranges);
-            match next {
-                Some(n) if !n.is_empty() => {
+    /// [`MAX_PAGE_LIST_BODY`], the merged ranges at [`MAX_PAGE_RANGES`], the requests at
+    /// [`MAX_PAGE_LIST_REQUESTS`] plus one per segment, the whole listing at
+    /// `limits.deadline`, and a marker must be new (one seen before would start the same
+    /// listing again, forever). Past any of these: an `upload.protocol` error.
+    pub async fn page_ranges_with(
+        &self,
+        limits: &PageListLimits,
+    ) -> Result<Vec<Range<u64>>, Failure> {
+        let started = std::time::Instant::now();
+        let size = self.head().await?.size;
+        let mut list = RangeAccumulator::default();
+        let min_segment = limits.min_segment.max(512) & !511;
+        let mut segment = limits.segment.max(min_segment) & !511;
+        let mut budget = MAX_PAGE_LIST_REQUESTS as u64 + size / segment + 1;
+        let mut pos = 0u64;
+        while pos < size {
+            let end = size.min(pos.saturating_add(segment));
+            let mut marker: Option<String> = None;
+            let mut seen = std::collections::HashSet::new();
+            // How far this segment's answers have got: where to start again after a timeout.
+            let mut reached = pos;
+            loop {
+                if budget == 0 {
+                    return Err(protocol(format!(
+                        "the page list did not end after {} requests",
+                        MAX_PAGE_LIST_REQUESTS as u64 + size / segment + 1
+                    )));
+                }
+                budget -= 1;
+                let overdue = |reached: u64| {
+                    protocol(format!(
+                        "the page list was not complete after {:.1} s (listed up to byte {reached} of {size}); \
+                         the service answers too slowly for a blob this fragmented",
+                        limits.deadline.as_secs_f64()
+                    ))
+                };
+                let left = limits.deadline.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    return Err(overdue(reached));
+                }
+                let answer = self
+                    .page_list_request(pos..end, marker.as_deref(), left.min(PAGE_LIST_TIMEOUT))
+                    .await;
+                let (ranges, next) = match answer {
+                    Ok(a) => a,
+                    Err(Failure::Status {
+                        status: 500, code, ..
+                    }) if code == "OperationTimedOut" && segment / 2 >= min_segment => {
+                        // Too much to list in one go: the rest of this segment in halves.
+                        segment /= 2;
+                        tracing::info!(
+                            segment,
+                            from = reached,
+                            "page list timed out; listing smaller segments"
+                        );
+                        break;
+                    }
+                    // A request cut short by the overall deadline is the deadline's error
+                    // (never retried), not a network failure.
+                    Err(Failure::Transport { .. }) if started.elapsed() >= limits.deadline => {
+                        return Err(overdue(reached));
+                    }
+                    Err(e) => return Err(e),
+                };
+                // The marker is checked first: a server repeating itself is named as such.
+                if let Some(n) = &next {
                     if n.len() > MAX_MARKER_BYTES {
                         return Err(protocol(format!(
                             "a page list continuation marker of {} bytes (at most {MAX_MARKER_BYTES} expected)",
@@ -635,17 +711,56 @@ impl BlobClient {
                                 .into(),
                         ));
                     }
-                    marker = Some(n);
                 }
-                _ => {
-                    out.sort_by_key(|r| r.start);
-                    return Ok(out);
+                for r in ranges {
+                    // Clip to the segment asked for: a range crossing its edge is listed
+                    // again (in part) by the neighbouring segment.
+                    let r = r.start.max(pos)..r.end.min(end);
+                    if r.start < r.end {
+                        reached = reached.max(r.end);
+                        list.add(r)?;
+                    }
                 }
+                let Some(n) = next else {
+                    reached = end;
+                    break;
+                };
+                marker = Some(n);
             }
+            // After a completed segment `reached == end`; after a timeout, the listing
+            // starts again where the answers had got to (ends are page-aligned).
+            pos = reached;
         }
-        Err(protocol(format!(
-            "the page list did not end after {MAX_PAGE_LIST_REQUESTS} requests"
-        )))
+        Ok(list.finish())
+    }
+
+    /// One Get Page Ranges request for `range` (page-aligned start, end at a page boundary
+    /// or the blob's end) from `marker`: its ranges and its `NextMarker`.
+    async fn page_list_request(
+        &self,
+        range: Range<u64>,
+        marker: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(Vec<Range<u64>>, Option<String>), Failure> {
+        let mut q: Vec<(&str, &str)> = vec![("comp", "pagelist")];
+        if let Some(m) = marker {
+            q.push(("marker", m));
+        }
+        let h = vec![(
+            "x-ms-range",
+            format!("bytes={}-{}", range.start, range.end - 1),
+        )];
+        let resp = self.send(Method::GET, &q, &h, None, timeout).await?;
+        let body = self
+            .read_capped(resp, MAX_PAGE_LIST_BODY, "a page list")
+            .await?;
+        let text = String::from_utf8_lossy(&body);
+        // The snippet quoted in the error comes from the server: scrub it.
+        parse_page_list(&text).map_err(|m| Failure::Status {
+            status: 200,
+            code: "UnparsablePageList".into(),
+            message: self.scrub(&m),
+        })
     }
 
     /// The body of `resp`, refused as soon as it is longer than `cap` bytes (from its
@@ -785,8 +900,77 @@ const MAX_PAGE_LIST_BODY: usize = 32 << 20;
 /// has about a million of those.
 const MAX_PAGE_RANGES: usize = 2_000_000;
 
-/// Most Get Page Ranges requests for one listing.
+/// Most Get Page Ranges requests for one listing, beyond one per segment.
 const MAX_PAGE_LIST_REQUESTS: usize = 10_000;
+
+/// Timeout of one Get Page Ranges request (the service's own is 2 minutes per MiB of
+/// answer, docs/azure-page-blob.md §1.2; 32 MiB is the most read).
+const PAGE_LIST_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How [`BlobClient::page_ranges_with`] splits and bounds a listing.
+#[derive(Debug, Clone)]
+pub struct PageListLimits {
+    /// Bytes of the blob per `x-ms-range` segment. 8 GiB: a 1 TiB disk takes 128 requests
+    /// (a few seconds), a typical 30–127 GiB disk a handful, and a segment holds at most
+    /// 16 Mi pages, far below what times out unless it is extremely fragmented.
+    pub segment: u64,
+    /// Smallest segment a timed-out one is halved to: 128 MiB, near the ~150 MB of the
+    /// service's guidance for the worst fragmentation. A timeout there is an error.
+    pub min_segment: u64,
+    /// The whole listing must be complete within this (30 minutes): an endless stream of
+    /// slow answers is an error, not a hang.
+    pub deadline: Duration,
+}
+
+impl Default for PageListLimits {
+    fn default() -> Self {
+        PageListLimits {
+            segment: 8 << 30,
+            min_segment: 128 << 20,
+            deadline: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// Page ranges merged as they arrive. The service lists ranges in ascending order and
+/// each segment and continuation goes on from where the previous answer ended, so a range
+/// that starts before the end of the previous one means the listing went backwards (a
+/// server repeating itself): refused, which also bounds the listing by the blob's size.
+#[derive(Default)]
+struct RangeAccumulator {
+    ranges: Vec<Range<u64>>,
+}
+
+impl RangeAccumulator {
+    fn add(&mut self, r: Range<u64>) -> Result<(), Failure> {
+        if let Some(l) = self.ranges.last_mut() {
+            if r.start < l.end {
+                return Err(protocol(format!(
+                    "the page list went backwards: range {}-{} after one ending at {} (ranges are listed in ascending order)",
+                    r.start,
+                    r.end - 1,
+                    l.end - 1
+                )));
+            }
+            if r.start == l.end {
+                // Adjacent (the service and Azurite do not merge them): one range.
+                l.end = r.end;
+                return Ok(());
+            }
+        }
+        if self.ranges.len() >= MAX_PAGE_RANGES {
+            return Err(protocol(format!(
+                "the page list holds more than {MAX_PAGE_RANGES} separate ranges, more than any blob vhdforge writes"
+            )));
+        }
+        self.ranges.push(r);
+        Ok(())
+    }
+
+    fn finish(self) -> Vec<Range<u64>> {
+        self.ranges
+    }
+}
 
 /// Longest continuation marker accepted (the service's are under a few hundred bytes).
 const MAX_MARKER_BYTES: usize = 1024;
@@ -814,6 +998,33 @@ mod tests {
         let want = base64::engine::general_purpose::STANDARD
             .encode(0xae8b_1486_0a79_9888u64.to_le_bytes());
         assert_eq!(crc64_header(b"123456789"), want);
+    }
+
+    #[test]
+    fn page_ranges_merge_as_they_arrive() {
+        let mut acc = RangeAccumulator::default();
+        for r in [0..512, 512..4096, 8192..8704, 8704..9216] {
+            acc.add(r).unwrap();
+        }
+        // Going backwards (overlap or a repeat) is refused, never merged silently.
+        let e = acc.add(9000..9728).unwrap_err();
+        assert!(e.summary().contains("ProtocolViolation"), "{e:?}");
+        assert_eq!(acc.finish(), vec![0..4096, 8192..9216]);
+        // The number of separate ranges is bounded.
+        let mut acc = RangeAccumulator::default();
+        for i in 0..MAX_PAGE_RANGES as u64 {
+            acc.add(i * 1024..i * 1024 + 512).unwrap();
+        }
+        let last = MAX_PAGE_RANGES as u64 * 1024;
+        // Adjacent to the last one still merges; a new separate one does not fit.
+        acc.add(last - 512..last).unwrap();
+        let Err(Failure::Status { message, .. }) = acc.add(last + 512..last + 1024) else {
+            panic!("a range past the bound was accepted");
+        };
+        assert!(
+            message.contains("more than 2000000 separate ranges"),
+            "{message}"
+        );
     }
 
     #[test]

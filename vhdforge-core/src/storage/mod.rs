@@ -29,7 +29,7 @@ pub mod sas;
 pub mod xml;
 
 pub use auth::{Credential, CredentialEnv, SharedKey};
-pub use blob::{BlobClient, BlobProps, CopyState, Integrity};
+pub use blob::{BlobClient, BlobProps, CopyState, Integrity, PageListLimits};
 pub use cloud::Cloud;
 pub use failure::{Class, Failure, TransportKind};
 pub use redact::{redact, redact_text, Redacted};

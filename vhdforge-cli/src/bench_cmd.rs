@@ -1,0 +1,175 @@
+//! `vhdforge bench`: measure page-blob upload throughput into a container.
+
+use crate::ui::Ui;
+use anyhow::{bail, Result};
+use clap::Args;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vhdforge_core::bench::{self, BenchOptions, Step};
+use vhdforge_core::storage::CredentialEnv;
+
+/// Measure how fast this machine uploads to a container: a sparse fixed VHD generated in
+/// memory (nothing read from disk) is uploaded once per concurrency step, then the verdict
+/// (client-, network- or service-bound), the --concurrency to give `upload`, and the
+/// projected time of a 30 GiB disk holding 8 GiB of data. The blobs it creates
+/// (vhdforge-bench-*.vhd) are deleted afterwards, also after Ctrl-C, unless --keep.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Container URL (https://ACCOUNT.blob.core.windows.net/CONTAINER[?SAS]); a SAS needs
+    /// create, write and delete permissions (sp=cwd).
+    pub dest: String,
+    /// Virtual size of the synthetic disk (e.g. 8GiB, 512MiB).
+    #[arg(long, default_value = "8GiB", value_parser = parse_size)]
+    pub size: u64,
+    /// Share of the disk holding data (e.g. 25%); the zeros are skipped, as upload skips them.
+    #[arg(long, default_value = "25%")]
+    pub data: String,
+    /// Concurrency steps: `auto` (1, 2, 4, 8, 16 while throughput grows and throttling stays
+    /// under 2%) or a list such as 4,8,16.
+    #[arg(long, default_value = "auto")]
+    pub concurrency: String,
+    /// Bytes per Put Page request (a multiple of 512, at most 4MiB).
+    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+    pub request_size: u64,
+    /// Keep the uploaded blobs.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also draw throughput and p95 latency against concurrency into this new SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+}
+
+/// `8GiB`, `512MiB`, `4096` (bytes).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 8GiB or 512MiB"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        _ => return Err(format!("{s:?}: unknown unit (use B, KiB, MiB, GiB or TiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn parse_percent(s: &str) -> Result<f64> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--data {s:?} is not a percentage such as 25%"))?;
+    if !(v > 0.0 && v <= 100.0) {
+        bail!("--data {s:?} must be above 0% and at most 100%");
+    }
+    Ok(v / 100.0)
+}
+
+fn parse_steps(s: &str) -> Result<Vec<usize>> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|p| {
+            p.trim().parse::<usize>().map_err(|_| {
+                anyhow::anyhow!("--concurrency {s:?}: expected auto or numbers such as 4,8,16")
+            })
+        })
+        .collect()
+}
+
+fn step_line(s: &Step) -> String {
+    format!(
+        "concurrency {:>2}: {:>8.1} MiB/s {:>7.1} req/s  p50 {:>6.1} ms  p95 {:>6.1} ms  p99 {:>6.1} ms  503 {} 429 {} 500 {}  retries {}  CPU {}",
+        s.concurrency,
+        s.mib_per_s,
+        s.requests_per_s,
+        s.p50_ms,
+        s.p95_ms,
+        s.p99_ms,
+        s.status_503,
+        s.status_429,
+        s.status_500,
+        s.retries,
+        s.cpu_seconds_per_gib
+            .map_or("n/a".into(), |c| format!("{c:.2} s/GiB")),
+    )
+}
+
+/// `vhdforge bench`.
+pub fn run(a: &BenchArgs, ui: &Ui) -> Result<ExitCode> {
+    let opts = BenchOptions {
+        size: a.size,
+        data_fraction: parse_percent(&a.data)?,
+        concurrency: parse_steps(&a.concurrency)?,
+        request_size: a.request_size,
+        keep: a.keep,
+        credentials: CredentialEnv::from_process_env(),
+        ..BenchOptions::default()
+    };
+    // The plot file is created before anything is sent: a name already taken fails now,
+    // not after minutes of measuring.
+    let plot = match &a.plot {
+        Some(p) => Some((
+            p.clone(),
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(p)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot create {} for --plot ({e}); it must be a new file",
+                        p.display()
+                    )
+                })?,
+        )),
+        None => None,
+    };
+    let cancel = crate::ui::install_ctrl_c();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let json = a.json;
+    let on_step = |s: &Step| {
+        if !json {
+            ui.note(&step_line(s));
+        }
+    };
+    let report = rt.block_on(bench::run(&a.dest, &opts, &cancel, &on_step));
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some((p, f)) = plot {
+                // Nothing to draw: the empty file made above is removed again.
+                drop(f);
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e.into());
+        }
+    };
+    if let Some((_, mut f)) = plot {
+        f.write_all(bench::plot_svg(&report.steps).as_bytes())?;
+        f.sync_all()?;
+    }
+    if a.json {
+        ui.print_json(&serde_json::to_value(&report)?)?;
+    } else {
+        let mins = report.projected_seconds_30g_8g / 60.0;
+        ui.print(&format!(
+            "verdict: {}-bound: {}\nrecommended: vhdforge upload --concurrency {}\nprojected: a 30 GiB disk holding 8 GiB of data uploads in about {:.0} s ({mins:.1} min)\n",
+            report.verdict, report.reason, report.recommended_concurrency, report.projected_seconds_30g_8g
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
