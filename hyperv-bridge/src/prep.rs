@@ -1,6 +1,7 @@
 //! `prep`, phase by phase: take the inventory and plan → refuse blockers → shut down
 //! gracefully if asked (then inventory and plan again, now Off) → open the OS disk's chain
-//! read-only with vhdforge-core from the current leaf. Delivery (convert, or upload) is the
+//! read-only with vhdforge-core from the current leaf → the guest preflight on that chain
+//! (its errors stop prep unless `--force`). Delivery (convert, or upload) is the
 //! caller's next phase on the [`Prepared`] image, so each phase stays small and data flows
 //! forward.
 //!
@@ -11,7 +12,10 @@ use crate::host::{shutdown_and_wait, HostError, HyperVHost, ShutdownWait};
 use crate::plan::model::VmState;
 use crate::plan::{plan, Plan, PlanOptions};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use vhdforge_core::convert::{convert_to_file, ConvertOptions, ConvertReport, Policy};
+use vhdforge_core::finding::Severity;
+use vhdforge_core::preflight::{run_image, OsChoice, PreflightReport};
 use vhdforge_core::progress::Progress;
 use vhdforge_core::{open, DiskImage, OpenOptions};
 
@@ -57,6 +61,18 @@ pub enum PrepError {
         /// Virtual size listed.
         listed_size: u64,
     },
+    /// The guest preflight found errors (the report says which); `--force` goes on anyway.
+    #[error("the guest preflight of the OS disk found {}: {}; fix them in the guest (shut it down cleanly afterwards), or pass --force to prepare it anyway", errors(.0).len().to_string() + " error(s)", errors(.0).join("; "))]
+    Preflight(Box<PreflightReport>),
+}
+
+/// `code: message` of each error finding, for the one-line error.
+fn errors(r: &PreflightReport) -> Vec<String> {
+    r.findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .map(|f| format!("{} ({})", f.message, f.code))
+        .collect()
 }
 
 impl PrepError {
@@ -67,6 +83,7 @@ impl PrepError {
             PrepError::Blocked(_) => "hyperv.blocked".to_string(),
             PrepError::Core(e) => e.code().to_string(),
             PrepError::ChainMismatch { .. } => "hyperv.chain_mismatch".to_string(),
+            PrepError::Preflight(_) => "hyperv.preflight".to_string(),
         }
     }
 }
@@ -78,7 +95,7 @@ pub struct Prepared {
     /// The current leaf.
     pub leaf: PathBuf,
     /// The whole chain, opened from the leaf.
-    pub image: Box<dyn DiskImage>,
+    pub image: Arc<dyn DiskImage>,
     /// Whether prep shut the VM down.
     pub shut_down: bool,
 }
@@ -134,7 +151,7 @@ pub fn prepare(host: &dyn HyperVHost, req: &PrepRequest) -> Result<Prepared, Pre
         HostError::Other("the plan is ready but names no OS disk".into())
     })?;
     let leaf = PathBuf::from(os.chain.first().cloned().unwrap_or_default());
-    let image = open(&leaf, &OpenOptions::default())?;
+    let image: Arc<dyn DiskImage> = Arc::from(open(&leaf, &OpenOptions::default())?);
     check_same_chain(&leaf, image.as_ref(), os.chain.len(), os.virtual_size)?;
     Ok(Prepared {
         plan: p,
@@ -142,6 +159,22 @@ pub fn prepare(host: &dyn HyperVHost, req: &PrepRequest) -> Result<Prepared, Pre
         image,
         shut_down,
     })
+}
+
+/// Phase 3b: the guest preflight (`vhdforge preflight`'s guest part) on the chain as opened —
+/// nothing mounted, nothing written. Its errors stop prep unless `force`; the report is
+/// returned either way so the caller can show the warnings.
+pub fn preflight(prepared: &Prepared, force: bool) -> Result<PreflightReport, PrepError> {
+    let report = run_image(&prepared.image, OsChoice::Auto)?;
+    if !force
+        && report
+            .findings
+            .iter()
+            .any(|f| f.severity == Severity::Error)
+    {
+        return Err(PrepError::Preflight(Box::new(report)));
+    }
+    Ok(report)
 }
 
 /// The chain opened must be the one listed: as many files, the same virtual size.

@@ -333,3 +333,57 @@ fn a_moved_parent_is_a_broken_chain_with_core_s_reason() {
         plan.blockers[0].message
     );
 }
+
+/// The guest preflight runs on the chain prep opened: a Linux guest left with a root
+/// `authorized_keys` stops prep (nothing written) unless `--force`.
+#[test]
+fn guest_preflight_errors_stop_prep_unless_forced() {
+    use fixtures::guest::{build, Content, Format, Kind, Part, Table};
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::create_dir_all(tree.join("root/.ssh")).unwrap();
+    std::fs::write(tree.join("etc/os-release"), "ID=centos\nVERSION_ID=\"7\"\n").unwrap();
+    std::fs::write(
+        tree.join("root/.ssh/authorized_keys"),
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPlanted planted@build\n",
+    )
+    .unwrap();
+    let raw = dir.path().join("guest.raw");
+    build(
+        &raw,
+        40,
+        Table::Mbr,
+        &[Part::new(
+            32,
+            Kind::Linux,
+            Content::fs(Format::Ext4, "root", Some(&tree)),
+        )
+        .active()],
+        &dir.path().join("scratch"),
+    );
+    let leaf = dir.path().join("guest.vhdx");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vhdx",
+        raw.to_str().unwrap(),
+        leaf.to_str().unwrap(),
+    ]);
+    let mut inv = vm(&leaf, VmState::Off);
+    inv.checkpoints.clear();
+    let host = FakeHost::new(vec![inv]);
+    let prepared = prepare(&host, &request(None)).unwrap();
+    let Err(e) = hyperv_bridge::prep::preflight(&prepared, false) else {
+        panic!("a guest with a root authorized_keys passed preflight")
+    };
+    assert_eq!(e.code(), "hyperv.preflight");
+    assert!(e.to_string().contains("guest.linux.authorized_keys"), "{e}");
+    let forced = hyperv_bridge::prep::preflight(&prepared, true).unwrap();
+    assert!(forced
+        .findings
+        .iter()
+        .any(|f| f.code == "guest.linux.authorized_keys"));
+}

@@ -7,11 +7,12 @@ use clap::Parser as _;
 use hyperv_bridge::host::ShutdownWait;
 use hyperv_bridge::plan::model::Inventory;
 use hyperv_bridge::plan::{Issue, Plan, PlanOptions, Route};
-use hyperv_bridge::prep::{deliver_to_file, prepare, PrepError, PrepRequest, Prepared};
+use hyperv_bridge::prep::{deliver_to_file, preflight, prepare, PrepError, PrepRequest, Prepared};
 use hyperv_bridge::{local_host, HostError, HyperVHost};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use vhdforge_core::finding::Severity;
 use vhdforge_core::storage::redact_text;
 
 const HYPERV_ABOUT: &str = "\
@@ -105,16 +106,18 @@ no Hyper-V call at all: it works on any machine. Exit 0 when ready, 1 when block
     #[command(
         long_about = "Take the VM's inventory, refuse blockers, optionally shut the guest \
 down gracefully (Msvm_ShutdownComponent, with a timeout; never a power-off), then read the OS \
-disk's whole checkpoint chain directly with vhdforge's reader and write OUT as `vhdforge \
-convert` would, or with --upload stream it straight to Azure as `vhdforge upload` does.
+disk's whole checkpoint chain directly with vhdforge's reader, run the guest preflight on it \
+(as `vhdforge preflight`; its errors stop prep with exit 1 unless --force, its warnings are \
+shown), and write OUT as `vhdforge convert` would, or with --upload stream it straight to \
+Azure as `vhdforge upload` does.
 
 The VM's files are opened read-only and never modified: no Hyper-V merge, no checkpoint \
 removed, nothing the VM owns is written. OUT is created new (never through a link) and appears \
 only when complete.
 
 Needs an elevated prompt as an administrator, or membership of Hyper-V Administrators, and \
-read access to the disk files. --force overrides only the 4K-sector blocker (the disk is then \
-presented with 512-byte sectors) and replaces an existing OUT; a running, saved, paused or \
+read access to the disk files. --force overrides the 4K-sector blocker (the disk is then \
+presented with 512-byte sectors) and the guest preflight's errors, and replaces an existing OUT; a running, saved, paused or \
 busy VM, a broken chain or an oversize OS disk always stop prep."
     )]
     Prep {
@@ -474,6 +477,40 @@ fn prep(
     }
     for w in &prepared.plan.warnings {
         ui.note(&format!("warning: {} [{}]", w.message, w.code));
+    }
+    // The guest preflight on the chain just opened: errors stop prep (exit 1, like a failed
+    // check) unless --force; warnings are shown and prep goes on.
+    let report = match preflight(&prepared, req.force) {
+        Ok(r) => r,
+        Err(PrepError::Preflight(r)) => {
+            if json {
+                ui.print_json(&serde_json::json!({
+                    "vm": prepared.plan.vm,
+                    "ready": false,
+                    "preflight": r,
+                }))?;
+            } else {
+                for f in r.findings.iter().filter(|f| f.severity == Severity::Error) {
+                    ui.note(&format!("error: {} [{}]", f.message, f.code));
+                }
+                ui.note(&format!(
+                    "{}: the guest preflight found errors; nothing was written. Fix them in the guest, or pass --force to prepare it anyway",
+                    req.vm
+                ));
+            }
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for f in report
+        .findings
+        .iter()
+        .filter(|f| f.severity >= Severity::Warning)
+    {
+        ui.note(&format!(
+            "preflight {}: {} [{}]",
+            f.severity, f.message, f.code
+        ));
     }
     match (out, upload) {
         (_, Some(dest)) => upload_prepared(&prepared, dest, json, ui),
