@@ -2,8 +2,10 @@
 # Install everything vhdforge's tests and demo need on a fresh Debian/Ubuntu machine:
 #   - the oracles: qemu-img (qemu-utils) and libvhdi (vhdiinfo, vhdimount, python3-libvhdi);
 #     sfdisk, partx, sgdisk and lvm2 for the guest partition/volume tests; e2fsprogs,
-#     xfsprogs and dosfstools for the guest file-system tests; man-db, openssl, script and
-#     losetup for the CLI and security tests
+#     xfsprogs, btrfs-progs, dosfstools, mtools and ntfs-3g/wimtools for the guest file-system
+#     and clone tests; hivex for the registry tests; debootstrap, cpio, xz and zstd for the
+#     guest boot tests (scripts/debian-tree.sh builds the Debian tree); man-db, openssl,
+#     script and losetup for the CLI, HTTPS and security tests
 #   - Azurite 3.37 (npm) for the upload tests, under .tools/ in the repo
 #   - the Windows build and its smoke tests: mingw-w64 (cross C toolchain and linker), the
 #     x86_64-pc-windows-gnu Rust target (rustup), and Wine 8 (wine64) to run the .exe
