@@ -118,23 +118,6 @@ mod tests {
         files: Vec<FakeFile>,
     }
 
-    struct Bytes(Vec<u8>, usize);
-    impl FileReader for Bytes {
-        fn size(&self) -> u64 {
-            self.0.len() as u64
-        }
-        fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
-            let n = buf.len().min(self.0.len() - self.1);
-            buf[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
-            self.1 += n;
-            Ok(n)
-        }
-        fn seek(&mut self, offset: u64) -> Result<()> {
-            self.1 = usize::try_from(offset).unwrap().min(self.0.len());
-            Ok(())
-        }
-    }
-
     impl FileSystem for Fake {
         fn kind(&self) -> FsKind {
             FsKind::Ext
@@ -167,7 +150,10 @@ mod tests {
             Ok(())
         }
         fn open_resolved(&self, _: &[u8]) -> Result<Box<dyn FileReader + '_>> {
-            Ok(Box::new(Bytes(self.tag.as_bytes().to_vec(), 0)))
+            Ok(Box::new(crate::guest::fs::MemFile(
+                self.tag.as_bytes().to_vec(),
+                0,
+            )))
         }
     }
 

@@ -174,6 +174,29 @@ pub fn open(volume: Volume) -> Result<Box<dyn FileSystem>> {
     }
 }
 
+/// A file held in memory, for the guest readers' unit tests.
+#[cfg(test)]
+pub(crate) struct MemFile(pub Vec<u8>, pub usize);
+
+#[cfg(test)]
+impl FileReader for MemFile {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let n = buf.len().min(self.0.len() - self.1);
+        buf[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+        self.1 += n;
+        Ok(n)
+    }
+    fn seek(&mut self, offset: u64) -> Result<()> {
+        self.1 = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.0.len());
+        Ok(())
+    }
+}
+
 /// True when `e` says the path names nothing.
 pub fn is_not_found(e: &Error) -> bool {
     e.code() == NOT_FOUND

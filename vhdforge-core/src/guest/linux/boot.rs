@@ -1165,22 +1165,6 @@ mod tests {
 
     /// A file system holding `/boot/grub/grub.cfg` only.
     struct OneFile(Vec<u8>);
-    struct Reader(Vec<u8>, usize);
-    impl crate::guest::fs::FileReader for Reader {
-        fn size(&self) -> u64 {
-            self.0.len() as u64
-        }
-        fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
-            let n = buf.len().min(self.0.len() - self.1);
-            buf[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
-            self.1 += n;
-            Ok(n)
-        }
-        fn seek(&mut self, offset: u64) -> Result<()> {
-            self.1 = usize::try_from(offset).unwrap().min(self.0.len());
-            Ok(())
-        }
-    }
     impl FileSystem for OneFile {
         fn kind(&self) -> crate::guest::fs::FsKind {
             crate::guest::fs::FsKind::Ext
@@ -1212,7 +1196,7 @@ mod tests {
             Err(crate::guest::fs::not_found(path))
         }
         fn open_resolved(&self, _: &[u8]) -> Result<Box<dyn crate::guest::fs::FileReader + '_>> {
-            Ok(Box::new(Reader(self.0.clone(), 0)))
+            Ok(Box::new(crate::guest::fs::MemFile(self.0.clone(), 0)))
         }
     }
 }

@@ -827,24 +827,6 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    /// A guest file held in memory.
-    struct Mem(Vec<u8>, usize);
-    impl FileReader for Mem {
-        fn size(&self) -> u64 {
-            self.0.len() as u64
-        }
-        fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
-            let n = buf.len().min(self.0.len() - self.1);
-            buf[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
-            self.1 += n;
-            Ok(n)
-        }
-        fn seek(&mut self, offset: u64) -> Result<()> {
-            self.1 = usize::try_from(offset).unwrap().min(self.0.len());
-            Ok(())
-        }
-    }
-
     /// A newc archive of (name, mode, body) entries, with the trailer, padded to 512 as GNU
     /// cpio does.
     fn cpio(entries: &[(&str, u32, &[u8])]) -> Vec<u8> {
@@ -937,7 +919,7 @@ mod tests {
     }
 
     fn read(b: Vec<u8>) -> Result<Initramfs> {
-        read_initramfs(&mut Mem(b, 0))
+        read_initramfs(&mut crate::guest::fs::MemFile(b, 0))
     }
 
     fn assert_main(i: &Initramfs) {
