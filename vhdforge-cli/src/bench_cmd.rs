@@ -1,7 +1,7 @@
 //! `vhdforge bench`: measure page-blob upload throughput into a container.
 
 use crate::ui::Ui;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -118,24 +118,17 @@ pub fn run(a: &BenchArgs, ui: &Ui) -> Result<ExitCode> {
         credentials: CredentialEnv::from_process_env(),
         ..BenchOptions::default()
     };
-    // The plot file is created before anything is sent: a name already taken fails now,
-    // not after minutes of measuring.
-    let plot = match &a.plot {
-        Some(p) => Some((
-            p.clone(),
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(p)
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot create {} for --plot ({e}); it must be a new file",
-                        p.display()
-                    )
-                })?,
-        )),
-        None => None,
-    };
+    // A name already taken fails now, not after minutes of measuring; the chart itself is
+    // written to a new temporary file and appears under its name only when complete, and
+    // then only if the name is still free.
+    if let Some(p) = &a.plot {
+        if std::fs::symlink_metadata(p).is_ok() {
+            anyhow::bail!(
+                "cannot use {} for --plot: it already exists, and it must be a new file",
+                p.display()
+            );
+        }
+    }
     let cancel = crate::ui::install_ctrl_c();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -146,21 +139,15 @@ pub fn run(a: &BenchArgs, ui: &Ui) -> Result<ExitCode> {
             ui.note(&step_line(s));
         }
     };
-    let report = rt.block_on(bench::run(&a.dest, &opts, &cancel, &on_step));
-    let report = match report {
-        Ok(r) => r,
-        Err(e) => {
-            if let Some((p, f)) = plot {
-                // Nothing to draw: the empty file made above is removed again.
-                drop(f);
-                let _ = std::fs::remove_file(p);
-            }
-            return Err(e.into());
-        }
-    };
-    if let Some((_, mut f)) = plot {
+    let report = rt.block_on(bench::run(&a.dest, &opts, &cancel, &on_step))?;
+    if let Some(p) = &a.plot {
+        let tmp = vhdforge_core::fsutil::TempFile::beside(p, "plot")
+            .with_context(|| format!("cannot create a file beside {} for --plot", p.display()))?;
+        let mut f = tmp.file();
         f.write_all(bench::plot_svg(&report.steps).as_bytes())?;
         f.sync_all()?;
+        tmp.persist(p, vhdforge_core::fsutil::Replace::Never)
+            .with_context(|| format!("cannot put the chart at {}", p.display()))?;
     }
     if a.json {
         ui.print_json(&serde_json::to_value(&report)?)?;

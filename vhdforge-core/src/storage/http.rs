@@ -23,8 +23,26 @@ fn ca_error(msg: String) -> Error {
 fn read_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>> {
     use std::io::Read as _;
     let shown = path.display();
-    let file = std::fs::File::open(path)
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    // A FIFO must not hang the open: O_NONBLOCK, then the kind is checked on the descriptor.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC);
+    }
+    let file = o
+        .open(path)
         .map_err(|e| ca_error(format!("--ca-cert {shown}: cannot open it ({e})")))?;
+    let is_file = file
+        .metadata()
+        .map_err(|e| ca_error(format!("--ca-cert {shown}: cannot read it ({e})")))?
+        .is_file();
+    if !is_file {
+        return Err(ca_error(format!(
+            "--ca-cert {shown} is not a regular file; give the PEM file of the CA certificates"
+        )));
+    }
     let mut pem = Vec::new();
     file.take(MAX_CA_FILE + 1)
         .read_to_end(&mut pem)
@@ -115,6 +133,16 @@ mod tests {
             client("h", 1, &env(&broken)).unwrap_err().code(),
             "upload.ca_cert"
         );
+        // A FIFO (or any non-file) is refused at once instead of blocking the open.
+        #[cfg(unix)]
+        {
+            let fifo = dir.path().join("fifo.pem");
+            let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+            // SAFETY: a valid NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+            let e = client("h", 1, &env(&fifo)).unwrap_err();
+            assert!(e.message().contains("not a regular file"), "{e}");
+        }
         // No --ca-cert: the built-in and OS roots are enough to build a client.
         assert!(client("h", 1, &CredentialEnv::default()).is_ok());
     }
