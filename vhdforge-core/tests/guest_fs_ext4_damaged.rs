@@ -5,43 +5,13 @@
 //! result is opened and walked completely through the `FileSystem` trait. Errors are fine;
 //! a panic, a peak allocation over 64 MiB, or a walk that does not end is a failure.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+#[path = "guest_fs_common/damaged.rs"]
+mod damaged;
+
+use damaged::MIB;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use vhdforge_core::guest::fs::{self, FileType, Volume};
-
-/// Counts live heap bytes and their high-water mark.
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-const MIB: usize = 1 << 20;
-/// Allocation allowed on top of the image bytes while opening and walking one file system.
-const ALLOC_BUDGET: usize = 64 * MIB;
 
 fn mkfs(dir: &Path) -> Vec<u8> {
     let tree = dir.join("tree");
@@ -68,72 +38,14 @@ fn mkfs(dir: &Path) -> Vec<u8> {
     std::fs::read(&img).unwrap()
 }
 
-/// Open and walk everything, reading every file to its end (at most 1 MiB each, the caller
-/// streams). Returns how many entries were seen; errors end the walk.
+/// Open the image's bytes and walk everything (see `damaged::walk`); how many entries.
 fn walk(data: Vec<u8>) -> usize {
-    let image: Arc<dyn vhdforge_core::DiskImage> =
-        Arc::from(vhdforge_core::open_bytes(data).unwrap());
-    let Ok(fs) = fs::open(Volume::whole(image)) else {
-        return 0;
-    };
-    let mut seen = 0;
-    let mut todo = vec![b"/".to_vec()];
-    // A damaged directory can name an ancestor: cap the walk, as any consumer must.
-    while let Some(path) = todo.pop() {
-        seen += 1;
-        if seen > 5000 {
-            break;
-        }
-        let Ok(st) = fs.lstat(&path) else { continue };
-        match st.file_type {
-            FileType::Directory => {
-                let _ = fs.list(&path, &mut |e| {
-                    let mut child = if path == b"/" {
-                        Vec::new()
-                    } else {
-                        path.clone()
-                    };
-                    child.push(b'/');
-                    child.extend_from_slice(&e.name);
-                    todo.push(child);
-                    todo.len() < 5000
-                });
-            }
-            FileType::Regular => {
-                if let Ok(mut f) = fs.open(&path) {
-                    let mut buf = vec![0u8; 64 << 10];
-                    let mut total = 0;
-                    while total < MIB {
-                        match f.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => total += n,
-                        }
-                    }
-                }
-            }
-            FileType::Symlink => {
-                let _ = fs.stat(&path);
-            }
-            _ => {}
-        }
-    }
-    seen
+    damaged::walk(Arc::from(vhdforge_core::open_bytes(data).unwrap()), 5000)
 }
 
 /// Run one damaged image; fail on panic, allocation over budget, or a slow walk.
 fn check(case: &str, data: Vec<u8>) {
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
-    let start = Instant::now();
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| walk(data)));
-    let elapsed = start.elapsed();
-    assert!(r.is_ok(), "{case}: the reader panicked");
-    let used = PEAK.load(Ordering::Relaxed).saturating_sub(base);
-    assert!(used < ALLOC_BUDGET, "{case}: peak allocation {used} bytes");
-    assert!(
-        elapsed < Duration::from_secs(10),
-        "{case}: walk took {elapsed:?}"
-    );
+    damaged::check(case, || walk(data));
 }
 
 /// xorshift: reproducible damage.

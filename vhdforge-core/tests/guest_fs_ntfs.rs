@@ -9,71 +9,21 @@
 //! and in that disk converted to VHDX. `ntfsinfo` confirms the structures are really there.
 //! A missing oracle fails, never skips.
 
-use sha2::{Digest, Sha256};
+mod guest_fs_common;
+
+use fixtures::guest::tree::{assert_same, host_view, pattern, Entry, Kind};
+use fixtures::guest::{place, run, sfdisk, Mount};
+use guest_fs_common::{blank, fs_in_partition, open_image, our_view, s};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::Arc;
 use vhdforge_core::guest::fs::{self, FileSystem, FileType, FsKind, Volume};
-use vhdforge_core::guest::partition;
-use vhdforge_core::{DiskImage, OpenOptions};
 
 const MIB: u64 = 1 << 20;
 const FS_BYTES: u64 = 64 * MIB;
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("oracle `{program}` is required for this test and could not be run ({e}); scripts/setup.sh installs it")
-        });
-    assert!(
-        out.status.success(),
-        "`{program} {}` failed: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// An ntfs-3g FUSE mount, unmounted when the test ends, pass or fail. ntfs-3g returns once
-/// the mount is live.
-struct Mount(PathBuf);
-impl Mount {
-    fn new(image: &Path, at: &Path, options: &str) -> Mount {
-        std::fs::create_dir_all(at).unwrap();
-        run("ntfs-3g", &["-o", options, s(image), s(at)]);
-        Mount(at.to_path_buf())
-    }
-}
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
-/// Deterministic, incompressible-looking bytes.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn setxattr(path: &Path, name: &str, value: &[u8]) {
     let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
@@ -231,164 +181,41 @@ fn fill(root: &Path) {
     }
 }
 
-/// One entry as compared.
-#[derive(Debug, PartialEq, Eq, Clone)]
-struct Rec {
-    file_type: FileType,
-    /// Files and links only (ntfs-3g and vhdforge size directories differently).
-    size: Option<u64>,
-    mtime: (i64, u32),
-    link_target: Option<Vec<u8>>,
-    sha256: Option<[u8; 32]>,
+/// What ntfs-3g and vhdforge can both show of an entry: type, size (of files and links;
+/// ntfs-3g and vhdforge size directories differently), mtime, link target and content.
+/// NTFS keeps no Unix modes or owners, so those are blanked.
+fn comparable(mut view: BTreeMap<Vec<u8>, Entry>) -> BTreeMap<Vec<u8>, Entry> {
+    for e in view.values_mut() {
+        (e.mode, e.uid, e.gid) = (0, 0, 0);
+        if e.kind == Kind::Directory {
+            e.size = 0;
+        }
+    }
+    view
 }
 
-/// ntfs-3g's view of a read-only mount at `root`: guest path → record. Absolute link
-/// targets are shown by ntfs-3g under the mount point; they are compared as volume paths.
-fn host_view(root: &Path, skip: &[&str]) -> BTreeMap<Vec<u8>, Rec> {
-    let mut out = BTreeMap::new();
-    let mut todo = vec![b"/".to_vec()];
-    while let Some(guest) = todo.pop() {
-        if skip.iter().any(|k| k.as_bytes() == guest.as_slice()) {
-            continue;
-        }
-        let host = root.join(std::ffi::OsStr::from_bytes(&guest[1..]));
-        let md = std::fs::symlink_metadata(&host).unwrap();
-        let (mut sha256, mut link_target, mut size) = (None, None, Some(md.size()));
-        let ft = if md.file_type().is_symlink() {
-            let t = std::fs::read_link(&host).unwrap();
-            let t = t
-                .strip_prefix(root)
-                .map_or(t.clone(), |r| Path::new("/").join(r));
-            link_target = Some(t.as_os_str().as_bytes().to_vec());
-            // ntfs-3g's size is that of the host path it shows.
-            size = Some(t.as_os_str().len() as u64);
-            FileType::Symlink
-        } else if md.is_dir() {
-            size = None;
-            for e in std::fs::read_dir(&host).unwrap() {
-                let mut child = if guest == b"/" {
-                    Vec::new()
-                } else {
-                    guest.clone()
-                };
-                child.push(b'/');
-                child.extend_from_slice(e.unwrap().file_name().as_bytes());
-                todo.push(child);
+/// ntfs-3g's view of a read-only mount at `root`, without the `skip` paths. Absolute link
+/// targets are shown by ntfs-3g under the mount point; they are compared as volume paths,
+/// with the size of the link the length of that path (ntfs-3g's size is that of the host
+/// path it shows).
+fn host_ntfs_view(root: &Path, skip: &[&str]) -> BTreeMap<Vec<u8>, Entry> {
+    let mut view = host_view(root);
+    view.retain(|k, _| !skip.iter().any(|s| s.as_bytes() == k.as_slice()));
+    for e in view.values_mut() {
+        if let Some(t) = &mut e.link_target {
+            let p = Path::new(std::ffi::OsStr::from_bytes(t));
+            if let Ok(r) = p.strip_prefix(root) {
+                *t = Path::new("/").join(r).as_os_str().as_bytes().to_vec();
             }
-            FileType::Directory
-        } else {
-            sha256 = Some(Sha256::digest(std::fs::read(&host).unwrap()).into());
-            FileType::Regular
-        };
-        out.insert(
-            guest,
-            Rec {
-                file_type: ft,
-                size,
-                mtime: (md.mtime(), md.mtime_nsec() as u32),
-                link_target,
-                sha256,
-            },
-        );
+            e.size = t.len() as u64;
+        }
     }
-    out
+    comparable(view)
 }
 
-/// vhdforge's view through the `FileSystem` trait; files streamed in 64 KiB pieces. The
-/// listed type of every entry must equal its record's.
-fn our_view(fs: &dyn FileSystem, skip: &[&str]) -> BTreeMap<Vec<u8>, Rec> {
-    let mut out = BTreeMap::new();
-    let mut todo = vec![b"/".to_vec()];
-    while let Some(path) = todo.pop() {
-        if skip.iter().any(|k| k.as_bytes() == path.as_slice()) {
-            continue;
-        }
-        let name = String::from_utf8_lossy(&path).into_owned();
-        let st = fs
-            .lstat(&path)
-            .unwrap_or_else(|e| panic!("lstat {name}: {e}"));
-        let (mut sha256, mut size) = (None, Some(st.size));
-        match st.file_type {
-            FileType::Directory => {
-                size = None;
-                let mut names = Vec::new();
-                fs.list(&path, &mut |e| {
-                    names.push((e.name, e.file_type));
-                    true
-                })
-                .unwrap_or_else(|e| panic!("list {name}: {e}"));
-                for (n, t) in names {
-                    let mut child = if path == b"/" {
-                        Vec::new()
-                    } else {
-                        path.clone()
-                    };
-                    child.push(b'/');
-                    child.extend_from_slice(&n);
-                    assert_eq!(
-                        fs.lstat(&child).unwrap().file_type,
-                        t,
-                        "listed type of {}",
-                        String::from_utf8_lossy(&child)
-                    );
-                    todo.push(child);
-                }
-            }
-            FileType::Regular => {
-                let mut f = fs
-                    .open(&path)
-                    .unwrap_or_else(|e| panic!("open {name}: {e}"));
-                assert_eq!(f.size(), st.size);
-                let mut h = Sha256::new();
-                let mut buf = vec![0u8; 64 << 10];
-                loop {
-                    let n = f
-                        .read(&mut buf)
-                        .unwrap_or_else(|e| panic!("read {name}: {e}"));
-                    if n == 0 {
-                        break;
-                    }
-                    h.update(&buf[..n]);
-                }
-                sha256 = Some(h.finalize().into());
-            }
-            _ => {}
-        }
-        out.insert(
-            path,
-            Rec {
-                file_type: st.file_type,
-                size,
-                mtime: (st.mtime.seconds, st.mtime.nanoseconds),
-                link_target: st.link_target,
-                sha256,
-            },
-        );
-    }
-    out
-}
-
-fn assert_same(want: &BTreeMap<Vec<u8>, Rec>, got: &BTreeMap<Vec<u8>, Rec>, what: &str) {
-    let show = |k: &Vec<u8>| String::from_utf8_lossy(k).into_owned();
-    let missing: Vec<String> = want
-        .keys()
-        .filter(|k| !got.contains_key(*k))
-        .map(show)
-        .take(5)
-        .collect();
-    let extra: Vec<String> = got
-        .keys()
-        .filter(|k| !want.contains_key(*k))
-        .map(show)
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "{what}: missing {missing:?}, extra {extra:?}"
-    );
-    for (k, w) in want {
-        assert_eq!(&got[k], w, "{what}: {}", show(k));
-    }
+/// vhdforge's view, comparable with [`host_ntfs_view`].
+fn ntfs_view(fs: &dyn FileSystem, skip: &[&str]) -> BTreeMap<Vec<u8>, Entry> {
+    comparable(our_view(fs, skip, &[]))
 }
 
 fn content(fs: &dyn FileSystem, path: &str) -> Vec<u8> {
@@ -500,22 +327,6 @@ fn assert_fixture_is_what_it_claims(img: &Path) {
     );
 }
 
-fn open_image(p: &Path) -> Arc<dyn DiskImage> {
-    Arc::from(vhdforge_core::open(p, &OpenOptions::default()).unwrap())
-}
-
-fn fs_in_partition(disk: &Path) -> Box<dyn FileSystem> {
-    let image = open_image(disk);
-    let table = partition::partitions(image.as_ref()).unwrap();
-    let w = table.get(1).unwrap().window(image.as_ref()).unwrap();
-    assert_eq!(fs::identify(&w).unwrap().kind, FsKind::Ntfs);
-    fs::open(Volume::from_window(&image, &w).unwrap()).unwrap()
-}
-
-fn blank(p: &Path, len: u64) {
-    std::fs::File::create(p).unwrap().set_len(len).unwrap();
-}
-
 /// Skipped in the walk, checked in `assert_lookups`: the compressed file (ntfs-3g
 /// decompresses it; vhdforge refuses it) and the dangling link (ntfs-3g shows a relative
 /// link whose target does not exist as "unsupported reparse tag").
@@ -528,50 +339,32 @@ fn ntfs_tree_matches_ntfs_3g_bare_in_mbr_and_in_vhdx() {
     blank(&img, FS_BYTES);
     run("mkntfs", &["-F", "-q", "-f", "-L", "ntfsroot", s(&img)]);
     {
-        let _rw = Mount::new(&img, &dir.path().join("rw"), "compression");
+        let _rw = Mount::ntfs_3g(&img, &dir.path().join("rw"), "compression");
         fill(&dir.path().join("rw"));
     }
     assert_fixture_is_what_it_claims(&img);
     let mnt = dir.path().join("ro");
-    let ro = Mount::new(&img, &mnt, "ro");
-    let want = host_view(&mnt, &SKIP);
+    let ro = Mount::ntfs_3g(&img, &mnt, "ro");
+    let want = host_ntfs_view(&mnt, &SKIP);
     drop(ro);
     assert!(want.len() > 2100, "the tree has {} entries", want.len());
 
     let bare = fs::open(Volume::whole(open_image(&img))).unwrap();
     assert_eq!(bare.kind(), FsKind::Ntfs);
-    assert_same(&want, &our_view(bare.as_ref(), &SKIP), "bare");
+    assert_same(&want, &ntfs_view(bare.as_ref(), &SKIP), "bare");
     assert_lookups(bare.as_ref());
 
     // In an MBR partition at 1 MiB, then that disk as a dynamic VHDX.
     let disk = dir.path().join("disk.img");
     blank(&disk, FS_BYTES + 2 * MIB);
-    let mut sf = Command::new("sfdisk")
-        .args(["-q", s(&disk)])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("oracle `sfdisk` is required; scripts/setup.sh installs it");
-    sf.stdin
-        .take()
-        .unwrap()
-        .write_all(format!("label: dos\nstart=2048, size={}, type=7\n", FS_BYTES / 512).as_bytes())
-        .unwrap();
-    assert!(sf.wait().unwrap().success());
-    run(
-        "dd",
-        &[
-            &format!("if={}", s(&img)),
-            &format!("of={}", s(&disk)),
-            "bs=1M",
-            "seek=1",
-            "conv=notrunc,sparse",
-            "status=none",
-        ],
+    sfdisk(
+        &disk,
+        &format!("label: dos\nstart=2048, size={}, type=7\n", FS_BYTES / 512),
     );
+    place(&disk, &img, &[(0, FS_BYTES, MIB)]);
     assert_same(
         &want,
-        &our_view(fs_in_partition(&disk).as_ref(), &SKIP),
+        &ntfs_view(fs_in_partition(&disk, FsKind::Ntfs, None).as_ref(), &SKIP),
         "mbr",
     );
     let vhdx = dir.path().join("disk.vhdx");
@@ -579,8 +372,8 @@ fn ntfs_tree_matches_ntfs_3g_bare_in_mbr_and_in_vhdx() {
         "qemu-img",
         &["convert", "-f", "raw", "-O", "vhdx", s(&disk), s(&vhdx)],
     );
-    let in_vhdx = fs_in_partition(&vhdx);
-    assert_same(&want, &our_view(in_vhdx.as_ref(), &SKIP), "vhdx");
+    let in_vhdx = fs_in_partition(&vhdx, FsKind::Ntfs, None);
+    assert_same(&want, &ntfs_view(in_vhdx.as_ref(), &SKIP), "vhdx");
     assert_lookups(in_vhdx.as_ref());
 }
 

@@ -10,72 +10,20 @@
 //! compared with the tree it was built from. A dirty log is made with `xfs_io -x -c
 //! shutdown` and must be refused. A missing oracle fails, never skips.
 
-use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+mod guest_fs_common;
+
+use fixtures::guest::tree::{assert_same, host_view, pattern, Kind};
+use fixtures::guest::{place, run, sfdisk, Mount};
+use guest_fs_common::{blank, fs_in_partition, open_image, our_view, s};
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::path::Path;
+use std::process::Command;
 use vhdforge_core::guest::fs::{self, FileSystem, FileType, FsKind, Volume};
-use vhdforge_core::guest::partition;
-use vhdforge_core::{DiskImage, OpenOptions};
 
 const MIB: u64 = 1 << 20;
 /// mkfs.xfs 6.1 refuses smaller file systems outside its own test suite.
 const FS_BYTES: u64 = 300 * MIB;
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("oracle `{program}` is required for this test and could not be run ({e}); scripts/setup.sh installs it")
-        });
-    assert!(
-        out.status.success(),
-        "`{program} {}` failed: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A loop mount, unmounted (its loop device released: `-o loop` sets autoclear) when the
-/// test ends, pass or fail.
-struct Mount(PathBuf);
-impl Mount {
-    fn new(image: &Path, at: &Path, options: &str) -> Mount {
-        std::fs::create_dir_all(at).unwrap();
-        run("mount", &["-t", "xfs", "-o", options, s(image), s(at)]);
-        Mount(at.to_path_buf())
-    }
-}
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
-/// Deterministic, incompressible-looking bytes.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn sparse_file() -> fn(&Path) {
     |root| {
@@ -221,187 +169,6 @@ fn fill(root: &Path) {
     }
 }
 
-/// One entry as compared.
-#[derive(Debug, PartialEq, Eq, Clone)]
-struct Record {
-    file_type: FileType,
-    mode: u16,
-    uid: u32,
-    gid: u32,
-    size: u64,
-    mtime: (i64, u32),
-    link_target: Option<Vec<u8>>,
-    sha256: Option<[u8; 32]>,
-}
-
-fn host_type(ft: std::fs::FileType) -> FileType {
-    use std::os::unix::fs::FileTypeExt;
-    if ft.is_symlink() {
-        FileType::Symlink
-    } else if ft.is_dir() {
-        FileType::Directory
-    } else if ft.is_fifo() {
-        FileType::Fifo
-    } else if ft.is_socket() {
-        FileType::Socket
-    } else if ft.is_char_device() {
-        FileType::CharDevice
-    } else if ft.is_block_device() {
-        FileType::BlockDevice
-    } else {
-        FileType::Regular
-    }
-}
-
-/// The host's view (the kernel's, for a mount): guest path → record.
-fn host_view(root: &Path) -> BTreeMap<Vec<u8>, Record> {
-    let mut out = BTreeMap::new();
-    let mut todo = vec![b"/".to_vec()];
-    while let Some(guest) = todo.pop() {
-        let host = root.join(std::ffi::OsStr::from_bytes(&guest[1..]));
-        let md = std::fs::symlink_metadata(&host).unwrap();
-        let ft = host_type(md.file_type());
-        let (mut sha256, mut link_target) = (None, None);
-        match ft {
-            FileType::Directory => {
-                for e in std::fs::read_dir(&host).unwrap() {
-                    let mut child = if guest == b"/" {
-                        Vec::new()
-                    } else {
-                        guest.clone()
-                    };
-                    child.push(b'/');
-                    child.extend_from_slice(e.unwrap().file_name().as_bytes());
-                    todo.push(child);
-                }
-            }
-            FileType::Regular => {
-                sha256 = Some(Sha256::digest(std::fs::read(&host).unwrap()).into())
-            }
-            FileType::Symlink => {
-                link_target = Some(
-                    std::fs::read_link(&host)
-                        .unwrap()
-                        .as_os_str()
-                        .as_bytes()
-                        .to_vec(),
-                );
-            }
-            _ => {}
-        }
-        out.insert(
-            guest,
-            Record {
-                file_type: ft,
-                mode: (md.mode() & 0o7777) as u16,
-                uid: md.uid(),
-                gid: md.gid(),
-                size: md.size(),
-                mtime: (md.mtime(), md.mtime_nsec() as u32),
-                link_target,
-                sha256,
-            },
-        );
-    }
-    out
-}
-
-/// vhdforge's view through the `FileSystem` trait; files streamed in 64 KiB pieces. The
-/// listed type of every entry must equal its inode's.
-fn our_view(fs: &dyn FileSystem) -> BTreeMap<Vec<u8>, Record> {
-    let mut out = BTreeMap::new();
-    let mut todo = vec![b"/".to_vec()];
-    while let Some(path) = todo.pop() {
-        let name = String::from_utf8_lossy(&path).into_owned();
-        let st = fs
-            .lstat(&path)
-            .unwrap_or_else(|e| panic!("lstat {name}: {e}"));
-        let mut sha256 = None;
-        match st.file_type {
-            FileType::Directory => {
-                let mut names = Vec::new();
-                fs.list(&path, &mut |e| {
-                    names.push((e.name, e.file_type));
-                    true
-                })
-                .unwrap_or_else(|e| panic!("list {name}: {e}"));
-                for (n, t) in names {
-                    let mut child = if path == b"/" {
-                        Vec::new()
-                    } else {
-                        path.clone()
-                    };
-                    child.push(b'/');
-                    child.extend_from_slice(&n);
-                    assert_eq!(
-                        fs.lstat(&child).unwrap().file_type,
-                        t,
-                        "listed type of {}",
-                        String::from_utf8_lossy(&child)
-                    );
-                    todo.push(child);
-                }
-            }
-            FileType::Regular => {
-                let mut f = fs
-                    .open(&path)
-                    .unwrap_or_else(|e| panic!("open {name}: {e}"));
-                assert_eq!(f.size(), st.size);
-                let mut h = Sha256::new();
-                let mut buf = vec![0u8; 64 << 10];
-                loop {
-                    let n = f
-                        .read(&mut buf)
-                        .unwrap_or_else(|e| panic!("read {name}: {e}"));
-                    if n == 0 {
-                        break;
-                    }
-                    h.update(&buf[..n]);
-                }
-                sha256 = Some(h.finalize().into());
-            }
-            _ => {}
-        }
-        out.insert(
-            path,
-            Record {
-                file_type: st.file_type,
-                mode: st.mode,
-                uid: st.uid,
-                gid: st.gid,
-                size: st.size,
-                mtime: (st.mtime.seconds, st.mtime.nanoseconds),
-                link_target: st.link_target,
-                sha256,
-            },
-        );
-    }
-    out
-}
-
-fn assert_same(want: &BTreeMap<Vec<u8>, Record>, got: &BTreeMap<Vec<u8>, Record>, what: &str) {
-    let show = |k: &Vec<u8>| String::from_utf8_lossy(k).into_owned();
-    let missing: Vec<String> = want
-        .keys()
-        .filter(|k| !got.contains_key(*k))
-        .map(show)
-        .take(5)
-        .collect();
-    let extra: Vec<String> = got
-        .keys()
-        .filter(|k| !want.contains_key(*k))
-        .map(show)
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "{what}: missing {missing:?}, extra {extra:?}"
-    );
-    for (k, w) in want {
-        assert_eq!(&got[k], w, "{what}: {}", show(k));
-    }
-}
-
 /// Lookups through symlinks land where the kernel's do; loops end.
 fn assert_lookups(fs: &dyn FileSystem) {
     for (guest, target) in [
@@ -478,22 +245,6 @@ fn assert_fixture_is_what_it_claims(img: &Path) {
     assert!(xfs_db(img, "/future", "v3.bigtime").contains("= 1"));
 }
 
-fn open_image(p: &Path) -> Arc<dyn DiskImage> {
-    Arc::from(vhdforge_core::open(p, &OpenOptions::default()).unwrap())
-}
-
-fn fs_in_partition(disk: &Path) -> Box<dyn FileSystem> {
-    let image = open_image(disk);
-    let table = partition::partitions(image.as_ref()).unwrap();
-    let w = table.get(1).unwrap().window(image.as_ref()).unwrap();
-    assert_eq!(fs::identify(&w).unwrap().kind, FsKind::Xfs);
-    fs::open(Volume::from_window(&image, &w).unwrap()).unwrap()
-}
-
-fn blank(p: &Path, len: u64) {
-    std::fs::File::create(p).unwrap().set_len(len).unwrap();
-}
-
 #[test]
 fn xfs_v5_tree_matches_the_kernel_bare_in_gpt_and_in_vhdx() {
     let dir = tempfile::tempdir().unwrap();
@@ -501,54 +252,44 @@ fn xfs_v5_tree_matches_the_kernel_bare_in_gpt_and_in_vhdx() {
     blank(&img, FS_BYTES);
     run("mkfs.xfs", &["-q", "-f", "-L", "xfsroot", s(&img)]);
     {
-        let _rw = Mount::new(&img, &dir.path().join("rw"), "loop");
+        let _rw = Mount::typed(&img, &dir.path().join("rw"), "xfs", "loop");
         fill(&dir.path().join("rw"));
     }
     assert_fixture_is_what_it_claims(&img);
     let mnt = dir.path().join("ro");
-    let ro = Mount::new(&img, &mnt, "loop,ro");
+    let ro = Mount::typed(&img, &mnt, "xfs", "loop,ro");
     let want = host_view(&mnt);
     drop(ro);
     assert!(want.len() > 3300, "the tree has {} entries", want.len());
 
     let bare = fs::open(Volume::whole(open_image(&img))).unwrap();
     assert_eq!(bare.kind(), FsKind::Xfs);
-    assert_same(&want, &our_view(bare.as_ref()), "bare");
+    assert_same(&want, &our_view(bare.as_ref(), &[], &[]), "bare");
     assert_lookups(bare.as_ref());
 
     // In a GPT partition at 1 MiB, then that disk as a dynamic VHDX.
     let disk = dir.path().join("disk.img");
     blank(&disk, FS_BYTES + 2 * MIB);
-    let mut sf = Command::new("sfdisk")
-        .args(["-q", s(&disk)])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("oracle `sfdisk` is required; scripts/setup.sh installs it");
-    sf.stdin
-        .take()
-        .unwrap()
-        .write_all(format!("label: gpt\nstart=2048, size={}, type=L\n", FS_BYTES / 512).as_bytes())
-        .unwrap();
-    assert!(sf.wait().unwrap().success());
-    run(
-        "dd",
-        &[
-            &format!("if={}", s(&img)),
-            &format!("of={}", s(&disk)),
-            "bs=1M",
-            "seek=1",
-            "conv=notrunc,sparse",
-            "status=none",
-        ],
+    sfdisk(
+        &disk,
+        &format!("label: gpt\nstart=2048, size={}, type=L\n", FS_BYTES / 512),
     );
-    assert_same(&want, &our_view(fs_in_partition(&disk).as_ref()), "gpt");
+    place(&disk, &img, &[(0, FS_BYTES, MIB)]);
+    assert_same(
+        &want,
+        &our_view(fs_in_partition(&disk, FsKind::Xfs, None).as_ref(), &[], &[]),
+        "gpt",
+    );
     let vhdx = dir.path().join("disk.vhdx");
     run(
         "qemu-img",
         &["convert", "-f", "raw", "-O", "vhdx", s(&disk), s(&vhdx)],
     );
-    assert_same(&want, &our_view(fs_in_partition(&vhdx).as_ref()), "vhdx");
+    assert_same(
+        &want,
+        &our_view(fs_in_partition(&vhdx, FsKind::Xfs, None).as_ref(), &[], &[]),
+        "vhdx",
+    );
 }
 
 /// A log left dirty by a shutdown is refused; once the kernel has replayed it (a mount),
@@ -575,7 +316,7 @@ fn xfs_dirty_log_is_refused_until_replayed() {
     );
     let mnt = dir.path().join("rw");
     {
-        let _rw = Mount::new(&img, &mnt, "loop");
+        let _rw = Mount::typed(&img, &mnt, "xfs", "loop");
         for round in 0..8 {
             let d = mnt.join(format!("churn{round}"));
             std::fs::create_dir(&d).unwrap();
@@ -599,7 +340,7 @@ fn xfs_dirty_log_is_refused_until_replayed() {
     drop(fs);
     let mnt = dir.path().join("rw");
     {
-        let _rw = Mount::new(&img, &mnt, "loop");
+        let _rw = Mount::typed(&img, &mnt, "xfs", "loop");
         // The file's data reaches the disk (fsync); the directory made afterwards exists
         // only in the log when the file system shuts down.
         let f = std::fs::File::create(mnt.join("written")).unwrap();
@@ -623,7 +364,7 @@ fn xfs_dirty_log_is_refused_until_replayed() {
     assert_eq!(err.code(), "guest.fs.xfs_dirty_log", "{err}");
     assert!(err.to_string().contains("xfs_repair"), "{err}");
 
-    drop(Mount::new(&img, &mnt, "loop"));
+    drop(Mount::typed(&img, &mnt, "xfs", "loop"));
     let fs = fs::open(Volume::whole(open_image(&img))).unwrap();
     let mut f = fs.open(b"/written").unwrap();
     let mut buf = [0u8; 64];
@@ -642,7 +383,7 @@ fn xfs_nrext64_matches_the_kernel() {
     run("mkfs.xfs", &["-q", "-f", "-i", "nrext64=1", s(&img)]);
     let mnt = dir.path().join("rw");
     {
-        let _rw = Mount::new(&img, &mnt, "loop");
+        let _rw = Mount::typed(&img, &mnt, "xfs", "loop");
         std::fs::write(mnt.join("small"), pattern(10000, 4)).unwrap();
         std::fs::write(mnt.join("holes"), pattern(100 * 4096, 5)).unwrap();
         let punches: Vec<String> = (0..100)
@@ -659,11 +400,11 @@ fn xfs_nrext64_matches_the_kernel() {
     }
     assert!(xfs_db(&img, "/holes", "v3.nrext64").contains("= 1"));
     assert!(xfs_db(&img, "/holes", "core.format").contains("(btree)"));
-    let ro = Mount::new(&img, &mnt, "loop,ro");
+    let ro = Mount::typed(&img, &mnt, "xfs", "loop,ro");
     let want = host_view(&mnt);
     drop(ro);
     let fs = fs::open(Volume::whole(open_image(&img))).unwrap();
-    assert_same(&want, &our_view(fs.as_ref()), "nrext64");
+    assert_same(&want, &our_view(fs.as_ref(), &[], &[]), "nrext64");
 }
 
 /// One line of a proto file for `path` under `root` (names must not contain white space).
@@ -779,7 +520,7 @@ fn xfs_v4_without_ftype_matches_its_proto_tree() {
 
     let fs = fs::open(Volume::whole(open_image(&img))).unwrap();
     let mut want = host_view(&tree);
-    let mut got = our_view(fs.as_ref());
+    let mut got = our_view(fs.as_ref(), &[], &[]);
     for (k, r) in &mut got {
         assert!(
             (before..=after + 1).contains(&r.mtime.0),
@@ -797,7 +538,7 @@ fn xfs_v4_without_ftype_matches_its_proto_tree() {
     (root.mode, root.uid, root.gid) = (0o755, 0, 0);
     // Directory sizes are the file system's own.
     for (k, r) in &mut want {
-        if r.file_type == FileType::Directory {
+        if r.kind == Kind::Directory {
             r.size = got[k].size;
         }
     }

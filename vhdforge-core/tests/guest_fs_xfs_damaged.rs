@@ -12,45 +12,14 @@
 //! recognises by `TEST_DIR`, `TEST_DEV` and `QA_CHECK_FS` in the environment; a 50 MiB one
 //! keeps each walk short. Three AGs make `agblocks` no power of two.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+#[path = "guest_fs_common/damaged.rs"]
+mod damaged;
+
+use damaged::MIB;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-use vhdforge_core::guest::fs::{self, FileType, Volume};
 use vhdforge_core::OpenOptions;
-
-/// Counts live heap bytes and their high-water mark.
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-const MIB: usize = 1 << 20;
-const ALLOC_BUDGET: usize = 64 * MIB;
-const WALK_LIMIT: Duration = Duration::from_secs(10);
 
 fn mkfs(dir: &Path, options: &[&str]) -> std::path::PathBuf {
     let tree = dir.join("tree");
@@ -115,64 +84,14 @@ fn mkfs(dir: &Path, options: &[&str]) -> std::path::PathBuf {
     img
 }
 
-/// Open and walk everything, reading every file (at most 1 MiB each). Returns how many
-/// entries were seen; errors end that branch of the walk.
+/// Open the image and walk everything (see `damaged::walk`); how many entries.
 fn walk(img: &Path) -> usize {
-    let image: Arc<dyn vhdforge_core::DiskImage> =
-        Arc::from(vhdforge_core::open(img, &OpenOptions::default()).unwrap());
-    let Ok(fs) = fs::open(Volume::whole(image)) else {
-        return 0;
-    };
-    let start = Instant::now();
-    let mut seen = 0;
-    let mut todo = vec![b"/".to_vec()];
-    let mut buf = vec![0u8; 64 << 10];
-    while let Some(path) = todo.pop() {
-        assert!(start.elapsed() < WALK_LIMIT, "walk did not end");
-        seen += 1;
-        if seen > 10_000 {
-            break;
-        }
-        let Ok(st) = fs.lstat(&path) else { continue };
-        match st.file_type {
-            FileType::Directory => {
-                let _ = fs.list(&path, &mut |e| {
-                    let mut c = if path == b"/" {
-                        Vec::new()
-                    } else {
-                        path.clone()
-                    };
-                    c.push(b'/');
-                    c.extend_from_slice(&e.name);
-                    todo.push(c);
-                    todo.len() < 20_000
-                });
-            }
-            FileType::Regular => {
-                if let Ok(mut f) = fs.open(&path) {
-                    let mut total = 0;
-                    while let Ok(n) = f.read(&mut buf) {
-                        total += n;
-                        if n == 0 || total >= MIB {
-                            break;
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    seen
+    let image = vhdforge_core::open(img, &OpenOptions::default()).unwrap();
+    damaged::walk(image.into(), 10_000)
 }
 
 fn check(img: &Path, what: &str) {
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
-    let t = Instant::now();
-    walk(img);
-    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
-    assert!(peak < ALLOC_BUDGET, "{what}: peak allocation {peak} bytes");
-    assert!(t.elapsed() < WALK_LIMIT, "{what}: took {:?}", t.elapsed());
+    damaged::check(what, || walk(img));
 }
 
 #[test]
