@@ -66,8 +66,8 @@ for t in "${targets[@]}"; do
         echo "   FOUND something: see fuzz/logs/$t.log and fuzz/artifacts/$t/"
         status=1
     fi
-    # With -jobs the run's own output lands in fuzz-0.log; keep it with the target's log.
-    if [ -f fuzz/fuzz-0.log ]; then cat fuzz/fuzz-0.log >>"fuzz/logs/$t.log"; rm -f fuzz/fuzz-0.log; fi
+    # With -jobs the job writes fuzz-0.log, which libFuzzer also copies into its own output.
+    rm -f fuzz/fuzz-0.log
     grep -E '^stat::number_of_executed_units|^Done [0-9]+ runs|ERROR: libFuzzer|SUMMARY' "fuzz/logs/$t.log" | sed 's/^/   /' || true
 done
 exit "$status"
