@@ -169,6 +169,15 @@ pub fn run(a: &BenchArgs, ui: &Ui) -> Result<ExitCode> {
             "verdict: {}-bound: {}\nrecommended: vhdforge upload --concurrency {}\nprojected: a 30 GiB disk holding 8 GiB of data uploads in about {:.0} s ({mins:.1} min)\n",
             report.verdict, report.reason, report.recommended_concurrency, report.projected_seconds_30g_8g
         ))?;
+        // --keep: say plainly what still holds bench data (never left silently).
+        let what = if report.managed_disk {
+            "the bench's pages stay on the managed disk"
+        } else {
+            "bench blob"
+        };
+        for k in &report.kept {
+            ui.print(&format!("kept (--keep): {what} {k}\n"))?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

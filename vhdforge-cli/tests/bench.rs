@@ -127,7 +127,9 @@ fn bench_sweeps_reports_plots_and_cleans_up() {
     ]));
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("verdict:") && out.contains("--concurrency 2"),
+        out.contains("verdict:")
+            && out.contains("--concurrency 2")
+            && out.contains("kept (--keep): bench blob http://"),
         "{out}"
     );
     assert!(err.contains("concurrency  2:"), "{err}");
