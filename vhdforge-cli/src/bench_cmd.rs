@@ -9,19 +9,26 @@ use std::process::ExitCode;
 use vhdforge_core::bench::{self, BenchOptions, Step};
 use vhdforge_core::storage::CredentialEnv;
 
-/// Measure how fast this machine uploads to a container: a sparse fixed VHD generated in
-/// memory (nothing read from disk) is uploaded once per concurrency step, then the verdict
-/// (client-, network- or service-bound), the --concurrency to give `upload`, and the
-/// projected time of a 30 GiB disk holding 8 GiB of data. The blobs it creates
-/// (vhdforge-bench-*.vhd) are deleted afterwards, also after Ctrl-C, unless --keep.
+/// Measure how fast this machine uploads to a container or managed disk: a sparse fixed VHD
+/// generated in memory (nothing read from disk) is uploaded once per concurrency step with
+/// upload's requests, checksums and retries, then the verdict (client-, network- or
+/// service-bound), the --concurrency to give `upload`, and the projected time of a 30 GiB
+/// disk holding 8 GiB of data.
+///
+/// Clean-up, also after a failure or Ctrl-C (unless --keep): in a container, the blobs it
+/// creates (vhdforge-bench-*.vhd) are deleted. A managed disk is the user's and is never
+/// created or deleted: bench writes it only when it holds no data, and afterwards clears
+/// every page it wrote (Clear Pages) and lists the disk to prove it is empty again.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Container URL (https://ACCOUNT.blob.core.windows.net/CONTAINER[?SAS]); a SAS needs
-    /// create, write and delete permissions (sp=cwd).
+    /// A container URL (https://ACCOUNT.blob.core.windows.net/CONTAINER[?SAS]; a SAS needs
+    /// create, write and delete, sp=cwd), or an empty managed disk's upload SAS (az disk
+    /// grant-access --access-level Write).
     pub dest: String,
-    /// Virtual size of the synthetic disk (e.g. 8GiB, 512MiB).
-    #[arg(long, default_value = "8GiB", value_parser = parse_size)]
-    pub size: u64,
+    /// Virtual size of the synthetic disk (e.g. 8GiB, 512MiB) [default: 8GiB; on a managed
+    /// disk its own size less the 512-byte footer, which --size must then equal].
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
     /// Share of the disk holding data (e.g. 25%); the zeros are skipped, as upload skips them.
     #[arg(long, default_value = "25%")]
     pub data: String,
@@ -32,9 +39,13 @@ pub struct BenchArgs {
     /// Bytes per Put Page request (a multiple of 512, at most 4MiB).
     #[arg(long, default_value = "4MiB", value_parser = parse_size)]
     pub request_size: u64,
-    /// Keep the uploaded blobs.
+    /// Keep the uploaded blobs; on a managed disk, leave the bench's pages on it instead of
+    /// clearing them.
     #[arg(long)]
     pub keep: bool,
+    /// Treat DEST as a managed-disk upload SAS even if its host does not look like one.
+    #[arg(long)]
+    pub managed_disk: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -115,6 +126,7 @@ pub fn run(a: &BenchArgs, ui: &Ui) -> Result<ExitCode> {
         concurrency: parse_steps(&a.concurrency)?,
         request_size: a.request_size,
         keep: a.keep,
+        managed_disk: a.managed_disk,
         credentials: CredentialEnv::from_process_env(),
         ..BenchOptions::default()
     };
@@ -157,6 +169,15 @@ pub fn run(a: &BenchArgs, ui: &Ui) -> Result<ExitCode> {
             "verdict: {}-bound: {}\nrecommended: vhdforge upload --concurrency {}\nprojected: a 30 GiB disk holding 8 GiB of data uploads in about {:.0} s ({mins:.1} min)\n",
             report.verdict, report.reason, report.recommended_concurrency, report.projected_seconds_30g_8g
         ))?;
+        // --keep: say plainly what still holds bench data (never left silently).
+        let what = if report.managed_disk {
+            "the bench's pages stay on the managed disk"
+        } else {
+            "bench blob"
+        };
+        for k in &report.kept {
+            ui.print(&format!("kept (--keep): {what} {k}\n"))?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

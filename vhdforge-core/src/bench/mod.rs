@@ -1,35 +1,38 @@
 //! `vhdforge bench`: how fast this machine can fill a page blob, and what limits it.
 //!
-//! A sparse fixed VHD is generated in memory (nothing is read from disk, so the figures are
-//! the network's and the service's), and uploaded once per concurrency step into a new blob
-//! of the destination container, through the same [`BlobClient`] Put Page requests, retry
-//! policy and backoff as `upload`. Each step records throughput, request latencies, the
-//! throttling and error answers, retries and the client's CPU time; the sweep ends with a
-//! verdict (client-, network- or service-bound), the `--concurrency` to use and the time a
-//! typical disk would take. Every blob it creates is deleted again unless asked to keep them.
+//! A sparse fixed VHD is generated in memory ([`plan`]: nothing is read from disk, so the
+//! figures are the network's and the service's) and sent once per concurrency step
+//! ([`step`]: upload's Put Page requests, CRC-64, timeouts, retry policy and backoff) into
+//! the destination ([`target`]): a new blob per step in a container, or the user's empty
+//! managed disk. Each step records throughput, request latencies, the throttling and error
+//! answers, retries and the client's CPU time ([`stats`]); the sweep ends with a verdict
+//! (client-, network- or service-bound), the `--concurrency` to use and the time a typical
+//! disk would take. Whatever the outcome, Ctrl-C included, the bench then deletes its blobs
+//! or clears its pages from the disk, unless asked to keep them.
 
-// Statistics: byte counts, request counts and latencies become f64 rates and percentiles,
-// where 52 bits of mantissa are far more than any figure shown needs.
+// Statistics: byte counts and request counts become f64 rates, where 52 bits of mantissa
+// are far more than any figure shown needs.
 #![allow(clippy::cast_precision_loss)]
-// run_step is one measured loop (setup, senders, tally) that reads best in one piece, with
-// the step's inputs passed explicitly rather than bundled for the call site's sake.
-#![allow(
-    clippy::too_many_arguments,
-    clippy::too_many_lines,
-    clippy::similar_names
-)]
+// run_step is one measured loop whose inputs are passed explicitly rather than bundled for
+// the call site's sake.
+#![allow(clippy::too_many_arguments)]
 
+mod plan;
+mod stats;
+mod step;
 mod svg;
+mod target;
 
 pub use svg::plot_svg;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::vhd::footer::HardDiskFooter;
 use crate::progress::Cancel;
-use crate::storage::retry::with_retries;
-use crate::storage::{BlobClient, CredentialEnv, Failure, RetryPolicy};
+use crate::storage::{CredentialEnv, RetryPolicy};
 use bytes::Bytes;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use plan::SyntheticDisk;
+use std::time::Duration;
+use target::Target;
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -47,35 +50,47 @@ const AUTO_STEPS: &[usize] = &[1, 2, 4, 8, 16];
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    /// Virtual size of the synthetic disk (rounded up to a MiB).
-    pub size: u64,
+    /// Virtual size of the synthetic disk: rounded up to a MiB in a container (default
+    /// 8 GiB); on a managed disk it must be the disk's own (its size less the footer), which
+    /// is also the default.
+    pub size: Option<u64>,
     /// Share of the disk holding data, 0–1 (the rest is zeros, never sent).
     pub data_fraction: f64,
     /// Concurrency steps; empty means `auto`.
     pub concurrency: Vec<usize>,
     /// Bytes per Put Page (512-aligned, at most 4 MiB).
     pub request_size: u64,
-    /// Keep the blobs instead of deleting them.
+    /// Keep the blobs instead of deleting them (leave the pages on a managed disk).
     pub keep: bool,
+    /// Treat DEST as a managed-disk upload SAS whatever its host.
+    pub managed_disk: bool,
     /// x-ms-version.
     pub api_version: String,
     /// Credentials besides a SAS in the URL.
     pub credentials: CredentialEnv,
     /// Retries (the same policy as `upload`).
     pub retry: RetryPolicy,
+    /// Client timeout of a request with no body (upload's).
+    pub request_timeout: Duration,
+    /// Extra client timeout per MiB of body (upload's).
+    pub timeout_per_mib: Duration,
 }
 
 impl Default for BenchOptions {
     fn default() -> Self {
+        let upload = crate::upload::UploadOptions::default();
         BenchOptions {
-            size: 8 * GIB,
+            size: None,
             data_fraction: 0.25,
             concurrency: Vec::new(),
             request_size: 4 * MIB,
             keep: false,
-            api_version: crate::upload::DEFAULT_API_VERSION.into(),
+            managed_disk: false,
+            api_version: upload.api_version,
             credentials: CredentialEnv::default(),
-            retry: RetryPolicy::default(),
+            retry: upload.retry,
+            request_timeout: upload.request_timeout,
+            timeout_per_mib: upload.timeout_per_mib,
         }
     }
 }
@@ -128,8 +143,10 @@ impl Step {
 /// The result of a sweep.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchReport {
-    /// The container, redacted.
+    /// The container or managed disk, redacted.
     pub destination: String,
+    /// True when DEST was a managed disk (written in place, then cleared).
+    pub managed_disk: bool,
     /// Synthetic disk size.
     pub size: u64,
     /// Data bytes per step.
@@ -146,221 +163,13 @@ pub struct BenchReport {
     pub recommended_concurrency: usize,
     /// Projected upload time of a 30 GiB disk holding 8 GiB of data, seconds.
     pub projected_seconds_30g_8g: f64,
-    /// Blobs left behind (`--keep`), redacted URLs.
+    /// Blobs left behind, or the managed disk left holding the bench's pages (`--keep`),
+    /// redacted URLs.
     pub kept: Vec<String>,
 }
 
-fn bad(msg: String) -> Error {
+pub(crate) fn bad(msg: String) -> Error {
     Error::new(ErrorKind::InvalidInput, "bench.options", msg)
-}
-
-/// The container client for `dest` (a container URL, optionally with a SAS).
-fn container_client(dest: &str, opts: &BenchOptions, conns: usize) -> Result<BlobClient> {
-    let mut url = reqwest::Url::parse(dest).map_err(|e| {
-        Error::new(
-            ErrorKind::InvalidInput,
-            "upload.url",
-            format!("{} is not a container URL ({e}); expected https://ACCOUNT.blob.core.windows.net/CONTAINER[?SAS]", crate::storage::redact(dest)),
-        )
-    })?;
-    // A placeholder blob name makes it a blob URL the shared client accepts; only its
-    // container is used.
-    url.path_segments_mut()
-        .map_err(|()| bad("DEST cannot be a base URL".into()))?
-        .pop_if_empty()
-        .push("vhdforge-bench-placeholder");
-    let c = BlobClient::new(url.as_str(), &opts.credentials, &opts.api_version, conns)?;
-    Ok(c.container())
-}
-
-/// The data chunks of the synthetic disk: `request_size` pieces spread evenly so that
-/// `fraction` of the disk holds data (the zero pieces are skipped, as `upload` skips them).
-fn data_chunks(disk: u64, request: u64, fraction: f64) -> Vec<u64> {
-    let n = disk.div_ceil(request);
-    let mut out = Vec::new();
-    let mut acc = 0.0f64;
-    for i in 0..n {
-        acc += fraction;
-        if acc >= 1.0 - 1e-9 {
-            acc -= 1.0;
-            out.push(i * request);
-        }
-    }
-    out
-}
-
-/// Process CPU time (user + system), where the platform reports it.
-fn cpu_time() -> Option<Duration> {
-    #[cfg(unix)]
-    {
-        // SAFETY: getrusage only writes the struct it is given.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &raw mut ru) } != 0 {
-            return None;
-        }
-        let tv = |t: libc::timeval| {
-            Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
-                + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
-        };
-        Some(tv(ru.ru_utime) + tv(ru.ru_stime))
-    }
-    #[cfg(not(unix))]
-    {
-        None
-    }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    // Nearest rank.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-#[derive(Default)]
-struct Tally {
-    latencies_ms: Vec<f64>,
-    s503: u64,
-    s429: u64,
-    s500: u64,
-    retries: u64,
-}
-
-/// Run one step: a new blob, every data chunk and the footer sent with `conc` in flight.
-async fn run_step(
-    container: &BlobClient,
-    name: &str,
-    conc: usize,
-    output_size: u64,
-    chunks: &Arc<Vec<u64>>,
-    payload: &Bytes,
-    opts: &BenchOptions,
-    cancel: &Cancel,
-) -> Result<Step> {
-    let blob = container.child(name);
-    let shown = blob.display().to_string();
-    let tally = Arc::new(Mutex::new(Tally::default()));
-    let quiet = |_: &Failure| {};
-    with_retries(&opts.retry, cancel, &quiet, || {
-        blob.create_page_blob(output_size, false)
-    })
-    .await
-    .map_err(|f| f.into_error("creating the bench blob", &shown))?;
-    let cpu0 = cpu_time();
-    let started = Instant::now();
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..conc {
-        let (blob, chunks, payload, tally, next, cancel, retry) = (
-            blob.clone(),
-            chunks.clone(),
-            payload.clone(),
-            tally.clone(),
-            next.clone(),
-            cancel.clone(),
-            opts.retry.clone(),
-        );
-        let disk_end = output_size - 512;
-        tasks.spawn(async move {
-            let mut sent = 0u64;
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                // The last "chunk" is the footer page, sent after the data as upload does.
-                let (start, body) = match chunks.get(i) {
-                    Some(&s) => {
-                        let len = payload
-                            .len()
-                            .min(usize::try_from(disk_end - s).unwrap_or(usize::MAX));
-                        (s, payload.slice(..len))
-                    }
-                    None if i == chunks.len() => (disk_end, payload.slice(..512)),
-                    None => return Ok::<u64, Failure>(sent),
-                };
-                let t0 = Instant::now();
-                let count = |f: &Failure| {
-                    let mut t = tally
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    t.retries += 1;
-                    if let Failure::Status { status, .. } = f {
-                        match status {
-                            503 => t.s503 += 1,
-                            429 => t.s429 += 1,
-                            500 => t.s500 += 1,
-                            _ => {}
-                        }
-                    }
-                };
-                let len = body.len() as u64;
-                with_retries(&retry, &cancel, &count, || {
-                    blob.put_page(start, body.clone(), None, Duration::from_secs(120))
-                })
-                .await?;
-                sent += len;
-                tally
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .latencies_ms
-                    .push(t0.elapsed().as_secs_f64() * 1000.0);
-            }
-        });
-    }
-    let mut bytes = 0u64;
-    let mut failed = None;
-    while let Some(r) = tasks.join_next().await {
-        match r {
-            Ok(Ok(b)) => bytes += b,
-            Ok(Err(f)) => {
-                failed.get_or_insert(f);
-                tasks.abort_all();
-            }
-            Err(e) if e.is_cancelled() => {}
-            Err(e) => {
-                failed.get_or_insert(Failure::network(format!("a sender task failed: {e}")));
-            }
-        }
-    }
-    if cancel.is_cancelled() {
-        return Err(Error::new(
-            ErrorKind::Interrupted,
-            "upload.cancelled",
-            "interrupted on request (Ctrl-C); the bench blobs are deleted",
-        ));
-    }
-    if let Some(f) = failed {
-        return Err(f.into_error("writing pages of the bench blob", &shown));
-    }
-    let seconds = started.elapsed().as_secs_f64().max(1e-6);
-    let cpu = cpu0
-        .zip(cpu_time())
-        .map(|(a, b)| b.saturating_sub(a).as_secs_f64());
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
-    let mut t = std::mem::take(
-        &mut *tally
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-    );
-    t.latencies_ms.sort_by(f64::total_cmp);
-    let requests = t.latencies_ms.len() as f64;
-    Ok(Step {
-        concurrency: conc,
-        bytes,
-        seconds,
-        mib_per_s: bytes as f64 / MIB as f64 / seconds,
-        requests_per_s: requests / seconds,
-        p50_ms: percentile(&t.latencies_ms, 0.50),
-        p95_ms: percentile(&t.latencies_ms, 0.95),
-        p99_ms: percentile(&t.latencies_ms, 0.99),
-        status_503: t.s503,
-        status_429: t.s429,
-        status_500: t.s500,
-        retries: t.retries,
-        cpu_seconds_per_gib: cpu.map(|c| c / (bytes.max(1) as f64 / GIB as f64)),
-        cpu_share: cpu.map(|c| (c / seconds / cpus).min(1.0)),
-    })
 }
 
 /// The verdict, its reason and the recommended concurrency from the steps.
@@ -414,13 +223,8 @@ pub fn judge(steps: &[Step]) -> (String, String, usize) {
     )
 }
 
-/// Run the sweep against the container `dest`.
-pub async fn run(
-    dest: &str,
-    opts: &BenchOptions,
-    cancel: &Cancel,
-    on_step: &(dyn Fn(&Step) + Sync),
-) -> Result<BenchReport> {
+/// The options a sweep cannot run with, before anything is sent.
+fn check_options(opts: &BenchOptions) -> Result<()> {
     if opts.request_size == 0 || opts.request_size % 512 != 0 || opts.request_size > 4 * MIB {
         return Err(bad(format!(
             "--request-size {} is not a multiple of 512 bytes up to 4 MiB (a Put Page's limit)",
@@ -430,8 +234,6 @@ pub async fn run(
     if !(opts.data_fraction > 0.0 && opts.data_fraction <= 1.0) {
         return Err(bad("--data must be above 0% and at most 100%".into()));
     }
-    let disk = opts.size.div_ceil(MIB).max(1) * MIB;
-    let output_size = disk + 512;
     if let Some(&c) = opts
         .concurrency
         .iter()
@@ -442,48 +244,55 @@ pub async fn run(
             crate::upload::MAX_CONCURRENCY
         )));
     }
-    let container = container_client(dest, opts, crate::upload::MAX_CONCURRENCY)?;
-    // A container that does not exist yet is created (an existing one is fine); a SAS that
-    // may not create containers fails here harmlessly, and the blob creation that follows
-    // then says what is wrong.
-    let _ = container.create_container().await;
-    let chunks = Arc::new(data_chunks(disk, opts.request_size, opts.data_fraction));
-    let data_bytes: u64 = chunks
-        .iter()
-        .map(|&s| opts.request_size.min(disk - s))
-        .sum();
-    // Incompressible bytes, generated once and shared by every request.
-    let payload = {
-        use rand::RngCore;
-        let mut b = vec![0u8; usize::try_from(opts.request_size).unwrap_or(0)];
-        rand::thread_rng().fill_bytes(&mut b);
-        Bytes::from(b)
-    };
+    Ok(())
+}
+
+/// What a sweep did: the steps measured, the blob names it used (created or not), and how
+/// it ended.
+struct Sweep {
+    steps: Vec<Step>,
+    names: Vec<String>,
+    outcome: Result<()>,
+}
+
+/// The concurrency steps, one after the other, until the plan or `auto` ends them, or one
+/// fails or is interrupted.
+async fn sweep(
+    target: &Target,
+    disk: &SyntheticDisk,
+    payload: &Bytes,
+    footer: &Bytes,
+    opts: &BenchOptions,
+    cancel: &Cancel,
+    on_step: &(dyn Fn(&Step) + Sync),
+) -> Sweep {
     let tag: u32 = rand::random();
-    let plan: Vec<usize> = if opts.concurrency.is_empty() {
+    let auto = opts.concurrency.is_empty();
+    let plan: Vec<usize> = if auto {
         AUTO_STEPS.to_vec()
     } else {
         opts.concurrency.clone()
     };
-    let auto = opts.concurrency.is_empty();
     let mut steps: Vec<Step> = Vec::new();
-    let mut created: Vec<BlobClient> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
     let mut outcome = Ok(());
-    for &c in &plan {
-        let name = format!("vhdforge-bench-{tag:08x}-c{c}.vhd");
-        created.push(container.child(&name));
-        match run_step(
-            &container,
-            &name,
-            c,
-            output_size,
-            &chunks,
-            &payload,
-            opts,
-            cancel,
-        )
-        .await
-        {
+    for (i, &c) in plan.iter().enumerate() {
+        // The step's index too: `--concurrency 4,4` measures twice, into two blobs.
+        let name = format!("vhdforge-bench-{tag:08x}-{i}-c{c}.vhd");
+        // Recorded before the blob is created: a create that reached the service although
+        // its answer did not is deleted too.
+        names.push(name.clone());
+        let result = match target.step_blob(&name, disk, &opts.retry, cancel).await {
+            Ok(blob) => {
+                // A managed disk is cleared afterwards: a write still in flight then could
+                // land after the clearing, so those are waited for; a blob is deleted, and a
+                // late write to a deleted blob fails.
+                let wait = target.is_managed_disk();
+                step::run_step(blob, disk, c, payload, footer, opts, cancel, wait).await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
             Ok(s) => {
                 on_step(&s);
                 let stop = auto
@@ -502,26 +311,72 @@ pub async fn run(
             }
         }
     }
-    // Clean up, Ctrl-C or not (a fresh token: the run's own may be cancelled).
-    let mut kept = Vec::new();
-    let mut cleanup_failed = None;
-    for b in &created {
-        if opts.keep && outcome.is_ok() {
-            kept.push(b.display().to_string());
-        } else if let Err(f) = with_retries(
-            &RetryPolicy::default(),
-            &Cancel::never(),
-            &|_: &Failure| {},
-            || b.delete(),
-        )
-        .await
-        {
-            cleanup_failed.get_or_insert(f.into_error("deleting the bench blob", b.display()));
-        }
+    Sweep {
+        steps,
+        names,
+        outcome,
     }
-    outcome?;
-    if let Some(e) = cleanup_failed {
-        return Err(e);
+}
+
+/// Run the sweep against `dest`: a container URL, or a managed disk's upload SAS.
+pub async fn run(
+    dest: &str,
+    opts: &BenchOptions,
+    cancel: &Cancel,
+    on_step: &(dyn Fn(&Step) + Sync),
+) -> Result<BenchReport> {
+    check_options(opts)?;
+    let target = Target::resolve(dest, opts, crate::upload::MAX_CONCURRENCY)?;
+    // Nothing has been written yet: a refusal here (a managed disk of another size, or one
+    // holding data) leaves nothing to clean up.
+    let disk_size = target.prepare(opts.size, &opts.retry, cancel).await?;
+    let disk = SyntheticDisk::new(disk_size, opts.request_size, opts.data_fraction);
+    // Incompressible bytes, generated once; each request copies its body from them.
+    let payload = {
+        use rand::RngCore;
+        let mut b = vec![0u8; usize::try_from(opts.request_size).unwrap_or(0)];
+        rand::thread_rng().fill_bytes(&mut b);
+        Bytes::from(b)
+    };
+    // A real fixed-VHD footer, so a kept blob is a valid (random) disk.
+    let footer =
+        Bytes::copy_from_slice(&HardDiskFooter::new_fixed(disk_size, rand::random(), 0).to_bytes());
+    let Sweep {
+        steps,
+        names,
+        outcome,
+    } = sweep(&target, &disk, &payload, &footer, opts, cancel, on_step).await;
+    let keep = opts.keep && outcome.is_ok();
+    let cleaned = if keep {
+        Ok(())
+    } else {
+        target.clean_up(&names, &disk).await
+    };
+    let kept = match (&target, keep) {
+        (_, false) => Vec::new(),
+        (Target::ManagedDisk(_), true) => vec![target.display().to_string()],
+        (Target::Container(c), true) => names
+            .iter()
+            .map(|n| c.child(n).display().to_string())
+            .collect(),
+    };
+    match (outcome, cleaned) {
+        // Interrupted or failed: say so, and what the clean-up did.
+        (Err(e), Ok(())) => {
+            let done = if target.is_managed_disk() {
+                "the bench's pages were cleared from the disk"
+            } else {
+                "the bench blobs were deleted"
+            };
+            let code = e.code();
+            return Err(e.context(code, format!("the bench stopped; {done}")));
+        }
+        (Err(e), Err(c)) => {
+            let code = c.code();
+            return Err(e.context(code, c.to_string()));
+        }
+        (Ok(()), Err(c)) => return Err(c),
+        (Ok(()), Ok(())) => {}
     }
     let (verdict, reason, rec) = judge(&steps);
     let best = steps
@@ -530,9 +385,10 @@ pub async fn run(
         .fold(0.0f64, f64::max)
         .max(1e-9);
     Ok(BenchReport {
-        destination: container.display().to_string(),
-        size: disk,
-        data_bytes,
+        destination: target.display().to_string(),
+        managed_disk: target.is_managed_disk(),
+        size: disk_size,
+        data_bytes: disk.data_bytes(),
         request_size: opts.request_size,
         steps,
         verdict,
@@ -546,14 +402,6 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunks_spread_the_data_share() {
-        let c = data_chunks(100 * MIB, 4 * MIB, 0.25);
-        assert_eq!(c.len(), 6); // 25 requests of 4 MiB, one in four
-        assert_eq!(c[0], 12 * MIB);
-        assert_eq!(data_chunks(8 * MIB, 4 * MIB, 1.0).len(), 2);
-    }
 
     fn step(c: usize, mib: f64, s503: u64, cpu: f64) -> Step {
         Step {
@@ -586,7 +434,5 @@ mod tests {
         assert_eq!(judge(&throttled).0, "service");
         let busy = [step(1, 50.0, 0, 0.9)];
         assert_eq!(judge(&busy).0, "client");
-        assert!((percentile(&[1.0, 2.0, 3.0, 4.0], 0.5) - 2.0).abs() < 1e-9);
-        assert!((percentile(&[1.0, 2.0, 3.0, 4.0], 0.99) - 4.0).abs() < 1e-9);
     }
 }
