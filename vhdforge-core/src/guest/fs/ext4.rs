@@ -5,9 +5,11 @@
 
 use ext4_view::{Ext4, Ext4Error, Ext4Read};
 
+use super::ext4_inode::InodeWalk;
 use super::volume::{ReadRange, Volume};
 use super::{
-    show, DirEntry, FileReader, FileSystem, FileType, FsKind, Stat, Timestamp, MAX_PATH_BYTES,
+    child, show, DirEntry, FileId, FileReader, FileSystem, FileType, FsKind, Stat, Timestamp,
+    MAX_PATH_BYTES,
 };
 use crate::error::{Error, ErrorKind, Result};
 
@@ -213,6 +215,8 @@ fn map_err(e: Ext4Error, path: &[u8]) -> Error {
 /// An opened ext2/3/4 file system.
 pub struct Ext4Fs {
     fs: Ext4,
+    /// Inode numbers, which the crate does not expose ([`FileSystem::file_id_resolved`]).
+    walk: InodeWalk,
 }
 
 impl std::fmt::Debug for Ext4Fs {
@@ -225,8 +229,9 @@ impl Ext4Fs {
     /// Load the superblock, group descriptors and journal of the ext file system on `volume`.
     pub fn open(volume: Volume) -> Result<Ext4Fs> {
         precheck(&volume)?;
+        let walk = InodeWalk::new(volume.clone())?;
         let fs = Ext4::load(Box::new(Source::new(volume))).map_err(|e| map_err(e, b"/"))?;
-        Ok(Ext4Fs { fs })
+        Ok(Ext4Fs { fs, walk })
     }
 }
 
@@ -252,6 +257,78 @@ impl FileSystem for Ext4Fs {
             .fs
             .symlink_metadata(path)
             .map_err(|e| map_err(e, path))?;
+        self.stat_of(path, &md)
+    }
+
+    fn list_resolved(&self, path: &[u8], f: &mut dyn FnMut(DirEntry) -> bool) -> Result<()> {
+        let entries = self.fs.read_dir(path).map_err(|e| map_err(e, path))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| map_err(e, path))?;
+            let name = entry.file_name();
+            let name: &[u8] = name.as_ref();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let ft = entry.file_type().map_err(|e| map_err(e, path))?;
+            if !f(DirEntry {
+                name: name.to_vec(),
+                file_type: file_type(ft),
+            }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Each entry's inode is read through the entry (one cached inode-table read) rather
+    /// than by walking the child's path from the root again.
+    fn list_stat_resolved(
+        &self,
+        path: &[u8],
+        f: &mut dyn FnMut(&[u8], Result<Stat>) -> bool,
+    ) -> Result<()> {
+        let entries = self.fs.read_dir(path).map_err(|e| map_err(e, path))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| map_err(e, path))?;
+            let name = entry.file_name();
+            let name: &[u8] = name.as_ref();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let st = entry
+                .metadata()
+                .map_err(|e| map_err(e, &child(path, name)))
+                .and_then(|md| self.stat_of(&child(path, name), &md));
+            if !f(name, st) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn open_resolved(&self, path: &[u8]) -> Result<Box<dyn FileReader + '_>> {
+        let file = self.fs.open(path).map_err(|e| map_err(e, path))?;
+        Ok(Box::new(Ext4File {
+            file,
+            path: path.to_vec(),
+        }))
+    }
+
+    /// The inode number, from this module's own walk of the directories (see
+    /// `ext4_inode.rs`). A walk that fails where the crate succeeded (a directory only in
+    /// the journal, inline data) gives no identity rather than an error: the listing the
+    /// crate can make is still right, it only loses its cycle check there.
+    fn file_id_resolved(&self, path: &[u8]) -> Result<Option<FileId>> {
+        Ok(self.walk.lookup(path).ok().flatten().map(|ino| FileId {
+            volume: 0,
+            number: u64::from(ino),
+        }))
+    }
+}
+
+impl Ext4Fs {
+    /// Our stat from the crate's metadata of the file at `path`.
+    fn stat_of(&self, path: &[u8], md: &ext4_view::Metadata) -> Result<Stat> {
         let ft = file_type(md.file_type());
         let link_target = if ft == FileType::Symlink {
             // The crate reads a target whole; refuse sizes no Linux path can have first.
@@ -280,34 +357,6 @@ impl FileSystem for Ext4Fs {
             },
             link_target,
         })
-    }
-
-    fn list_resolved(&self, path: &[u8], f: &mut dyn FnMut(DirEntry) -> bool) -> Result<()> {
-        let entries = self.fs.read_dir(path).map_err(|e| map_err(e, path))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| map_err(e, path))?;
-            let name = entry.file_name();
-            let name: &[u8] = name.as_ref();
-            if name == b"." || name == b".." {
-                continue;
-            }
-            let ft = entry.file_type().map_err(|e| map_err(e, path))?;
-            if !f(DirEntry {
-                name: name.to_vec(),
-                file_type: file_type(ft),
-            }) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    fn open_resolved(&self, path: &[u8]) -> Result<Box<dyn FileReader + '_>> {
-        let file = self.fs.open(path).map_err(|e| map_err(e, path))?;
-        Ok(Box::new(Ext4File {
-            file,
-            path: path.to_vec(),
-        }))
     }
 }
 
