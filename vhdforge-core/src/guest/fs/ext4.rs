@@ -5,13 +5,14 @@
 
 use ext4_view::{Ext4, Ext4Error, Ext4Read};
 
-use super::ext4_inode::InodeWalk;
+use super::ext4_inode::{InodeWalk, Run};
 use super::volume::{ReadRange, Volume};
 use super::{
     child, show, DirEntry, FileId, FileReader, FileSystem, FileType, FsKind, Stat, Timestamp,
     MAX_PATH_BYTES,
 };
 use crate::error::{Error, ErrorKind, Result};
+use crate::io::usize_from;
 
 /// Superblock: 1024 bytes at byte 1024 of the volume.
 const SB_OFFSET: u64 = 1024;
@@ -306,8 +307,15 @@ impl FileSystem for Ext4Fs {
         Ok(())
     }
 
+    /// The crate opens the file (it checks the type, encryption and the inode's checksum);
+    /// its data is then read through this module's own extent map when that is safe
+    /// ([`InodeWalk::file_runs`]): the crate hands data out one block per call, through its
+    /// block cache, which made `cat` of 1 GiB run at 0.4× the kernel's speed.
     fn open_resolved(&self, path: &[u8]) -> Result<Box<dyn FileReader + '_>> {
         let file = self.fs.open(path).map_err(|e| map_err(e, path))?;
+        if let Some(fast) = self.extent_reader(path, file.metadata().len()) {
+            return Ok(Box::new(fast));
+        }
         Ok(Box::new(Ext4File {
             file,
             path: path.to_vec(),
@@ -327,6 +335,22 @@ impl FileSystem for Ext4Fs {
 }
 
 impl Ext4Fs {
+    /// A reader over the file's extents, or `None` to read through the crate (any doubt:
+    /// the walk failed, the journal needs replaying, the file is not extent-mapped, or the
+    /// size at home differs from the crate's).
+    fn extent_reader(&self, path: &[u8], size: u64) -> Option<ExtentFile> {
+        let ino = self.walk.lookup(path).ok()??;
+        let (home_size, runs) = self.walk.file_runs(ino).ok()??;
+        (home_size == size).then(|| ExtentFile {
+            vol: self.walk.volume().clone(),
+            block_bytes: self.walk.block_bytes(),
+            size,
+            runs,
+            pos: 0,
+            path: path.to_vec(),
+        })
+    }
+
     /// Our stat from the crate's metadata of the file at `path`.
     fn stat_of(&self, path: &[u8], md: &ext4_view::Metadata) -> Result<Stat> {
         let ft = file_type(md.file_type());
@@ -357,6 +381,70 @@ impl Ext4Fs {
             },
             link_target,
         })
+    }
+}
+
+/// A regular file read by its extent map: each read is one positional read of the volume
+/// for as much of the caller's buffer as one extent covers; holes and unwritten extents are
+/// zeros.
+struct ExtentFile {
+    vol: Volume,
+    block_bytes: u64,
+    size: u64,
+    runs: Vec<Run>,
+    pos: u64,
+    path: Vec<u8>,
+}
+
+impl FileReader for ExtentFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
+        if self.pos >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let bs = self.block_bytes;
+        let want = (self.size - self.pos).min(buf.len() as u64);
+        let lb = self.pos / bs;
+        let i = self.runs.partition_point(|r| r.logical + r.len <= lb);
+        let n = match self.runs.get(i) {
+            Some(r) if r.logical <= lb => {
+                let n = ((r.logical + r.len) * bs - self.pos).min(want);
+                let n_usize = usize_from(n);
+                match r.physical {
+                    Some(p) => {
+                        let at = (p + (lb - r.logical))
+                            .checked_mul(bs)
+                            .and_then(|b| b.checked_add(self.pos % bs))
+                            .ok_or_else(|| {
+                                corrupt(format!(
+                                    "{}: an extent starts at block {p}, past any disk",
+                                    show(&self.path)
+                                ))
+                            })?;
+                        self.vol.read_at(&mut buf[..n_usize], at)?;
+                    }
+                    None => buf[..n_usize].fill(0),
+                }
+                n
+            }
+            next => {
+                // A hole up to the next extent or the end of the file.
+                let end = next.map_or(self.size, |r| (r.logical * bs).min(self.size));
+                let n = (end - self.pos).min(want);
+                buf[..usize_from(n)].fill(0);
+                n
+            }
+        };
+        self.pos += n;
+        Ok(usize_from(n))
+    }
+
+    fn seek(&mut self, offset: u64) -> Result<()> {
+        self.pos = offset.min(self.size);
+        Ok(())
     }
 }
 

@@ -17,6 +17,15 @@ const ROOT_INO: u32 = 2;
 /// `INCOMPAT_FILETYPE`: a directory entry's name length is one byte, its type the next.
 const INCOMPAT_FILETYPE: u32 = 0x2;
 const INCOMPAT_64BIT: u32 = 0x80;
+/// `INCOMPAT_RECOVER`: the journal holds transactions not yet written in place, so the
+/// metadata at its home location may be stale.
+const INCOMPAT_RECOVER: u32 = 0x4;
+/// `i_flags`: fscrypt-encrypted contents.
+const ENCRYPT_FL: u32 = 0x800;
+const S_IFREG: u16 = 0x8000;
+/// A file mapped by more extents than this is read through the crate instead (the map is
+/// held in memory: 24 bytes an extent).
+const MAX_RUNS: usize = 1 << 16;
 /// `i_flags`: the inode maps its blocks with an extent tree.
 const EXTENTS_FL: u32 = 0x8_0000;
 /// `i_flags`: the data is inside the inode (small directories on `inline_data` file systems).
@@ -51,6 +60,15 @@ pub(super) struct InodeWalk {
     desc_bytes: u64,
     descriptors_at: u64,
     incompat: u32,
+}
+
+/// A run of a file's blocks: `len` blocks from logical block `logical`, at physical block
+/// `physical`, or reading as zeros when `physical` is `None` (unwritten).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Run {
+    pub logical: u64,
+    pub physical: Option<u64>,
+    pub len: u64,
 }
 
 /// The fields of an inode the walk uses.
@@ -150,6 +168,96 @@ impl InodeWalk {
         Ok(Some(ino))
     }
 
+    /// The block size in bytes.
+    pub(super) fn block_bytes(&self) -> u64 {
+        self.block_bytes
+    }
+
+    /// The volume read from.
+    pub(super) fn volume(&self) -> &Volume {
+        &self.vol
+    }
+
+    /// The extent map of the regular file `ino` (sorted, not overlapping) and its size, for
+    /// reading its data in large pieces; `None` when the crate should read it instead: the
+    /// journal needs replaying (the map at home could be stale), or the file is inline,
+    /// encrypted, block-mapped (ext2/3) or mapped by more than [`MAX_RUNS`] extents.
+    pub(super) fn file_runs(&self, ino: u32) -> Result<Option<(u64, Vec<Run>)>> {
+        if self.incompat & INCOMPAT_RECOVER != 0 {
+            return Ok(None);
+        }
+        let f = self.inode(ino)?;
+        if f.mode & S_IFMT != S_IFREG
+            || f.flags & (INLINE_DATA_FL | ENCRYPT_FL) != 0
+            || f.flags & EXTENTS_FL == 0
+        {
+            return Ok(None);
+        }
+        let mut runs = Vec::new();
+        if !self.extent_runs(&f.map, None, &mut runs)? {
+            return Ok(None);
+        }
+        // Logical order, no overlap: what the kernel writes, and what a reader that binary
+        // searches the map needs.
+        for w in runs.windows(2) {
+            if w[0].logical + w[0].len > w[1].logical {
+                return Err(corrupt(format!(
+                    "inode {ino}'s extents overlap or are out of order (blocks {}+{} then {})",
+                    w[0].logical, w[0].len, w[1].logical
+                )));
+            }
+        }
+        Ok(Some((f.size, runs)))
+    }
+
+    /// Collect the leaf extents under `node`; `false` when there are more than [`MAX_RUNS`].
+    fn extent_runs(&self, node: &[u8], depth: Option<u16>, out: &mut Vec<Run>) -> Result<bool> {
+        let magic = le16(node, 0);
+        let entries = usize::from(le16(node, 2));
+        let d = le16(node, 6);
+        if magic != EXTENT_MAGIC
+            || 12 + entries * 12 > node.len()
+            || d > MAX_EXTENT_DEPTH
+            || depth.is_some_and(|want| want != d)
+        {
+            return Err(corrupt(format!(
+                "an extent tree node has magic {magic:#06x}, {entries} entries, depth {d} (expected 0xf30a, entries fitting the node, a depth one less than its parent's)"
+            )));
+        }
+        for i in 0..entries {
+            let e = &node[12 + i * 12..24 + i * 12];
+            if d == 0 {
+                if out.len() >= MAX_RUNS {
+                    return Ok(false);
+                }
+                let mut len = u64::from(le16(e, 4));
+                let uninit = len > 32_768;
+                if uninit {
+                    len -= 32_768;
+                }
+                let start = u64::from(le32(e, 8)) | (u64::from(le16(e, 6)) << 32);
+                if len > 0 {
+                    out.push(Run {
+                        logical: u64::from(le32(e, 0)),
+                        physical: (!uninit).then_some(start),
+                        len,
+                    });
+                }
+            } else {
+                let child = u64::from(le32(e, 4)) | (u64::from(le16(e, 8)) << 32);
+                let mut block = vec![0u8; usize::try_from(self.block_bytes).unwrap_or(4096)];
+                let at = child
+                    .checked_mul(self.block_bytes)
+                    .ok_or_else(|| corrupt(format!("extent block {child} lies past any disk")))?;
+                self.vol.read_at(&mut block, at)?;
+                if !self.extent_runs(&block, Some(d - 1), out)? {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// Search a directory's blocks for `name`. A linear scan finds every entry in hashed
     /// (htree) directories too: their index blocks look like one empty entry.
     fn find(&self, dir: &RawInode, name: &[u8]) -> Result<Option<u32>> {
@@ -172,7 +280,26 @@ impl InodeWalk {
         };
         let mut left = blocks;
         if dir.flags & EXTENTS_FL != 0 {
-            self.extents(&dir.map, None, &mut left, &mut visit)?;
+            let mut runs = Vec::new();
+            if !self.extent_runs(&dir.map, None, &mut runs)? {
+                return Err(corrupt(format!(
+                    "a directory is mapped by more than {MAX_RUNS} extents"
+                )));
+            }
+            'runs: for r in runs {
+                for k in 0..r.len {
+                    if left == 0 {
+                        break 'runs;
+                    }
+                    left -= 1;
+                    // An unwritten extent reads as zeros: no entries in it.
+                    if let Some(p) = r.physical {
+                        if !visit(p + k)? {
+                            break 'runs;
+                        }
+                    }
+                }
+            }
         } else {
             self.block_map(&dir.map, &mut left, &mut visit)?;
         }
@@ -201,65 +328,6 @@ impl InodeWalk {
             off += rec_len;
         }
         Ok(None)
-    }
-
-    /// Visit the physical blocks of an extent tree node in logical order, `left` at most.
-    /// `depth` is what the parent said this node's depth must be (`None` at the root).
-    fn extents(
-        &self,
-        node: &[u8],
-        depth: Option<u16>,
-        left: &mut u64,
-        visit: &mut dyn FnMut(u64) -> Result<bool>,
-    ) -> Result<bool> {
-        let magic = le16(node, 0);
-        let entries = usize::from(le16(node, 2));
-        let d = le16(node, 6);
-        if magic != EXTENT_MAGIC
-            || 12 + entries * 12 > node.len()
-            || d > MAX_EXTENT_DEPTH
-            || depth.is_some_and(|want| want != d)
-        {
-            return Err(corrupt(format!(
-                "an extent tree node has magic {magic:#06x}, {entries} entries, depth {d} (expected 0xf30a, entries fitting the node, depth {})",
-                depth.map_or_else(|| format!("at most {MAX_EXTENT_DEPTH}"), |w| w.to_string())
-            )));
-        }
-        for i in 0..entries {
-            let e = &node[12 + i * 12..24 + i * 12];
-            if *left == 0 {
-                return Ok(false);
-            }
-            if d == 0 {
-                let mut len = u64::from(le16(e, 4));
-                let uninit = len > 32_768;
-                if uninit {
-                    len -= 32_768;
-                }
-                let start = u64::from(le32(e, 8)) | (u64::from(le16(e, 6)) << 32);
-                for k in 0..len {
-                    if *left == 0 {
-                        return Ok(false);
-                    }
-                    *left -= 1;
-                    // An unwritten extent reads as zeros: no entries in it.
-                    if !uninit && !visit(start + k)? {
-                        return Ok(false);
-                    }
-                }
-            } else {
-                let child = u64::from(le32(e, 4)) | (u64::from(le16(e, 8)) << 32);
-                let mut block = vec![0u8; usize::try_from(self.block_bytes).unwrap_or(4096)];
-                let at = child
-                    .checked_mul(self.block_bytes)
-                    .ok_or_else(|| corrupt(format!("extent block {child} lies past any disk")))?;
-                self.vol.read_at(&mut block, at)?;
-                if !self.extents(&block, Some(d - 1), left, visit)? {
-                    return Ok(false);
-                }
-            }
-        }
-        Ok(true)
     }
 
     /// Visit the blocks of an ext2/3 block map: 12 direct, then single, double and triple
