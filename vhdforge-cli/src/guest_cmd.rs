@@ -67,7 +67,8 @@ XFS and FAT (NTFS where supported).
 
 PATH is absolute inside the volume (symlinks are followed inside the guest, never on the host). \
 Entries are listed in the order the directory stores them; -R lists subdirectories after their \
-parent's entries, at most 256 levels deep.
+parent's entries, at most 256 levels deep; a directory that is one of its own ancestors again \
+(a damaged file system) is listed but not entered, and reported on stderr.
 
 Names that are not UTF-8 (Linux names are bytes) are printed with each invalid byte as \\xNN; \
 control characters are printed the same way. In --json, `path` and `target` are the lossy UTF-8 \
@@ -701,6 +702,48 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(escape(raw), want);
         }
+    }
+
+    #[test]
+    fn a_cycle_names_the_ancestor_it_repeats() {
+        // (directory, levels up, the path named) — the top of a listing may be any path.
+        let cases: [(&[u8], usize, &[u8]); 5] = [
+            (b"/a", 0, b"/a"),
+            (b"/a/x", 1, b"/a"),
+            (b"/t/a/b/c", 2, b"/t/a"),
+            (b"/a", 1, b"/"),
+            (b"/a", 5, b"/"),
+        ];
+        for (dir, up, want) in cases {
+            assert_eq!(ancestor_path(dir, up), want, "{dir:?} {up}");
+        }
+        let id = |n| FileId {
+            volume: 0,
+            number: n,
+        };
+        let top = Rc::new(Chain {
+            id: Some(id(2)),
+            up: None,
+        });
+        let mid = Rc::new(Chain {
+            id: None,
+            up: Some(Rc::clone(&top)),
+        });
+        let low = Rc::new(Chain {
+            id: Some(id(7)),
+            up: Some(Rc::clone(&mid)),
+        });
+        assert_eq!(low.levels_to(id(7)), Some(0));
+        assert_eq!(low.levels_to(id(2)), Some(2));
+        assert_eq!(low.levels_to(id(3)), None);
+        // Another volume's file with the same number is another file.
+        assert_eq!(
+            low.levels_to(FileId {
+                volume: 1,
+                number: 2
+            }),
+            None
+        );
     }
 
     #[test]
