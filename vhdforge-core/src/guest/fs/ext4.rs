@@ -216,8 +216,9 @@ fn map_err(e: Ext4Error, path: &[u8]) -> Error {
 /// An opened ext2/3/4 file system.
 pub struct Ext4Fs {
     fs: Ext4,
-    /// Inode numbers, which the crate does not expose ([`FileSystem::file_id_resolved`]).
-    walk: InodeWalk,
+    /// Inode numbers, which the crate does not expose ([`FileSystem::file_id_resolved`]),
+    /// and extent maps; `None` when its geometry check failed (the crate decides then).
+    walk: Option<InodeWalk>,
 }
 
 impl std::fmt::Debug for Ext4Fs {
@@ -230,7 +231,7 @@ impl Ext4Fs {
     /// Load the superblock, group descriptors and journal of the ext file system on `volume`.
     pub fn open(volume: Volume) -> Result<Ext4Fs> {
         precheck(&volume)?;
-        let walk = InodeWalk::new(volume.clone())?;
+        let walk = InodeWalk::new(volume.clone()).ok();
         let fs = Ext4::load(Box::new(Source::new(volume))).map_err(|e| map_err(e, b"/"))?;
         Ok(Ext4Fs { fs, walk })
     }
@@ -327,7 +328,10 @@ impl FileSystem for Ext4Fs {
     /// the journal, inline data) gives no identity rather than an error: the listing the
     /// crate can make is still right, it only loses its cycle check there.
     fn file_id_resolved(&self, path: &[u8]) -> Result<Option<FileId>> {
-        Ok(self.walk.lookup(path).ok().flatten().map(|ino| FileId {
+        let Some(walk) = &self.walk else {
+            return Ok(None);
+        };
+        Ok(walk.lookup(path).ok().flatten().map(|ino| FileId {
             volume: 0,
             number: u64::from(ino),
         }))
@@ -339,11 +343,12 @@ impl Ext4Fs {
     /// the walk failed, the journal needs replaying, the file is not extent-mapped, or the
     /// size at home differs from the crate's).
     fn extent_reader(&self, path: &[u8], size: u64) -> Option<ExtentFile> {
-        let ino = self.walk.lookup(path).ok()??;
-        let (home_size, runs) = self.walk.file_runs(ino).ok()??;
+        let walk = self.walk.as_ref()?;
+        let ino = walk.lookup(path).ok()??;
+        let (home_size, runs) = walk.file_runs(ino).ok()??;
         (home_size == size).then(|| ExtentFile {
-            vol: self.walk.volume().clone(),
-            block_bytes: self.walk.block_bytes(),
+            vol: walk.volume().clone(),
+            block_bytes: walk.block_bytes(),
             size,
             runs,
             pos: 0,
