@@ -9,11 +9,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use serde_json::json;
-use vhdforge_core::guest::fs::{FileSystem, FileType, Stat};
+use vhdforge_core::guest::fs::{FileId, FileSystem, FileType, Stat};
 use vhdforge_core::guest::{scan, DiskVolumes, OsFamily, Scheme};
 use vhdforge_core::{DiskImage, ErrorKind, OpenOptions};
 
@@ -24,8 +25,9 @@ use crate::ui::{bytes, Ui};
 const MAX_DEPTH: usize = 256;
 /// Directories `ls -R` lists at most. The depth limit alone does not bound the work: a
 /// damaged file system whose directory holds two links back to itself has 2^256 paths
-/// within it. Real guests hold tens of thousands of directories; the readers give no file
-/// identity yet, so the cycle itself cannot be recognised, only bounded.
+/// within it. Real guests hold tens of thousands of directories. Cycles are recognised by
+/// file identity (`FileSystem::file_id_resolved`); this bounds the walk where a reader
+/// cannot tell which file a directory is.
 const MAX_DIRECTORIES: usize = 1_000_000;
 /// `cat` copies in pieces of this size: memory stays flat whatever the file's size.
 const CAT_BUFFER_BYTES: usize = 1 << 20;
@@ -65,7 +67,8 @@ XFS and FAT (NTFS where supported).
 
 PATH is absolute inside the volume (symlinks are followed inside the guest, never on the host). \
 Entries are listed in the order the directory stores them; -R lists subdirectories after their \
-parent's entries, at most 256 levels deep.
+parent's entries, at most 256 levels deep; a directory that is one of its own ancestors again \
+(a damaged file system) is listed but not entered, and reported on stderr.
 
 Names that are not UTF-8 (Linux names are bytes) are printed with each invalid byte as \\xNN; \
 control characters are printed the same way. In --json, `path` and `target` are the lossy UTF-8 \
@@ -468,9 +471,48 @@ pub fn run_ls(a: &LsArgs, ui: &Ui) -> Result<ExitCode> {
     }
 }
 
+/// A directory `ls -R` still has to list: its path, depth, and the identities of the
+/// directories from it up to the top, which is how a directory that links back to one of
+/// them is recognised.
+struct Pending {
+    dir: Vec<u8>,
+    depth: usize,
+    /// `dir`'s identity, then its parent's and so on up to the top.
+    ancestors: Rc<Chain>,
+}
+
+/// One directory's identity (`None` when the reader cannot tell) and its parent's chain:
+/// siblings share their parent's chain, so the pending directories cost one link each.
+struct Chain {
+    id: Option<FileId>,
+    up: Option<Rc<Chain>>,
+}
+
+impl Chain {
+    /// How many levels above the chain's directory `id` is (0: the directory itself).
+    fn levels_to(self: &Rc<Chain>, id: FileId) -> Option<usize> {
+        let mut at = Some(self);
+        let mut n = 0;
+        while let Some(c) = at {
+            if c.id == Some(id) {
+                return Some(n);
+            }
+            n += 1;
+            at = c.up.as_ref();
+        }
+        None
+    }
+}
+
 /// List `top` (and with `recursive` its subdirectories, depth first, each after its parent's
 /// entries). A directory that cannot be read is reported on stderr and skipped; returns
 /// whether everything was listed. Only the paths of directories still to visit are held.
+///
+/// A directory whose identity is one of its ancestors' (a damaged file system can link a
+/// directory back to one above it, or twice to itself) is listed as an entry but not
+/// entered, and reported as a cycle naming both paths: entering it would list the same
+/// directories again without end. `MAX_DEPTH` and `MAX_DIRECTORIES` remain for readers
+/// that cannot say which file a path is.
 fn list_tree<W: Write>(
     fs: &dyn FileSystem,
     top: &[u8],
@@ -478,13 +520,26 @@ fn list_tree<W: Write>(
     sink: &mut Sink<W>,
 ) -> std::io::Result<bool> {
     let mut all_ok = true;
-    // (directory, depth), popped last first; each directory's subdirectories are pushed in
-    // reverse so they are visited in the order they were listed.
-    let mut todo: Vec<(Vec<u8>, usize)> = vec![(top.to_vec(), 0)];
+    let id_of = |p: &[u8]| fs.file_id_resolved(p).ok().flatten();
+    // Popped last first; each directory's subdirectories are pushed in reverse so they are
+    // visited in the order they were listed.
+    let mut todo = vec![Pending {
+        dir: top.to_vec(),
+        depth: 0,
+        ancestors: Rc::new(Chain {
+            id: if recursive { id_of(top) } else { None },
+            up: None,
+        }),
+    }];
     sink.begin()?;
     let mut first_dir = true;
     let mut listed_dirs = 0usize;
-    while let Some((dir, depth)) = todo.pop() {
+    while let Some(Pending {
+        dir,
+        depth,
+        ancestors,
+    }) = todo.pop()
+    {
         listed_dirs += 1;
         if listed_dirs > MAX_DIRECTORIES {
             eprintln!(
@@ -499,9 +554,9 @@ fn list_tree<W: Write>(
         first_dir = false;
         let mut subdirs = Vec::new();
         let mut io_err = None;
-        let listed = fs.list_resolved(&dir, &mut |e| {
-            let p = child(&dir, &e.name);
-            let st = match fs.stat_resolved(&p) {
+        let listed = fs.list_stat_resolved(&dir, &mut |name, st| {
+            let p = child(&dir, name);
+            let st = match st {
                 Ok(s) => s,
                 Err(err) => {
                     eprintln!(
@@ -513,7 +568,7 @@ fn list_tree<W: Write>(
                     return true;
                 }
             };
-            if let Err(w) = sink.entry(&p, &e.name, &st) {
+            if let Err(w) = sink.entry(&p, name, &st) {
                 io_err = Some(w);
                 return false;
             }
@@ -542,10 +597,43 @@ fn list_tree<W: Write>(
             all_ok = false;
             continue;
         }
-        todo.extend(subdirs.into_iter().rev().map(|d| (d, depth + 1)));
+        let mut next = Vec::with_capacity(subdirs.len());
+        for d in subdirs {
+            let id = id_of(&d);
+            if let Some(up) = id.and_then(|id| ancestors.levels_to(id)) {
+                eprintln!(
+                    "vhdforge: not entering {}: it is the directory {} again (a cycle: the file system is damaged; `fsck` in the guest repairs it)",
+                    escape(&d),
+                    escape(&ancestor_path(&dir, up))
+                );
+                all_ok = false;
+                continue;
+            }
+            next.push(Pending {
+                dir: d,
+                depth: depth + 1,
+                ancestors: Rc::new(Chain {
+                    id,
+                    up: Some(Rc::clone(&ancestors)),
+                }),
+            });
+        }
+        todo.extend(next.into_iter().rev());
     }
     sink.end()?;
     Ok(all_ok)
+}
+
+/// The path `up` levels above the directory `dir` (`dir` itself for 0).
+fn ancestor_path(dir: &[u8], up: usize) -> Vec<u8> {
+    let mut p = dir.to_vec();
+    for _ in 0..up {
+        match p.iter().rposition(|&b| b == b'/') {
+            Some(0) | None => return b"/".to_vec(),
+            Some(i) => p.truncate(i),
+        }
+    }
+    p
 }
 
 // ---------------------------------------------------------------------------------------
@@ -614,6 +702,48 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(escape(raw), want);
         }
+    }
+
+    #[test]
+    fn a_cycle_names_the_ancestor_it_repeats() {
+        // (directory, levels up, the path named) — the top of a listing may be any path.
+        let cases: [(&[u8], usize, &[u8]); 5] = [
+            (b"/a", 0, b"/a"),
+            (b"/a/x", 1, b"/a"),
+            (b"/t/a/b/c", 2, b"/t/a"),
+            (b"/a", 1, b"/"),
+            (b"/a", 5, b"/"),
+        ];
+        for (dir, up, want) in cases {
+            assert_eq!(ancestor_path(dir, up), want, "{dir:?} {up}");
+        }
+        let id = |n| FileId {
+            volume: 0,
+            number: n,
+        };
+        let top = Rc::new(Chain {
+            id: Some(id(2)),
+            up: None,
+        });
+        let mid = Rc::new(Chain {
+            id: None,
+            up: Some(Rc::clone(&top)),
+        });
+        let low = Rc::new(Chain {
+            id: Some(id(7)),
+            up: Some(Rc::clone(&mid)),
+        });
+        assert_eq!(low.levels_to(id(7)), Some(0));
+        assert_eq!(low.levels_to(id(2)), Some(2));
+        assert_eq!(low.levels_to(id(3)), None);
+        // Another volume's file with the same number is another file.
+        assert_eq!(
+            low.levels_to(FileId {
+                volume: 1,
+                number: 2
+            }),
+            None
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! root rather than at the root of the volume that holds the link.
 
 use crate::error::Result;
-use crate::guest::fs::{DirEntry, FileReader, FileSystem, FsKind, Stat};
+use crate::guest::fs::{DirEntry, FileId, FileReader, FileSystem, FsKind, Stat};
 
 /// A root file system with others mounted on it.
 pub struct GuestTree {
@@ -63,20 +63,27 @@ impl GuestTree {
 
     /// Which file system holds the resolved path `path`, and the path inside it.
     fn route(&self, path: &[u8]) -> (&dyn FileSystem, Vec<u8>) {
-        for (point, fs) in &self.mounts {
+        let (_, fs, inner) = self.route_indexed(path);
+        (fs, inner)
+    }
+
+    /// [`route`](Self::route) with the index of the mount, which tells file systems apart
+    /// in a [`FileId`].
+    fn route_indexed(&self, path: &[u8]) -> (usize, &dyn FileSystem, Vec<u8>) {
+        for (i, (point, fs)) in self.mounts.iter().enumerate() {
             if point.as_slice() == b"/" {
-                return (fs.as_ref(), path.to_vec());
+                return (i, fs.as_ref(), path.to_vec());
             }
             if path == point.as_slice() {
-                return (fs.as_ref(), b"/".to_vec());
+                return (i, fs.as_ref(), b"/".to_vec());
             }
             if path.starts_with(point) && path.get(point.len()) == Some(&b'/') {
-                return (fs.as_ref(), path[point.len()..].to_vec());
+                return (i, fs.as_ref(), path[point.len()..].to_vec());
             }
         }
         // The root is always there; `new` puts it in and nothing removes it.
         let (_, root) = self.mounts.last().expect("a tree always has its root");
-        (root.as_ref(), path.to_vec())
+        (self.mounts.len() - 1, root.as_ref(), path.to_vec())
     }
 }
 
@@ -100,6 +107,17 @@ impl FileSystem for GuestTree {
     fn open_resolved(&self, path: &[u8]) -> Result<Box<dyn FileReader + '_>> {
         let (fs, inner) = self.route(path);
         fs.open_resolved(&inner)
+    }
+
+    // `list_stat_resolved` keeps the provided form: each child is stat'ed through `route`,
+    // so an entry that is a mount point shows the mounted root, as in the kernel.
+
+    fn file_id_resolved(&self, path: &[u8]) -> Result<Option<FileId>> {
+        let (i, fs, inner) = self.route_indexed(path);
+        Ok(fs.file_id_resolved(&inner)?.map(|id| FileId {
+            volume: u32::try_from(i).unwrap_or(u32::MAX),
+            ..id
+        }))
     }
 }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::finding::{Finding, Severity};
-use crate::guest::fs::{self, FileSystem, FileType, FsKind, Identity, Volume};
+use crate::guest::fs::{self, FileSystem, FileType, FsKind, Identity, NtfsFs, Volume};
 use crate::guest::lvm::{self, VolumeGroup};
 use crate::guest::partition::{self, PartitionKind, PartitionTable, Role};
 use crate::guest::Window;
@@ -262,6 +262,17 @@ fn entry(
     volume: Volume,
 ) -> GuestVolume {
     use crate::guest::fs::ReadRange;
+    // NTFS keeps its label in a file (`$Volume`), not beside its signature: read it so
+    // `volumes` shows it and `--volume LABEL` finds it. A volume whose label cannot be read
+    // still lists; opening it for `ls` reports the damage.
+    let label = if id.kind == FsKind::Ntfs && id.label.is_none() {
+        NtfsFs::open(volume.clone())
+            .and_then(|fs| fs.label())
+            .ok()
+            .flatten()
+    } else {
+        id.label
+    };
     GuestVolume {
         name,
         partition,
@@ -270,7 +281,7 @@ fn entry(
         size_bytes: volume.len(),
         type_name,
         filesystem: id.kind,
-        label: id.label,
+        label,
         uuid: id.uuid,
         os_root: None,
         volume,

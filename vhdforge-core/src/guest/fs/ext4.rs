@@ -5,11 +5,14 @@
 
 use ext4_view::{Ext4, Ext4Error, Ext4Read};
 
+use super::ext4_inode::{InodeWalk, Run};
 use super::volume::{ReadRange, Volume};
 use super::{
-    show, DirEntry, FileReader, FileSystem, FileType, FsKind, Stat, Timestamp, MAX_PATH_BYTES,
+    child, show, DirEntry, FileId, FileReader, FileSystem, FileType, FsKind, Stat, Timestamp,
+    MAX_PATH_BYTES,
 };
 use crate::error::{Error, ErrorKind, Result};
+use crate::io::usize_from;
 
 /// Superblock: 1024 bytes at byte 1024 of the volume.
 const SB_OFFSET: u64 = 1024;
@@ -213,6 +216,9 @@ fn map_err(e: Ext4Error, path: &[u8]) -> Error {
 /// An opened ext2/3/4 file system.
 pub struct Ext4Fs {
     fs: Ext4,
+    /// Inode numbers, which the crate does not expose ([`FileSystem::file_id_resolved`]),
+    /// and extent maps; `None` when its geometry check failed (the crate decides then).
+    walk: Option<InodeWalk>,
 }
 
 impl std::fmt::Debug for Ext4Fs {
@@ -225,8 +231,9 @@ impl Ext4Fs {
     /// Load the superblock, group descriptors and journal of the ext file system on `volume`.
     pub fn open(volume: Volume) -> Result<Ext4Fs> {
         precheck(&volume)?;
+        let walk = InodeWalk::new(volume.clone()).ok();
         let fs = Ext4::load(Box::new(Source::new(volume))).map_err(|e| map_err(e, b"/"))?;
-        Ok(Ext4Fs { fs })
+        Ok(Ext4Fs { fs, walk })
     }
 }
 
@@ -252,6 +259,105 @@ impl FileSystem for Ext4Fs {
             .fs
             .symlink_metadata(path)
             .map_err(|e| map_err(e, path))?;
+        self.stat_of(path, &md)
+    }
+
+    fn list_resolved(&self, path: &[u8], f: &mut dyn FnMut(DirEntry) -> bool) -> Result<()> {
+        let entries = self.fs.read_dir(path).map_err(|e| map_err(e, path))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| map_err(e, path))?;
+            let name = entry.file_name();
+            let name: &[u8] = name.as_ref();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let ft = entry.file_type().map_err(|e| map_err(e, path))?;
+            if !f(DirEntry {
+                name: name.to_vec(),
+                file_type: file_type(ft),
+            }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Each entry's inode is read through the entry (one cached inode-table read) rather
+    /// than by walking the child's path from the root again.
+    fn list_stat_resolved(
+        &self,
+        path: &[u8],
+        f: &mut dyn FnMut(&[u8], Result<Stat>) -> bool,
+    ) -> Result<()> {
+        let entries = self.fs.read_dir(path).map_err(|e| map_err(e, path))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| map_err(e, path))?;
+            let name = entry.file_name();
+            let name: &[u8] = name.as_ref();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let st = entry
+                .metadata()
+                .map_err(|e| map_err(e, &child(path, name)))
+                .and_then(|md| self.stat_of(&child(path, name), &md));
+            if !f(name, st) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The crate opens the file (it checks the type, encryption and the inode's checksum);
+    /// its data is then read through this module's own extent map when that is safe
+    /// ([`InodeWalk::file_runs`]): the crate hands data out one block per call, through its
+    /// block cache, which made `cat` of 1 GiB run at 0.4× the kernel's speed.
+    fn open_resolved(&self, path: &[u8]) -> Result<Box<dyn FileReader + '_>> {
+        let file = self.fs.open(path).map_err(|e| map_err(e, path))?;
+        if let Some(fast) = self.extent_reader(path, file.metadata().len()) {
+            return Ok(Box::new(fast));
+        }
+        Ok(Box::new(Ext4File {
+            file,
+            path: path.to_vec(),
+        }))
+    }
+
+    /// The inode number, from this module's own walk of the directories (see
+    /// `ext4_inode.rs`). A walk that fails where the crate succeeded (a directory only in
+    /// the journal, inline data) gives no identity rather than an error: the listing the
+    /// crate can make is still right, it only loses its cycle check there.
+    fn file_id_resolved(&self, path: &[u8]) -> Result<Option<FileId>> {
+        let Some(walk) = &self.walk else {
+            return Ok(None);
+        };
+        Ok(walk.lookup(path).ok().flatten().map(|ino| FileId {
+            volume: 0,
+            number: u64::from(ino),
+        }))
+    }
+}
+
+impl Ext4Fs {
+    /// A reader over the file's extents, or `None` to read through the crate (any doubt:
+    /// the walk failed, the journal needs replaying, the file is not extent-mapped, or the
+    /// size at home differs from the crate's).
+    fn extent_reader(&self, path: &[u8], size: u64) -> Option<ExtentFile> {
+        let walk = self.walk.as_ref()?;
+        let ino = walk.lookup(path).ok()??;
+        let (home_size, runs) = walk.file_runs(ino).ok()??;
+        (home_size == size).then(|| ExtentFile {
+            vol: walk.volume().clone(),
+            block_bytes: walk.block_bytes(),
+            size,
+            runs,
+            pos: 0,
+            path: path.to_vec(),
+        })
+    }
+
+    /// Our stat from the crate's metadata of the file at `path`.
+    fn stat_of(&self, path: &[u8], md: &ext4_view::Metadata) -> Result<Stat> {
         let ft = file_type(md.file_type());
         let link_target = if ft == FileType::Symlink {
             // The crate reads a target whole; refuse sizes no Linux path can have first.
@@ -281,33 +387,69 @@ impl FileSystem for Ext4Fs {
             link_target,
         })
     }
+}
 
-    fn list_resolved(&self, path: &[u8], f: &mut dyn FnMut(DirEntry) -> bool) -> Result<()> {
-        let entries = self.fs.read_dir(path).map_err(|e| map_err(e, path))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| map_err(e, path))?;
-            let name = entry.file_name();
-            let name: &[u8] = name.as_ref();
-            if name == b"." || name == b".." {
-                continue;
-            }
-            let ft = entry.file_type().map_err(|e| map_err(e, path))?;
-            if !f(DirEntry {
-                name: name.to_vec(),
-                file_type: file_type(ft),
-            }) {
-                break;
-            }
-        }
-        Ok(())
+/// A regular file read by its extent map: each read is one positional read of the volume
+/// for as much of the caller's buffer as one extent covers; holes and unwritten extents are
+/// zeros.
+struct ExtentFile {
+    vol: Volume,
+    block_bytes: u64,
+    size: u64,
+    runs: Vec<Run>,
+    pos: u64,
+    path: Vec<u8>,
+}
+
+impl FileReader for ExtentFile {
+    fn size(&self) -> u64 {
+        self.size
     }
 
-    fn open_resolved(&self, path: &[u8]) -> Result<Box<dyn FileReader + '_>> {
-        let file = self.fs.open(path).map_err(|e| map_err(e, path))?;
-        Ok(Box::new(Ext4File {
-            file,
-            path: path.to_vec(),
-        }))
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
+        if self.pos >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let bs = self.block_bytes;
+        let want = (self.size - self.pos).min(buf.len() as u64);
+        let lb = self.pos / bs;
+        let i = self.runs.partition_point(|r| r.logical + r.len <= lb);
+        let n = match self.runs.get(i) {
+            Some(r) if r.logical <= lb => {
+                let n = ((r.logical + r.len) * bs - self.pos).min(want);
+                let n_usize = usize_from(n);
+                match r.physical {
+                    Some(p) => {
+                        let at = (p + (lb - r.logical))
+                            .checked_mul(bs)
+                            .and_then(|b| b.checked_add(self.pos % bs))
+                            .ok_or_else(|| {
+                                corrupt(format!(
+                                    "{}: an extent starts at block {p}, past any disk",
+                                    show(&self.path)
+                                ))
+                            })?;
+                        self.vol.read_at(&mut buf[..n_usize], at)?;
+                    }
+                    None => buf[..n_usize].fill(0),
+                }
+                n
+            }
+            next => {
+                // A hole up to the next extent or the end of the file.
+                let end = next.map_or(self.size, |r| (r.logical * bs).min(self.size));
+                let n = (end - self.pos).min(want);
+                buf[..usize_from(n)].fill(0);
+                n
+            }
+        };
+        self.pos += n;
+        Ok(usize_from(n))
+    }
+
+    fn seek(&mut self, offset: u64) -> Result<()> {
+        self.pos = offset.min(self.size);
+        Ok(())
     }
 }
 

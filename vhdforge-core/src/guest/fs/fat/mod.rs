@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::volume::{ReadRange, Volume};
-use super::{show, DirEntry, FileReader, FileSystem, FileType, FsKind, Stat, Timestamp};
+use super::{show, DirEntry, FileId, FileReader, FileSystem, FileType, FsKind, Stat, Timestamp};
 use crate::error::{Error, ErrorKind, Result};
 use bpb::{FatType, Geometry};
 use dir::{Decoder, Entry, Step, ENTRY_BYTES};
@@ -366,6 +366,29 @@ impl FileSystem for FatFs {
             }
         }
         Ok(())
+    }
+
+    /// FAT has no inode numbers; a directory's first cluster is its identity (no two
+    /// directories share one on an undamaged volume, and a loop back to an ancestor on a
+    /// damaged one names the ancestor's cluster). Cluster 0 means the root, as it does in a
+    /// `..` entry. An empty file has no cluster, so no identity.
+    fn file_id_resolved(&self, path: &[u8]) -> Result<Option<FileId>> {
+        let root = FileId {
+            volume: 0,
+            number: u64::from(self.geo.root_cluster),
+        };
+        if path.iter().all(|&b| b == b'/') {
+            return Ok(Some(root));
+        }
+        let e = self.lookup(path)?;
+        Ok(match e.first_cluster {
+            0 if e.is_dir => Some(root),
+            0 => None,
+            c => Some(FileId {
+                volume: 0,
+                number: u64::from(c),
+            }),
+        })
     }
 
     fn open_resolved(&self, path: &[u8]) -> Result<Box<dyn FileReader + '_>> {

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 
 use super::volume::{ReadRange, Volume};
 use super::{
-    not_found, show, DirEntry, FileReader, FileSystem, FileType, FsKind, Stat, Timestamp,
+    not_found, show, DirEntry, FileId, FileReader, FileSystem, FileType, FsKind, Stat, Timestamp,
     MAX_PATH_BYTES,
 };
 use crate::error::{Error, ErrorKind, Result};
@@ -27,7 +27,8 @@ use boot::Geometry;
 use index::{Entry, Index, FN_DIRECTORY, FN_REPARSE, NAMESPACE_DOS};
 use record::{
     fixup, u16_at, u32_at, u64_at, Attr, Record, AT_ATTRIBUTE_LIST, AT_DATA, AT_INDEX_ALLOCATION,
-    AT_INDEX_ROOT, AT_REPARSE_POINT, AT_STANDARD_INFORMATION, REC_DIRECTORY, REC_IN_USE,
+    AT_INDEX_ROOT, AT_REPARSE_POINT, AT_STANDARD_INFORMATION, AT_VOLUME_NAME, REC_DIRECTORY,
+    REC_IN_USE,
 };
 use stream::Stream;
 
@@ -52,6 +53,10 @@ pub(crate) fn unsupported(message: impl std::fmt::Display) -> Error {
 /// Record numbers of the metadata files used.
 const MFT_RECORD: u64 = 0;
 const UPCASE_RECORD: u64 = 10;
+/// `$Volume`: the label and the volume's version and flags.
+const VOLUME_RECORD: u64 = 3;
+/// Windows limits a label to 32 UTF-16 units; anything longer is damage.
+const MAX_LABEL_UNITS: usize = 32;
 const ROOT_RECORD: u64 = 5;
 /// Records below this are the volume's own metadata ($MFT … $Extend and reserved ones):
 /// not listed, as ntfs-3g and the kernel do not list them.
@@ -189,6 +194,27 @@ impl NtfsFs {
             return Err(corrupt("the root directory (record 5) is not a directory"));
         }
         Ok(fs)
+    }
+
+    /// The volume label: `$Volume`'s `$VOLUME_NAME` attribute (NTFS keeps it there, not in
+    /// the boot sector), `None` when it is empty or absent.
+    pub fn label(&self) -> Result<Option<String>> {
+        let inode = self.inode(VOLUME_RECORD, None)?;
+        let Some(raw) = inode.resident(AT_VOLUME_NAME, &[]) else {
+            return Ok(None);
+        };
+        let units: Vec<u16> = raw
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        if units.len() > MAX_LABEL_UNITS {
+            return Err(corrupt(format!(
+                "the volume label ($Volume's $VOLUME_NAME) has {} UTF-16 units; Windows allows at most {MAX_LABEL_UNITS}",
+                units.len()
+            )));
+        }
+        let label = String::from_utf16_lossy(&units);
+        Ok(Some(label).filter(|l| !l.is_empty()))
     }
 
     /// Compare two names as the volume's indexes do: upcased, unit by unit, shorter first.
@@ -560,6 +586,40 @@ impl FileSystem for NtfsFs {
                 name: utf16_to_wtf8(&e.name),
             })
         })
+    }
+
+    /// Each entry's record is read by the reference in the index entry, not by walking the
+    /// child's path again.
+    fn list_stat_resolved(
+        &self,
+        path: &[u8],
+        f: &mut dyn FnMut(&[u8], Result<Stat>) -> bool,
+    ) -> Result<()> {
+        let dir = self.lookup(path)?;
+        if dir.flags & REC_DIRECTORY == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "guest.fs.not_a_directory",
+                format!("{} is not a directory", show(path)),
+            ));
+        }
+        let me = dir.number;
+        self.index(&dir)?.walk(&mut |e| {
+            let rec = e.file_ref & 0xFFFF_FFFF_FFFF;
+            if e.namespace == NAMESPACE_DOS || rec == me || rec < FIRST_USER_RECORD {
+                return true;
+            }
+            let st = self.inode_ref(e.file_ref).and_then(|i| self.stat_inode(&i));
+            f(&utf16_to_wtf8(&e.name), st)
+        })
+    }
+
+    /// The MFT record number (hard links share it).
+    fn file_id_resolved(&self, path: &[u8]) -> Result<Option<FileId>> {
+        Ok(Some(FileId {
+            volume: 0,
+            number: self.lookup(path)?.number,
+        }))
     }
 
     fn open_resolved(&self, path: &[u8]) -> Result<Box<dyn FileReader + '_>> {

@@ -8,6 +8,8 @@ use crate::error::Result;
 /// Attribute types read.
 pub const AT_STANDARD_INFORMATION: u32 = 0x10;
 pub const AT_ATTRIBUTE_LIST: u32 = 0x20;
+/// `$VOLUME_NAME`: the volume label, UTF-16LE, resident, in `$Volume` (record 3).
+pub const AT_VOLUME_NAME: u32 = 0x60;
 pub const AT_DATA: u32 = 0x80;
 pub const AT_INDEX_ROOT: u32 = 0x90;
 pub const AT_INDEX_ALLOCATION: u32 = 0xA0;

@@ -18,7 +18,7 @@ mod symlink;
 use std::sync::{Arc, Mutex};
 
 use super::volume::{ReadRange, Volume};
-use super::{show, DirEntry, FileReader, FileSystem, FileType, FsKind, Stat};
+use super::{show, DirEntry, FileId, FileReader, FileSystem, FileType, FsKind, Stat};
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::usize_from;
 use bmap::Extent;
@@ -240,20 +240,35 @@ impl FileSystem for XfsFs {
 
     fn stat_resolved(&self, path: &[u8]) -> Result<Stat> {
         let ino = self.lookup(path)?;
-        let link_target = if ino.file_type == FileType::Symlink {
-            Some(symlink::target(self, &ino)?)
-        } else {
-            None
-        };
-        Ok(Stat {
-            file_type: ino.file_type,
-            mode: ino.mode,
-            uid: ino.uid,
-            gid: ino.gid,
-            size: ino.size,
-            mtime: ino.mtime,
-            link_target,
+        self.stat_of(&ino)
+    }
+
+    /// Each entry's inode is read by the number in the entry, not by walking the child's
+    /// path from the root again.
+    fn list_stat_resolved(
+        &self,
+        path: &[u8],
+        f: &mut dyn FnMut(&[u8], Result<Stat>) -> bool,
+    ) -> Result<()> {
+        let d = self.lookup(path)?;
+        if d.file_type != FileType::Directory {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "guest.fs.not_a_directory",
+                format!("{} is not a directory", show(path)),
+            ));
+        }
+        dir::for_each(self, &d, &mut |e| {
+            let st = self.inode(e.ino).and_then(|i| self.stat_of(&i));
+            f(&e.name, st)
         })
+    }
+
+    fn file_id_resolved(&self, path: &[u8]) -> Result<Option<FileId>> {
+        Ok(Some(FileId {
+            volume: 0,
+            number: self.lookup(path)?.ino,
+        }))
     }
 
     fn list_resolved(&self, path: &[u8], f: &mut dyn FnMut(DirEntry) -> bool) -> Result<()> {
@@ -300,6 +315,25 @@ impl FileSystem for XfsFs {
             ));
         }
         Ok(Box::new(file::XfsFile::new(self, &ino)?))
+    }
+}
+
+impl XfsFs {
+    fn stat_of(&self, ino: &Inode) -> Result<Stat> {
+        let link_target = if ino.file_type == FileType::Symlink {
+            Some(symlink::target(self, ino)?)
+        } else {
+            None
+        };
+        Ok(Stat {
+            file_type: ino.file_type,
+            mode: ino.mode,
+            uid: ino.uid,
+            gid: ino.gid,
+            size: ino.size,
+            mtime: ino.mtime,
+            link_target,
+        })
     }
 }
 
