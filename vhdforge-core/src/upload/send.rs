@@ -7,7 +7,7 @@
 //! last (docs/azure-page-blob.md).
 
 use super::journal::{self, Journal};
-use super::plan::{normalize, subtract, Request, StreamCoalescer, PAGE};
+use super::plan::{normalize, subtract, StreamCoalescer, PAGE};
 use super::{Cancel, Progress, UploadOptions};
 use crate::azure::FixedVhdLayout;
 use crate::error::{Error, ErrorKind, Result};
@@ -303,12 +303,12 @@ impl Handover<'_> {
             self.pending_pieces.push(piece);
         }
     }
-    fn request(&mut self, r: Request) {
-        let integ = integrity_value(self.ctx.integrity(), &r.body);
+    fn request(&mut self, range: Range<u64>, body: Bytes) {
+        let integ = integrity_value(self.ctx.integrity(), &body);
         let pieces = std::mem::take(&mut self.pending_pieces);
         self.send(Chunk {
-            range: r.range,
-            body: Some(Bytes::from(r.body)),
+            range,
+            body: Some(body),
             integ: Some(integ),
             pieces,
         });
@@ -317,11 +317,94 @@ impl Handover<'_> {
             self.handed_over(p);
         }
     }
+    /// Clear the zero pages of piece `i` (its non-zero `runs` excluded) that the
+    /// destination lists (`present`: a reused or resumed blob). No request of this run
+    /// writes non-zero bytes there, so the order does not matter.
+    fn clear_zero_pages(&mut self, i: usize, runs: &[Range<u64>], present: &[Range<u64>]) {
+        if present.is_empty() {
+            return;
+        }
+        let zero = subtract(std::slice::from_ref(&self.pieces[i]), runs);
+        for c in subtract(&zero, &subtract(&zero, present)) {
+            self.ctx.cleared.fetch_add(1, Ordering::Relaxed);
+            self.send(Chunk {
+                range: c,
+                body: None,
+                integ: None,
+                pieces: vec![i],
+            });
+        }
+    }
     fn handed_over(&self, p: usize) {
         if let Ok(mut t) = self.ctx.pieces.lock() {
             t.handed_over(p, &self.pieces[p]);
         }
     }
+}
+
+/// Most piece buffers kept for reuse. Reusing them spares the kernel zeroing fresh pages
+/// for every piece (a tenth of the client's CPU before); more than this are in use only
+/// while that many requests are queued or in flight, and are then freed.
+const POOL_MAX: usize = 2 * super::MAX_CONCURRENCY + 4;
+
+/// Piece buffers handed back when the last request slicing them is done.
+#[derive(Clone, Default)]
+struct Pool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl Pool {
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut b = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|mut v| v.pop())
+            .unwrap_or_default();
+        b.resize(len, 0);
+        b
+    }
+}
+
+/// A piece's bytes, shared by the requests sliced from it without copying.
+struct Pooled {
+    buf: Vec<u8>,
+    pool: Pool,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Ok(mut v) = self.pool.0.lock() {
+            if v.len() < POOL_MAX {
+                v.push(std::mem::take(&mut self.buf));
+            }
+        }
+    }
+}
+
+/// The body of request `range` from the pieces read (`held`, in order): a slice of one
+/// piece when it lies inside one (most requests: no copy), else the pieces' bytes copied
+/// into zeros (a request bridging from one piece into the next).
+fn body_for(range: &Range<u64>, held: &std::collections::VecDeque<(Range<u64>, Bytes)>) -> Bytes {
+    if let Some((r, b)) = held
+        .iter()
+        .find(|(r, _)| r.start <= range.start && range.end <= r.end)
+    {
+        return b.slice(usize_from(range.start - r.start)..usize_from(range.end - r.start));
+    }
+    let mut v = vec![0u8; usize_from(range.end - range.start)];
+    for (r, b) in held {
+        let (s, e) = (r.start.max(range.start), r.end.min(range.end));
+        if s < e {
+            v[usize_from(s - range.start)..usize_from(e - range.start)]
+                .copy_from_slice(&b[usize_from(s - r.start)..usize_from(e - r.start)]);
+        }
+    }
+    Bytes::from(v)
 }
 
 /// The reader: reads each piece to send once, in plan order; tests its pages for zero;
@@ -355,7 +438,10 @@ fn reader(
         closed: false,
     };
     let mut coalescer = StreamCoalescer::new(ctx.opts.bridge_bytes);
-    let mut buf: Vec<u8> = Vec::new();
+    let pool = Pool::default();
+    // The pieces the pending request may still take bytes from.
+    let mut held: std::collections::VecDeque<(Range<u64>, Bytes)> =
+        std::collections::VecDeque::new();
     let mut runs: Vec<Range<u64>> = Vec::new();
     for (i, (r, &send)) in pieces.iter().zip(todo).enumerate() {
         if ctx.cancel.is_cancelled() || out.closed {
@@ -363,13 +449,16 @@ fn reader(
         }
         if !send {
             // A request never spans a piece this run does not send.
-            coalescer.flush(&mut |req| out.request(req));
+            coalescer.flush(&mut |req| {
+                let body = body_for(&req, &held);
+                out.request(req, body);
+            });
+            held.clear();
             if md5.is_none() {
                 continue;
             }
         }
-        let len = usize_from(r.end - r.start);
-        buf.resize(len, 0);
+        let mut buf = pool.take(usize_from(r.end - r.start));
         ctx.azure.read_disk(ctx.image.as_ref(), &mut buf, r.start)?;
         if let Some(m) = md5.as_mut() {
             feed_zeros(m, r.start - pos);
@@ -383,31 +472,32 @@ fn reader(
         crate::sparse::for_each_nonzero_run(&buf, r.start, PAGE, |s, l| {
             runs.push(s..(s + l).div_ceil(PAGE) * PAGE);
         });
-        if !present.is_empty() {
-            // Zero pages of this piece the destination lists: clear them. No request of
-            // this run writes non-zero bytes there, so the order does not matter.
-            let zero = subtract(std::slice::from_ref(r), &runs);
-            for c in subtract(&zero, &subtract(&zero, present)) {
-                ctx.cleared.fetch_add(1, Ordering::Relaxed);
-                out.send(Chunk {
-                    range: c,
-                    body: None,
-                    integ: None,
-                    pieces: vec![i],
-                });
-            }
-        }
+        held.push_back((
+            r.clone(),
+            Bytes::from_owner(Pooled {
+                buf,
+                pool: pool.clone(),
+            }),
+        ));
+        out.clear_zero_pages(i, &runs, present);
         for run in &runs {
-            let data = &buf[usize_from(run.start - r.start)..usize_from(run.end - r.start)];
             // Any request emitted while adding this run may carry its bytes: it lists this
             // piece (listing one too many only delays a piece's completion, never hastens it).
-            coalescer.add(run.start, data, &mut |req| {
+            coalescer.add(run.start, run.end, &mut |req| {
                 out.carries(i);
-                out.request(req);
+                let body = body_for(&req, &held);
+                out.request(req, body);
             });
             if coalescer.pending().is_some() {
                 out.carries(i);
             }
+        }
+        match coalescer.pending() {
+            Some(p) => {
+                let from = p.start;
+                held.retain(|(r, _)| r.end > from);
+            }
+            None => held.clear(),
         }
         if coalescer.pending().is_some() && out.pending_pieces.last() == Some(&i) {
             out.waiting.push(i);
@@ -415,7 +505,10 @@ fn reader(
             out.handed_over(i);
         }
     }
-    coalescer.flush(&mut |req| out.request(req));
+    coalescer.flush(&mut |req| {
+        let body = body_for(&req, &held);
+        out.request(req, body);
+    });
     if ctx.cancel.is_cancelled() || out.closed {
         return Ok(None);
     }
