@@ -4,11 +4,15 @@
 //!   cargo run --release -p vhdforge-benches -- read      # issue 2: read throughput vs raw file
 //!   cargo run --release -p vhdforge-benches -- convert   # issue 3: convert vs qemu-img
 //!   cargo run --release -p vhdforge-benches -- upload    # issue 4: upload vs Python SDK, curl
+//!   cargo run --release -p vhdforge-benches -- sink      # issue 16: client vs curl on a loopback sink
+//!   cargo run --release -p vhdforge-benches -- upload-read # issue 16: bytes read per data byte
+//!   cargo run --release -p vhdforge-benches -- clone     # issue 16: clone convert on XFS (root)
 //!   cargo run --release -p vhdforge-benches -- preflight # issue 12: preflight of a 30 GiB VHDX
 //!
 //! Inputs are built under `$VHDFORGE_BENCH_DIR` (default `target/bench-data`) with qemu-img
 //! and kept between runs. See benches/README.md for the figures measured.
 
+mod convert;
 mod guest;
 mod preflight;
 mod upload;
@@ -30,6 +34,8 @@ fn main() -> Result<()> {
         "convert" => bench_convert(&dir),
         "upload" => upload::bench_upload(&dir, &vhdforge_bin()?),
         "sink" => upload::sink_vs_curl_only(&dir, &vhdforge_bin()?),
+        "upload-read" => upload::read_accounting(&dir, &vhdforge_bin()?),
+        "clone" => convert::bench_clone(&dir, &vhdforge_bin()?),
         "guest" => guest::bench_guest(&dir, &vhdforge_bin()?),
         "preflight" => preflight::bench_preflight(&dir),
         "all" => {
@@ -38,7 +44,7 @@ fn main() -> Result<()> {
             upload::bench_upload(&dir, &vhdforge_bin()?)
         }
         other => {
-            bail!("unknown benchmark {other:?}: use read, convert, upload, guest, preflight or all")
+            bail!("unknown benchmark {other:?}: use read, convert, upload, sink, upload-read, clone, guest, preflight or all")
         }
     }
 }

@@ -15,9 +15,14 @@ use std::ops::Range;
 
 /// True when every byte of `buf` is zero.
 ///
-/// Tests 4 KiB at a time with a word-wise OR that the compiler vectorises, so all-zero
-/// buffers are scanned at memory speed and non-zero ones exit early.
+/// Tests the first 64 bytes, then 4 KiB at a time with a word-wise OR that the compiler
+/// vectorises, so all-zero buffers are scanned at memory speed and non-zero ones exit early.
 pub fn is_zero(buf: &[u8]) -> bool {
+    // Data usually shows itself in its first bytes: reject it there, instead of OR-ing the
+    // whole page first (that full pass was a quarter of the upload client's CPU).
+    if buf.len() >= 64 && !words_zero(&buf[..64]) {
+        return false;
+    }
     let mut blocks = buf.chunks_exact(4096);
     for block in &mut blocks {
         if !words_zero(block) {

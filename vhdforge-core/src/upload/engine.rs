@@ -3,14 +3,16 @@
 //! 1. resume ([`super::resume`]): where the journal lives, that it can be written, and on
 //!    `--resume` that source, plan and blob are still the interrupted upload's;
 //! 2. open and plan ([`super::plan`]): the output stream's shape, the 8 TiB page-blob limit
-//!    (before reading anything), then the Put Page requests;
+//!    (before reading anything), then the pieces the allocation map shows as data (nothing
+//!    is read: the exact zero test runs in the send phase, so each data byte is read once);
 //! 3. destination ([`super::destination`]): create or check the blob, clear its footer page
 //!    and stale pages;
-//! 4. send ([`super::send`]): the bounded pipeline, the footer last, then the optional MD5.
+//! 4. send ([`super::send`]): read each piece once, zero-test and coalesce it into Put Page
+//!    requests, the bounded pipeline, the footer last, then the optional MD5.
 
 use super::destination::{self, Destination, Target};
 use super::journal::{self, Journal, SourceIdentity};
-use super::plan::{self, DataPlan};
+use super::plan::{self, PiecePlan};
 use super::resume::{self, JournalPlace};
 use super::send::{self, JournalState, SendInput};
 use super::{Cancel, PlanSummary, Progress, UploadOptions, UploadSource, UploadSummary};
@@ -141,9 +143,22 @@ async fn dry_run_inner(
     let client = checked_client(dest, &opts)?;
     let managed = is_managed_disk(&client, &opts)?;
     let opened = open_source(source, &opts, None, managed)?;
-    let planned = plan_upload(&opened.src, &opts, None, cancel).await?;
-    let todo = vec![true; planned.data.requests.len()];
-    let p = summarize(&opened.src, &planned.data, &todo);
+    // Nothing is sent, so reading the data here costs no second pass: the dry run gives
+    // the exact numbers (the upload itself announces an upper bound and counts as it reads).
+    let src = &opened.src;
+    let (image, az, bridge) = (src.image.clone(), src.azure.clone(), opts.bridge_bytes);
+    let exact = tokio::task::spawn_blocking(move || {
+        plan::plan_requests_multi(image.as_ref(), &az, &[bridge], &cancel).map(|mut v| v.remove(0))
+    })
+    .await
+    .map_err(|e| planner_failed(&e))??;
+    let p = PlanSummary {
+        bytes_total: src.azure.output_size(),
+        bytes_to_send: exact.bytes + FOOTER_SIZE as u64,
+        bytes_skipped: src.azure.disk_size - exact.bytes,
+        bytes_already_present: 0,
+        requests: exact.requests.len() as u64 + 1,
+    };
     Ok(DryRun {
         dry_run: true,
         destination: client.display().to_string(),
@@ -177,7 +192,7 @@ async fn requests_todo(
     progress: &dyn Progress,
 ) -> Result<Vec<bool>> {
     let journal_done = old.map(Journal::done_ranges).unwrap_or_default();
-    let todo = resume::requests_to_send(requests, opts.resume, &journal_done, &dest.present);
+    let todo = resume::requests_to_send(requests, opts.resume, &journal_done);
     resume::prove_done(
         client,
         src,
@@ -219,7 +234,7 @@ async fn upload_inner(
     }
     let opened = open_source(source, &opts, place.old.as_ref(), managed)?;
     let src = &opened.src;
-    let planned = plan_upload(src, &opts, place.old.as_ref(), progress.cancel()).await?;
+    let planned = plan_upload(src, place.old.as_ref(), progress.cancel()).await?;
 
     let pre_retries = AtomicU64::new(0);
     let cancel = progress.cancel();
@@ -239,7 +254,7 @@ async fn upload_inner(
     };
     let dest = destination::prepare(&target).await?;
     resume::check_blob(place.old.as_ref(), &dest.blob, &shown, progress.as_ref())?;
-    let requests = &planned.data.requests;
+    let requests = &planned.data.pieces;
     let todo = requests_todo(
         &client,
         src,
@@ -266,8 +281,9 @@ async fn upload_inner(
             opts: opts.clone(),
             progress: progress.clone(),
             seq: dest.seq,
-            requests: planned.data.requests,
+            pieces: planned.data.pieces,
             todo,
+            present: dest.present,
         },
         &mut jstate,
     )
@@ -278,12 +294,13 @@ async fn upload_inner(
     // Done: the journal has served its purpose.
     let _ = std::fs::remove_file(jstate.path());
     let retries = sent.retries + pre_retries.load(Ordering::Relaxed);
+    let stale = stale_cleared + sent.cleared;
     Ok(finished(
         &target,
         &summary_plan,
         sent,
         retries,
-        stale_cleared,
+        stale,
         started,
     ))
 }
@@ -297,10 +314,15 @@ fn finished(
     stale_ranges_cleared: u64,
     started: Instant,
 ) -> UploadSummary {
+    // The plan gave upper bounds; what was skipped is known now that every piece was read.
+    let skipped = plan
+        .bytes_total
+        .saturating_sub(plan.bytes_already_present)
+        .saturating_sub(sent.bytes);
     UploadSummary {
         bytes_total: plan.bytes_total,
         bytes_sent: sent.bytes,
-        bytes_skipped: plan.bytes_skipped,
+        bytes_skipped: skipped,
         bytes_already_present: plan.bytes_already_present,
         requests: sent.requests,
         retries,
@@ -361,44 +383,43 @@ struct Opened {
 
 /// The requests to send and the digest that ties a journal to them.
 struct Planned {
-    data: DataPlan,
+    data: PiecePlan,
     hash: String,
 }
 
-/// Plan the Put Page requests (a blocking scan of the image) and, on resume, check the plan
-/// is the interrupted upload's.
+/// Plan the pieces to read (from the allocation map only: nothing is read here) and, on
+/// resume, check the plan is the interrupted upload's.
 async fn plan_upload(
     src: &UploadSource,
-    opts: &UploadOptions,
     old: Option<&Journal>,
     cancel: crate::progress::Cancel,
 ) -> Result<Planned> {
     let image = src.image.clone();
     let az = src.azure.clone();
-    let bridge = opts.bridge_bytes;
-    let data = tokio::task::spawn_blocking(move || {
-        plan::plan_requests_multi(image.as_ref(), &az, &[bridge], &cancel).map(|mut v| v.remove(0))
-    })
-    .await
-    .map_err(|e| {
-        Error::new(
-            ErrorKind::Io,
-            "upload.internal",
-            format!("planner failed: {e}"),
-        )
-    })??;
+    let data = tokio::task::spawn_blocking(move || plan::plan_pieces(image.as_ref(), &az, &cancel))
+        .await
+        .map_err(|e| planner_failed(&e))??;
     let hash = data.hash(&src.azure.footer_bytes());
     resume::check_plan(old, &hash)?;
     Ok(Planned { data, hash })
 }
 
-/// The line that announces the plan before anything is sent.
+fn planner_failed(e: &tokio::task::JoinError) -> Error {
+    Error::new(
+        ErrorKind::Io,
+        "upload.internal",
+        format!("planner failed: {e}"),
+    )
+}
+
+/// The line that announces the plan before anything is sent: upper bounds from the
+/// allocation map (zero pages inside data are found, and skipped, as they are read).
 fn plan_line(p: &PlanSummary) -> String {
     use crate::progress::format_bytes;
     let mut s = format!(
-        "plan: send {} in {} requests; skip {} of zeros",
+        "plan: send at most {} ({} pieces of data, zero pages in them skipped as read); skip {} the allocation map shows empty",
         format_bytes(p.bytes_to_send),
-        p.requests,
+        p.requests - 1,
         format_bytes(p.bytes_skipped)
     );
     if p.bytes_already_present > 0 {
@@ -409,10 +430,11 @@ fn plan_line(p: &PlanSummary) -> String {
     s
 }
 
-/// What the plan sends in this run, for the progress display and the summary.
-fn summarize(src: &UploadSource, data: &DataPlan, todo: &[bool]) -> PlanSummary {
+/// What the plan sends in this run, for the progress display and the summary: upper
+/// bounds (a piece's zero pages are skipped as it is read).
+fn summarize(src: &UploadSource, data: &PiecePlan, todo: &[bool]) -> PlanSummary {
     let send_bytes: u64 = data
-        .requests
+        .pieces
         .iter()
         .zip(todo)
         .filter(|(_, &t)| t)
@@ -452,7 +474,7 @@ fn start_journal(
     j.blob = dest.blob.clone();
     let done = planned
         .data
-        .requests
+        .pieces
         .iter()
         .zip(todo)
         .filter(|(_, &t)| !t)

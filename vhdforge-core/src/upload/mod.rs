@@ -5,10 +5,12 @@
 //! so it is uploaded byte for byte; anything else is converted on the fly.
 //!
 //! Flow (phases in `engine.rs`): journal and resume checks (`resume.rs`) → plan ([`plan`]:
-//! metadata, then a zero test per 512-byte page) → prepare the destination
+//! the pieces the metadata shows as data; nothing read) → prepare the destination
 //! (`destination.rs`: create the page blob, or for managed disks check its size; clear an
-//! old footer page and stale pages) → the send pipeline (`send.rs`): a reader
-//! thread fills bounded buffers in plan order (CRC-64 per request, whole-stream MD5) →
+//! old footer page and stale pages outside the pieces) → the send pipeline (`send.rs`): a
+//! reader thread reads each piece once, tests each 512-byte page for zero, coalesces the
+//! non-zero ones into requests (clearing zero pages a reused destination lists) and fills
+//! bounded buffers in plan order (CRC-64 per request, whole-stream MD5) →
 //! up to N Put Pages in flight, retried with backoff, N cut on throttling (AIMD) → the
 //! footer page last → optional whole-blob Content-MD5. A journal allows `--resume`.
 //!

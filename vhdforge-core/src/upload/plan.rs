@@ -1,11 +1,14 @@
 //! The upload plan: which Put Page requests carry the output stream (`docs/azure-page-blob.md §7.1`).
 //!
-//! Planned from the metadata first ([`crate::sparse::data_pieces`]: `SEEK_DATA` for raw and
-//! fixed images, the block maps for dynamic ones), then refined by reading those pieces and
-//! testing each 512-byte page for zero. Non-zero runs are coalesced into 512-aligned
-//! requests of at most 4 MiB; zero gaps shorter than the bridge are sent as zeros so the
-//! request count stays well under the 500 requests/s a page blob allows. The whole plan is
-//! known before the first byte is sent; the footer page is not part of it (sent last).
+//! An upload is planned from the metadata alone ([`plan_pieces`] over
+//! [`crate::sparse::data_pieces`]: `SEEK_DATA` for raw and fixed images, the block maps for
+//! dynamic ones), and the send phase reads each piece once, tests each 512-byte page for
+//! zero and coalesces the non-zero runs into requests as it goes ([`StreamCoalescer`]), so
+//! no byte is read twice (issue 16). Non-zero runs are coalesced into 512-aligned requests
+//! of at most 4 MiB; zero gaps shorter than the bridge are sent as zeros so the request
+//! count stays well under the 500 requests/s a page blob allows. `verify` and `--dry-run`,
+//! which send nothing, make the same exact plan in one pass ([`plan_requests_multi`]). The
+//! footer page is not part of any plan (sent last).
 
 use crate::azure::FixedVhdLayout;
 use crate::error::{Error, ErrorKind, Result};
@@ -104,6 +107,131 @@ pub fn plan_requests_multi(
         window = window_end;
     }
     Ok(builders.into_iter().map(Coalescer::finish).collect())
+}
+
+/// The pieces an upload reads: what the allocation map shows as data, widened to whole
+/// pages and each inside one 4 MiB-aligned window (so ≤ 4 MiB, readable back in one range).
+/// Nothing is read to find them, so a big disk's plan is ready at once; the exact zero test
+/// runs on each piece as the send pipeline reads it ([`StreamCoalescer`]), so a cold-cache
+/// upload reads every data byte once (issue 16).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PiecePlan {
+    /// Sorted, disjoint, 512-aligned ranges of the disk area.
+    pub pieces: Vec<Range<u64>>,
+    /// Their total length: the most the upload can send (zero pages inside are not sent).
+    pub bytes: u64,
+}
+
+impl PiecePlan {
+    /// A digest of the pieces and the footer, to tell a resumed upload that it continues
+    /// the same plan. Tagged, so a journal of the older exact-request plans is refused
+    /// rather than misread (its ranges were requests, not pieces).
+    pub fn hash(&self, footer: &[u8]) -> String {
+        let mut h = Sha256::new();
+        h.update(b"vhdforge pieces v2");
+        for r in &self.pieces {
+            h.update(r.start.to_le_bytes());
+            h.update(r.end.to_le_bytes());
+        }
+        h.update(footer);
+        hex_lower(&h.finalize()[..16])
+    }
+}
+
+/// The [`PiecePlan`] of the disk area of `layout` read from `image`, from the metadata only.
+pub fn plan_pieces(
+    image: &dyn DiskImage,
+    layout: &FixedVhdLayout,
+    cancel: &Cancel,
+) -> Result<PiecePlan> {
+    const WINDOW: u64 = 64 << 30;
+    let mut pieces: Vec<Range<u64>> = Vec::new();
+    let mut window = 0u64;
+    while window < layout.source_size {
+        if cancel.is_cancelled() {
+            return Err(Error::new(
+                ErrorKind::Interrupted,
+                "upload.cancelled",
+                "interrupted while planning",
+            ));
+        }
+        let window_end = window.saturating_add(WINDOW).min(layout.source_size);
+        for p in data_pieces(image, window..window_end, MAX_PUT_PAGE)? {
+            // Page-aligned 4 MiB windows stay whole when a piece is widened to pages.
+            let start = p.start / PAGE * PAGE;
+            let end = (p.end.div_ceil(PAGE) * PAGE).min(layout.disk_size);
+            match pieces.last_mut() {
+                // Two pieces sharing a page (or touching) inside one window become one.
+                Some(last)
+                    if start <= last.end && last.start / MAX_PUT_PAGE == start / MAX_PUT_PAGE =>
+                {
+                    last.end = last.end.max(end);
+                }
+                Some(last) if start < last.end => {
+                    // Only a page split by a window edge can overlap: it is read with the
+                    // earlier piece.
+                    if end > last.end {
+                        let s = last.end;
+                        pieces.push(s..end);
+                    }
+                }
+                _ => pieces.push(start..end),
+            }
+        }
+        window = window_end;
+    }
+    let bytes = pieces.iter().map(|r| r.end - r.start).sum();
+    Ok(PiecePlan { pieces, bytes })
+}
+
+/// [`Coalescer`] for data as it is read: fed each piece's non-zero runs in stream order,
+/// it emits the same requests the coalescer makes of those runs, each as soon as it can
+/// no longer grow, holding at most one request (≤ 4 MiB) back.
+#[derive(Debug)]
+pub struct StreamCoalescer {
+    bridge: u64,
+    pending: Option<Range<u64>>,
+}
+
+impl StreamCoalescer {
+    /// Bridging zero gaps shorter than `bridge` bytes.
+    pub fn new(bridge: u64) -> Self {
+        StreamCoalescer {
+            bridge,
+            pending: None,
+        }
+    }
+
+    /// The request being built, if any (it may still grow).
+    pub fn pending(&self) -> Option<&Range<u64>> {
+        self.pending.as_ref()
+    }
+
+    /// Add the page-aligned non-zero run `[start, end)`; calls `emit` for each request
+    /// that can no longer grow.
+    pub fn add(&mut self, mut start: u64, end: u64, emit: &mut dyn FnMut(Range<u64>)) {
+        while start < end {
+            if let Some(p) = self.pending.as_mut() {
+                let cap = p.start + MAX_PUT_PAGE;
+                if start >= p.end && start - p.end < self.bridge.max(1) && start < cap {
+                    p.end = end.min(cap);
+                    start = p.end;
+                    continue;
+                }
+            }
+            self.flush(emit);
+            let stop = end.min(start + MAX_PUT_PAGE);
+            self.pending = Some(start..stop);
+            start = stop;
+        }
+    }
+
+    /// Emit the pending request (at a skipped piece, or the end).
+    pub fn flush(&mut self, emit: &mut dyn FnMut(Range<u64>)) {
+        if let Some(p) = self.pending.take() {
+            emit(p);
+        }
+    }
 }
 
 /// Turns sorted page-aligned non-zero runs into Put Page requests.
@@ -306,6 +434,36 @@ mod tests {
                 let sent: u64 = plan.requests.iter().map(|r| (r.end - r.start) / PAGE).sum();
                 prop_assert_eq!(sent, nonzero_pages(&data).len() as u64);
             }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        // Streaming over pieces of any size yields exactly the exact plan's requests: the
+        // send phase's requests are the ones verify expects.
+        #[test]
+        fn streaming_equals_the_exact_plan(len_pages in 1usize..20_000, bridge in prop::sample::select(vec![0u64, 512, 4096, 65536]),
+                                           pokes in prop::collection::vec((0usize..(20_000 * 512), 1u8..=255), 0..40),
+                                           runs in prop::collection::vec((0usize..(20_000 * 512), 1usize..(9 << 20)), 0..3),
+                                           piece_pages in 1u64..9000) {
+            let mut data = vec![0u8; len_pages * PAGE as usize];
+            let n = data.len();
+            for (at, v) in pokes { if at < n { data[at] = v; } }
+            for (at, l) in runs { for b in data.iter_mut().take((at + l).min(n)).skip(at.min(n)) { *b = 0x5a; } }
+            let want = plan_of(&data, bridge);
+            let mut got: Vec<Range<u64>> = Vec::new();
+            let mut s = StreamCoalescer::new(bridge);
+            let piece = (piece_pages * PAGE).min(MAX_PUT_PAGE) as usize;
+            for (k, chunk) in data.chunks(piece).enumerate() {
+                let base = (k * piece) as u64;
+                let mut found = Vec::new();
+                for_each_nonzero_run(chunk, base, PAGE, |st, l| found.push(st..(st + l).div_ceil(PAGE) * PAGE));
+                for r in found {
+                    s.add(r.start, r.end, &mut |q| got.push(q));
+                }
+            }
+            s.flush(&mut |q| got.push(q));
+            prop_assert_eq!(&got, &want.requests);
         }
     }
 

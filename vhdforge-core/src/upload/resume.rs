@@ -5,7 +5,7 @@
 //! Everything here runs before the destination is touched, so a refusal leaves it as it was.
 
 use super::journal::{self, BlobIdentity, Journal, SourceIdentity};
-use super::plan::{is_covered, PAGE};
+use super::plan::is_covered;
 use super::{Progress, UploadOptions};
 use crate::convert::Policy;
 use crate::error::{Error, ErrorKind, Result};
@@ -185,26 +185,20 @@ pub(super) fn source_changed(what: &str) -> Error {
     )
 }
 
-/// Which planned requests this run sends. Without resume, all of them. On resume, all but
-/// those the journal records as completed by this upload (`journal_done`) whose first and
-/// last pages the destination still lists (`present`; a service may not list pages it
-/// stored as zeros, and a blob recreated meanwhile lists none). Destination pages alone
-/// never count: they may hold an earlier upload's or another source's data.
+/// Which planned pieces this run sends. Without resume, all of them. On resume, all but
+/// those the journal records as completed by this upload (`journal_done`), which
+/// [`prove_done`] then reads back and compares with the source before trusting them.
+/// Destination pages alone never count: they may hold an earlier upload's or another
+/// source's data. (A piece's first or last page may be zero and never sent, so the
+/// destination's listing cannot vouch for a piece; the comparison does.)
 pub(super) fn requests_to_send(
     requests: &[Range<u64>],
     resume: bool,
     journal_done: &[Range<u64>],
-    present: &[Range<u64>],
 ) -> Vec<bool> {
     requests
         .iter()
-        .map(|r| {
-            let done = resume
-                && is_covered(r.start, r.end, journal_done)
-                && is_covered(r.start, r.start + PAGE, present)
-                && is_covered(r.end - PAGE, r.end, present);
-            !done
-        })
+        .map(|r| !(resume && is_covered(r.start, r.end, journal_done)))
         .collect()
 }
 
@@ -296,37 +290,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resume_sends_all_but_what_the_journal_proves() {
+    fn resume_sends_all_but_what_the_journal_records() {
         const K: u64 = 1024;
         let requests = [0..4 * K, 8 * K..12 * K, 16 * K..20 * K];
         let all = 0..1 << 20;
-        /// Name, resume, journal-completed ranges, listed ranges, expected to-send flags.
-        type Case = (
-            &'static str,
-            bool,
-            Vec<Range<u64>>,
-            Vec<Range<u64>>,
-            [bool; 3],
-        );
+        /// Name, resume, journal-completed ranges, expected to-send flags.
+        type Case = (&'static str, bool, Vec<Range<u64>>, [bool; 3]);
         #[rustfmt::skip]
         #[allow(clippy::single_range_in_vec_init)]
-        let cases: [Case; 6] = [
-            // A fresh upload sends everything, whatever the journal or the destination say.
-            ("fresh", false, vec![all.clone()], vec![all.clone()], [true; 3]),
-            // The regression: a reused disk lists every page, the journal nothing → all sent.
-            ("pages from elsewhere", true, vec![], vec![all.clone()], [true; 3]),
-            // Journal-completed and still listed: skipped.
-            ("journal and present", true, vec![0..4 * K, 16 * K..20 * K], vec![all.clone()], [false, true, false]),
-            // Journal-completed but the blob lists nothing (recreated meanwhile): sent again.
-            ("journal, blob empty", true, vec![all.clone()], vec![], [true; 3]),
-            // Only first and last pages listed (zeros inside not listed): skipped.
-            ("ends listed", true, vec![8 * K..12 * K], vec![8 * K..8 * K + 512, 12 * K - 512..12 * K], [true, false, true]),
-            // The journal covers only part of a request: the whole request is sent.
-            ("partial journal", true, vec![0..2 * K], vec![all], [true; 3]),
+        let cases: [Case; 4] = [
+            // A fresh upload sends everything, whatever the journal says.
+            ("fresh", false, vec![all.clone()], [true; 3]),
+            // Nothing journaled: all sent (a reused disk's own pages never count).
+            ("nothing journaled", true, vec![], [true; 3]),
+            // Journal-completed: left to prove_done's comparison.
+            ("journal", true, vec![0..4 * K, 16 * K..20 * K], [false, true, false]),
+            // The journal covers only part of a piece: the whole piece is sent.
+            ("partial journal", true, vec![0..2 * K], [true; 3]),
         ];
-        for (name, resume, journal_done, present, want) in cases {
+        for (name, resume, journal_done, want) in cases {
             assert_eq!(
-                requests_to_send(&requests, resume, &journal_done, &present),
+                requests_to_send(&requests, resume, &journal_done),
                 want,
                 "{name}"
             );

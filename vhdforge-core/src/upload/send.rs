@@ -1,10 +1,13 @@
-//! The send phase: a reader thread fills bounded buffers in plan order (CRC-64 or MD5 per
-//! request, the whole-stream MD5 when asked), up to N Put Pages in flight, retried with
-//! backoff, N cut on throttling (AIMD), each completion recorded in the journal; then the
-//! footer page, last (docs/azure-page-blob.md).
+//! The send phase: a reader thread reads each planned piece once, tests its pages for zero
+//! and coalesces the non-zero ones into Put Page requests as it goes (the exact plan is
+//! made here, not in an earlier pass over the data: issue 16), fills bounded buffers in
+//! plan order (CRC-64 or MD5 per request, the whole-stream MD5 when asked); up to N Put
+//! Pages in flight, retried with backoff, N cut on throttling (AIMD); a piece is recorded
+//! in the journal once every request carrying its bytes completed; then the footer page,
+//! last (docs/azure-page-blob.md).
 
 use super::journal::{self, Journal};
-use super::plan::normalize;
+use super::plan::{normalize, subtract, StreamCoalescer, PAGE};
 use super::{Cancel, Progress, UploadOptions};
 use crate::azure::FixedVhdLayout;
 use crate::error::{Error, ErrorKind, Result};
@@ -91,6 +94,10 @@ struct Ctx {
     retries: AtomicU64,
     sent_bytes: AtomicU64,
     requests: AtomicU64,
+    /// Ranges cleared because the source is zero where the destination held pages.
+    cleared: AtomicU64,
+    /// Which pieces are complete (journal) — shared by the reader and the driver.
+    pieces: Mutex<PieceTracker>,
 }
 
 impl Ctx {
@@ -130,12 +137,12 @@ fn integrity_value(kind: Integrity, data: &[u8]) -> (Integrity, String) {
     }
 }
 
-/// Send one Put Page, retrying what can be retried.
+/// Send one Put Page (a clear when `body` is `None`), retrying what can be retried.
 async fn send_one(
     ctx: Arc<Ctx>,
     range: Range<u64>,
-    mut body: Bytes,
-    mut integ: (Integrity, String),
+    mut body: Option<Bytes>,
+    mut integ: Option<(Integrity, String)>,
 ) -> Result<Range<u64>> {
     let mut attempt = 0u32;
     loop {
@@ -144,8 +151,8 @@ async fn send_one(
             .client
             .put_page_if_sequence(
                 range.clone(),
-                Some(body.clone()),
-                Some(integ.clone()),
+                body.clone(),
+                integ.clone(),
                 ctx.seq,
                 ctx.timeout_for(range.end - range.start),
             )
@@ -186,7 +193,7 @@ async fn send_one(
                     "throttled: fewer requests in flight"
                 );
             }
-            Class::Checksum => {
+            Class::Checksum if body.is_some() => {
                 // The body may have been corrupted in our memory: read it again from disk.
                 let c = ctx.clone();
                 let r = range.clone();
@@ -199,8 +206,8 @@ async fn send_one(
                             format!("reader task failed: {e}"),
                         )
                     })??;
-                integ = integrity_value(integ.0, &data);
-                body = Bytes::from(data);
+                integ = integ.map(|i| integrity_value(i.0, &data));
+                body = Some(Bytes::from(data));
             }
             _ => {}
         }
@@ -214,19 +221,202 @@ pub(super) fn describe(f: &Failure) -> String {
     f.summary()
 }
 
-/// One buffer handed from the reader to the senders.
+/// One request handed from the reader to the senders.
 struct Chunk {
     range: Range<u64>,
-    body: Bytes,
-    integ: (Integrity, String),
+    /// `None`: clear the range (the source is zero where the destination lists pages).
+    body: Option<Bytes>,
+    integ: Option<(Integrity, String)>,
+    /// The pieces (indexes into the plan) whose bytes this request carries.
+    pieces: Vec<usize>,
 }
 
-/// The reader: fills buffers in plan order, feeding the whole-stream MD5 (zeros for gaps)
-/// when asked. `todo[i]` says whether `requests[i]` must be sent.
+/// Which pieces are complete: read, and every request carrying their bytes acknowledged.
+/// A piece completes only then, so the journal never calls a piece done while part of it
+/// is still in flight or not yet sent.
+#[derive(Debug, Default)]
+struct PieceTracker {
+    /// Piece → (its range, requests in flight carrying it, fully read and handed over).
+    open: std::collections::HashMap<usize, (Range<u64>, u32, bool)>,
+    /// Pieces completed since the driver last looked.
+    completed: Vec<Range<u64>>,
+}
+
+impl PieceTracker {
+    fn carried(&mut self, piece: usize, range: &Range<u64>) {
+        self.open
+            .entry(piece)
+            .or_insert((range.clone(), 0, false))
+            .1 += 1;
+    }
+    /// The reader will hand over nothing more of `piece`.
+    fn handed_over(&mut self, piece: usize, range: &Range<u64>) {
+        let e = self.open.entry(piece).or_insert((range.clone(), 0, false));
+        e.2 = true;
+        if e.1 == 0 {
+            self.completed.push(range.clone());
+            self.open.remove(&piece);
+        }
+    }
+    fn acknowledged(&mut self, piece: usize) {
+        if let Some(e) = self.open.get_mut(&piece) {
+            e.1 = e.1.saturating_sub(1);
+            if e.1 == 0 && e.2 {
+                let r = e.0.clone();
+                self.completed.push(r);
+                self.open.remove(&piece);
+            }
+        }
+    }
+}
+
+/// What the reader hands over, in order.
+struct Handover<'a> {
+    ctx: &'a Ctx,
+    pieces: &'a [Range<u64>],
+    tx: &'a tokio::sync::mpsc::Sender<Chunk>,
+    /// Pieces fully read whose last bytes sit in the coalescer's pending request.
+    waiting: Vec<usize>,
+    /// Pieces the pending request carries.
+    pending_pieces: Vec<usize>,
+    /// The receiver is gone (error or cancel).
+    closed: bool,
+}
+
+impl Handover<'_> {
+    fn send(&mut self, chunk: Chunk) {
+        if self.closed {
+            return;
+        }
+        if let Ok(mut t) = self.ctx.pieces.lock() {
+            for &p in &chunk.pieces {
+                t.carried(p, &self.pieces[p]);
+            }
+        }
+        if self.tx.blocking_send(chunk).is_err() {
+            self.closed = true;
+        }
+    }
+    /// The pending request carries bytes of `piece`.
+    fn carries(&mut self, piece: usize) {
+        if self.pending_pieces.last() != Some(&piece) {
+            self.pending_pieces.push(piece);
+        }
+    }
+    fn request(&mut self, range: Range<u64>, body: Bytes) {
+        let integ = integrity_value(self.ctx.integrity(), &body);
+        let pieces = std::mem::take(&mut self.pending_pieces);
+        self.send(Chunk {
+            range,
+            body: Some(body),
+            integ: Some(integ),
+            pieces,
+        });
+        // Whatever waited for that request is now wholly handed over.
+        for p in std::mem::take(&mut self.waiting) {
+            self.handed_over(p);
+        }
+    }
+    /// Clear the zero pages of piece `i` (its non-zero `runs` excluded) that the
+    /// destination lists (`present`: a reused or resumed blob). No request of this run
+    /// writes non-zero bytes there, so the order does not matter.
+    fn clear_zero_pages(&mut self, i: usize, runs: &[Range<u64>], present: &[Range<u64>]) {
+        if present.is_empty() {
+            return;
+        }
+        let zero = subtract(std::slice::from_ref(&self.pieces[i]), runs);
+        for c in subtract(&zero, &subtract(&zero, present)) {
+            self.ctx.cleared.fetch_add(1, Ordering::Relaxed);
+            self.send(Chunk {
+                range: c,
+                body: None,
+                integ: None,
+                pieces: vec![i],
+            });
+        }
+    }
+    fn handed_over(&self, p: usize) {
+        if let Ok(mut t) = self.ctx.pieces.lock() {
+            t.handed_over(p, &self.pieces[p]);
+        }
+    }
+}
+
+/// Most piece buffers kept for reuse. Reusing them spares the kernel zeroing fresh pages
+/// for every piece (a tenth of the client's CPU before); more than this are in use only
+/// while that many requests are queued or in flight, and are then freed.
+const POOL_MAX: usize = 2 * super::MAX_CONCURRENCY + 4;
+
+/// Piece buffers handed back when the last request slicing them is done.
+#[derive(Clone, Default)]
+struct Pool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl Pool {
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut b = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|mut v| v.pop())
+            .unwrap_or_default();
+        b.resize(len, 0);
+        b
+    }
+}
+
+/// A piece's bytes, shared by the requests sliced from it without copying.
+struct Pooled {
+    buf: Vec<u8>,
+    pool: Pool,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Ok(mut v) = self.pool.0.lock() {
+            if v.len() < POOL_MAX {
+                v.push(std::mem::take(&mut self.buf));
+            }
+        }
+    }
+}
+
+/// The body of request `range` from the pieces read (`held`, in order): a slice of one
+/// piece when it lies inside one (most requests: no copy), else the pieces' bytes copied
+/// into zeros (a request bridging from one piece into the next).
+fn body_for(range: &Range<u64>, held: &std::collections::VecDeque<(Range<u64>, Bytes)>) -> Bytes {
+    if let Some((r, b)) = held
+        .iter()
+        .find(|(r, _)| r.start <= range.start && range.end <= r.end)
+    {
+        return b.slice(usize_from(range.start - r.start)..usize_from(range.end - r.start));
+    }
+    let mut v = vec![0u8; usize_from(range.end - range.start)];
+    for (r, b) in held {
+        let (s, e) = (r.start.max(range.start), r.end.min(range.end));
+        if s < e {
+            v[usize_from(s - range.start)..usize_from(e - range.start)]
+                .copy_from_slice(&b[usize_from(s - r.start)..usize_from(e - r.start)]);
+        }
+    }
+    Bytes::from(v)
+}
+
+/// The reader: reads each piece to send once, in plan order; tests its pages for zero;
+/// coalesces the non-zero ones into requests ([`StreamCoalescer`]: the same requests the
+/// exact plan had); clears pages the destination lists where the source is zero (`present`
+/// non-empty: a reused or resumed blob); feeds the whole-stream MD5 (zeros for gaps) when
+/// asked. `todo[i]` says whether `pieces[i]` must be sent.
 fn reader(
     ctx: &Ctx,
-    requests: &[Range<u64>],
+    pieces: &[Range<u64>],
     todo: &[bool],
+    present: &[Range<u64>],
     whole_md5: bool,
     tx: &tokio::sync::mpsc::Sender<Chunk>,
 ) -> Result<Option<String>> {
@@ -239,33 +429,88 @@ fn reader(
             n -= k;
         }
     };
-    for (r, &send) in requests.iter().zip(todo) {
-        if ctx.cancel.is_cancelled() {
+    let mut out = Handover {
+        ctx,
+        pieces,
+        tx,
+        waiting: Vec::new(),
+        pending_pieces: Vec::new(),
+        closed: false,
+    };
+    let mut coalescer = StreamCoalescer::new(ctx.opts.bridge_bytes);
+    let pool = Pool::default();
+    // The pieces the pending request may still take bytes from.
+    let mut held: std::collections::VecDeque<(Range<u64>, Bytes)> =
+        std::collections::VecDeque::new();
+    let mut runs: Vec<Range<u64>> = Vec::new();
+    for (i, (r, &send)) in pieces.iter().zip(todo).enumerate() {
+        if ctx.cancel.is_cancelled() || out.closed {
             return Ok(None);
         }
-        if !send && md5.is_none() {
-            continue;
-        }
-        let data = ctx.read(r)?;
-        if let Some(m) = md5.as_mut() {
-            feed_zeros(m, r.start - pos);
-            m.update(&data);
-            pos = r.end;
-        }
-        if send {
-            let integ = integrity_value(ctx.integrity(), &data);
-            if tx
-                .blocking_send(Chunk {
-                    range: r.clone(),
-                    body: Bytes::from(data),
-                    integ,
-                })
-                .is_err()
-            {
-                // The senders stopped (error or cancel): nothing more to do.
-                return Ok(None);
+        if !send {
+            // A request never spans a piece this run does not send.
+            coalescer.flush(&mut |req| {
+                let body = body_for(&req, &held);
+                out.request(req, body);
+            });
+            held.clear();
+            if md5.is_none() {
+                continue;
             }
         }
+        let mut buf = pool.take(usize_from(r.end - r.start));
+        ctx.azure.read_disk(ctx.image.as_ref(), &mut buf, r.start)?;
+        if let Some(m) = md5.as_mut() {
+            feed_zeros(m, r.start - pos);
+            m.update(&buf);
+            pos = r.end;
+        }
+        if !send {
+            continue;
+        }
+        runs.clear();
+        crate::sparse::for_each_nonzero_run(&buf, r.start, PAGE, |s, l| {
+            runs.push(s..(s + l).div_ceil(PAGE) * PAGE);
+        });
+        held.push_back((
+            r.clone(),
+            Bytes::from_owner(Pooled {
+                buf,
+                pool: pool.clone(),
+            }),
+        ));
+        out.clear_zero_pages(i, &runs, present);
+        for run in &runs {
+            // Any request emitted while adding this run may carry its bytes: it lists this
+            // piece (listing one too many only delays a piece's completion, never hastens it).
+            coalescer.add(run.start, run.end, &mut |req| {
+                out.carries(i);
+                let body = body_for(&req, &held);
+                out.request(req, body);
+            });
+            if coalescer.pending().is_some() {
+                out.carries(i);
+            }
+        }
+        match coalescer.pending() {
+            Some(p) => {
+                let from = p.start;
+                held.retain(|(r, _)| r.end > from);
+            }
+            None => held.clear(),
+        }
+        if coalescer.pending().is_some() && out.pending_pieces.last() == Some(&i) {
+            out.waiting.push(i);
+        } else {
+            out.handed_over(i);
+        }
+    }
+    coalescer.flush(&mut |req| {
+        let body = body_for(&req, &held);
+        out.request(req, body);
+    });
+    if ctx.cancel.is_cancelled() || out.closed {
+        return Ok(None);
     }
     Ok(md5.map(|mut m| {
         feed_zeros(&mut m, ctx.azure.disk_size - pos);
@@ -375,15 +620,21 @@ pub(super) struct SendInput {
     pub opts: UploadOptions,
     pub progress: Arc<dyn Progress>,
     pub seq: Option<u64>,
-    pub requests: Vec<Range<u64>>,
-    /// `todo[i]`: `requests[i]` must be sent in this run.
+    /// The plan's pieces ([`super::plan::PiecePlan`]).
+    pub pieces: Vec<Range<u64>>,
+    /// `todo[i]`: `pieces[i]` must be sent in this run.
     pub todo: Vec<bool>,
+    /// What the destination listed before this run (empty for a blob this run created):
+    /// zero pages of the source inside it are cleared.
+    pub present: Vec<Range<u64>>,
 }
 
 /// What the send phase did.
 pub(super) struct Sent {
     pub bytes: u64,
     pub requests: u64,
+    /// Ranges inside pieces cleared because the source is zero there.
+    pub cleared: u64,
     pub retries: u64,
     /// Whole-stream MD5 (base64) when asked for.
     pub md5: Option<String>,
@@ -404,8 +655,10 @@ pub(super) async fn send_all(input: SendInput, jstate: &mut JournalState) -> Res
         retries: AtomicU64::new(0),
         sent_bytes: AtomicU64::new(0),
         requests: AtomicU64::new(0),
+        cleared: AtomicU64::new(0),
+        pieces: Mutex::new(PieceTracker::default()),
     });
-    let md5 = send_data(&ctx, input.requests, input.todo, jstate).await?;
+    let md5 = send_data(&ctx, input.pieces, input.todo, input.present, jstate).await?;
     if ctx.cancel.is_cancelled() {
         let _ = jstate.clean_stop(&ctx.client).await;
         return Err(cancelled());
@@ -418,6 +671,7 @@ pub(super) async fn send_all(input: SendInput, jstate: &mut JournalState) -> Res
     Ok(Sent {
         bytes: ctx.sent_bytes.load(Ordering::Relaxed),
         requests: ctx.requests.load(Ordering::Relaxed),
+        cleared: ctx.cleared.load(Ordering::Relaxed),
         retries: ctx.retries.load(Ordering::Relaxed),
         md5,
     })
@@ -428,17 +682,22 @@ pub(super) async fn send_all(input: SendInput, jstate: &mut JournalState) -> Res
 /// is kept in the journal for --resume (a failure to write it must not hide the cause).
 async fn send_data(
     ctx: &Arc<Ctx>,
-    requests: Vec<Range<u64>>,
+    pieces: Vec<Range<u64>>,
     todo: Vec<bool>,
+    present: Vec<Range<u64>>,
     jstate: &mut JournalState,
 ) -> Result<Option<String>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(ctx.opts.concurrency);
     let reader_task = {
         let ctx = ctx.clone();
         let whole = ctx.opts.content_md5;
-        tokio::task::spawn_blocking(move || reader(&ctx, &requests, &todo, whole, &tx))
+        tokio::task::spawn_blocking(move || reader(&ctx, &pieces, &todo, &present, whole, &tx))
     };
-    let outcome = drive(ctx, rx, jstate).await;
+    let mut outcome = drive(ctx, rx, jstate).await;
+    if outcome.is_ok() {
+        // The reader handed its last pieces over just before it closed the channel.
+        outcome = record_completed(ctx, jstate);
+    }
     let read = reader_task.await;
     // Past `drive`, no request of this run is in flight: a stop here is a clean one.
     if let Err(e) = outcome {
@@ -470,11 +729,15 @@ async fn drive(
     mut rx: tokio::sync::mpsc::Receiver<Chunk>,
     jstate: &mut JournalState,
 ) -> Result<()> {
-    let mut set: JoinSet<Result<Range<u64>>> = JoinSet::new();
+    type Done = (Result<Range<u64>>, Vec<usize>, bool);
+    let mut set: JoinSet<Done> = JoinSet::new();
     let mut open = true;
     let outcome = loop {
         if ctx.cancel.is_cancelled() {
             break Err(cancelled());
+        }
+        if let Err(e) = record_completed(ctx, jstate) {
+            break Err(e);
         }
         if !open && set.is_empty() {
             break Ok(());
@@ -483,26 +746,29 @@ async fn drive(
         tokio::select! {
             chunk = rx.recv(), if open && !full => match chunk {
                 Some(c) => {
-                    set.spawn(send_one(ctx.clone(), c.range, c.body, c.integ));
+                    let ctx = ctx.clone();
+                    let clear = c.body.is_none();
+                    set.spawn(async move {
+                        (send_one(ctx, c.range, c.body, c.integ).await, c.pieces, clear)
+                    });
                 }
                 None => open = false,
             },
             Some(res) = set.join_next(), if !set.is_empty() => {
-                let r = match res {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(e)) => break Err(e),
+                let (r, pieces, clear) = match res {
+                    Ok((Ok(r), pieces, clear)) => (r, pieces, clear),
+                    Ok((Err(e), _, _)) => break Err(e),
                     Err(e) => break Err(Error::new(ErrorKind::Io, "upload.internal", format!("send task failed: {e}"))),
                 };
-                let len = r.end - r.start;
-                ctx.sent_bytes.fetch_add(len, Ordering::Relaxed);
-                ctx.requests.fetch_add(1, Ordering::Relaxed);
-                // Journal first, then report: with a zero interval a reported request is
-                // durably recorded.
-                jstate.record(r);
-                if jstate.due() {
-                    if let Err(e) = jstate.flush() { break Err(e); }
+                if !clear {
+                    ctx.sent_bytes.fetch_add(r.end - r.start, Ordering::Relaxed);
+                    ctx.requests.fetch_add(1, Ordering::Relaxed);
                 }
-                ctx.progress.advance(len);
+                if let Ok(mut t) = ctx.pieces.lock() {
+                    for p in pieces {
+                        t.acknowledged(p);
+                    }
+                }
             },
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
@@ -519,12 +785,42 @@ async fn drive(
     outcome
 }
 
+/// Journal the pieces completed since the last look, then report them: with a zero
+/// interval a reported piece is durably recorded.
+fn record_completed(ctx: &Ctx, jstate: &mut JournalState) -> Result<()> {
+    let done = match ctx.pieces.lock() {
+        Ok(mut t) => std::mem::take(&mut t.completed),
+        Err(_) => return Ok(()),
+    };
+    if done.is_empty() {
+        return Ok(());
+    }
+    let lens: Vec<u64> = done.iter().map(|r| r.end - r.start).collect();
+    for r in done {
+        jstate.record(r);
+    }
+    if jstate.due() {
+        jstate.flush()?;
+    }
+    // One report per piece, as there was one per request before pieces.
+    for len in lens {
+        ctx.progress.advance(len);
+    }
+    Ok(())
+}
+
 /// Every data page is in: only now the footer, which makes the blob a valid VHD.
 async fn send_footer(ctx: &Arc<Ctx>) -> Result<()> {
     let footer = ctx.azure.footer_bytes();
     let range = ctx.azure.disk_size..ctx.azure.output_size();
     let integ = integrity_value(ctx.integrity(), &footer);
-    send_one(ctx.clone(), range, Bytes::copy_from_slice(&footer), integ).await?;
+    send_one(
+        ctx.clone(),
+        range,
+        Some(Bytes::copy_from_slice(&footer)),
+        Some(integ),
+    )
+    .await?;
     ctx.sent_bytes
         .fetch_add(FOOTER_SIZE as u64, Ordering::Relaxed);
     ctx.requests.fetch_add(1, Ordering::Relaxed);
