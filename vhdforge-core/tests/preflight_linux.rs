@@ -808,6 +808,35 @@ fn cases() -> Vec<Case> {
             Severity::Warning,
             "absent: /etc/udev/rules.d/68-azure-sriov-nm-unmanaged.rules".into(),
         ),
+        (
+            "sshd not enabled (Debian's ssh.service)",
+            d,
+            plain,
+            Box::new(|t: &Tree| {
+                std::fs::remove_file(t.root.join("etc/systemd/system/multi-user.target.wants/ssh.service")).unwrap()
+            }),
+            "guest.linux.sshd",
+            Severity::Error,
+            "/etc/systemd/system/multi-user.target.wants: no sshd.service, ssh.service or ssh(d).socket link".into(),
+        ),
+        (
+            "sshd masked (RHEL 9)",
+            Distro::Rhel9,
+            plain,
+            Box::new(|t: &Tree| link(&t.root, "etc/systemd/system/sshd.service", "/dev/null")),
+            "guest.linux.sshd",
+            Severity::Error,
+            "/etc/systemd/system/sshd.service -> /dev/null".into(),
+        ),
+        (
+            "no SSH server (CentOS)",
+            Distro::CentOs7,
+            plain,
+            Box::new(|t: &Tree| std::fs::remove_file(t.root.join("usr/sbin/sshd")).unwrap()),
+            "guest.linux.sshd",
+            Severity::Error,
+            "/usr/sbin/sshd: absent".into(),
+        ),
     ]
 }
 

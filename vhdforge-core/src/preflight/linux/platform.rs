@@ -150,7 +150,26 @@ fn name_version(name: &[u8], prefix: &[u8]) -> Option<String> {
     (!v.is_empty()).then(|| v.to_string())
 }
 
+/// The usual names, tried by path first: a listing stops at `MAX_DIR_ENTRIES` names, and a
+/// large system's `/usr/bin` or `/usr/lib64` can hold more.
+const PYTHON_NAMES: &[&str] = &["python3", "python", "python2", "platform-python"];
+const LIBSSL_NAMES: &[&str] = &[
+    "libssl.so.3",
+    "libssl.so.1.1",
+    "libssl.so.10",
+    "libssl.so.1.0.0",
+    "libssl.so.1.0.2",
+];
+
 fn python(ctx: &mut Ctx<'_>) {
+    let direct = PYTHON_DIRS.iter().any(|d| {
+        PYTHON_NAMES
+            .iter()
+            .any(|n| ctx.is_file(&[*d, b"/", n.as_bytes()].concat()))
+    });
+    if direct {
+        return;
+    }
     let mut found: Vec<(String, Vec<u8>)> = Vec::new();
     for dir in PYTHON_DIRS {
         for e in ctx.list(dir) {
@@ -207,6 +226,16 @@ fn python(ctx: &mut Ctx<'_>) {
 fn openssl(ctx: &mut Ctx<'_>) {
     let mut libs: Vec<(String, Vec<u8>)> = Vec::new();
     for dir in LIB_DIRS {
+        for n in LIBSSL_NAMES {
+            let p = [*dir, b"/", n.as_bytes()].concat();
+            if ctx.is_file(&p) {
+                libs.extend(name_version(n.as_bytes(), b"libssl.so.").map(|v| (v, p)));
+            }
+        }
+    }
+    // Listing finds the rest (0.9.8, versioned names) when no usual name is there.
+    let listed = if libs.is_empty() { LIB_DIRS } else { &[] };
+    for dir in listed {
         for e in ctx.list(dir) {
             if e.file_type == FileType::Directory {
                 continue;
