@@ -13,7 +13,11 @@
 //! and what it gets right: root's password is `*` (locked), no authorized_keys, the agent
 //! 2.9 is enabled (`walinuxagent.service` wants link) with `Provisioning.Agent=cloud-init`,
 //! the cloud kernel's initramfs holds hv_vmbus and hv_storvsc as modules, and grub.cfg has
-//! `console=ttyS0` and `earlyprintk=ttyS0`. minbase has no ifupdown, netplan or
+//! `console=ttyS0` and `earlyprintk=ttyS0`; bash, python3.11 and openssl are x86-64 programs
+//! beside libssl.so.3; cloud-init, which waagent.conf names, is enabled (cloud-init.target
+//! wants links) with its built-in datasource list; the ESP holds the tree's own GRUB EFI
+//! image (grub-efi-amd64-bin's monolithic `grubx64.efi`, a real x86-64 PE) at
+//! `\EFI\BOOT\BOOTX64.EFI` and in `\EFI\debian\` with the stub grub.cfg. minbase has no ifupdown, netplan or
 //! NetworkManager configuration at all; that is no `guest.linux.network` finding, since
 //! cloud-init writes the network configuration on first boot and the check flags only a
 //! configuration that contradicts DHCP or pins a MAC. Root's password set by the real
@@ -79,7 +83,7 @@ fn kernel_release(deb: &Path) -> String {
 /// standard library, and apt's and dpkg's databases.
 fn copy_tree(deb: &Path, dst: &Path) {
     sh(&format!(
-        "mkdir -p '{1}' && cd '{0}' && cp -a --parents bin sbin lib lib64 etc boot root home var/log var/lib/waagent var/lib/dhcp usr/sbin usr/bin usr/lib/os-release usr/lib/python3 usr/lib/systemd usr/lib/modprobe.d usr/lib/modules/*/modules.* '{1}' && mkdir -p '{1}/boot/efi' '{1}/tmp' '{1}/proc' '{1}/sys' '{1}/dev' '{1}/var/lib/cloud'",
+        "mkdir -p '{1}' && cd '{0}' && cp -a --parents bin sbin lib lib64 etc boot root home var/log var/lib/waagent var/lib/dhcp usr/sbin usr/bin usr/lib/os-release usr/lib/python3 usr/lib/systemd usr/lib/modprobe.d usr/lib/modules/*/modules.* usr/lib/x86_64-linux-gnu/libssl.so.* usr/lib/grub/x86_64-efi/monolithic/grubx64.efi '{1}' && mkdir -p '{1}/boot/efi' '{1}/tmp' '{1}/proc' '{1}/sys' '{1}/dev' '{1}/var/lib/cloud'",
         deb.display(),
         dst.display()
     ));
@@ -117,10 +121,16 @@ fn disk(dir: &Path, root: &Path, layout: Layout, vg: &str) -> PathBuf {
         format!("# <file system> <mount point> <type> <options> <dump> <pass>\n{root_dev} / {fs_type} defaults 0 1\n{esp_line}"),
     )
     .unwrap();
-    // The UEFI stub grub-install writes on the ESP, leading to /boot/grub/grub.cfg.
+    // The UEFI stub grub-install writes on the ESP, leading to /boot/grub/grub.cfg, and the
+    // tree's own GRUB EFI image (grub-efi-amd64-bin) as the vendor loader and at the
+    // removable path a new VM's firmware falls back to.
     let esp = dir.join("esp");
     let stub = esp.join("EFI/debian/grub.cfg");
     std::fs::create_dir_all(stub.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(esp.join("EFI/BOOT")).unwrap();
+    let grub_efi = root.join("usr/lib/grub/x86_64-efi/monolithic/grubx64.efi");
+    std::fs::copy(&grub_efi, esp.join("EFI/debian/grubx64.efi")).unwrap();
+    std::fs::copy(&grub_efi, esp.join("EFI/BOOT/BOOTX64.EFI")).unwrap();
     std::fs::write(
         &stub,
         "search.fs_uuid 0a1b2c3d-4e5f-4061-8293-a4b5c6d7e8f9 root hd0,gpt2 \nset prefix=($root)'/boot/grub'\nconfigfile $prefix/grub.cfg\n",
@@ -278,7 +288,7 @@ const CASES: [(Layout, bool); 4] = [
 ];
 
 /// Bump when the disks' recipe changes, so cached disks are rebuilt.
-const RECIPE: u32 = 1;
+const RECIPE: u32 = 2;
 
 /// The disks of [`CASES`] (raw and VHDX), built once per Debian tree and recipe and cached
 /// under `target/guest-cache` (building them takes most of a minute on a loaded machine;

@@ -1,5 +1,6 @@
 //! `preflight` on guest disks built by the real tools from generated CentOS-7-like (XFS root
-//! on LVM, MBR) and Debian-12-like (ext4, GPT + ESP) trees: a clean image has no error, and
+//! on LVM, MBR), Debian-12-like (ext4, GPT + ESP) and RHEL-9-like (GPT + ESP, ext4 `/boot` with
+//! BLS entries and grubenv, XFS root on LVM, dracut initramfs, cloud-init provisioning) trees: a clean image has no error, and
 //! each planted violation gives exactly its code with its evidence. The same disk as VHDX,
 //! dynamic VHD and a differencing chain gives the same guest findings as raw.
 //!
@@ -14,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use fixtures::linux_tree::{
-    build_disk, grub_cfg, link, put, put_initramfs, write, Distro, Layout, Tree,
+    build_disk, efi_program, elf_program, grub_cfg, link, put, put_bytes, put_initramfs, write,
+    Distro, Layout, Tree,
 };
 use vhdforge_core::preflight::{run, run_image, GuestFinding, OsChoice, PreflightReport};
 use vhdforge_core::{DiskImage, OpenOptions, Severity};
@@ -26,11 +28,21 @@ fn preflight(path: &Path) -> PreflightReport {
 /// The clean images' reports, built once for every test of this file (the builds are the
 /// slow part: LVM, XFS through a loop mount).
 fn clean(distro: Distro) -> &'static PreflightReport {
-    static CLEAN: [OnceLock<PreflightReport>; 2] = [OnceLock::new(), OnceLock::new()];
-    CLEAN[usize::from(distro == Distro::Debian12)].get_or_init(|| {
+    static CLEAN: [OnceLock<PreflightReport>; 3] =
+        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    CLEAN[index(distro)].get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         preflight(&disk(dir.path(), distro, Layout::default(), &|_| {}))
     })
+}
+
+/// The distribution's slot in the per-distribution tables.
+fn index(distro: Distro) -> usize {
+    match distro {
+        Distro::CentOs7 => 0,
+        Distro::Debian12 => 1,
+        Distro::Rhel9 => 2,
+    }
 }
 
 /// Guest findings only (the container's depend on the image format).
@@ -93,6 +105,15 @@ fn clean_images_have_no_guest_error() {
             Distro::Debian12,
             &["guest.disk.generation", "guest.linux.os"][..],
         ),
+        // RHEL 9 keeps its root on LVM (a warning) and is in support.
+        (
+            Distro::Rhel9,
+            &[
+                "guest.disk.generation",
+                "guest.linux.lvm_root",
+                "guest.linux.os",
+            ][..],
+        ),
     ] {
         let r = clean(distro);
         let got: Vec<String> = codes(r).into_iter().collect();
@@ -131,6 +152,27 @@ fn clean_images_have_no_guest_error() {
                     mounts.contains(&(format!("{vg}/root"), Some("/".into()))),
                     "{mounts:?}"
                 );
+            }
+            Distro::Rhel9 => {
+                assert_eq!(r.generation, Some(2));
+                assert_eq!(r.os.version.as_deref(), Some("9.4"));
+                assert_eq!(
+                    r.os.kernel.as_deref(),
+                    Some(fixtures::linux_tree::RHEL_KERNEL)
+                );
+                let vg = fixtures::linux_tree::rhel_vg_name();
+                let mounts: Vec<_> = r
+                    .volumes
+                    .iter()
+                    .map(|v| (v.partition.clone(), v.mount_point.clone()))
+                    .collect();
+                for want in [
+                    ("1".to_string(), Some("/boot/efi".to_string())),
+                    ("2".into(), Some("/boot".into())),
+                    (format!("{vg}/root"), Some("/".into())),
+                ] {
+                    assert!(mounts.contains(&want), "{mounts:?}");
+                }
             }
             Distro::Debian12 => {
                 assert_eq!(r.generation, Some(2));
@@ -185,7 +227,8 @@ fn cases() -> Vec<Case> {
             Box::new(|t: &Tree| edit_grub(t, |s| s.replace(" earlyprintk=ttyS0", ""))),
             "guest.linux.earlyprintk",
             Severity::Warning,
-            "/boot/grub/grub.cfg line 8, entry 'Debian GNU/Linux': root=UUID=".into(),
+            // The ESP's stub is where GRUB starts; it leads to the root's grub.cfg.
+            "/boot/grub/grub.cfg line 8, entry 'Debian GNU/Linux' (read via /boot/efi/EFI/debian/grub.cfg → /boot/grub/grub.cfg): root=UUID=".into(),
         ),
         (
             "a dracut initramfs without hv_storvsc",
@@ -484,12 +527,322 @@ fn cases() -> Vec<Case> {
             Severity::Error,
             "walinuxagent.service -> /dev/null".into(),
         ),
+        (
+            "an AArch64 userland",
+            d,
+            plain,
+            Box::new(|t: &Tree| put_bytes(&t.root, "usr/bin/bash", &elf_program(0xB7))),
+            "guest.linux.architecture",
+            Severity::Error,
+            "/usr/bin/bash: ELF64 e_machine 0xb7 (AArch64 (64-bit Arm))".into(),
+        ),
+        (
+            "no Python",
+            d,
+            plain,
+            Box::new(|t: &Tree| {
+                for f in ["usr/bin/python3", "usr/bin/python3.11"] {
+                    std::fs::remove_file(t.root.join(f)).unwrap();
+                }
+            }),
+            "guest.linux.python",
+            Severity::Error,
+            "no python, python2*, python3* or platform-python".into(),
+        ),
+        (
+            "a dangling python link only (CentOS)",
+            Distro::CentOs7,
+            plain,
+            Box::new(|t: &Tree| std::fs::remove_file(t.root.join("usr/bin/python2.7")).unwrap()),
+            "guest.linux.python",
+            Severity::Error,
+            "no python".into(),
+        ),
+        (
+            "no libssl (CentOS)",
+            Distro::CentOs7,
+            plain,
+            Box::new(|t: &Tree| {
+                for f in ["usr/lib64/libssl.so.10", "usr/lib64/libssl.so.1.0.2k"] {
+                    std::fs::remove_file(t.root.join(f)).unwrap();
+                }
+            }),
+            "guest.linux.openssl",
+            Severity::Error,
+            "no libssl.so.* in /usr/lib64".into(),
+        ),
+        (
+            "OpenSSL 0.9.7",
+            d,
+            plain,
+            Box::new(|t: &Tree| {
+                std::fs::rename(
+                    t.root.join("usr/lib/x86_64-linux-gnu/libssl.so.3"),
+                    t.root.join("usr/lib/x86_64-linux-gnu/libssl.so.0.9.7"),
+                )
+                .unwrap();
+            }),
+            "guest.linux.openssl",
+            Severity::Error,
+            "/usr/lib/x86_64-linux-gnu/libssl.so.0.9.7: OpenSSL 0.9.7".into(),
+        ),
+        (
+            "cloud-init named by waagent.conf but not installed",
+            d,
+            plain,
+            Box::new(|t: &Tree| std::fs::remove_file(t.root.join("usr/bin/cloud-init")).unwrap()),
+            "guest.linux.provisioning",
+            Severity::Error,
+            "/etc/waagent.conf line 1: Provisioning.Agent=cloud-init; volume 2: /usr/bin/cloud-init: absent".into(),
+        ),
+        (
+            "cloud-init switched off by its marker file",
+            d,
+            plain,
+            Box::new(|t: &Tree| put(&t.root, "etc/cloud/cloud-init.disabled", "")),
+            "guest.linux.provisioning",
+            Severity::Error,
+            "/etc/cloud/cloud-init.disabled: present".into(),
+        ),
+        (
+            "provisioning disabled and no cloud-init (CentOS)",
+            Distro::CentOs7,
+            plain,
+            Box::new(|t: &Tree| {
+                edit(&t.root, "etc/waagent.conf", |s| {
+                    s.replace("Provisioning.Agent=auto", "Provisioning.Agent=disabled")
+                })
+            }),
+            "guest.linux.provisioning",
+            Severity::Error,
+            "/etc/waagent.conf line 1: Provisioning.Agent=disabled".into(),
+        ),
+        (
+            "both the agent and cloud-init provision",
+            d,
+            plain,
+            Box::new(|t: &Tree| {
+                edit(&t.root, "etc/waagent.conf", |s| {
+                    s.replace("Provisioning.Agent=cloud-init", "Provisioning.Agent=waagent")
+                })
+            }),
+            "guest.linux.provisioning",
+            Severity::Warning,
+            "cloud-init enabled by /etc/systemd/system/cloud-init.target.wants/cloud-init-local.service".into(),
+        ),
+        (
+            "agent swap on the resource disk while cloud-init provisions",
+            d,
+            plain,
+            Box::new(|t: &Tree| {
+                edit(&t.root, "etc/waagent.conf", |s| {
+                    s.replace("ResourceDisk.EnableSwap=n", "ResourceDisk.EnableSwap=y")
+                })
+            }),
+            "guest.linux.waagent_conf",
+            Severity::Warning,
+            "/etc/waagent.conf line 3: ResourceDisk.EnableSwap=y".into(),
+        ),
+        (
+            "the agent's verbose logging left on (CentOS)",
+            Distro::CentOs7,
+            plain,
+            Box::new(|t: &Tree| edit(&t.root, "etc/waagent.conf", |s| s + "Logs.Verbose=y\n")),
+            "guest.linux.waagent_conf",
+            Severity::Info,
+            "/etc/waagent.conf line 3: Logs.Verbose=y".into(),
+        ),
+        (
+            "cloud-init restricted to other clouds' datasources",
+            d,
+            plain,
+            Box::new(|t: &Tree| {
+                put(
+                    &t.root,
+                    "etc/cloud/cloud.cfg.d/99-local.cfg",
+                    "# our build\ndatasource_list: [ Ec2, NoCloud, None ]\n",
+                )
+            }),
+            "guest.linux.cloud_init",
+            Severity::Error,
+            "/etc/cloud/cloud.cfg.d/99-local.cfg line 2: datasource_list: [ Ec2, NoCloud, None ]".into(),
+        ),
+        (
+            "a tab-indented cloud-init file",
+            d,
+            plain,
+            Box::new(|t: &Tree| {
+                put(
+                    &t.root,
+                    "etc/cloud/cloud.cfg.d/50-users.cfg",
+                    "users:\n\t- default\n",
+                )
+            }),
+            "guest.linux.cloud_init",
+            Severity::Warning,
+            "/etc/cloud/cloud.cfg.d/50-users.cfg line 2: - default (indented with a tab)".into(),
+        ),
+        (
+            "an ESP without the fallback loader",
+            d,
+            plain,
+            Box::new(|t: &Tree| {
+                std::fs::remove_file(t.esp.as_ref().unwrap().join("EFI/BOOT/BOOTX64.EFI")).unwrap()
+            }),
+            "guest.linux.esp",
+            Severity::Error,
+            "volume 1 (EFI system partition): /EFI/BOOT/BOOTX64.EFI: absent; \\EFI holds debian".into(),
+        ),
+        (
+            "an Arm64 fallback loader",
+            d,
+            plain,
+            Box::new(|t: &Tree| {
+                put_bytes(t.esp.as_ref().unwrap(), "EFI/BOOT/BOOTX64.EFI", &efi_program(0xAA64))
+            }),
+            "guest.linux.esp",
+            Severity::Error,
+            "/EFI/BOOT/BOOTX64.EFI: PE machine 0xaa64".into(),
+        ),
+        (
+            "an ESP without grub.cfg",
+            d,
+            plain,
+            Box::new(|t: &Tree| {
+                std::fs::remove_file(t.esp.as_ref().unwrap().join("EFI/debian/grub.cfg")).unwrap()
+            }),
+            "guest.linux.esp",
+            Severity::Warning,
+            "\\EFI holds debian, none with a grub.cfg".into(),
+        ),
+        (
+            "a persistent-net rule with the build host's MAC",
+            d,
+            plain,
+            Box::new(|t: &Tree| {
+                put(
+                    &t.root,
+                    "etc/udev/rules.d/70-persistent-net.rules",
+                    "# generated\nSUBSYSTEM==\"net\", ACTION==\"add\", DRIVERS==\"?*\", ATTR{address}==\"00:15:5d:01:02:03\", NAME=\"eth0\"\n",
+                )
+            }),
+            "guest.linux.network",
+            Severity::Warning,
+            "70-persistent-net.rules line 2: SUBSYSTEM==\"net\", ACTION==\"add\", DRIVERS==\"?*\", ATTR{address}==\"00:15:5d:01:02:03\"".into(),
+        ),
+        (
+            "the persistent-net generator not masked (CentOS)",
+            Distro::CentOs7,
+            plain,
+            Box::new(|t: &Tree| {
+                std::fs::remove_file(
+                    t.root.join("etc/udev/rules.d/75-persistent-net-generator.rules"),
+                )
+                .unwrap();
+                put(
+                    &t.root,
+                    "lib/udev/rules.d/75-persistent-net-generator.rules",
+                    "ACTION==\"add\", SUBSYSTEM==\"net\", IMPORT{program}=\"write_net_rules\"\n",
+                );
+            }),
+            "guest.linux.network",
+            Severity::Warning,
+            "/etc/udev/rules.d/75-persistent-net-generator.rules: absent".into(),
+        ),
+        (
+            "NetworkManager on an 8.x release without the SR-IOV exclusion",
+            Distro::CentOs7,
+            plain,
+            Box::new(|t: &Tree| {
+                edit(&t.root, "etc/os-release", |s| {
+                    s.replace("VERSION_ID=\"7\"", "VERSION_ID=\"8\"")
+                });
+                put_bytes(&t.root, "usr/sbin/NetworkManager", &elf_program(0x3E));
+            }),
+            "guest.linux.network",
+            Severity::Warning,
+            "absent: /etc/udev/rules.d/68-azure-sriov-nm-unmanaged.rules".into(),
+        ),
+        (
+            "a swap logical volume (RHEL 9, as its installer makes by default)",
+            Distro::Rhel9,
+            Layout {
+                swap_lv: true,
+                ..plain
+            },
+            Box::new(|_: &Tree| {}),
+            "guest.linux.swap",
+            Severity::Error,
+            format!("volume {}/swap: LVM logical volume (swap)", fixtures::linux_tree::rhel_vg_name()),
+        ),
+        (
+            "a BLS entry without console=ttyS0 (RHEL 9)",
+            Distro::Rhel9,
+            plain,
+            Box::new(|t: &Tree| {
+                let entries = t.boot.as_ref().unwrap().join("loader/entries");
+                let name = std::fs::read_dir(&entries).unwrap().next().unwrap().unwrap().file_name();
+                edit(&entries, name.to_str().unwrap(), |s| s.replace(" console=ttyS0,115200n8", ""));
+            }),
+            "guest.linux.console",
+            Severity::Error,
+            format!("/boot/loader/entries/4f0b5a3c9d2e4e1b8a7c6d5e4f3a2b1c-{}.conf line 5", fixtures::linux_tree::RHEL_KERNEL),
+        ),
+        (
+            "a dracut initramfs without hv_vmbus (RHEL 9)",
+            Distro::Rhel9,
+            plain,
+            Box::new(|t: &Tree| put_initramfs(t, &["hv_storvsc", "hv_netvsc"])),
+            "guest.linux.hv_drivers",
+            Severity::Error,
+            format!("/boot/initramfs-{}.img: 2 modules in 2 member(s) (uncompressed cpio, xz)", fixtures::linux_tree::RHEL_KERNEL),
+        ),
+        (
+            "NetworkManager manages the SR-IOV interface (RHEL 9)",
+            Distro::Rhel9,
+            plain,
+            Box::new(|t: &Tree| {
+                std::fs::remove_file(t.root.join("etc/udev/rules.d/68-azure-sriov-nm-unmanaged.rules")).unwrap()
+            }),
+            "guest.linux.network",
+            Severity::Warning,
+            "absent: /etc/udev/rules.d/68-azure-sriov-nm-unmanaged.rules".into(),
+        ),
+        (
+            "sshd not enabled (Debian's ssh.service)",
+            d,
+            plain,
+            Box::new(|t: &Tree| {
+                std::fs::remove_file(t.root.join("etc/systemd/system/multi-user.target.wants/ssh.service")).unwrap()
+            }),
+            "guest.linux.sshd",
+            Severity::Error,
+            "/etc/systemd/system/multi-user.target.wants: no sshd.service, ssh.service or ssh(d).socket link".into(),
+        ),
+        (
+            "sshd masked (RHEL 9)",
+            Distro::Rhel9,
+            plain,
+            Box::new(|t: &Tree| link(&t.root, "etc/systemd/system/sshd.service", "/dev/null")),
+            "guest.linux.sshd",
+            Severity::Error,
+            "/etc/systemd/system/sshd.service -> /dev/null".into(),
+        ),
+        (
+            "no SSH server (CentOS)",
+            Distro::CentOs7,
+            plain,
+            Box::new(|t: &Tree| std::fs::remove_file(t.root.join("usr/sbin/sshd")).unwrap()),
+            "guest.linux.sshd",
+            Severity::Error,
+            "/usr/sbin/sshd: absent".into(),
+        ),
     ]
 }
 
 #[test]
 fn each_planted_violation_gives_exactly_its_code_and_evidence() {
-    let baseline: Vec<BTreeSet<String>> = [Distro::CentOs7, Distro::Debian12]
+    let baseline: Vec<BTreeSet<String>> = [Distro::CentOs7, Distro::Debian12, Distro::Rhel9]
         .iter()
         .map(|&d| codes(clean(d)))
         .collect();
@@ -513,7 +866,7 @@ fn check_cases(cases: &[Case], baseline: &[BTreeSet<String>]) -> Vec<String> {
         let (distro, layout, code, severity) = (*distro, *layout, *code, *severity);
         let dir = tempfile::tempdir().unwrap();
         let r = preflight(&disk(dir.path(), distro, layout, plant.as_ref()));
-        let base = &baseline[usize::from(distro == Distro::Debian12)];
+        let base = &baseline[index(distro)];
         let new: Vec<String> = codes(&r).difference(base).cloned().collect();
         let hits: Vec<GuestFinding> = guest(&r).into_iter().filter(|f| f.code == code).collect();
         let ok = new == [code]

@@ -5,9 +5,12 @@
 
 pub mod accounts;
 pub mod agent;
+pub mod esp;
 pub mod fstab;
 pub mod network;
 pub mod os;
+pub mod platform;
+pub mod provisioning;
 pub mod ssh;
 
 use crate::finding::Severity;
@@ -152,8 +155,8 @@ fn mount_tree<'e>(
                 tree.mount(&e.mount_point, fs);
                 mounts.push((e.mount_point.clone(), v.name.clone()));
             }
-            // vhdforge does not read FAT yet; an ESP holds no file a Linux check needs
-            // except the boot loader's, which the boot checks report on their own.
+            // An unreadable ESP is reported by the ESP check (`esp.rs`), which reads it from
+            // the partition table whatever fstab says.
             Err(_) if matches!(v.filesystem, FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32) => {}
             Err(err) => unresolved.push((
                 e,
@@ -178,6 +181,7 @@ fn run_checks(
     report: &mut PreflightReport,
 ) {
     let (info, id) = os::check(ctx);
+    let version = info.version.clone();
     report.os = info;
     if root.lvm.is_some() {
         ctx.push(
@@ -193,7 +197,10 @@ fn run_checks(
     accounts::check(ctx);
     ssh::check(ctx);
     agent::check(ctx, id.as_deref());
-    network::check(ctx);
+    provisioning::check(ctx);
+    network::check(ctx, id.as_deref(), version.as_deref());
+    platform::check(ctx);
+    esp::check(ctx, disk);
     crate::preflight::linux_boot::check_boot(ctx.tree, &mut ctx.findings);
 }
 

@@ -1,7 +1,8 @@
 //! Networking as Azure needs it — DHCP on the first interface, no MAC address baked in (a
 //! VM made from the image has a new NIC) — in each distribution family's format: ifcfg,
 //! `NetworkManager` keyfiles, netplan, `/etc/network/interfaces`, and udev's persistent-net
-//! rules; and kernel modules blacklisted in `modprobe.d` that provisioning needs.
+//! rules and their generator, Accelerated Networking's `NetworkManager` exclusion (RHEL 8+);
+//! and kernel modules blacklisted in `modprobe.d` that provisioning needs.
 
 use crate::finding::Severity;
 use crate::guest::fs::FileType;
@@ -15,13 +16,14 @@ const MODPROBE_DIRS: &[&[u8]] = &[
 ];
 
 /// Network configuration, persistent-net rules, modprobe blacklists.
-pub fn check(ctx: &mut Ctx<'_>) {
+pub fn check(ctx: &mut Ctx<'_>, id: Option<&str>, version: Option<&str>) {
     modprobe(ctx);
     ifcfg(ctx);
     keyfiles(ctx);
     netplan(ctx);
     interfaces(ctx);
     persistent_net(ctx);
+    accelerated_networking(ctx, id, version);
 }
 
 /// Files of `dir` whose names end with `suffix`, sorted.
@@ -177,12 +179,89 @@ fn interfaces(ctx: &mut Ctx<'_>) {
 }
 
 /// udev's persistent-net rules pin `eth0` to the MAC address of the NIC the image was built
-/// on; a VM's new NIC then becomes `eth1`, which nothing configures.
+/// on; a VM's new NIC then becomes `eth1`, which nothing configures. The rules file is
+/// written by the generator rule `75-persistent-net-generator.rules` (udev before systemd
+/// 209: `CentOS` 6/7, RHEL 6/7), which would write a new one on the first VM made from the
+/// image unless `/etc/udev/rules.d` overrides it with a link to `/dev/null`.
 fn persistent_net(ctx: &mut Ctx<'_>) {
     const PATH: &[u8] = b"/etc/udev/rules.d/70-persistent-net.rules";
-    let Some(text) = ctx.read(PATH) else { return };
-    let first = config_lines(&text).next();
-    if let Some((n, l)) = first {
-        network(ctx, PATH, n, l, "udev's persistent-net rules name interfaces by the MAC addresses of the machine the image was built on; a VM's NIC would not be eth0", "in the guest: `rm -f /etc/udev/rules.d/70-persistent-net.rules` (CentOS 6/7: also `ln -sf /dev/null /etc/udev/rules.d/75-persistent-net-generator.rules`)");
+    const GENERATOR: &str = "75-persistent-net-generator.rules";
+    if let Some(text) = ctx.read(PATH) {
+        // Evidence: the first rule that names a MAC address, else the first rule.
+        let mut rules = config_lines(&text);
+        let first = rules.next();
+        let with_mac =
+            config_lines(&text).find(|(_, l)| l.windows(15).any(|w| w == b"ATTR{address}=="));
+        if let Some((n, l)) = with_mac.or(first) {
+            network(ctx, PATH, n, l, "udev's persistent-net rules name interfaces by the MAC addresses of the machine the image was built on; a VM's NIC would not be eth0", "in the guest: `rm -f /etc/udev/rules.d/70-persistent-net.rules` (CentOS 6/7: also `ln -sf /dev/null /etc/udev/rules.d/75-persistent-net-generator.rules`)");
+        }
+    }
+    let shipped = [&b"/lib/udev/rules.d/"[..], b"/usr/lib/udev/rules.d/"]
+        .iter()
+        .map(|d| [*d, GENERATOR.as_bytes()].concat())
+        .find(|p| ctx.is_file(p));
+    let Some(shipped) = shipped else { return };
+    let local = [&b"/etc/udev/rules.d/"[..], GENERATOR.as_bytes()].concat();
+    let masked = ctx
+        .lstat(&local)
+        .is_some_and(|s| s.link_target.as_deref() == Some(b"/dev/null"));
+    if !masked {
+        let ev = format!(
+            "{}: present; {}: {}",
+            ctx.at(&shipped),
+            shown(&local),
+            if ctx.lstat(&local).is_some() {
+                "not a link to /dev/null"
+            } else {
+                "absent"
+            }
+        );
+        ctx.push(Severity::Warning, codes::NETWORK, "udev's persistent-net generator is active: the first VM made from the image writes 70-persistent-net.rules for its NIC, and an image captured from it names the next VM's NIC eth1", ev, format!("in the guest: `ln -sf /dev/null /etc/udev/rules.d/{GENERATOR}`"));
+    }
+}
+
+/// RHEL 8 and later with `NetworkManager`: Accelerated Networking gives the VM a second,
+/// SR-IOV interface (a `mlx4`/`mlx5` virtual function) bonded under the synthetic NIC by the
+/// kernel; `NetworkManager` must leave it alone, which Azure's RHEL guidance does with a
+/// udev rule and a `NetworkManager` configuration file.
+fn accelerated_networking(ctx: &mut Ctx<'_>, id: Option<&str>, version: Option<&str>) {
+    const RULE: &[u8] = b"/etc/udev/rules.d/68-azure-sriov-nm-unmanaged.rules";
+    const NM_CONF: &[u8] = b"/etc/NetworkManager/conf.d/99-azure-unmanaged-devices.conf";
+    let rhel_like = matches!(
+        id,
+        Some("rhel" | "centos" | "almalinux" | "rocky" | "ol" | "fedora")
+    );
+    let major: u32 = version
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    let threshold = if id == Some("fedora") { 28 } else { 8 };
+    if !rhel_like || major < threshold {
+        return;
+    }
+    if !["/usr/sbin/NetworkManager", "/sbin/NetworkManager"]
+        .iter()
+        .any(|p| ctx.is_file(p.as_bytes()))
+    {
+        return;
+    }
+    let missing: Vec<String> = [RULE, NM_CONF]
+        .into_iter()
+        .filter(|p| ctx.lstat(p).is_none())
+        .map(shown)
+        .collect();
+    if missing.len() == 2 {
+        let ev = format!(
+            "volume {}: absent: {}",
+            ctx.volume_of(b"/etc"),
+            missing.join(", ")
+        );
+        ctx.push(
+            Severity::Warning,
+            codes::NETWORK,
+            "NetworkManager would manage the Accelerated Networking (SR-IOV) interface: it gives that interface its own DHCP lease and routes, and the VM can lose connectivity when Accelerated Networking is on",
+            ev,
+            "in the guest: create /etc/udev/rules.d/68-azure-sriov-nm-unmanaged.rules with `SUBSYSTEM==\"net\", DRIVERS==\"hv_pci\", ACTION==\"add\", ENV{NM_UNMANAGED}=\"1\"`",
+        );
     }
 }

@@ -1,8 +1,10 @@
 //! `sshd_config` as sshd reads it — `Include` with globs (files in sorted order, relative
 //! names under `/etc/ssh`), `Match` blocks (conditional: they do not set the global value),
-//! and the first value of a keyword winning — plus host keys left in the image.
+//! and the first value of a keyword winning — plus host keys left in the image, and whether
+//! the SSH server is installed and started at boot (a Linux VM on Azure is reached, and
+//! certified, over SSH).
 
-use crate::finding::Severity;
+use crate::finding::{Code, Severity};
 use crate::guest::fs::FileType;
 use crate::preflight::context::shown;
 use crate::preflight::{codes, Ctx};
@@ -25,6 +27,82 @@ pub struct Directive {
     pub line: usize,
     /// Inside a `Match` block (applies only to matching connections).
     pub in_match: bool,
+}
+
+/// No SSH server, or one that does not start at boot.
+pub const SSHD: Code = Code::new("guest.linux.sshd");
+
+/// sshd's unit: `sshd.service` on the RHEL family and SUSE, `ssh.service` on Debian and
+/// Ubuntu (whose 22.10+ may start it by socket activation instead).
+const SSHD_UNITS: &[&str] = &["sshd.service", "ssh.service", "sshd.socket", "ssh.socket"];
+const SSHD_WANTS: &[&str] = &[
+    "multi-user.target.wants",
+    "sockets.target.wants",
+    "default.target.wants",
+    "graphical.target.wants",
+];
+
+/// sshd installed, and enabled (a wants link of its unit or socket, not masked) or started
+/// by `SysV` init.
+fn server_enabled(ctx: &mut Ctx<'_>) {
+    let binary = [&b"/usr/sbin/sshd"[..], b"/sbin/sshd"]
+        .into_iter()
+        .any(|p| ctx.is_file(p));
+    if !binary {
+        let ev = format!("{}: absent", ctx.at(b"/usr/sbin/sshd"));
+        ctx.push(
+            Severity::Error,
+            SSHD,
+            "no SSH server is installed: a Linux VM on Azure is reached over SSH, and certification connects with it",
+            ev,
+            "in the guest: install openssh-server (`dnf install openssh-server` / `apt-get install openssh-server`) and enable it",
+        );
+        return;
+    }
+    if ctx.is_file(b"/etc/init.d/sshd") || ctx.is_file(b"/etc/rc.d/init.d/sshd") {
+        // SysV init (CentOS 6): the package enables it in runlevel 3 itself.
+        if ctx.list(b"/etc/systemd/system").is_empty() {
+            return;
+        }
+    }
+    for unit in SSHD_UNITS {
+        let p = format!("/etc/systemd/system/{unit}");
+        if ctx
+            .lstat(p.as_bytes())
+            .is_some_and(|s| s.link_target.as_deref() == Some(b"/dev/null"))
+        {
+            let ev = format!("{} -> /dev/null", ctx.at(p.as_bytes()));
+            ctx.push(
+                Severity::Error,
+                SSHD,
+                format!(
+                    "{unit} is masked, so the SSH server never starts and the VM cannot be reached"
+                ),
+                ev,
+                format!("in the guest: `systemctl unmask {unit} && systemctl enable {unit}`"),
+            );
+            return;
+        }
+    }
+    let enabled = SSHD_WANTS.iter().any(|w| {
+        SSHD_UNITS.iter().any(|u| {
+            ctx.lstat(format!("/etc/systemd/system/{w}/{u}").as_bytes())
+                .is_some()
+        })
+    });
+    if !enabled {
+        let ev = format!(
+            "{}: no sshd.service, ssh.service or ssh(d).socket link",
+            ctx.at(b"/etc/systemd/system/multi-user.target.wants")
+        );
+        ctx.push(
+            Severity::Error,
+            SSHD,
+            "the SSH server is installed but not enabled: it would not start, and neither you nor certification could log in",
+            ev,
+            "in the guest: `systemctl enable sshd` (Debian/Ubuntu: `systemctl enable ssh`)",
+        );
+    }
 }
 
 /// The configuration as an ordered list of directives, `Include`s expanded in place.
@@ -158,6 +236,7 @@ pub fn effective<'d>(config: &'d [Directive], key: &str) -> Option<&'d Directive
 /// Root login, keep-alive and host keys.
 pub fn check(ctx: &mut Ctx<'_>) {
     host_keys(ctx);
+    server_enabled(ctx);
     let Some(config) = read_config(ctx) else {
         return;
     };
