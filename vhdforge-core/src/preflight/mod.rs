@@ -18,6 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub mod linux_boot;
+pub mod pe;
 
 pub mod windows;
 

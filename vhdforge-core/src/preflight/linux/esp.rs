@@ -12,6 +12,7 @@ use crate::guest::fs::{FileSystem, FileType};
 use crate::guest::partition::PartitionKind;
 use crate::guest::{DiskVolumes, Generation};
 use crate::preflight::context::{read_file, shown};
+use crate::preflight::pe::machine as pe_machine;
 use crate::preflight::Ctx;
 
 /// The ESP cannot start the guest on a new VM.
@@ -22,25 +23,6 @@ const FALLBACK: &[u8] = b"/EFI/BOOT/BOOTX64.EFI";
 const IMAGE_FILE_MACHINE_AMD64: u16 = 0x8664;
 /// Bytes read to find the PE header (`e_lfanew` is small in every real loader).
 const PE_HEAD_BYTES: usize = 4096;
-
-/// The PE machine type of an EFI executable, or why it is not one.
-pub fn pe_machine(head: &[u8]) -> Result<u16, &'static str> {
-    if head.get(..2) != Some(b"MZ") {
-        return Err("no MZ signature");
-    }
-    let at = head
-        .get(0x3C..0x40)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .ok_or("shorter than a DOS header")?;
-    let at = usize::try_from(at).map_err(|_| "PE header offset out of range")?;
-    let pe = head
-        .get(at..at.saturating_add(6))
-        .ok_or("PE header offset beyond the first 4 KiB")?;
-    if &pe[..4] != b"PE\0\0" {
-        return Err("no PE signature");
-    }
-    Ok(u16::from_le_bytes([pe[4], pe[5]]))
-}
 
 /// Check the ESP of a generation-2 disk.
 pub fn check(ctx: &mut Ctx<'_>, disk: &DiskVolumes) {
@@ -149,35 +131,3 @@ fn vendor_dirs(fs: &dyn FileSystem) -> Vec<String> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pe(machine: u16, at: u32) -> Vec<u8> {
-        let mut h = vec![0u8; 512];
-        h[..2].copy_from_slice(b"MZ");
-        h[0x3C..0x40].copy_from_slice(&at.to_le_bytes());
-        let a = at as usize;
-        h[a..a + 4].copy_from_slice(b"PE\0\0");
-        h[a + 4..a + 6].copy_from_slice(&machine.to_le_bytes());
-        h
-    }
-
-    #[test]
-    fn pe_machine_reads_the_coff_header_and_names_what_is_wrong() {
-        assert_eq!(pe_machine(&pe(0x8664, 0x80)), Ok(0x8664));
-        // AArch64's BOOTAA64.EFI renamed.
-        assert_eq!(pe_machine(&pe(0xAA64, 0x40)), Ok(0xAA64));
-        assert_eq!(pe_machine(b"#!grub"), Err("no MZ signature"));
-        assert_eq!(pe_machine(b"MZ"), Err("shorter than a DOS header"));
-        let mut far = pe(0x8664, 0x80);
-        far[0x3C..0x40].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(
-            pe_machine(&far),
-            Err("PE header offset beyond the first 4 KiB")
-        );
-        let mut bad = pe(0x8664, 0x80);
-        bad[0x80] = b'X';
-        assert_eq!(pe_machine(&bad), Err("no PE signature"));
-    }
-}

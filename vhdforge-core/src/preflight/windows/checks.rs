@@ -132,19 +132,6 @@ pub(super) fn image_state_from_ini(bytes: &[u8]) -> Option<(usize, String)> {
     None
 }
 
-/// PE `Machine` of an executable's first bytes (`MZ`, `e_lfanew` at 0x3C, `PE\0\0`).
-pub(super) fn pe_machine(b: &[u8]) -> Option<u16> {
-    if b.get(..2)? != b"MZ" {
-        return None;
-    }
-    let pe = u32::from_le_bytes(b.get(0x3C..0x40)?.try_into().ok()?) as usize;
-    if b.get(pe..pe.checked_add(4)?)? != b"PE\0\0" {
-        return None;
-    }
-    let m = b.get(pe + 4..pe + 6)?;
-    Some(u16::from_le_bytes([m[0], m[1]]))
-}
-
 fn machine_name(m: u16) -> String {
     match m {
         0x8664 => "AMD64".into(),
@@ -963,19 +950,6 @@ mod tests {
             None,
             "odd UTF-16 length"
         );
-    }
-
-    #[test]
-    fn pe_machine_is_read_only_from_a_sound_header() {
-        let mut b = vec![0u8; 0x100];
-        b[..2].copy_from_slice(b"MZ");
-        b[0x3C..0x40].copy_from_slice(&0x80u32.to_le_bytes());
-        b[0x80..0x84].copy_from_slice(b"PE\0\0");
-        b[0x84..0x86].copy_from_slice(&0x8664u16.to_le_bytes());
-        assert_eq!(pe_machine(&b), Some(0x8664));
-        b[0x3C..0x40].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(pe_machine(&b), None, "e_lfanew past the end");
-        assert_eq!(pe_machine(b"MZ"), None);
     }
 
     #[test]

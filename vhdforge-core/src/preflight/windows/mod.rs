@@ -187,7 +187,8 @@ pub fn check_windows(disk: &DiskVolumes, out: &mut Vec<GuestFinding>) -> Windows
         }
     };
     let pending_xml = fs.stat(PENDING_XML.as_bytes()).is_ok();
-    let kernel_machine = read_head(fs.as_ref(), KERNEL).and_then(|b| checks::pe_machine(&b));
+    let kernel_machine =
+        read_head(fs.as_ref(), KERNEL).and_then(|b| crate::preflight::pe::machine(&b).ok());
     let boot = boot_settings(disk, os_volume, fs.as_ref(), out, &mut facts);
     let inputs = Inputs {
         system,
