@@ -110,6 +110,12 @@ against clock skew) to --days ahead (se, at least 21), full ISO-8601 times, http
 left out only for plain-http loopback emulators such as Azurite), signed with the account key from \
 AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT + AZURE_STORAGE_KEY.
 
+With --auth login there is no key: the SAS is a user delegation SAS (skoid, sktid, skt, ske, sks, \
+skv), signed with a key the service issues to the signed-in Entra ID identity (which needs a data \
+role such as Storage Blob Data Reader, and 'Generate a user delegation key' permission, part of every \
+Storage Blob Data role). The service limits it to 7 days, less than the 21 Partner Center needs: use it \
+to share a VHD with a colleague or a test, and the account key for the Marketplace.
+
 Before printing, it tries the URI the way the Marketplace will, with nothing but the URI: HEAD and \
 a ranged read of the footer, then the whole `check URL` (page blob, fixed VHD, size rules), and the \
 blob-name rules (no spaces, '%' or quotes). Anything that would make certification fail to download \
@@ -122,9 +128,10 @@ container until it expires."
 pub struct SasArgs {
     /// The VHD's blob URL, without a SAS (or CONTAINER/BLOB with a connection string).
     pub url: String,
-    /// Days the SAS stays valid (21 to 365).
-    #[arg(long, default_value_t = sas::DEFAULT_DAYS)]
-    pub days: u32,
+    /// Days the SAS stays valid: 21 to 365 (default 30); with --auth login (a user
+    /// delegation SAS, no account key) 1 to 7 (default 7).
+    #[arg(long)]
+    pub days: Option<u32>,
     /// Print one JSON object instead of the URI alone.
     #[arg(long)]
     pub json: bool,
@@ -142,7 +149,13 @@ pub fn run_sas(a: &SasArgs, ui: &Ui) -> Result<ExitCode> {
         credentials: a.connect.credentials(),
         ..options()
     };
-    let s = sas::partner_center_sas(&a.url, a.days, now, &opts)?;
+    let login = opts.credentials.auth_mode()? == vhdforge_core::storage::AuthMode::Login;
+    let days = a.days.unwrap_or(if login {
+        vhdforge_core::storage::sas::MAX_USER_DELEGATION_DAYS
+    } else {
+        sas::DEFAULT_DAYS
+    });
+    let s = sas::partner_center_sas(&a.url, days, now, &opts)?;
     if a.json {
         ui.print_json(&serde_json::json!({
             "uri": s.uri,
@@ -152,10 +165,19 @@ pub fn run_sas(a: &SasArgs, ui: &Ui) -> Result<ExitCode> {
             "permissions": "rl",
             "resource": "c",
             "https_only": s.https_only,
+            "user_delegation": s.user_delegation,
             "upload_size_bytes": s.check.inspection.info.as_ref().map(|i| i.file_size),
             "azure_ready": s.check.inspection.azure_ready,
         }))?;
     } else {
+        if s.user_delegation {
+            ui.note(&format!(
+                "note: a user delegation SAS (signed for the signed-in identity, no account key); valid at most {} days, \
+                 so not for Partner Center (it needs {}): sign with the account key for the Marketplace",
+                vhdforge_core::storage::sas::MAX_USER_DELEGATION_DAYS,
+                sas::MIN_DAYS
+            ));
+        }
         if !s.https_only {
             ui.note("note: no spr=https in this SAS because the URL is plain http to a loopback emulator; a real account's URI always has it");
         }

@@ -19,7 +19,8 @@ use vhdforge_core::upload::{
 /// (size rounded up to a whole MiB, a fixed-VHD footer added). Only non-zero 512-byte pages
 /// are sent, in parallel, each with a CRC-64; the footer goes last.
 ///
-/// CREDENTIALS, in this order: a SAS in DEST (…?sv=…&sig=…; needs write permission:
+/// CREDENTIALS (--auth narrows them to one kind; --auth login signs in with Entra ID
+/// instead), in this order: a SAS in DEST (…?sv=…&sig=…; needs write permission:
 /// `az storage blob generate-sas --permissions cw …`, or a container/account SAS with
 /// `w`); else a Shared Key from AZURE_STORAGE_CONNECTION_STRING; else AZURE_STORAGE_ACCOUNT
 /// and AZURE_STORAGE_KEY. SAS signatures and keys are never printed. To keep the SAS out
@@ -123,6 +124,14 @@ pub struct ConnectArgs {
     /// Also VHDFORGE_CA_CERT.
     #[arg(long, value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
+    /// How to authorize: `key` (an account key from the environment), `sas` (a SAS in the
+    /// URL, --sas-file, VHDFORGE_DEST_SAS or the connection string) or `login` (Entra ID,
+    /// like `az … --auth-mode login`: the Azure CLI's sign-in, a managed identity, or a
+    /// service principal / workload identity from AZURE_CLIENT_ID etc.; the identity needs
+    /// a data role such as Storage Blob Data Contributor). Default: by what is given (a SAS
+    /// in the URL, else a key). Also VHDFORGE_AUTH.
+    #[arg(long, value_name = "MODE", value_parser = ["key", "sas", "login"])]
+    pub auth: Option<String>,
 }
 
 fn parse_cloud(s: &str) -> Result<String, String> {
@@ -141,6 +150,9 @@ impl ConnectArgs {
         if let Some(p) = &self.ca_cert {
             env.ca_cert = Some(p.clone());
         }
+        if let Some(a) = &self.auth {
+            env.auth = Some(a.clone());
+        }
         env
     }
 }
@@ -152,6 +164,9 @@ Environment:
                                     [EndpointSuffix | BlobEndpoint] [DefaultEndpointsProtocol]
   AZURE_STORAGE_ACCOUNT             the account (with AZURE_STORAGE_KEY)
   AZURE_STORAGE_KEY                 the account key (base64)
+  VHDFORGE_AUTH                     key | sas | login (as --auth)
+  AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET | AZURE_FEDERATED_TOKEN_FILE
+                                    --auth login as a service principal / workload identity
   AZURE_CLOUD                       AzureCloud | AzureChinaCloud | AzureUSGovernment (as --cloud)
   VHDFORGE_CA_CERT                  extra trusted CA certificates, PEM (as --ca-cert)
   HTTPS_PROXY, NO_PROXY             proxy for https (never used for loopback hosts)

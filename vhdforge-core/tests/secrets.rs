@@ -394,3 +394,115 @@ async fn bad_api_version_is_fatal_quickly_against_azurite() {
         assert!(leaked(&format!("{e} {e:?}")).is_none(), "{e}");
     }
 }
+
+/// A JWT-shaped access token (the mock does not check it).
+fn minted_token() -> String {
+    // {"alg":"none"} . {"aud":"https://storage.azure.com","exp":4102444800} . signature
+    "eyJhbGciOiJub25lIn0.eyJhdWQiOiJodHRwczovL3N0b3JhZ2UuYXp1cmUuY29tIiwiZXhwIjo0MTAyNDQ0ODAwfQ.U2VjcmV0VG9rZW5TaWduYXR1cmU"
+        .to_string()
+}
+
+fn login_env(token: &str) -> CredentialEnv {
+    use vhdforge_core::storage::token::{FixedToken, Token};
+    CredentialEnv {
+        auth: Some("login".into()),
+        // A key in the environment is ignored under --auth login.
+        account: Some(ACCOUNT.into()),
+        key: Some(KEY.into()),
+        token_source: Some(Arc::new(FixedToken(Token::from_jwt(token)))),
+        ..CredentialEnv::default()
+    }
+}
+
+/// Issue 15: with `--auth login`, requests carry `Authorization: Bearer` and a version that
+/// accepts it; a 403 AuthorizationPermissionMismatch (Azure's answer, captured, echoing the
+/// token back) becomes the role advice, and the token appears nowhere.
+#[tokio::test]
+async fn bearer_403_names_the_missing_role_and_never_shows_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = sparse_image(dir.path(), "d.raw", 20 * MIB, &[(0, 4096)]);
+    let token = minted_token();
+    let answer: Answer = Arc::new(|req: &Request| {
+        let auth = req
+            .headers
+            .iter()
+            .find(|(n, _)| n == "authorization")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let body = format!(
+            "\u{feff}<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>AuthorizationPermissionMismatch</Code>\
+             <Message>This request is not authorized to perform this operation using this permission. ({auth})\n\
+             RequestId:0f3c\nTime:2026-11-30T12:00:00Z</Message></Error>"
+        );
+        response(
+            403,
+            "This request is not authorized to perform this operation using this permission.",
+            &[("x-ms-error-code", "AuthorizationPermissionMismatch".into())],
+            body.as_bytes(),
+        )
+    });
+    let (port, seen) = recording_server(answer).await;
+    let e = upload::upload(
+        &src,
+        &format!("http://127.0.0.1:{port}/{ACCOUNT}/c/b.vhd"),
+        UploadOptions {
+            credentials: login_env(&token),
+            retry: quick_retries(),
+            ..UploadOptions::default()
+        },
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap_err();
+    let text = format!("{e} {e:?}");
+    assert_eq!(e.code(), "upload.permission", "{text}");
+    assert!(
+        e.message().contains("Storage Blob Data Contributor")
+            && e.message().contains("AuthorizationPermissionMismatch")
+            && e.message().contains("lacks a data role"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("U2VjcmV0VG9rZW5TaWduYXR1cmU") && !text.contains("eyJhdWQi"),
+        "{text}"
+    );
+    let reqs = seen.lock().unwrap();
+    assert!(!reqs.is_empty());
+    for r in reqs.iter() {
+        let h = |n: &str| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(h("authorization"), Some(format!("Bearer {token}").as_str()));
+        assert!(h("x-ms-version").unwrap() >= "2017-11-09");
+    }
+}
+
+/// Issue 15: a sign-in token is good for every account its identity may reach, so it is
+/// never sent to a host that is not an Azure Storage endpoint: refused before connecting.
+#[tokio::test]
+async fn bearer_token_is_never_sent_to_a_foreign_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = sparse_image(dir.path(), "d.raw", 20 * MIB, &[(0, 4096)]);
+    for dest in [
+        "https://evil.example/devstoreaccount1/vhds/b.vhd",
+        "https://acct.blob.core.windows.net.evil.example/vhds/b.vhd",
+        "https://blob.core.windows.net/vhds/b.vhd",
+    ] {
+        let e = upload::upload(
+            &src,
+            dest,
+            UploadOptions {
+                credentials: login_env(&minted_token()),
+                retry: quick_retries(),
+                ..UploadOptions::default()
+            },
+            Arc::new(NoProgress),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), "upload.key_host", "{dest}: {e}");
+    }
+}

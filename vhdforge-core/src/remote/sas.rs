@@ -6,6 +6,11 @@
 //!
 //! `spr=https` is left out only when the URL itself is plain http to a loopback emulator
 //! (Azurite), which would otherwise refuse it; such a URL can never reach Partner Center.
+//!
+//! With `--auth login` no key is needed: the SAS is a **user delegation SAS**, signed with a
+//! key the service gives the signed-in identity (Get User Delegation Key). The service limits
+//! those to 7 days, less than certification's 21, so they are for colleagues and tests; the
+//! Marketplace's SAS is signed with the account key.
 
 use super::check::{inspect_blob, RemoteInspection, RemoteOptions};
 use crate::error::{Error, ErrorKind, Result};
@@ -14,7 +19,9 @@ use crate::progress::Cancel;
 use crate::storage::auth::{self, Credential};
 use crate::storage::hosts::is_loopback_host;
 use crate::storage::retry::with_retries;
-use crate::storage::sas::{service_sas, SasResource, SasTerms};
+use crate::storage::sas::{
+    service_sas, user_delegation_sas, SasResource, SasTerms, MAX_USER_DELEGATION_DAYS,
+};
 use crate::storage::BlobClient;
 
 /// The shortest validity Partner Center certification accepts, in days.
@@ -36,6 +43,8 @@ pub struct PartnerSas {
     pub expiry: String,
     /// Whether `spr=https` is in it.
     pub https_only: bool,
+    /// A user delegation SAS (`--auth login`), not signed with the account key.
+    pub user_delegation: bool,
     /// The remote check made through the SAS itself.
     pub check: RemoteInspection,
 }
@@ -78,6 +87,27 @@ fn container_and_blob(url: &reqwest::Url) -> Result<(String, String)> {
     }
     let (c, b) = path.split_once('/').unwrap_or((path, ""));
     decode_pair(c, b)
+}
+
+/// The storage account a blob URL names: the first path segment for path-style URLs
+/// (loopback and IP hosts, as Azurite uses), else the host's first label.
+fn account_of(url: &reqwest::Url) -> Result<String> {
+    let host = url.host_str().unwrap_or("");
+    let path_style =
+        host.parse::<std::net::IpAddr>().is_ok() || host.eq_ignore_ascii_case("localhost");
+    let account = if path_style {
+        url.path()
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or("")
+    } else {
+        host.split('.').next().unwrap_or("")
+    };
+    if account.is_empty() {
+        return Err(err("upload.url", "the URL names no storage account".into()));
+    }
+    Ok(account.to_string())
 }
 
 fn decode_pair(c: &str, b: &str) -> Result<(String, String)> {
@@ -136,7 +166,18 @@ pub fn partner_center_sas(
     now: u64,
     opts: &RemoteOptions,
 ) -> Result<PartnerSas> {
-    if !(MIN_DAYS..=MAX_DAYS).contains(&days) {
+    let login = opts.credentials.auth_mode()? == auth::AuthMode::Login;
+    if login && !(1..=MAX_USER_DELEGATION_DAYS).contains(&days) {
+        return Err(err(
+            "sas.terms",
+            format!(
+                "--days {days} with --auth login: a user delegation SAS is valid at most {MAX_USER_DELEGATION_DAYS} days \
+                 (the service's limit); Partner Center needs {MIN_DAYS}, so for the Marketplace sign with the account key \
+                 (--auth key, AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT + AZURE_STORAGE_KEY)"
+            ),
+        ));
+    }
+    if !login && !(MIN_DAYS..=MAX_DAYS).contains(&days) {
         return Err(err(
             "sas.terms",
             format!(
@@ -158,35 +199,31 @@ pub fn partner_center_sas(
             ),
         ));
     }
-    // Validates the URL (https, no user info) and that the key may sign for this host.
+    // Validates the URL (https, no user info) and that the key (or token) may go to this host.
     let keyed = BlobClient::new(&url, &opts.credentials, &opts.api_version, 2)?;
-    let Credential::SharedKey(key) = auth::resolve(None, &opts.credentials)? else {
-        return Err(err("upload.credentials", "no account key".into()));
-    };
     let (container, blob) = container_and_blob(&parsed)?;
     check_blob_name(&blob)?;
     let https_only = !(parsed.scheme() == "http" && is_loopback_host(keyed.host()));
-    let start = iso8601(now.saturating_sub(86_400));
-    let expiry = iso8601(now + u64::from(days) * 86_400);
-    let terms = SasTerms {
-        permissions: "rl".into(),
-        start: Some(start.clone()),
-        expiry: expiry.clone(),
-        https_only,
-    };
-    let query = service_sas(&key, &SasResource::Container { container }, &terms)?;
-    let uri = format!("{}?{query}", keyed.base());
-    // Try it as the Marketplace will: with nothing but the URI (no key in reach).
-    let bare = RemoteOptions {
-        credentials: crate::storage::CredentialEnv::default(),
-        ..opts.clone()
-    };
-    let through = BlobClient::new(&uri, &bare.credentials, &bare.api_version, 2)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("cannot start the async runtime", e))?;
     let cancel = Cancel::never();
+    let (start, expiry, query) = sign(
+        &rt, &cancel, &keyed, &parsed, container, days, now, https_only, opts,
+    )?;
+    let uri = format!("{}?{query}", keyed.base());
+    // Try it as the Marketplace will: with nothing but the URI (no key or token in reach),
+    // still trusting the same CAs (--ca-cert) as the rest of the command.
+    let bare = RemoteOptions {
+        credentials: crate::storage::CredentialEnv {
+            ca_cert: opts.credentials.ca_cert.clone(),
+            cloud: opts.credentials.cloud.clone(),
+            ..crate::storage::CredentialEnv::default()
+        },
+        ..opts.clone()
+    };
+    let through = BlobClient::new(&uri, &bare.credentials, &bare.api_version, 2)?;
     let props = rt
         .block_on(with_retries(&bare.retry, &cancel, &|_| {}, || {
             through.head()
@@ -222,8 +259,69 @@ pub fn partner_center_sas(
         start,
         expiry,
         https_only,
+        user_delegation: login,
         check,
     })
+}
+
+/// Sign the container SAS for `container`: with `--auth login` a user delegation SAS (its
+/// key asked of the service through `keyed`'s token), else a service SAS with the account
+/// key. Returns `st`, `se` and the query.
+#[allow(clippy::too_many_arguments)] // The pieces partner_center_sas has already checked.
+fn sign(
+    rt: &tokio::runtime::Runtime,
+    cancel: &Cancel,
+    keyed: &BlobClient,
+    parsed: &reqwest::Url,
+    container: String,
+    days: u32,
+    now: u64,
+    https_only: bool,
+    opts: &RemoteOptions,
+) -> Result<(String, String, String)> {
+    let display = keyed.display();
+    if opts.credentials.auth_mode()? == auth::AuthMode::Login {
+        // The key's validity bounds the SAS's: both from a few minutes ago (clock skew) to
+        // `days` ahead, kept inside the service's 7 days from now.
+        let start = iso8601(now.saturating_sub(15 * 60));
+        let expiry = iso8601(
+            (now + u64::from(days) * 86_400)
+                .min(now + u64::from(MAX_USER_DELEGATION_DAYS) * 86_400 - 600),
+        );
+        let udk = rt
+            .block_on(with_retries(&opts.retry, cancel, &|_| {}, || {
+                keyed.user_delegation_key(&start, &expiry)
+            }))
+            .map_err(|f| f.into_error("getting a user delegation key for", display))?;
+        let terms = SasTerms {
+            permissions: "rl".into(),
+            start: Some(start.clone()),
+            expiry: expiry.clone(),
+            https_only,
+        };
+        let account = account_of(parsed)?;
+        let q = user_delegation_sas(
+            &udk,
+            &account,
+            &SasResource::Container { container },
+            &terms,
+        )?;
+        Ok((start, expiry, q))
+    } else {
+        let Credential::SharedKey(key) = auth::resolve(None, &opts.credentials)? else {
+            return Err(err("upload.credentials", "no account key".into()));
+        };
+        let start = iso8601(now.saturating_sub(86_400));
+        let expiry = iso8601(now + u64::from(days) * 86_400);
+        let terms = SasTerms {
+            permissions: "rl".into(),
+            start: Some(start.clone()),
+            expiry: expiry.clone(),
+            https_only,
+        };
+        let q = service_sas(&key, &SasResource::Container { container }, &terms)?;
+        Ok((start, expiry, q))
+    }
 }
 
 #[cfg(test)]

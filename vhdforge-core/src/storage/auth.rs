@@ -6,15 +6,59 @@
 //! [`super::connstr`]); else Shared Key from
 //! `AZURE_STORAGE_ACCOUNT` + `AZURE_STORAGE_KEY`. Keys are held decoded and never displayed,
 //! and sign only for their own account's endpoints ([`super::hosts::key_may_sign_for`]).
+//!
+//! `--auth key|sas|login` (or `VHDFORGE_AUTH`) narrows that to one kind: `login` signs in
+//! with Entra ID ([`super::token`]) and sends `Authorization: Bearer …`, only to Azure
+//! Storage endpoints (a token is good for every account the identity may reach), a
+//! connection string's `BlobEndpoint`, or a loopback emulator.
 
 use super::cloud::Cloud;
 use super::connstr::ConnectionString;
 use super::hosts::KeyScope;
+use super::token::{BearerAuth, TokenSource};
 use crate::error::{Error, ErrorKind, Result};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+/// The first service version that accepts Entra ID (OAuth) tokens.
+pub const MIN_BEARER_API_VERSION: &str = "2017-11-09";
+
+/// How requests are to be authorized (`--auth`, `VHDFORGE_AUTH`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMode {
+    /// By what is given: a SAS in the URL, else the connection string, else the key
+    /// variables.
+    #[default]
+    Auto,
+    /// An account key only (Shared Key).
+    Key,
+    /// A SAS only (in the URL, `--sas-file`, `VHDFORGE_DEST_SAS` or the connection string).
+    Sas,
+    /// Entra ID sign-in: an OAuth token, `Authorization: Bearer`.
+    Login,
+}
+
+impl AuthMode {
+    /// Parse `key`, `sas` or `login` (any case).
+    pub fn parse(s: &str) -> Result<AuthMode> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "key" => Ok(AuthMode::Key),
+            "sas" => Ok(AuthMode::Sas),
+            "login" => Ok(AuthMode::Login),
+            _ => Err(Error::new(
+                ErrorKind::InvalidInput,
+                "upload.credentials",
+                format!(
+                    "unknown --auth {:?} (or VHDFORGE_AUTH); expected key, sas or login",
+                    super::redact::redact_text(s)
+                ),
+            )),
+        }
+    }
+}
 
 /// Where credentials may come from besides the URL, and how to reach the service; a snapshot
 /// of the environment so tests do not depend on (or mutate) the process environment.
@@ -32,7 +76,24 @@ pub struct CredentialEnv {
     /// `--ca-cert` or `VHDFORGE_CA_CERT`: a PEM file of extra trusted root certificates (a corporate TLS-inspection
     /// root, a private endpoint's CA), trusted besides the built-in and OS roots.
     pub ca_cert: Option<std::path::PathBuf>,
+    /// `--auth` or `VHDFORGE_AUTH` as given (`key`, `sas`, `login`); `None` is
+    /// [`AuthMode::Auto`]. Kept unparsed like `cloud`.
+    pub auth: Option<String>,
+    /// For `--auth login`: where tokens come from instead of the Entra ID sign-in chain
+    /// (a library user holding a token, tests).
+    pub token_source: Option<Arc<dyn TokenSource>>,
+    /// `VHDFORGE_TEST_BEARER_TOKEN_FILE`: a test hook, a file holding the token for
+    /// `--auth login`, honoured only for loopback endpoints.
+    pub test_token_file: Option<std::path::PathBuf>,
+    /// The sign-in chain, made once and shared by every client made from clones of this
+    /// environment (one `az` call for a whole command, one token cache).
+    /// (Opaque; leave it at its default.)
+    pub login: LoginCache,
 }
+
+/// The `--auth login` token cache shared by clones of a [`CredentialEnv`] (opaque).
+#[derive(Clone, Default)]
+pub struct LoginCache(Arc<OnceLock<Arc<BearerAuth>>>);
 
 impl fmt::Debug for CredentialEnv {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -45,7 +106,13 @@ impl fmt::Debug for CredentialEnv {
             .field("key", &self.key.as_ref().map(|_| "<set>"))
             .field("cloud", &self.cloud)
             .field("ca_cert", &self.ca_cert)
-            .finish()
+            .field("auth", &self.auth)
+            .field(
+                "token_source",
+                &self.token_source.as_ref().map(|s| s.name()),
+            )
+            .field("test_token_file", &self.test_token_file)
+            .finish_non_exhaustive()
     }
 }
 
@@ -59,7 +126,18 @@ impl CredentialEnv {
             key: get("AZURE_STORAGE_KEY"),
             cloud: get("AZURE_CLOUD"),
             ca_cert: get("VHDFORGE_CA_CERT").map(std::path::PathBuf::from),
+            auth: get("VHDFORGE_AUTH"),
+            token_source: None,
+            test_token_file: get(super::token::TEST_TOKEN_FILE_VAR).map(std::path::PathBuf::from),
+            login: LoginCache::default(),
         }
+    }
+
+    /// `--auth` as parsed.
+    pub fn auth_mode(&self) -> Result<AuthMode> {
+        self.auth
+            .as_deref()
+            .map_or(Ok(AuthMode::Auto), AuthMode::parse)
     }
 
     /// The cloud that decides the endpoint suffix when only an account name is known.
@@ -146,6 +224,8 @@ pub enum Credential {
     Sas(String),
     /// Shared Key signing.
     SharedKey(SharedKey),
+    /// An Entra ID access token (`Authorization: Bearer`), refreshed before it expires.
+    Bearer(Arc<BearerAuth>),
 }
 
 impl fmt::Debug for Credential {
@@ -154,6 +234,7 @@ impl fmt::Debug for Credential {
             // The SAS query minus its signature: still useful to see sp/se/sr.
             Credential::Sas(q) => write!(f, "Sas({})", super::redact::redact_text(q)),
             Credential::SharedKey(k) => write!(f, "{k:?}"),
+            Credential::Bearer(b) => write!(f, "{b:?}"),
         }
     }
 }
@@ -202,36 +283,192 @@ fn has_sig(query: &str) -> bool {
 /// Pick the credential for a URL whose query is `query` (a SAS when it has `sig=`).
 ///
 /// Order: the URL's SAS; the connection string's key, else its `SharedAccessSignature`;
-/// `AZURE_STORAGE_ACCOUNT` + `AZURE_STORAGE_KEY`. Use [`resolve_for`] when the URL is known: it
-/// also keeps a connection string's SAS to that string's own endpoints.
+/// `AZURE_STORAGE_ACCOUNT` + `AZURE_STORAGE_KEY`; `--auth` keeps only one kind. Use
+/// [`resolve_for`] when the URL is known: it also keeps a connection string's SAS to that
+/// string's own endpoints, and a sign-in token to storage endpoints.
 pub fn resolve(query: Option<&str>, env: &CredentialEnv) -> Result<Credential> {
-    if let Some(q) = query.filter(|q| has_sig(q)) {
-        return Ok(Credential::Sas(q.to_string()));
-    }
-    if let Some(cs) = env.connection()? {
-        if let Some(key) = key_of(&cs)? {
-            return Ok(Credential::SharedKey(key));
+    let mode = env.auth_mode()?;
+    let url_sas = query.filter(|q| has_sig(q));
+    let cs = env.connection()?;
+    let cs_key = cs.as_ref().map(key_of).transpose()?.flatten();
+    let cs_sas = cs.as_ref().and_then(|c| c.sas.clone());
+    let env_key = match (&env.account, &env.key) {
+        (Some(a), Some(k)) => Some(SharedKey::new(a, k)?),
+        _ => None,
+    };
+    let creds_error = |msg: &str| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            "upload.credentials",
+            msg.to_string(),
+        )
+    };
+    match mode {
+        AuthMode::Auto => {
+            if let Some(q) = url_sas {
+                return Ok(Credential::Sas(q.to_string()));
+            }
+            if let Some(key) = cs_key {
+                return Ok(Credential::SharedKey(key));
+            }
+            if let Some(sas) = cs_sas {
+                return Ok(Credential::Sas(sas));
+            }
+            if let Some(key) = env_key {
+                return Ok(Credential::SharedKey(key));
+            }
+            Err(creds_error(
+                "no credentials: give a SAS URL (…?sv=…&sig=…, e.g. from `az storage blob generate-sas --permissions cw` or `az disk grant-access`), \
+                 or set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY, or sign in with `--auth login` (Entra ID)",
+            ))
         }
-        if let Some(sas) = cs.sas {
-            return Ok(Credential::Sas(sas));
+        AuthMode::Key => {
+            if url_sas.is_some() {
+                tracing::info!("--auth key: the SAS given for this URL is not used");
+            }
+            cs_key.or(env_key).map(Credential::SharedKey).ok_or_else(|| {
+                creds_error(
+                    "--auth key, but no account key is set: set AZURE_STORAGE_CONNECTION_STRING (with AccountKey) \
+                     or AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY, or choose --auth sas or --auth login",
+                )
+            })
+        }
+        AuthMode::Sas => url_sas
+            .map(str::to_string)
+            .or(cs_sas)
+            .map(Credential::Sas)
+            .ok_or_else(|| {
+                creds_error(
+                    "--auth sas, but no SAS is given: add it to the URL (…?sv=…&sig=…), or give it with --sas-file \
+                     or VHDFORGE_DEST_SAS, or a connection string with SharedAccessSignature",
+                )
+            }),
+        AuthMode::Login => {
+            if url_sas.is_some() {
+                return Err(creds_error(
+                    "--auth login, but the URL carries a SAS (from DEST, --sas-file or VHDFORGE_DEST_SAS): \
+                     remove the SAS to sign in with Entra ID, or use --auth sas",
+                ));
+            }
+            if cs_key.is_some() || env_key.is_some() || cs_sas.is_some() {
+                tracing::info!("--auth login: the account key or SAS in the environment is not used");
+            }
+            bearer(None, env)
         }
     }
-    if let (Some(a), Some(k)) = (&env.account, &env.key) {
-        return Ok(Credential::SharedKey(SharedKey::new(a, k)?));
+}
+
+/// The Bearer credential for `url` (`None`: not known, so no test hook).
+fn bearer(url: Option<&reqwest::Url>, env: &CredentialEnv) -> Result<Credential> {
+    if let Some(src) = &env.token_source {
+        return Ok(Credential::Bearer(Arc::new(BearerAuth::new(src.clone()))));
     }
-    Err(Error::new(
-        ErrorKind::InvalidInput,
-        "upload.credentials",
-        "no credentials: give a SAS URL (…?sv=…&sig=…, e.g. from `az storage blob generate-sas --permissions cw` or `az disk grant-access`), \
-         or set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY",
-    ))
+    if let Some(path) = &env.test_token_file {
+        // A test hook must never hand a production upload a token from a file.
+        let loopback = url
+            .and_then(reqwest::Url::host_str)
+            .is_some_and(super::hosts::is_loopback_host);
+        if !loopback {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "upload.login",
+                format!(
+                    "{} is set, but that test hook is honoured only for loopback endpoints; unset it to sign in with Entra ID",
+                    super::token::TEST_TOKEN_FILE_VAR
+                ),
+            ));
+        }
+        let src: Arc<dyn TokenSource> = Arc::new(super::token::TokenFile(path.clone()));
+        return Ok(Credential::Bearer(Arc::new(BearerAuth::new(src))));
+    }
+    if let Some(b) = env.login.0.get() {
+        return Ok(Credential::Bearer(b.clone()));
+    }
+    let cloud = env.cloud()?;
+    let http = super::http::client(super::token::authority_host(cloud), 2, env)?;
+    let chain = super::token::SignIn::new(cloud, &http)?;
+    tracing::info!(
+        "--auth login: Entra ID sign-in ({}), trying {}",
+        super::token::authority_host(cloud),
+        chain.source_names().join(", then ")
+    );
+    let b = Arc::new(BearerAuth::new(Arc::new(chain)));
+    Ok(Credential::Bearer(env.login.0.get_or_init(|| b).clone()))
+}
+
+/// True when a sign-in token may be sent to `url`: an Azure Storage blob endpoint of a
+/// known cloud (or of the connection string's `EndpointSuffix`), the connection string's
+/// `BlobEndpoint`, or a loopback emulator. A token is good for every account its identity
+/// may reach, so it goes nowhere else.
+pub fn bearer_may_go_to(url: &reqwest::Url, env: &CredentialEnv) -> bool {
+    let Some(host) = url.host_str().map(str::to_ascii_lowercase) else {
+        return false;
+    };
+    if super::hosts::is_loopback_host(&host) {
+        return true;
+    }
+    let cs = env.connection().ok().flatten();
+    if let Some(ep) = cs
+        .as_ref()
+        .and_then(|c| c.blob_endpoint.as_deref())
+        .and_then(|e| reqwest::Url::parse(e).ok())
+    {
+        if ep.scheme() == url.scheme()
+            && ep.host_str().map(str::to_ascii_lowercase).as_deref() == Some(host.as_str())
+            && ep.port_or_known_default() == url.port_or_known_default()
+        {
+            return true;
+        }
+    }
+    let suffixes = cs
+        .and_then(|c| c.endpoint_suffix)
+        .map(|s| s.trim_matches('.').to_ascii_lowercase())
+        .into_iter()
+        .chain(
+            super::hosts::KNOWN_ENDPOINT_SUFFIXES
+                .iter()
+                .map(|s| (*s).to_string()),
+        )
+        .chain(
+            super::cloud::ALL_CLOUDS
+                .iter()
+                .map(|c| c.storage_zone_suffix().to_string()),
+        );
+    let mut suffixes = suffixes;
+    suffixes.any(|suffix| {
+        host.strip_suffix(&format!(".blob.{suffix}"))
+            .is_some_and(|account| !account.is_empty())
+    })
 }
 
 /// [`resolve`] for `url`, and a SAS from the connection string is sent only to that
-/// string's own endpoints (a SAS, like a key, works for anyone who holds it).
+/// string's own endpoints (a SAS, like a key, works for anyone who holds it), a sign-in
+/// token only to storage endpoints ([`bearer_may_go_to`]).
 pub fn resolve_for(url: &reqwest::Url, env: &CredentialEnv) -> Result<Credential> {
+    if env.auth_mode()? == AuthMode::Login {
+        // Checked before any sign-in is attempted: nothing is asked for a host that would
+        // not get the token anyway.
+        if !bearer_may_go_to(url, env) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "upload.key_host",
+                format!(
+                    "{} is not an Azure Storage blob endpoint (ACCOUNT.blob.core.windows.net and the other clouds' \
+                     equivalents), so the Entra ID token will not be sent there (it would grant that host your access \
+                     to every storage account); set BlobEndpoint in AZURE_STORAGE_CONNECTION_STRING for a private \
+                     endpoint, or use a SAS",
+                    super::redact::redact(url.as_str())
+                ),
+            ));
+        }
+        if url.query().is_some_and(has_sig) {
+            // The "login, but a SAS was given" error.
+            return resolve(url.query(), env);
+        }
+        return bearer(Some(url), env);
+    }
     let cred = resolve(url.query(), env)?;
-    if url.query().is_some_and(has_sig) {
+    if url.query().is_some_and(has_sig) && matches!(cred, Credential::Sas(_)) {
         return Ok(cred);
     }
     if let (Credential::Sas(_), Some(cs)) = (&cred, env.connection()?) {
@@ -436,7 +673,7 @@ mod tests {
         // A query without sig is not a SAS: the connection string is used.
         match resolve(Some("timeout=5"), &env).unwrap() {
             Credential::SharedKey(k) => assert_eq!(k.account, "devstoreaccount1"),
-            Credential::Sas(_) => panic!("not a SAS"),
+            c => panic!("not a key: {c:?}"),
         }
         // Account + key when there is no connection string.
         let env2 = CredentialEnv {
@@ -445,7 +682,7 @@ mod tests {
         };
         match resolve(None, &env2).unwrap() {
             Credential::SharedKey(k) => assert_eq!(k.account, "other"),
-            Credential::Sas(_) => panic!("not a SAS"),
+            c => panic!("not a key: {c:?}"),
         }
         // Nothing at all: a clear error that names the options.
         let e = resolve(None, &CredentialEnv::default()).unwrap_err();
@@ -550,6 +787,7 @@ mod tests {
                     ));
                 }
                 Credential::Sas(q) => assert_eq!(q, "sv=1&sig=abc"),
+                Credential::Bearer(_) => panic!("no --auth login here"),
             }
         }
         let bad = CredentialEnv {
@@ -589,6 +827,113 @@ mod tests {
         // A SAS in the URL itself is the user's explicit choice for that URL.
         let u = reqwest::Url::parse("https://evil.example/c/b?sv=1&sig=x").unwrap();
         assert!(matches!(resolve_for(&u, &env).unwrap(), Credential::Sas(q) if q == "sv=1&sig=x"));
+    }
+
+    #[test]
+    fn auth_mode_narrows_the_credential() {
+        use crate::storage::token::{FixedToken, Token};
+        let full = CredentialEnv {
+            connection_string: Some(format!(
+                "AccountName=acct;AccountKey={DEV_KEY};SharedAccessSignature=sv=1&sig=CSSIG"
+            )),
+            token_source: Some(Arc::new(FixedToken(Token::new(
+                "eyJtoken.x.y",
+                std::time::SystemTime::now() + std::time::Duration::from_secs(3600),
+            )))),
+            ..CredentialEnv::default()
+        };
+        let with = |mode: &str| CredentialEnv {
+            auth: Some(mode.into()),
+            ..full.clone()
+        };
+        let url = reqwest::Url::parse("https://acct.blob.core.windows.net/c/b").unwrap();
+        let sas_url =
+            reqwest::Url::parse("https://acct.blob.core.windows.net/c/b?sv=1&sig=URLSIG").unwrap();
+        // Default: the URL's SAS, else the key.
+        assert!(
+            matches!(resolve_for(&sas_url, &full).unwrap(), Credential::Sas(q) if q.contains("URLSIG"))
+        );
+        assert!(matches!(
+            resolve_for(&url, &full).unwrap(),
+            Credential::SharedKey(_)
+        ));
+        // key: the key even when the URL carries a SAS.
+        assert!(matches!(
+            resolve_for(&sas_url, &with("key")).unwrap(),
+            Credential::SharedKey(_)
+        ));
+        // sas: the URL's, else the connection string's.
+        assert!(
+            matches!(resolve_for(&sas_url, &with("SAS")).unwrap(), Credential::Sas(q) if q.contains("URLSIG"))
+        );
+        assert!(
+            matches!(resolve_for(&url, &with("sas")).unwrap(), Credential::Sas(q) if q.contains("CSSIG"))
+        );
+        // login: a token, the key ignored; a SAS in the URL is refused.
+        let c = resolve_for(&url, &with("login")).unwrap();
+        assert!(matches!(c, Credential::Bearer(_)));
+        assert!(!format!("{c:?}").contains("eyJtoken"));
+        let e = resolve_for(&sas_url, &with("login")).unwrap_err();
+        assert_eq!(e.code(), "upload.credentials");
+        assert!(!e.to_string().contains("URLSIG"));
+        // Nothing of the kind asked for: errors that say what to set.
+        let none = |mode: &str| CredentialEnv {
+            auth: Some(mode.into()),
+            ..CredentialEnv::default()
+        };
+        assert!(resolve_for(&url, &none("key"))
+            .unwrap_err()
+            .message()
+            .contains("AZURE_STORAGE_KEY"));
+        assert!(resolve_for(&url, &none("sas"))
+            .unwrap_err()
+            .message()
+            .contains("--sas-file"));
+        assert_eq!(
+            resolve_for(&url, &none("bogus")).unwrap_err().code(),
+            "upload.credentials"
+        );
+    }
+
+    #[test]
+    fn a_token_goes_only_to_storage_endpoints() {
+        let env = CredentialEnv {
+            connection_string: Some(format!(
+                "AccountName=acct;AccountKey={DEV_KEY};BlobEndpoint=https://pe.internal.example:8443/"
+            )),
+            ..CredentialEnv::default()
+        };
+        for (u, ok) in [
+            ("https://a.blob.core.windows.net/c/b", true),
+            ("https://a.blob.core.chinacloudapi.cn/c/b", true),
+            ("https://a.blob.core.usgovcloudapi.net/c/b", true),
+            ("https://a.z12.blob.storage.azure.net/c/b", true),
+            ("https://md-impexp-x.blob.core.windows.net/c/b", true),
+            ("https://127.0.0.1:10000/devstoreaccount1/c/b", true),
+            ("https://pe.internal.example:8443/c/b", true),
+            ("https://pe.internal.example/c/b", false),
+            ("https://blob.core.windows.net/c/b", false),
+            ("https://a.blob.core.windows.net.evil.example/c/b", false),
+            ("https://evil.example/a.blob.core.windows.net/c/b", false),
+        ] {
+            let url = reqwest::Url::parse(u).unwrap();
+            assert_eq!(bearer_may_go_to(&url, &env), ok, "{u}");
+        }
+        // The test hook is refused for a real endpoint.
+        let hook = CredentialEnv {
+            auth: Some("login".into()),
+            test_token_file: Some("/nonexistent".into()),
+            ..CredentialEnv::default()
+        };
+        let url = reqwest::Url::parse("https://a.blob.core.windows.net/c/b").unwrap();
+        let e = resolve_for(&url, &hook).unwrap_err();
+        assert_eq!(e.code(), "upload.login");
+        assert!(e.message().contains("loopback"));
+        let local = reqwest::Url::parse("https://127.0.0.1:1/devstoreaccount1/c/b").unwrap();
+        assert!(matches!(
+            resolve_for(&local, &hook).unwrap(),
+            Credential::Bearer(_)
+        ));
     }
 
     #[test]

@@ -217,6 +217,8 @@ fn secrets_of(cred: &Credential) -> Vec<String> {
             }
         }
         Credential::SharedKey(k) => secrets.push(k.key_text().to_string()),
+        // The token changes as it is refreshed; redact_text recognises its shape instead.
+        Credential::Bearer(_) => {}
     }
     secrets
 }
@@ -238,6 +240,17 @@ impl BlobClient {
         check_api_version(api_version)?;
         let cred = auth::resolve_for(&parsed, env)?;
         check_key_host(&cred, &parsed, &display)?;
+        if matches!(cred, Credential::Bearer(_)) && api_version < auth::MIN_BEARER_API_VERSION {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "upload.invalid_request",
+                format!(
+                    "--api-version {api_version} is older than {}, the first the service accepts Entra ID tokens with; \
+                     leave --api-version at its default",
+                    auth::MIN_BEARER_API_VERSION
+                ),
+            ));
+        }
         let secrets = secrets_of(&cred);
         let mut base = parsed;
         base.set_query(None);
@@ -284,11 +297,12 @@ impl BlobClient {
         query: &[(&str, &str)],
         headers: &[(&'h str, String)],
         len: usize,
+        bearer: Option<&super::token::Token>,
     ) -> (String, Vec<(&'h str, String)>) {
         let mut all: Vec<(&str, String)> = headers.to_vec();
         all.push(("x-ms-date", httpdate::fmt_http_date(SystemTime::now())));
         all.push(("x-ms-version", self.api_version.clone()));
-        if method == Method::PUT {
+        if method == Method::PUT || method == Method::POST {
             all.push(("content-length", len.to_string()));
         }
         let mut qs: Vec<String> = query
@@ -302,6 +316,11 @@ impl BlobClient {
                 let sts =
                     auth::string_to_sign(method.as_str(), &pairs, &key.account, &self.path, query);
                 all.push(("authorization", key.authorization(&sts)));
+            }
+            Credential::Bearer(_) => {
+                if let Some(t) = bearer {
+                    all.push(("authorization", format!("Bearer {}", t.secret())));
+                }
             }
         }
         let url = if qs.is_empty() {
@@ -322,7 +341,15 @@ impl BlobClient {
         timeout: Duration,
     ) -> Result<reqwest::Response, Failure> {
         let len = body.as_ref().map_or(0, Bytes::len);
-        let (url, all) = self.authorized(&method, query, headers, len);
+        // A fresh token (refreshed when less than five minutes are left) for each request.
+        let token = match &self.cred {
+            Credential::Bearer(b) => Some(b.token().await.map_err(|e| Failure::Transport {
+                message: redact(e.message()),
+                kind: TransportKind::SignIn,
+            })?),
+            _ => None,
+        };
+        let (url, all) = self.authorized(&method, query, headers, len, token.as_ref());
         let method_name = method.to_string();
         let mut req = self.http.request(method, &url).timeout(timeout);
         for (n, v) in &all {
@@ -446,9 +473,16 @@ impl BlobClient {
                     .map(|s| s.canonical_reason().unwrap_or("").to_string())
                     .unwrap_or_default()
             });
-        let message = xml_text(&text, "Message")
+        let mut message = xml_text(&text, "Message")
             .map(|m| m.lines().next().unwrap_or("").to_string())
             .unwrap_or_default();
+        // 401 too: Azure answers an unusable token with 401 InvalidAuthenticationInfo.
+        if matches!(self.cred, Credential::Bearer(_)) && (status == 403 || status == 401) {
+            // The service's own detail (e.g. "The token is expired") says more than its
+            // generic message; the marker makes the advice about roles and sign-in.
+            let detail = xml_text(&text, "AuthenticationErrorDetail").unwrap_or(message);
+            message = format!("{}{detail}", super::failure::SIGNED_IN_MARK);
+        }
         Failure::Status {
             status,
             code: self.scrub(&code),
@@ -811,6 +845,67 @@ impl BlobClient {
         )
         .await
         .map(drop)
+    }
+
+    /// Get User Delegation Key (docs/azure-page-blob.md §1.6): a key, valid from `start` to
+    /// `expiry` (`YYYY-MM-DDThh:mm:ssZ`, at most 7 days apart), that signs user delegation
+    /// SAS tokens for the signed-in identity. Needs `--auth login`; asked of this blob's
+    /// account (`POST ?restype=service&comp=userdelegationkey` on the service root).
+    pub async fn user_delegation_key(
+        &self,
+        start: &str,
+        expiry: &str,
+    ) -> Result<super::sas::UserDelegationKey, Failure> {
+        let mut svc = self.container();
+        // The container client's path minus the container: the account's service root.
+        let root = svc
+            .path
+            .rsplit_once('/')
+            .map_or("/", |(r, _)| if r.is_empty() { "/" } else { r })
+            .to_string();
+        let origin = svc
+            .base
+            .strip_suffix(svc.path.as_str())
+            .unwrap_or(&svc.base)
+            .to_string();
+        svc.base = format!("{origin}{root}");
+        if !svc.base.ends_with('/') {
+            svc.base.push('/');
+        }
+        svc.path = root;
+        if !svc.path.ends_with('/') {
+            svc.path.push('/');
+        }
+        svc.display = redact(&svc.base);
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?><KeyInfo><Start>{start}</Start><Expiry>{expiry}</Expiry></KeyInfo>"
+        );
+        let resp = svc
+            .send(
+                Method::POST,
+                &[("restype", "service"), ("comp", "userdelegationkey")],
+                &[("content-type", "application/xml".to_string())],
+                Some(Bytes::from(body)),
+                Duration::from_secs(60),
+            )
+            .await?;
+        let xml = self
+            .read_capped(resp, MAX_ERROR_BODY, "the user delegation key")
+            .await?;
+        let xml = String::from_utf8_lossy(&xml);
+        let field = |t: &str| {
+            xml_text(&xml, t)
+                .ok_or_else(|| protocol(format!("the user delegation key answer has no <{t}>")))
+        };
+        Ok(super::sas::UserDelegationKey {
+            signed_oid: field("SignedOid")?,
+            signed_tid: field("SignedTid")?,
+            signed_start: field("SignedStart")?,
+            signed_expiry: field("SignedExpiry")?,
+            signed_service: field("SignedService")?,
+            signed_version: field("SignedVersion")?,
+            value: field("Value")?,
+        })
     }
 
     /// Get Blob of `range`.

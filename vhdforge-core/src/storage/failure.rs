@@ -29,7 +29,13 @@ pub enum TransportKind {
     /// The request could not be built (e.g. a header value that cannot be sent): the
     /// same request fails the same way every time, so this is fatal.
     Request,
+    /// `--auth login` produced no token (not signed in, expired sign-in): fatal.
+    SignIn,
 }
+
+/// Starts the message of a 403 answered to a request with an Entra ID token, so the advice
+/// is about the identity's role and sign-in rather than a SAS or key.
+pub(crate) const SIGNED_IN_MARK: &str = "\u{1}signed-in:";
 
 /// A failed request.
 #[derive(Debug, Clone)]
@@ -89,7 +95,7 @@ impl Failure {
     pub fn class(&self) -> Class {
         match self {
             Failure::Transport {
-                kind: TransportKind::Certificate | TransportKind::Request,
+                kind: TransportKind::Certificate | TransportKind::Request | TransportKind::SignIn,
                 ..
             } => Class::Fatal,
             Failure::Transport { .. } => Class::Retry,
@@ -126,11 +132,18 @@ impl Failure {
                 "upload.invalid_request",
                 format!("{op} {dest}: the request could not be built ({message}); check --api-version and DEST for characters that cannot be sent"),
             ),
+            Failure::Transport {
+                message,
+                kind: TransportKind::SignIn,
+            } => Error::new(ErrorKind::InvalidInput, "upload.login", format!("{op} {dest}: {message}")),
             Failure::Transport { message, .. } => Error::new(
                 ErrorKind::Remote,
                 "upload.transport",
                 format!("{op} {dest}: no answer from the service ({message}); check the network, the host name and any proxy"),
             ),
+            Failure::Status { status: status @ (401 | 403), code, message } if message.starts_with(SIGNED_IN_MARK) => {
+                signed_in_denied(op, dest, status, &code, &message[SIGNED_IN_MARK.len()..])
+            }
             Failure::Status { status, code, message } => {
                 let what = if message.is_empty() { code.clone() } else { format!("{code} ({})", message.trim_end_matches('.')) };
                 let (ecode, hint) = status_hint(status, &code, op);
@@ -138,6 +151,41 @@ impl Failure {
             }
         }
     }
+}
+
+/// A 403 (or 401) to a request made with an Entra ID token: the identity lacks a data role
+/// (`AuthorizationPermissionMismatch`, `AuthorizationFailure`), or the token itself was
+/// refused (`AuthenticationFailed`, `InvalidAuthenticationInfo`: expired, another tenant or
+/// audience).
+fn signed_in_denied(op: &str, dest: &str, status: u16, code: &str, detail: &str) -> Error {
+    let detail = detail.trim().trim_end_matches('.');
+    let shown = if detail.is_empty() {
+        code.to_string()
+    } else {
+        format!("{code} ({detail})")
+    };
+    if status == 401 || matches!(code, "AuthenticationFailed" | "InvalidAuthenticationInfo") {
+        return Error::new(
+            ErrorKind::Remote,
+            "upload.auth",
+            format!(
+                "{op} {dest}: HTTP {status} {shown}; the service refused the Entra ID token: it may have expired or be for \
+                 another tenant or cloud; sign in again (`az login`, with `az cloud set` for China or US Gov) and check \
+                 this machine's clock"
+            ),
+        );
+    }
+    Error::new(
+        ErrorKind::Remote,
+        "upload.permission",
+        format!(
+            "{op} {dest}: HTTP 403 {shown}; the signed-in identity lacks a data role on this account: assign \
+             'Storage Blob Data Contributor' (upload/copy) or 'Storage Blob Data Reader' (verify/check) on the \
+             storage account or container (`az role assignment create --role \"Storage Blob Data Contributor\" \
+             --assignee <you> --scope <account id>`; roles take a few minutes to apply). Owner or Contributor on the \
+             account is not enough: they manage it, they do not grant data access"
+        ),
+    )
 }
 
 /// The error code and the advice for an error status during `op` (a 404 means "create the
@@ -203,6 +251,50 @@ mod tests {
             code: code.into(),
             message: String::new(),
         }
+    }
+
+    #[test]
+    fn a_refused_sign_in_says_role_or_token() {
+        let signed = |status: u16, code: &str, detail: &str| Failure::Status {
+            status,
+            code: code.into(),
+            message: format!("{SIGNED_IN_MARK}{detail}"),
+        };
+        let e = signed(
+            403,
+            "AuthorizationPermissionMismatch",
+            "This request is not authorized",
+        )
+        .into_error("writing", "https://a.blob.core.windows.net/c/b");
+        assert_eq!(e.code(), "upload.permission");
+        assert!(
+            e.message().contains("Storage Blob Data Contributor")
+                && e.message().contains("AuthorizationPermissionMismatch")
+        );
+        assert!(!e.message().contains('\u{1}'));
+        for (status, code) in [
+            (403, "AuthenticationFailed"),
+            (401, "InvalidAuthenticationInfo"),
+        ] {
+            let e = signed(
+                status,
+                code,
+                "Lifetime validation failed. The token is expired.",
+            )
+            .into_error("writing", "d");
+            assert_eq!(e.code(), "upload.auth");
+            assert!(
+                e.message().contains("The token is expired") && e.message().contains("az login"),
+                "{e}"
+            );
+        }
+        // Without the mark (a SAS or key), the SAS advice as before.
+        let e = st(403, "AuthorizationPermissionMismatch").into_error("writing", "d");
+        assert!(e.message().contains("generate-sas"));
+        assert_eq!(
+            signed(403, "AuthenticationFailed", "").class(),
+            Class::Fatal
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! - [`blob`]: [`BlobClient`], the HTTP operations on one blob (Put Page, Get Page Ranges …);
 //! - [`auth`]: which credential a request uses, and Shared Key signing;
 //! - [`cloud`], [`connstr`]: the Azure clouds' endpoints, and connection strings;
-//! - [`sas`]: signing shared access signatures with an account key;
+//! - [`sas`]: signing shared access signatures with an account key (or a user delegation key);
+//! - [`token`]: Entra ID sign-in (`--auth login`) through `azure_identity`, tokens kept fresh;
 //! - [`hosts`]: plain http only to loopback, managed-disk hosts, and a key only for its
 //!   own account's endpoints;
 //! - `http`: the HTTP client (trusted roots, `--ca-cert`, proxies, no redirects);
@@ -26,9 +27,10 @@ pub mod names;
 pub mod redact;
 pub mod retry;
 pub mod sas;
+pub mod token;
 pub mod xml;
 
-pub use auth::{Credential, CredentialEnv, SharedKey};
+pub use auth::{AuthMode, Credential, CredentialEnv, SharedKey};
 pub use blob::{BlobClient, BlobProps, CopyState, Integrity, PageListLimits};
 pub use cloud::Cloud;
 pub use failure::{Class, Failure, TransportKind};

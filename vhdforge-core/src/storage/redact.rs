@@ -2,8 +2,9 @@
 //!
 //! A SAS URL is a bearer credential: its `sig` is the secret. So are an account key
 //! (`AccountKey=` in a connection string), a password in a URL (`https://user:PASS@host`)
-//! and the signature after `SharedKey account:` in an echoed Authorization header. None may
-//! reach progress lines, logs, errors, JSON or journals.
+//! the signature after `SharedKey account:` in an echoed Authorization header, and an Entra
+//! ID access token (`Bearer …`, or any JWT `eyJ….….…`). None may reach progress lines,
+//! logs, errors, JSON or journals.
 //!
 //! Redaction works by *parsing* the text for those shapes, not by looking for the exact
 //! secret we hold: a server may echo a signature lower-cased, percent-encoded or decoded,
@@ -230,6 +231,8 @@ fn redact_layer(text: &str) -> String {
                     )
                 })
             })
+            .or_else(|| bearer_token(bytes, i))
+            .or_else(|| jwt(bytes, i))
             .or_else(|| {
                 shared_key_signature(bytes, i).map(|v| {
                     let mut end = v;
@@ -277,6 +280,45 @@ fn redact_layer(text: &str) -> String {
     }
     out.push_str(&text[copied..]);
     out
+}
+
+/// Characters of an OAuth token (JWT: base64url parts joined by dots).
+fn is_token_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'=' | b'+' | b'/' | b'~')
+}
+
+/// If `Bearer TOKEN` starts at `i`: where the token starts and ends. Only a run of token
+/// characters at least 16 long counts (so "scheme Bearer is not supported" stays as is).
+fn bearer_token(bytes: &[u8], i: usize) -> Option<(usize, usize)> {
+    if !starts_with_ci(bytes, i, "bearer") || (i > 0 && bytes[i - 1].is_ascii_alphanumeric()) {
+        return None;
+    }
+    let mut v = i + "bearer".len();
+    let spaces = v;
+    while v < bytes.len() && matches!(bytes[v], b' ' | b'\t' | b'=' | b':') {
+        v += 1;
+    }
+    if v == spaces {
+        return None;
+    }
+    let mut end = v;
+    while end < bytes.len() && is_token_char(bytes[end]) {
+        end += 1;
+    }
+    (end - v >= 16).then_some((v, end))
+}
+
+/// If a JWT (`eyJ…` with at least one dot: a base64url JSON header) starts at `i`, where
+/// it starts and ends.
+fn jwt(bytes: &[u8], i: usize) -> Option<(usize, usize)> {
+    if !bytes[i..].starts_with(b"eyJ") || (i > 0 && is_token_char(bytes[i - 1])) {
+        return None;
+    }
+    let mut end = i;
+    while end < bytes.len() && is_token_char(bytes[end]) {
+        end += 1;
+    }
+    (bytes[i..end].contains(&b'.') && end - i >= 16).then_some((i, end))
 }
 
 /// If `SharedKey ACCOUNT:` starts at `i`, where the signature starts.
@@ -344,6 +386,35 @@ fn replace_ci(text: &str, pat: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_tokens_and_jwts_are_redacted() {
+        let jwt = "eyJhbGciOiJub25lIn0.eyJleHAiOjIwMDAwMDAwMDB9.c2ln";
+        for (text, kept) in [
+            (
+                format!("authorization: Bearer {jwt}"),
+                "authorization: Bearer ",
+            ),
+            (format!("Authorization=bearer  {jwt}; next"), "; next"),
+            (format!("echo {jwt} back"), " back"),
+            (format!("{{\"token\":\"{jwt}\"}}"), "\"token\""),
+            // Percent-encoded, as a server may echo it in a URL.
+            (format!("u?x=Bearer%20{}", jwt.replace('.', "%2E")), "u?x="),
+        ] {
+            let r = redact_text(&text);
+            assert!(
+                !r.contains("eyJhbGciOiJub25lIn0") && !r.contains("c2ln"),
+                "{text} -> {r}"
+            );
+            assert!(r.contains(REDACTED) && r.contains(kept), "{text} -> {r}");
+        }
+        // Words that merely mention the scheme stay.
+        let plain = "Authentication scheme Bearer is not supported.";
+        assert_eq!(redact_text(plain), plain);
+        // An opaque (non-JWT) bearer token after the scheme name.
+        let r = redact_text("Bearer opaque-token-value-1234567890");
+        assert!(!r.contains("opaque-token-value"), "{r}");
+    }
 
     #[test]
     fn redaction_table() {

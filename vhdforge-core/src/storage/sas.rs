@@ -1,5 +1,7 @@
 //! Signing shared access signatures with an account key (docs/azure-page-blob.md §1.5):
-//! a service SAS for one blob or container, or an account SAS for the Blob service.
+//! a service SAS for one blob or container, or an account SAS for the Blob service; and,
+//! without any key, a user delegation SAS signed with a key the service hands the
+//! signed-in identity (§1.6, `--auth login`).
 //!
 //! A SAS lets someone without the key (a build machine, Partner Center, a colleague) reach
 //! exactly one resource, with exactly the permissions named, until it expires. The
@@ -188,6 +190,112 @@ pub fn account_sas(key: &SharedKey, terms: &SasTerms) -> Result<String> {
     Ok(q)
 }
 
+/// The longest a user delegation key (and so a user delegation SAS) may be valid: the
+/// service refuses more than 7 days.
+pub const MAX_USER_DELEGATION_DAYS: u32 = 7;
+
+/// A user delegation key (Get User Delegation Key's answer): the identity it belongs to, its
+/// validity, and the key itself (`value`, base64), which signs SAS tokens like an account
+/// key. Never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserDelegationKey {
+    /// `skoid`: the signed-in identity's object id.
+    pub signed_oid: String,
+    /// `sktid`: its tenant.
+    pub signed_tid: String,
+    /// `skt`.
+    pub signed_start: String,
+    /// `ske`.
+    pub signed_expiry: String,
+    /// `sks` (`b`).
+    pub signed_service: String,
+    /// `skv`.
+    pub signed_version: String,
+    /// The key, base64.
+    pub value: String,
+}
+
+impl std::fmt::Debug for UserDelegationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "UserDelegationKey(oid {}, tid {}, {}..{}, key redacted)",
+            self.signed_oid, self.signed_tid, self.signed_start, self.signed_expiry
+        )
+    }
+}
+
+/// The query string of a user delegation SAS for `resource` in `account`, signed with
+/// `udk` (no leading `?`): the service SAS fields plus `skoid, sktid, skt, ske, sks, skv`,
+/// in the string-to-sign layout of versions 2020-12-06 and later.
+pub fn user_delegation_sas(
+    udk: &UserDelegationKey,
+    account: &str,
+    resource: &SasResource,
+    terms: &SasTerms,
+) -> Result<String> {
+    let permissions = terms.check()?;
+    let signer = SharedKey::new(account, &udk.value).map_err(|_| {
+        invalid("the user delegation key the service returned is not base64".into())
+    })?;
+    let (sr, canonical) = match resource {
+        SasResource::Blob { container, blob } => {
+            ("b", format!("/blob/{account}/{container}/{blob}"))
+        }
+        SasResource::Container { container } => ("c", format!("/blob/{account}/{container}")),
+    };
+    let start = terms.start.as_deref().unwrap_or("");
+    // sp, st, se, resource, skoid, sktid, skt, ske, sks, skv, saoid, suoid, scid, sip, spr,
+    // sv, sr, snapshot time, ses, rscc, rscd, rsce, rscl, rsct.
+    let sts = [
+        permissions.as_str(),
+        start,
+        &terms.expiry,
+        &canonical,
+        &udk.signed_oid,
+        &udk.signed_tid,
+        &udk.signed_start,
+        &udk.signed_expiry,
+        &udk.signed_service,
+        &udk.signed_version,
+        "",
+        "",
+        "",
+        "",
+        terms.protocol(),
+        SAS_VERSION,
+        sr,
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+    ]
+    .join("\n");
+    let mut q = format!("sv={SAS_VERSION}&sr={sr}&sp={permissions}");
+    if !start.is_empty() {
+        let _ = write!(q, "&st={}", enc(start));
+    }
+    let _ = write!(q, "&se={}", enc(&terms.expiry));
+    if terms.https_only {
+        q.push_str("&spr=https");
+    }
+    let _ = write!(
+        q,
+        "&skoid={}&sktid={}&skt={}&ske={}&sks={}&skv={}",
+        enc(&udk.signed_oid),
+        enc(&udk.signed_tid),
+        enc(&udk.signed_start),
+        enc(&udk.signed_expiry),
+        enc(&udk.signed_service),
+        enc(&udk.signed_version)
+    );
+    let _ = write!(q, "&sig={}", enc(&signer.sign(&sts)));
+    Ok(q)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +330,45 @@ mod tests {
                 enc(&key.sign(sts))
             )
         );
+    }
+
+    #[test]
+    fn user_delegation_sas_layout() {
+        let udk = UserDelegationKey {
+            signed_oid: "11111111-1111-1111-1111-111111111111".into(),
+            signed_tid: "22222222-2222-2222-2222-222222222222".into(),
+            signed_start: "2026-01-01T00:00:00Z".into(),
+            signed_expiry: "2026-01-08T00:00:00Z".into(),
+            signed_service: "b".into(),
+            signed_version: "2021-08-06".into(),
+            value: DEV_KEY.into(),
+        };
+        let c = SasResource::Container {
+            container: "vhds".into(),
+        };
+        let t = SasTerms {
+            permissions: "lr".into(),
+            start: Some("2026-01-01T00:00:00Z".into()),
+            expiry: "2026-01-07T00:00:00Z".into(),
+            https_only: true,
+        };
+        let q = user_delegation_sas(&udk, "acct", &c, &t).unwrap();
+        // 24 fields (the 2020-12-06 layout), signed with the delegation key's value.
+        let sts = "rl\n2026-01-01T00:00:00Z\n2026-01-07T00:00:00Z\n/blob/acct/vhds\n\
+                   11111111-1111-1111-1111-111111111111\n22222222-2222-2222-2222-222222222222\n\
+                   2026-01-01T00:00:00Z\n2026-01-08T00:00:00Z\nb\n2021-08-06\n\n\n\n\nhttps\n2021-08-06\nc\n\n\n\n\n\n\n";
+        assert_eq!(sts.split('\n').count(), 24);
+        let sig = enc(&SharedKey::new("acct", DEV_KEY).unwrap().sign(sts));
+        assert!(q.starts_with("sv=2021-08-06&sr=c&sp=rl&st="), "{q}");
+        assert!(
+            q.contains(
+                "&spr=https&skoid=11111111%2D1111%2D1111%2D1111%2D111111111111&sktid=22222222%2D"
+            ),
+            "{q}"
+        );
+        assert!(q.contains("&sks=b&skv=2021%2D08%2D06&sig="), "{q}");
+        assert!(q.ends_with(&format!("&sig={sig}")), "{q}");
+        assert!(!format!("{udk:?}").contains(DEV_KEY));
     }
 
     #[test]

@@ -100,12 +100,12 @@ impl BlobClient {
     }
 
     /// The URL of this blob carrying its SAS, for a service that must read it (Put Page
-    /// From URL, Copy Blob); `None` when the client signs with a key (the URL alone then
-    /// grants nothing outside its own account).
+    /// From URL, Copy Blob); `None` when the client signs with a key or a sign-in token (the
+    /// URL alone then grants nothing outside its own account).
     pub fn url_with_sas(&self) -> Option<String> {
         match &self.cred {
             super::Credential::Sas(q) => Some(format!("{}?{q}", self.base)),
-            super::Credential::SharedKey(_) => None,
+            super::Credential::SharedKey(_) | super::Credential::Bearer(_) => None,
         }
     }
 }
