@@ -130,4 +130,3 @@ fn vendor_dirs(fs: &dyn FileSystem) -> Vec<String> {
     out.sort();
     out
 }
-
