@@ -83,3 +83,34 @@ fn a_self_including_sshd_config_stays_bounded() {
         "{cut:?}"
     );
 }
+
+/// One finding per offending line, without bound: a `/etc/modprobe.d` file repeating
+/// `blacklist udf` to its 1 MiB gave 75 000 findings (about 40 MiB), and the directory may
+/// hold 4096 such files. The first findings of a code are kept, then one says how many more.
+#[test]
+fn findings_of_one_code_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = write(dir.path(), Distro::Debian12);
+    let line = "blacklist udf\n";
+    put(
+        &tree.root,
+        "etc/modprobe.d/cis.conf",
+        &line.repeat((1 << 20) / line.len()),
+    );
+    let disk = build_disk(dir.path(), &tree, Layout::default());
+    let report = run(&disk, &OpenOptions::default(), OsChoice::Auto).unwrap();
+    let udf: Vec<_> = report
+        .findings
+        .iter()
+        .filter(|f| f.code.as_str() == "guest.linux.udf_disabled")
+        .collect();
+    assert!(!udf.is_empty(), "the udf line is still reported");
+    assert!(udf.len() <= 33, "{} udf findings", udf.len());
+    let more = udf.last().unwrap();
+    let n = (1 << 20) / line.len() - 32;
+    assert!(
+        more.message.contains(&format!("{n} more finding(s)")),
+        "{}",
+        more.message
+    );
+}
