@@ -19,8 +19,8 @@ pub const MAX_DIR_ENTRIES: usize = 4096;
 /// Longest piece of guest text put into evidence.
 const MAX_SHOWN: usize = 160;
 /// Most findings of one code a check may add. Several checks report each offending line
-/// (`blacklist udf`, a static address...), and a guest can repeat such a line half a million
-/// times in each of thousands of files: without a bound the findings alone took GiBs. The
+/// (`blacklist udf`, a static address, ...), and a guest can repeat such a line half a million
+/// times in each of thousands of files: without a bound the findings alone took gigabytes. The
 /// first ones are kept, then one finding says how many more there were.
 pub const MAX_FINDINGS_PER_CODE: usize = 32;
 

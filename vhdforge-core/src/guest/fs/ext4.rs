@@ -354,7 +354,6 @@ impl Ext4Fs {
         };
         let (home_size, runs) = match walk.file_runs(ino) {
             Ok(Some(m)) => m,
-            Ok(None) => return Ok(None),
             Err(e) if e.code() == "guest.fs.ext4_corrupt" => {
                 return Err(corrupt(format!(
                     "reading {}: the file system is damaged: {}; `e2fsck -n` in the guest shows the damage",
@@ -362,7 +361,7 @@ impl Ext4Fs {
                     e.message()
                 )))
             }
-            Err(_) => return Ok(None),
+            Ok(None) | Err(_) => return Ok(None),
         };
         Ok((home_size == size).then(|| ExtentFile {
             vol: walk.volume().clone(),
