@@ -184,7 +184,12 @@ pub fn run_volumes(a: &VolumesArgs, ui: &Ui) -> Result<ExitCode> {
                 bytes(x.size_bytes),
                 x.type_name.clone(),
                 x.filesystem.to_string(),
-                x.label.clone().unwrap_or_default(),
+                // The guest's text: escaped like names (an escape sequence or line feed in a
+                // label must not rewrite the terminal or forge a row).
+                x.label
+                    .as_deref()
+                    .map(|l| escape(l.as_bytes()))
+                    .unwrap_or_default(),
                 format!(
                     "{}{}",
                     x.uuid.clone().unwrap_or_default(),
@@ -227,7 +232,7 @@ pub fn run_volumes(a: &VolumesArgs, ui: &Ui) -> Result<ExitCode> {
         None => s += "ls/cat need --volume NAME on this disk\n",
     }
     for f in &v.findings {
-        s += &format!("  {f}\n");
+        s += &format!("  {}\n", crate::ui::terminal_safe(&f.to_string()));
     }
     ui.print(&s)?;
     Ok(ExitCode::SUCCESS)

@@ -83,10 +83,13 @@ fn human(r: &PreflightReport) -> String {
         .generation
         .map_or("unknown".to_string(), |g| g.to_string());
     s += &format!("  generation      {gen}\n");
+    // The OS name (os-release's PRETTY_NAME) and kernel are the guest's text too.
     if let Some(name) = &r.os.name {
+        let name = crate::guest_cmd::escape(name.as_bytes());
         s += &format!("  os              {name}\n");
     }
     if let Some(k) = &r.os.kernel {
+        let k = crate::guest_cmd::escape(k.as_bytes());
         s += &format!("  kernel          {k}\n");
     }
     if let Some(n) = r.upload_size_bytes {
@@ -100,13 +103,14 @@ fn human(r: &PreflightReport) -> String {
             v.type_name,
             v.filesystem.to_string(),
             bytes(v.size_bytes),
+            // Label and mount point are the guest's text: escaped as names are.
             v.label
                 .as_deref()
-                .map(|l| format!(", label {l}"))
+                .map(|l| format!(", label {}", crate::guest_cmd::escape(l.as_bytes())))
                 .unwrap_or_default(),
             v.mount_point
                 .as_deref()
-                .map(|m| format!(", mounted at {m}"))
+                .map(|m| format!(", mounted at {}", crate::guest_cmd::escape(m.as_bytes())))
                 .unwrap_or_default(),
         );
     }

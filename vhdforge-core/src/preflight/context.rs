@@ -18,6 +18,11 @@ pub const MAX_FILE_BYTES: usize = 1 << 20;
 pub const MAX_DIR_ENTRIES: usize = 4096;
 /// Longest piece of guest text put into evidence.
 const MAX_SHOWN: usize = 160;
+/// Most findings of one code a check may add. Several checks report each offending line
+/// (`blacklist udf`, a static address, ...), and a guest can repeat such a line half a million
+/// times in each of thousands of files: without a bound the findings alone took gigabytes. The
+/// first ones are kept, then one finding says how many more there were.
+pub const MAX_FINDINGS_PER_CODE: usize = 32;
 
 /// The guest as the checks see it.
 pub struct Ctx<'a> {
@@ -27,6 +32,9 @@ pub struct Ctx<'a> {
     mounts: Vec<(Vec<u8>, String)>,
     /// What the checks found.
     pub findings: Vec<GuestFinding>,
+    /// Findings added per code through [`Ctx::push`], and the index of the "more" finding
+    /// once [`MAX_FINDINGS_PER_CODE`] was reached.
+    per_code: std::collections::HashMap<Code, (usize, Option<usize>)>,
 }
 
 impl<'a> Ctx<'a> {
@@ -37,6 +45,7 @@ impl<'a> Ctx<'a> {
             tree,
             mounts,
             findings: Vec::new(),
+            per_code: std::collections::HashMap::new(),
         }
     }
 
@@ -76,6 +85,29 @@ impl<'a> Ctx<'a> {
         evidence: String,
         fix: impl Into<String>,
     ) {
+        let seen = self.per_code.entry(code).or_insert((0, None));
+        seen.0 += 1;
+        if seen.0 > MAX_FINDINGS_PER_CODE {
+            let more = seen.0 - MAX_FINDINGS_PER_CODE;
+            let text = format!(
+                "{more} more finding(s) of this kind were not listed (only the first {MAX_FINDINGS_PER_CODE} are)"
+            );
+            // (The index stays valid: findings are only taken out when the checks are done.)
+            match seen.1.and_then(|i| self.findings.get_mut(i)) {
+                Some(f) if f.code == code => f.message = text,
+                _ => {
+                    seen.1 = Some(self.findings.len());
+                    self.findings.push(GuestFinding::new(
+                        severity,
+                        code,
+                        text,
+                        None,
+                        Some(fix.into()),
+                    ));
+                }
+            }
+            return;
+        }
         self.findings.push(GuestFinding::new(
             severity,
             code,

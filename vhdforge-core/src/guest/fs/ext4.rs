@@ -314,7 +314,7 @@ impl FileSystem for Ext4Fs {
     /// block cache, which made `cat` of 1 GiB run at 0.4× the kernel's speed.
     fn open_resolved(&self, path: &[u8]) -> Result<Box<dyn FileReader + '_>> {
         let file = self.fs.open(path).map_err(|e| map_err(e, path))?;
-        if let Some(fast) = self.extent_reader(path, file.metadata().len()) {
+        if let Some(fast) = self.extent_reader(path, file.metadata().len())? {
             return Ok(Box::new(fast));
         }
         Ok(Box::new(Ext4File {
@@ -341,19 +341,36 @@ impl FileSystem for Ext4Fs {
 impl Ext4Fs {
     /// A reader over the file's extents, or `None` to read through the crate (any doubt:
     /// the walk failed, the journal needs replaying, the file is not extent-mapped, or the
-    /// size at home differs from the crate's).
-    fn extent_reader(&self, path: &[u8], size: u64) -> Option<ExtentFile> {
-        let walk = self.walk.as_ref()?;
-        let ino = walk.lookup(path).ok()??;
-        let (home_size, runs) = walk.file_runs(ino).ok()??;
-        (home_size == size).then(|| ExtentFile {
+    /// size at home differs from the crate's). A damaged extent tree is an error, not a
+    /// reason to hand the file to the crate: the crate walks the same tree without bounding
+    /// its work, and a tree whose index entries name one node many times kept it busy for
+    /// days (red team r3).
+    fn extent_reader(&self, path: &[u8], size: u64) -> Result<Option<ExtentFile>> {
+        let Some(walk) = self.walk.as_ref() else {
+            return Ok(None);
+        };
+        let Some(ino) = walk.lookup(path).ok().flatten() else {
+            return Ok(None);
+        };
+        let (home_size, runs) = match walk.file_runs(ino) {
+            Ok(Some(m)) => m,
+            Err(e) if e.code() == "guest.fs.ext4_corrupt" => {
+                return Err(corrupt(format!(
+                    "reading {}: the file system is damaged: {}; `e2fsck -n` in the guest shows the damage",
+                    show(path),
+                    e.message()
+                )))
+            }
+            Ok(None) | Err(_) => return Ok(None),
+        };
+        Ok((home_size == size).then(|| ExtentFile {
             vol: walk.volume().clone(),
             block_bytes: walk.block_bytes(),
             size,
             runs,
             pos: 0,
             path: path.to_vec(),
-        })
+        }))
     }
 
     /// Our stat from the crate's metadata of the file at `path`.

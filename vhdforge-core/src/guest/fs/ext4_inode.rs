@@ -33,6 +33,11 @@ const INLINE_DATA_FL: u32 = 0x1000_0000;
 const EXTENT_MAGIC: u16 = 0xF30A;
 /// The kernel's extent trees are at most 5 levels deep.
 const MAX_EXTENT_DEPTH: u16 = 5;
+/// Most extent tree blocks one map may read. The depth check alone does not bound the walk:
+/// every index entry of every level may name the same block, and with leaves that hold no
+/// extent [`MAX_RUNS`] is never reached (4 · 340⁴ reads with 4 KiB blocks). A real tree of
+/// at most [`MAX_RUNS`] extents has fewer blocks than extents plus its index blocks.
+const MAX_TREE_BLOCKS: usize = 2 * MAX_RUNS;
 /// Directories larger than this are not walked (the kernel's `largedir` limit is 4 GiB, but
 /// real ones hold at most a few tens of MiB; the walk must stay bounded on a damaged size).
 const MAX_DIR_BYTES: u64 = 1 << 30;
@@ -194,7 +199,7 @@ impl InodeWalk {
             return Ok(None);
         }
         let mut runs = Vec::new();
-        if !self.extent_runs(&f.map, None, &mut runs)? {
+        if !self.extent_runs(&f.map, None, &mut 0, &mut runs)? {
             return Ok(None);
         }
         // Logical order, no overlap: what the kernel writes, and what a reader that binary
@@ -211,7 +216,14 @@ impl InodeWalk {
     }
 
     /// Collect the leaf extents under `node`; `false` when there are more than [`MAX_RUNS`].
-    fn extent_runs(&self, node: &[u8], depth: Option<u16>, out: &mut Vec<Run>) -> Result<bool> {
+    /// `blocks` counts the tree blocks read so far (at most [`MAX_TREE_BLOCKS`]).
+    fn extent_runs(
+        &self,
+        node: &[u8],
+        depth: Option<u16>,
+        blocks: &mut usize,
+        out: &mut Vec<Run>,
+    ) -> Result<bool> {
         let magic = le16(node, 0);
         let entries = usize::from(le16(node, 2));
         let d = le16(node, 6);
@@ -245,12 +257,18 @@ impl InodeWalk {
                 }
             } else {
                 let child = u64::from(le32(e, 4)) | (u64::from(le16(e, 8)) << 32);
+                *blocks += 1;
+                if *blocks > MAX_TREE_BLOCKS {
+                    return Err(corrupt(format!(
+                        "an extent tree reaches more than {MAX_TREE_BLOCKS} tree blocks (block {child} again and again: index entries name the same node more than once)"
+                    )));
+                }
                 let mut block = vec![0u8; usize::try_from(self.block_bytes).unwrap_or(4096)];
                 let at = child
                     .checked_mul(self.block_bytes)
                     .ok_or_else(|| corrupt(format!("extent block {child} lies past any disk")))?;
                 self.vol.read_at(&mut block, at)?;
-                if !self.extent_runs(&block, Some(d - 1), out)? {
+                if !self.extent_runs(&block, Some(d - 1), blocks, out)? {
                     return Ok(false);
                 }
             }
@@ -281,7 +299,7 @@ impl InodeWalk {
         let mut left = blocks;
         if dir.flags & EXTENTS_FL != 0 {
             let mut runs = Vec::new();
-            if !self.extent_runs(&dir.map, None, &mut runs)? {
+            if !self.extent_runs(&dir.map, None, &mut 0, &mut runs)? {
                 return Err(corrupt(format!(
                     "a directory is mapped by more than {MAX_RUNS} extents"
                 )));

@@ -13,6 +13,11 @@ use crate::preflight::{codes, Ctx};
 const MAX_DEPTH: usize = 16;
 /// Most config files read through `Include`s.
 const MAX_FILES: usize = 128;
+/// Most memory the parsed directives may take (each counts its text, its file's path and
+/// its own size). Each file is read up to 1 MiB, but a file that includes itself, or 128
+/// files of one-letter lines under a long path, made hundreds of millions of bytes of
+/// directives (several GiB) from 128 MiB of text; real configurations take a few KiB.
+const MAX_DIRECTIVE_BYTES: usize = 16 << 20;
 
 /// One keyword line of the effective configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,9 +116,42 @@ pub fn read_config(ctx: &mut Ctx<'_>) -> Option<Vec<Directive>> {
         return None;
     }
     let mut out = Vec::new();
-    let mut files = 0;
-    read_file(ctx, b"/etc/ssh/sshd_config", false, 0, &mut files, &mut out);
+    let mut budget = Budget {
+        files: 0,
+        bytes: 0,
+        over: None,
+    };
+    read_file(
+        ctx,
+        b"/etc/ssh/sshd_config",
+        false,
+        0,
+        &mut budget,
+        &mut out,
+    );
+    if let Some((path, line)) = budget.over {
+        let ev = format!("{} line {line}", ctx.at(&path));
+        ctx.push(
+            Severity::Warning,
+            codes::UNREADABLE,
+            format!(
+                "the SSH server's configuration (with its Includes) is larger than the {} MiB vhdforge reads; the checks used only what came before this line",
+                MAX_DIRECTIVE_BYTES >> 20
+            ),
+            ev,
+            "in the guest: check sshd_config and its Include files (`sshd -T` prints the configuration sshd uses)",
+        );
+    }
     Some(out)
+}
+
+/// What reading the configuration may still take.
+struct Budget {
+    files: usize,
+    /// Bytes the directives read so far take.
+    bytes: usize,
+    /// Where [`MAX_DIRECTIVE_BYTES`] was reached (file, line): nothing more is read.
+    over: Option<(Vec<u8>, usize)>,
 }
 
 fn read_file(
@@ -121,17 +159,20 @@ fn read_file(
     path: &[u8],
     mut in_match: bool,
     depth: usize,
-    files: &mut usize,
+    budget: &mut Budget,
     out: &mut Vec<Directive>,
 ) {
-    *files += 1;
-    if depth > MAX_DEPTH || *files > MAX_FILES {
+    budget.files += 1;
+    if depth > MAX_DEPTH || budget.files > MAX_FILES || budget.over.is_some() {
         return;
     }
     let Some(text) = ctx.read(path) else {
         return;
     };
     for (n, l) in crate::preflight::context::config_lines(&text) {
+        if budget.over.is_some() {
+            return;
+        }
         let l = String::from_utf8_lossy(l);
         let (key, value) = split_keyword(&l);
         let key = key.to_ascii_lowercase();
@@ -143,12 +184,17 @@ fn read_file(
             "include" => {
                 for pattern in value.split_whitespace() {
                     for p in expand(ctx, pattern) {
-                        read_file(ctx, &p, in_match, depth + 1, files, out);
+                        read_file(ctx, &p, in_match, depth + 1, budget, out);
                     }
                 }
                 continue;
             }
             _ => {}
+        }
+        budget.bytes += std::mem::size_of::<Directive>() + key.len() + value.len() + path.len();
+        if budget.bytes > MAX_DIRECTIVE_BYTES {
+            budget.over = Some((path.to_vec(), n));
+            return;
         }
         out.push(Directive {
             key,
