@@ -183,15 +183,27 @@ fn sink_vs_curl(repo: &Repo, dir: &Path) -> Result<()> {
     std::fs::write(&cfg_path, cfg)?;
     let (mut ours, mut curl, mut cpu, mut curl_cpu) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..5 {
-        let url = format!("http://{addr}/acct/c/b.vhd?sv=2021-08-06&sig=benchmark");
-        let mut cmd = Command::new(&repo.bin);
+    // Another build (VHDFORGE_BASELINE_BIN) measured in the same rounds, for before/after.
+    let baseline = std::env::var_os("VHDFORGE_BASELINE_BIN").map(PathBuf::from);
+    let (mut base, mut base_cpu) = (Vec::new(), Vec::new());
+    let url = format!("http://{addr}/acct/c/b.vhd?sv=2021-08-06&sig=benchmark");
+    let upload = |bin: &Path| -> Result<(f64, f64)> {
+        let mut cmd = Command::new(bin);
         cmd.args(["upload", "--json", "--overwrite", "--concurrency", "8"])
             .arg(&dense)
             .arg(&url);
         let (t, _, c, _) = time_child_output(&mut cmd)?;
+        Ok((t, c))
+    };
+    for _ in 0..5 {
+        let (t, c) = upload(&repo.bin)?;
         ours.push(t);
         cpu.push(c);
+        if let Some(b) = &baseline {
+            let (t, c) = upload(b)?;
+            base.push(t);
+            base_cpu.push(c);
+        }
         let (t, _, c, _) = time_child_output(
             Command::new("curl")
                 .args(["-s", "--parallel", "--parallel-max", "8", "-K"])
@@ -213,6 +225,14 @@ fn sink_vs_curl(repo: &Repo, dir: &Path) -> Result<()> {
         cpu,
         curl_cpu
     );
+    if baseline.is_some() {
+        let (b, bc) = (median(&mut base), median(&mut base_cpu));
+        println!(
+            "  baseline build: {:.0} MiB/s = {:.2}x curl, client CPU {bc:.2} s per GiB",
+            gib / MIB as f64 / b,
+            c / b
+        );
+    }
     Ok(())
 }
 
