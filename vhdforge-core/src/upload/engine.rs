@@ -36,7 +36,9 @@ pub async fn upload(
     let mut journal_at = None;
     let cancel = progress.cancel();
     let outcome = {
-        let inner = upload_inner(source, dest, opts, progress, &mut journal_at);
+        // Boxed: the whole upload's state machine is ~16 KiB (more on Windows), too big to
+        // move around on the stack by value (clippy::large_futures).
+        let inner = Box::pin(upload_inner(source, dest, opts, progress, &mut journal_at));
         until_cancelled(inner, &cancel).await
     };
     outcome.map_err(|e| with_resume_hint(e, journal_at.as_deref()))
