@@ -312,6 +312,23 @@ async fn clear_disk(c: &BlobClient, disk: &SyntheticDisk, retry: &RetryPolicy) -
     let left = with_retries(retry, &Cancel::never(), &quiet, || c.page_ranges())
         .await
         .map_err(|f| cleanup(f.into_error("listing the page ranges of", shown)))?;
+    if let Some(foreign) = outside_runs(&left, disk) {
+        // Not bench's pages: someone else wrote to the disk while bench ran. Clearing them
+        // (the usual advice) would destroy that writer's data, so the advice differs.
+        return Err(Error::new(
+            ErrorKind::Remote,
+            "bench.cleanup",
+            format!(
+                "{shown} lists {} range(s) after bench cleared its pages, and bytes {}..{} are \
+                 outside every page bench wrote: another writer put data on this disk while \
+                 bench ran (bench needs the disk to itself). Do not clear the disk until you \
+                 know whose data that is",
+                left.len(),
+                foreign.start,
+                foreign.end
+            ),
+        ));
+    }
     if let Some(r) = left.first() {
         return Err(cleanup(Error::new(
             ErrorKind::Remote,
@@ -327,11 +344,59 @@ async fn clear_disk(c: &BlobClient, disk: &SyntheticDisk, retry: &RetryPolicy) -
     Ok(())
 }
 
+/// The first part of `left` (sorted, disjoint ranges, as a page listing gives them) that no
+/// page bench wrote covers, if any.
+fn outside_runs(left: &[Range<u64>], disk: &SyntheticDisk) -> Option<Range<u64>> {
+    let mut runs = written_runs(disk.clone());
+    let mut cur = runs.next();
+    for l in left {
+        let mut pos = l.start;
+        while pos < l.end {
+            while cur.as_ref().is_some_and(|r| r.end <= pos) {
+                cur = runs.next();
+            }
+            match &cur {
+                Some(r) if r.start <= pos => pos = r.end.min(l.end),
+                Some(r) => return Some(pos..r.start.min(l.end)),
+                None => return Some(pos..l.end),
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn pages_outside_what_bench_wrote_are_found() {
+        // Bench wrote 12..16 MiB and 28..32 MiB + the footer.
+        let d = SyntheticDisk::new(32 * MIB, 4 * MIB, 0.25);
+        assert_eq!(outside_runs(&[], &d), None);
+        assert_eq!(
+            outside_runs(&[13 * MIB..14 * MIB, 30 * MIB..31 * MIB], &d),
+            None
+        );
+        assert_eq!(
+            outside_runs(&[12 * MIB..17 * MIB], &d),
+            Some(16 * MIB..17 * MIB),
+            "spills past a bench run"
+        );
+        assert_eq!(outside_runs(&[0..512], &d), Some(0..512), "before any run");
+        assert_eq!(
+            outside_runs(&[13 * MIB..14 * MIB, 20 * MIB..21 * MIB], &d),
+            Some(20 * MIB..21 * MIB),
+            "between runs"
+        );
+        assert_eq!(
+            outside_runs(&[32 * MIB + 512..32 * MIB + 1024], &d),
+            Some(32 * MIB + 512..32 * MIB + 1024),
+            "after the last run"
+        );
+    }
 
     #[test]
     fn written_runs_merge_neighbours_and_end_with_the_footer() {
