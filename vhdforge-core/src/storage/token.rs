@@ -70,10 +70,11 @@ impl Token {
     /// A JWT access token, its expiry read from its `exp` claim (an hour from now when it
     /// has none: the usual lifetime, and refreshing early is harmless).
     pub fn from_jwt(secret: &str) -> Token {
-        let exp = jwt_exp(secret).map_or_else(
-            || SystemTime::now() + Duration::from_secs(3600),
-            |s| UNIX_EPOCH + Duration::from_secs(s),
-        );
+        // An `exp` past what SystemTime holds (a hostile or corrupt token) would make
+        // `UNIX_EPOCH + exp` panic: it counts as no `exp` at all.
+        let exp = jwt_exp(secret)
+            .and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s)))
+            .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(3600));
         Token::new(secret.trim(), exp)
     }
 
@@ -141,9 +142,24 @@ impl TokenSource for TokenFile {
         Box::pin(async move {
             use std::io::Read as _;
             let shown = self.0.display();
-            let f = std::fs::File::open(&self.0).map_err(|e| {
+            let mut o = std::fs::OpenOptions::new();
+            o.read(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                // A plain open of a FIFO waits for a writer forever (with the refresh lock
+                // held): never block in open, and then refuse anything but a file.
+                o.custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC);
+            }
+            let f = o.open(&self.0).map_err(|e| {
                 login_error(format!("{TEST_TOKEN_FILE_VAR}: cannot open {shown} ({e})"))
             })?;
+            let is_file = f.metadata().is_ok_and(|m| m.is_file());
+            if !is_file {
+                return Err(login_error(format!(
+                    "{TEST_TOKEN_FILE_VAR}: {shown} is not a regular file; point it at a file holding the token"
+                )));
+            }
             let mut text = String::new();
             f.take(MAX_TOKEN_FILE)
                 .read_to_string(&mut text)
