@@ -199,6 +199,50 @@ pub fn authority_host(cloud: Cloud) -> &'static str {
 
 type Credential = Arc<dyn azure_core::credentials::TokenCredential>;
 
+/// The sign-in requests' transport: the authority goes through the environment's proxy like
+/// the blob requests, but a managed-identity endpoint on this machine (IMDS at
+/// 169.254.169.254, App Service / Arc at `http://localhost:…`) never does. Those are plain
+/// http, carry the identity's secret header and answer with the token: through a proxy
+/// they would cross the network in clear text (or reach the proxy host's own IMDS).
+#[derive(Debug)]
+struct SignInTransport {
+    proxied: reqwest::Client,
+    direct: reqwest::Client,
+}
+
+/// True for hosts a request must reach without a proxy: loopback and link-local addresses.
+pub(crate) fn is_local_identity_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    super::hosts::is_loopback_host(h)
+        || match h.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) => ip.is_link_local(),
+            Ok(std::net::IpAddr::V6(ip)) => (ip.segments()[0] & 0xffc0) == 0xfe80,
+            Err(_) => false,
+        }
+}
+
+impl azure_core::http::HttpClient for SignInTransport {
+    fn execute_request<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        request: &'life1 azure_core::http::Request,
+    ) -> Pin<
+        Box<
+            dyn Future<Output = azure_core::Result<azure_core::http::AsyncRawResponse>>
+                + Send
+                + 'async_trait,
+        >,
+    >
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        let local = request.url().host_str().is_some_and(is_local_identity_host);
+        let client = if local { &self.direct } else { &self.proxied };
+        client.execute_request(request)
+    }
+}
+
 /// The sign-in chain of `--auth login`, built on `azure_identity`.
 pub struct SignIn {
     cloud: Cloud,
@@ -218,8 +262,18 @@ impl SignIn {
     pub fn new(cloud: Cloud, http: &reqwest::Client) -> Result<SignIn> {
         use azure_core::http::{ClientOptions, Transport};
         use azure_identity as id;
+        let direct = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(20))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| login_error(format!("--auth login: cannot set up HTTP ({e})")))?;
+        let transport = Arc::new(SignInTransport {
+            proxied: http.clone(),
+            direct,
+        });
         let options = || ClientOptions {
-            transport: Some(Transport::new(Arc::new(http.clone()))),
+            transport: Some(Transport::new(transport.clone())),
             cloud: Some(Arc::new(cloud_configuration(cloud))),
             ..ClientOptions::default()
         };
