@@ -38,6 +38,10 @@ pub const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 /// out short-lived tokens would otherwise be asked before every request).
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 
+/// When a refresh fails, the current token is used only while it has more than this left
+/// (a request sent with it must not see it expire before the service checks it).
+const MIN_KEPT_LEFT: Duration = Duration::from_secs(60);
+
 /// The environment variable of the test hook [`TokenFile`].
 pub const TEST_TOKEN_FILE_VAR: &str = "VHDFORGE_TEST_BEARER_TOKEN_FILE";
 
@@ -448,6 +452,30 @@ impl BearerAuth {
         fresh.then(|| t.clone())
     }
 
+    /// A refresh failed (`az` or the network to the authority hiccupped): the current
+    /// token is still used while it has more than [`MIN_KEPT_LEFT`] left, and the source is
+    /// asked again after [`MIN_REFRESH_INTERVAL`], so a long upload does not stop minutes
+    /// before it has to. Without one, the source's error.
+    fn keep_current(&self, e: Error) -> Result<Token> {
+        let mut g = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((old, got)) = g.as_mut() {
+            if old.left() > MIN_KEPT_LEFT {
+                tracing::warn!(
+                    "--auth login: a new token from {} failed ({}); the current one, {} s left, is used meanwhile",
+                    self.source.name(),
+                    super::redact::redact_text(e.message()),
+                    old.left().as_secs()
+                );
+                *got = std::time::Instant::now();
+                return Ok(old.clone());
+            }
+        }
+        Err(e)
+    }
+
     /// A token with more than [`REFRESH_MARGIN`] left (or the newest the source has).
     pub async fn token(&self) -> Result<Token> {
         if let Some(t) = self.cached() {
@@ -458,7 +486,10 @@ impl BearerAuth {
         if let Some(t) = self.cached() {
             return Ok(t);
         }
-        let t = self.source.token().await?;
+        let t = match self.source.token().await {
+            Ok(t) => t,
+            Err(e) => return self.keep_current(e),
+        };
         if t.left().is_zero() {
             return Err(login_error(format!(
                 "--auth login: the token from {} has expired; sign in again (`az login`)",
@@ -557,6 +588,67 @@ mod tests {
         }
         assert_eq!(rt.block_on(auth.token()).unwrap().secret(), "tok1");
         assert_eq!(src.calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// Fails every request after the first (red team r4: a refresh failure with minutes
+    /// left aborted the whole upload).
+    struct FailsAfterFirst {
+        calls: AtomicUsize,
+        life: Duration,
+    }
+
+    impl TokenSource for FailsAfterFirst {
+        fn name(&self) -> String {
+            "flaky".into()
+        }
+        fn token(&self) -> TokenFuture<'_> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let life = self.life;
+            Box::pin(async move {
+                if n == 0 {
+                    Ok(Token::new("tok0", SystemTime::now() + life))
+                } else {
+                    Err(login_error("az: connection reset".into()))
+                }
+            })
+        }
+    }
+
+    fn age(auth: &BearerAuth) {
+        let mut g = auth.current.lock().unwrap();
+        let (t, _) = g.take().unwrap();
+        let long_ago = std::time::Instant::now()
+            .checked_sub(MIN_REFRESH_INTERVAL * 2)
+            .unwrap();
+        *g = Some((t, long_ago));
+    }
+
+    #[test]
+    fn a_failed_refresh_keeps_the_current_token_while_it_lasts() {
+        let src = Arc::new(FailsAfterFirst {
+            calls: AtomicUsize::new(0),
+            life: Duration::from_secs(240),
+        });
+        let auth = BearerAuth::new(src.clone());
+        let rt = rt();
+        assert_eq!(rt.block_on(auth.token()).unwrap().secret(), "tok0");
+        age(&auth);
+        // 4 minutes left, refresh fails: the current token, not an error.
+        assert_eq!(rt.block_on(auth.token()).unwrap().secret(), "tok0");
+        assert_eq!(src.calls.load(Ordering::SeqCst), 2);
+        // Not asked again at once (no refresh storm while the source is down).
+        assert_eq!(rt.block_on(auth.token()).unwrap().secret(), "tok0");
+        assert_eq!(src.calls.load(Ordering::SeqCst), 2);
+        // With under a minute left the source's error is the answer.
+        let short = BearerAuth::new(Arc::new(FailsAfterFirst {
+            calls: AtomicUsize::new(0),
+            life: Duration::from_secs(50),
+        }));
+        assert_eq!(rt.block_on(short.token()).unwrap().secret(), "tok0");
+        age(&short);
+        let e = rt.block_on(short.token()).unwrap_err();
+        assert_eq!(e.code(), "upload.login");
+        assert!(e.message().contains("connection reset"));
     }
 
     #[test]
