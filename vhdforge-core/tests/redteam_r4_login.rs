@@ -356,3 +356,40 @@ fn a_token_echoed_by_the_service_is_not_shown() {
         }
     }
 }
+
+/// Copy Blob / Put Page From URL with `--auth login`: the service reads the source by URL
+/// alone and answers 403 CannotVerifyCopySource when it cannot. That is not the signed-in
+/// identity lacking a role on the destination (the advice was to assign one); it names the
+/// source and the ways out.
+#[test]
+fn cannot_verify_copy_source_is_not_blamed_on_the_identity() {
+    let body = "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>CannotVerifyCopySource</Code>\
+                <Message>This request is not authorized to perform this operation.</Message></Error>";
+    let (port, rx) = serve(
+        format!(
+            "HTTP/1.1 403 Forbidden\r\nx-ms-error-code: CannotVerifyCopySource\r\n\
+             Content-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+        1,
+    );
+    let env = login_env(&jwt_with(r#"{"exp":4000000000}"#));
+    let c = BlobClient::new(
+        &format!("http://127.0.0.1:{port}/devstoreaccount1/c/b"),
+        &env,
+        API,
+        1,
+    )
+    .unwrap();
+    let f = rt()
+        .block_on(c.start_copy("https://other.blob.core.windows.net/c/src.vhd", true))
+        .expect_err("403");
+    let req = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    // The source URL goes bare: never with the token.
+    assert!(req
+        .to_ascii_lowercase()
+        .contains("x-ms-copy-source: https://other.blob.core.windows.net/c/src.vhd\r\n"));
+    let e = f.into_error("starting Copy Blob into", "d");
+    assert_eq!(e.code(), "copy.source_sas", "{e}");
+    assert!(!e.message().contains("data role"), "{e}");
+}

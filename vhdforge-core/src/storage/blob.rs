@@ -502,7 +502,12 @@ impl BlobClient {
             .map(|m| m.lines().next().unwrap_or("").to_string())
             .unwrap_or_default();
         // 401 too: Azure answers an unusable token with 401 InvalidAuthenticationInfo.
-        if matches!(self.cred, Credential::Bearer(_)) && (status == 403 || status == 401) {
+        // Not CannotVerifyCopySource: that 403 is the service failing to read a copy's
+        // source by URL, not this identity lacking a role here.
+        if matches!(self.cred, Credential::Bearer(_))
+            && (status == 403 || status == 401)
+            && code != "CannotVerifyCopySource"
+        {
             // The service's own detail (e.g. "The token is expired") says more than its
             // generic message; the marker makes the advice about roles and sign-in.
             let detail = xml_text(&text, "AuthenticationErrorDetail").unwrap_or(message);
