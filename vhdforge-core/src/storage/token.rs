@@ -652,6 +652,27 @@ mod tests {
     }
 
     #[test]
+    fn identity_endpoints_on_this_machine_bypass_the_proxy() {
+        for h in [
+            "169.254.169.254",
+            "[fe80::1]",
+            "127.0.0.1",
+            "[::1]",
+            "localhost",
+        ] {
+            assert!(is_local_identity_host(h), "{h}");
+        }
+        for h in [
+            "login.microsoftonline.com",
+            "10.0.0.1",
+            "169.254.169.254.nip.io",
+            "[2001:db8::1]",
+        ] {
+            assert!(!is_local_identity_host(h), "{h}");
+        }
+    }
+
+    #[test]
     fn an_expired_token_from_the_source_is_a_clear_error() {
         let auth = BearerAuth::new(Arc::new(FixedToken(Token::new(
             "eyJexpired.x.y",
