@@ -423,6 +423,8 @@ pub fn bearer_may_go_to(url: &reqwest::Url, env: &CredentialEnv) -> bool {
     let suffixes = cs
         .and_then(|c| c.endpoint_suffix)
         .map(|s| s.trim_matches('.').to_ascii_lowercase())
+        // An empty suffix (`EndpointSuffix=.`) would admit every `NAME.blob.` host.
+        .filter(|s| !s.is_empty())
         .into_iter()
         .chain(
             super::hosts::KNOWN_ENDPOINT_SUFFIXES

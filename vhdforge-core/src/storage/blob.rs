@@ -223,6 +223,28 @@ fn secrets_of(cred: &Credential) -> Vec<String> {
     secrets
 }
 
+/// `f` with the token sent scrubbed by value: the redactor knows a JWT or `Bearer …` by
+/// shape, but an opaque token echoed back by a server (a proxy, an emulator) has none.
+fn without_token(f: Failure, token: Option<&super::token::Token>) -> Failure {
+    let Some(t) = token else { return f };
+    let s = [t.secret()];
+    match f {
+        Failure::Transport { message, kind } => Failure::Transport {
+            message: scrub(&message, &s),
+            kind,
+        },
+        Failure::Status {
+            status,
+            code,
+            message,
+        } => Failure::Status {
+            status,
+            code: scrub(&code, &s),
+            message: scrub(&message, &s),
+        },
+    }
+}
+
 impl BlobClient {
     /// A client for the blob at `url`, with credentials from the URL or `env`.
     pub fn new(
@@ -391,7 +413,7 @@ impl BlobClient {
         let resp = match sent {
             Ok(r) => r,
             Err(e) => {
-                let f = self.transport(&e);
+                let f = without_token(self.transport(&e), token.as_ref());
                 tracing::info!(
                     method = %method_name, comp, range = %range, ms,
                     "no answer from {}: {}", self.base, f.summary()
@@ -406,7 +428,10 @@ impl BlobClient {
         if resp.status().is_success() {
             return Ok(resp);
         }
-        Err(self.status_failure(resp).await)
+        Err(without_token(
+            self.status_failure(resp).await,
+            token.as_ref(),
+        ))
     }
 
     fn transport(&self, e: &reqwest::Error) -> Failure {
@@ -477,7 +502,12 @@ impl BlobClient {
             .map(|m| m.lines().next().unwrap_or("").to_string())
             .unwrap_or_default();
         // 401 too: Azure answers an unusable token with 401 InvalidAuthenticationInfo.
-        if matches!(self.cred, Credential::Bearer(_)) && (status == 403 || status == 401) {
+        // Not CannotVerifyCopySource: that 403 is the service failing to read a copy's
+        // source by URL, not this identity lacking a role here.
+        if matches!(self.cred, Credential::Bearer(_))
+            && (status == 403 || status == 401)
+            && code != "CannotVerifyCopySource"
+        {
             // The service's own detail (e.g. "The token is expired") says more than its
             // generic message; the marker makes the advice about roles and sign-in.
             let detail = xml_text(&text, "AuthenticationErrorDetail").unwrap_or(message);

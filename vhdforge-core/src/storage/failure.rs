@@ -193,6 +193,11 @@ fn signed_in_denied(op: &str, dest: &str, status: u16, code: &str, detail: &str)
 fn status_hint(status: u16, code: &str, op: &str) -> (&'static str, &'static str) {
     let creating = op.starts_with("creating");
     match (status, code) {
+        (_, "CannotVerifyCopySource") => (
+            "copy.source_sas",
+            "the destination service could not read the source: it reads SRC by its URL alone, without this \
+             machine's account key or sign-in token; give SRC a SAS with read permission (r), or use --via client",
+        ),
         (403, "AuthorizationPermissionMismatch") => (
             "upload.permission",
             "the SAS lacks write (w) permission for this blob: generate one with write permission \

@@ -38,6 +38,10 @@ pub const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 /// out short-lived tokens would otherwise be asked before every request).
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 
+/// When a refresh fails, the current token is used only while it has more than this left
+/// (a request sent with it must not see it expire before the service checks it).
+const MIN_KEPT_LEFT: Duration = Duration::from_secs(60);
+
 /// The environment variable of the test hook [`TokenFile`].
 pub const TEST_TOKEN_FILE_VAR: &str = "VHDFORGE_TEST_BEARER_TOKEN_FILE";
 
@@ -70,10 +74,11 @@ impl Token {
     /// A JWT access token, its expiry read from its `exp` claim (an hour from now when it
     /// has none: the usual lifetime, and refreshing early is harmless).
     pub fn from_jwt(secret: &str) -> Token {
-        let exp = jwt_exp(secret).map_or_else(
-            || SystemTime::now() + Duration::from_secs(3600),
-            |s| UNIX_EPOCH + Duration::from_secs(s),
-        );
+        // An `exp` past what SystemTime holds (a hostile or corrupt token) would make
+        // `UNIX_EPOCH + exp` panic: it counts as no `exp` at all.
+        let exp = jwt_exp(secret)
+            .and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s)))
+            .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(3600));
         Token::new(secret.trim(), exp)
     }
 
@@ -141,9 +146,24 @@ impl TokenSource for TokenFile {
         Box::pin(async move {
             use std::io::Read as _;
             let shown = self.0.display();
-            let f = std::fs::File::open(&self.0).map_err(|e| {
+            let mut o = std::fs::OpenOptions::new();
+            o.read(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                // A plain open of a FIFO waits for a writer forever (with the refresh lock
+                // held): never block in open, and then refuse anything but a file.
+                o.custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC);
+            }
+            let f = o.open(&self.0).map_err(|e| {
                 login_error(format!("{TEST_TOKEN_FILE_VAR}: cannot open {shown} ({e})"))
             })?;
+            let is_file = f.metadata().is_ok_and(|m| m.is_file());
+            if !is_file {
+                return Err(login_error(format!(
+                    "{TEST_TOKEN_FILE_VAR}: {shown} is not a regular file; point it at a file holding the token"
+                )));
+            }
             let mut text = String::new();
             f.take(MAX_TOKEN_FILE)
                 .read_to_string(&mut text)
@@ -183,6 +203,50 @@ pub fn authority_host(cloud: Cloud) -> &'static str {
 
 type Credential = Arc<dyn azure_core::credentials::TokenCredential>;
 
+/// The sign-in requests' transport: the authority goes through the environment's proxy like
+/// the blob requests, but a managed-identity endpoint on this machine (IMDS at
+/// 169.254.169.254, App Service / Arc at `http://localhost:…`) never does. Those are plain
+/// http, carry the identity's secret header and answer with the token: through a proxy
+/// they would cross the network in clear text (or reach the proxy host's own IMDS).
+#[derive(Debug)]
+struct SignInTransport {
+    proxied: reqwest::Client,
+    direct: reqwest::Client,
+}
+
+/// True for hosts a request must reach without a proxy: loopback and link-local addresses.
+pub(crate) fn is_local_identity_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    super::hosts::is_loopback_host(h)
+        || match h.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) => ip.is_link_local(),
+            Ok(std::net::IpAddr::V6(ip)) => (ip.segments()[0] & 0xffc0) == 0xfe80,
+            Err(_) => false,
+        }
+}
+
+impl azure_core::http::HttpClient for SignInTransport {
+    fn execute_request<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        request: &'life1 azure_core::http::Request,
+    ) -> Pin<
+        Box<
+            dyn Future<Output = azure_core::Result<azure_core::http::AsyncRawResponse>>
+                + Send
+                + 'async_trait,
+        >,
+    >
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        let local = request.url().host_str().is_some_and(is_local_identity_host);
+        let client = if local { &self.direct } else { &self.proxied };
+        client.execute_request(request)
+    }
+}
+
 /// The sign-in chain of `--auth login`, built on `azure_identity`.
 pub struct SignIn {
     cloud: Cloud,
@@ -202,8 +266,18 @@ impl SignIn {
     pub fn new(cloud: Cloud, http: &reqwest::Client) -> Result<SignIn> {
         use azure_core::http::{ClientOptions, Transport};
         use azure_identity as id;
+        let direct = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(20))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| login_error(format!("--auth login: cannot set up HTTP ({e})")))?;
+        let transport = Arc::new(SignInTransport {
+            proxied: http.clone(),
+            direct,
+        });
         let options = || ClientOptions {
-            transport: Some(Transport::new(Arc::new(http.clone()))),
+            transport: Some(Transport::new(transport.clone())),
             cloud: Some(Arc::new(cloud_configuration(cloud))),
             ..ClientOptions::default()
         };
@@ -378,6 +452,30 @@ impl BearerAuth {
         fresh.then(|| t.clone())
     }
 
+    /// A refresh failed (`az` or the network to the authority hiccupped): the current
+    /// token is still used while it has more than [`MIN_KEPT_LEFT`] left, and the source is
+    /// asked again after [`MIN_REFRESH_INTERVAL`], so a long upload does not stop minutes
+    /// before it has to. Without one, the source's error.
+    fn keep_current(&self, e: Error) -> Result<Token> {
+        let mut g = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((old, got)) = g.as_mut() {
+            if old.left() > MIN_KEPT_LEFT {
+                tracing::warn!(
+                    "--auth login: a new token from {} failed ({}); the current one, {} s left, is used meanwhile",
+                    self.source.name(),
+                    super::redact::redact_text(e.message()),
+                    old.left().as_secs()
+                );
+                *got = std::time::Instant::now();
+                return Ok(old.clone());
+            }
+        }
+        Err(e)
+    }
+
     /// A token with more than [`REFRESH_MARGIN`] left (or the newest the source has).
     pub async fn token(&self) -> Result<Token> {
         if let Some(t) = self.cached() {
@@ -388,7 +486,10 @@ impl BearerAuth {
         if let Some(t) = self.cached() {
             return Ok(t);
         }
-        let t = self.source.token().await?;
+        let t = match self.source.token().await {
+            Ok(t) => t,
+            Err(e) => return self.keep_current(e),
+        };
         if t.left().is_zero() {
             return Err(login_error(format!(
                 "--auth login: the token from {} has expired; sign in again (`az login`)",
@@ -487,6 +588,88 @@ mod tests {
         }
         assert_eq!(rt.block_on(auth.token()).unwrap().secret(), "tok1");
         assert_eq!(src.calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// Fails every request after the first (red team r4: a refresh failure with minutes
+    /// left aborted the whole upload).
+    struct FailsAfterFirst {
+        calls: AtomicUsize,
+        life: Duration,
+    }
+
+    impl TokenSource for FailsAfterFirst {
+        fn name(&self) -> String {
+            "flaky".into()
+        }
+        fn token(&self) -> TokenFuture<'_> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let life = self.life;
+            Box::pin(async move {
+                if n == 0 {
+                    Ok(Token::new("tok0", SystemTime::now() + life))
+                } else {
+                    Err(login_error("az: connection reset".into()))
+                }
+            })
+        }
+    }
+
+    fn age(auth: &BearerAuth) {
+        let mut g = auth.current.lock().unwrap();
+        let (t, _) = g.take().unwrap();
+        let long_ago = std::time::Instant::now()
+            .checked_sub(MIN_REFRESH_INTERVAL * 2)
+            .unwrap();
+        *g = Some((t, long_ago));
+    }
+
+    #[test]
+    fn a_failed_refresh_keeps_the_current_token_while_it_lasts() {
+        let src = Arc::new(FailsAfterFirst {
+            calls: AtomicUsize::new(0),
+            life: Duration::from_secs(240),
+        });
+        let auth = BearerAuth::new(src.clone());
+        let rt = rt();
+        assert_eq!(rt.block_on(auth.token()).unwrap().secret(), "tok0");
+        age(&auth);
+        // 4 minutes left, refresh fails: the current token, not an error.
+        assert_eq!(rt.block_on(auth.token()).unwrap().secret(), "tok0");
+        assert_eq!(src.calls.load(Ordering::SeqCst), 2);
+        // Not asked again at once (no refresh storm while the source is down).
+        assert_eq!(rt.block_on(auth.token()).unwrap().secret(), "tok0");
+        assert_eq!(src.calls.load(Ordering::SeqCst), 2);
+        // With under a minute left the source's error is the answer.
+        let short = BearerAuth::new(Arc::new(FailsAfterFirst {
+            calls: AtomicUsize::new(0),
+            life: Duration::from_secs(50),
+        }));
+        assert_eq!(rt.block_on(short.token()).unwrap().secret(), "tok0");
+        age(&short);
+        let e = rt.block_on(short.token()).unwrap_err();
+        assert_eq!(e.code(), "upload.login");
+        assert!(e.message().contains("connection reset"));
+    }
+
+    #[test]
+    fn identity_endpoints_on_this_machine_bypass_the_proxy() {
+        for h in [
+            "169.254.169.254",
+            "[fe80::1]",
+            "127.0.0.1",
+            "[::1]",
+            "localhost",
+        ] {
+            assert!(is_local_identity_host(h), "{h}");
+        }
+        for h in [
+            "login.microsoftonline.com",
+            "10.0.0.1",
+            "169.254.169.254.nip.io",
+            "[2001:db8::1]",
+        ] {
+            assert!(!is_local_identity_host(h), "{h}");
+        }
     }
 
     #[test]
