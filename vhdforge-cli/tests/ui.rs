@@ -150,10 +150,13 @@ impl Drop for Loop {
     }
 }
 
-/// Ctrl-C while the plan is being made: a device has no hole map, so every byte of a
-/// 512 GiB (sparse-backed) loop device is read and zero-tested, far longer than 2 s.
+/// Ctrl-C on a long upload of a device: it has no hole map, so all of a 512 GiB
+/// (sparse-backed) loop device would be read and zero-tested, far longer than 2 s. Since
+/// upload plans from the allocation map alone (issue 16), planning is instant and the
+/// command is in its first request's retries (the destination refuses connections) or
+/// reading when the signal comes; either way it must stop at once.
 #[test]
-fn ctrl_c_during_planning_stops_within_a_second() {
+fn ctrl_c_during_a_device_upload_stops_within_a_second() {
     let dir = tempfile::tempdir().unwrap();
     let backing = dir.path().join("big.raw");
     std::fs::File::create(&backing)
@@ -177,8 +180,6 @@ fn ctrl_c_during_planning_stops_within_a_second() {
     assert!(took < Duration::from_secs(2), "took {took:?}: {err}");
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("interrupted"), "{err}");
-    // Still planning: no request was made yet.
-    assert!(!err.contains("retrying"), "{err}");
 }
 
 /// Ctrl-C during `verify --full` against a server that accepts connections and never
