@@ -381,18 +381,22 @@ mod tests {
             None
         );
         assert_eq!(
-            outside_runs(&[12 * MIB..17 * MIB], &d),
+            outside_runs(std::slice::from_ref(&(12 * MIB..17 * MIB)), &d),
             Some(16 * MIB..17 * MIB),
             "spills past a bench run"
         );
-        assert_eq!(outside_runs(&[0..512], &d), Some(0..512), "before any run");
+        assert_eq!(
+            outside_runs(std::slice::from_ref(&(0..512)), &d),
+            Some(0..512),
+            "before any run"
+        );
         assert_eq!(
             outside_runs(&[13 * MIB..14 * MIB, 20 * MIB..21 * MIB], &d),
             Some(20 * MIB..21 * MIB),
             "between runs"
         );
         assert_eq!(
-            outside_runs(&[32 * MIB + 512..32 * MIB + 1024], &d),
+            outside_runs(std::slice::from_ref(&(32 * MIB + 512..32 * MIB + 1024)), &d),
             Some(32 * MIB + 512..32 * MIB + 1024),
             "after the last run"
         );

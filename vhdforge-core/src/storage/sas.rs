@@ -116,6 +116,20 @@ fn enc(s: &str) -> String {
     utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
 }
 
+/// The fields every SAS kind starts with: version, resource, permissions, start, expiry and
+/// the protocol.
+fn query_head(sr: &str, permissions: &str, start: &str, terms: &SasTerms) -> String {
+    let mut q = format!("sv={SAS_VERSION}&sr={sr}&sp={permissions}");
+    if !start.is_empty() {
+        let _ = write!(q, "&st={}", enc(start));
+    }
+    let _ = write!(q, "&se={}", enc(&terms.expiry));
+    if terms.https_only {
+        q.push_str("&spr=https");
+    }
+    q
+}
+
 /// The query string of a service SAS for `resource` in `key`'s account (no leading `?`).
 pub fn service_sas(key: &SharedKey, resource: &SasResource, terms: &SasTerms) -> Result<String> {
     let permissions = terms.check()?;
@@ -146,14 +160,7 @@ pub fn service_sas(key: &SharedKey, resource: &SasResource, terms: &SasTerms) ->
         "",
     ]
     .join("\n");
-    let mut q = format!("sv={SAS_VERSION}&sr={sr}&sp={permissions}");
-    if !start.is_empty() {
-        let _ = write!(q, "&st={}", enc(start));
-    }
-    let _ = write!(q, "&se={}", enc(&terms.expiry));
-    if terms.https_only {
-        q.push_str("&spr=https");
-    }
+    let mut q = query_head(sr, &permissions, start, terms);
     let _ = write!(q, "&sig={}", enc(&key.sign(&sts)));
     Ok(q)
 }
@@ -274,14 +281,7 @@ pub fn user_delegation_sas(
         "",
     ]
     .join("\n");
-    let mut q = format!("sv={SAS_VERSION}&sr={sr}&sp={permissions}");
-    if !start.is_empty() {
-        let _ = write!(q, "&st={}", enc(start));
-    }
-    let _ = write!(q, "&se={}", enc(&terms.expiry));
-    if terms.https_only {
-        q.push_str("&spr=https");
-    }
+    let mut q = query_head(sr, &permissions, start, terms);
     let _ = write!(
         q,
         "&skoid={}&sktid={}&skt={}&ske={}&sks={}&skv={}",

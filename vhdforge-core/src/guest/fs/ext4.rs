@@ -24,14 +24,14 @@ const MAX_DESCRIPTOR_TABLE_BYTES: u64 = 32 << 20;
 /// `INCOMPAT_64BIT`: descriptors are `s_desc_size` bytes instead of 32.
 const INCOMPAT_64BIT: u32 = 0x80;
 
-fn le16(b: &[u8], at: usize) -> u16 {
+pub(super) fn le16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
-fn le32(b: &[u8], at: usize) -> u32 {
+pub(super) fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn corrupt(message: String) -> Error {
+pub(super) fn corrupt(message: String) -> Error {
     Error::new(ErrorKind::Corrupt, "guest.fs.ext4_corrupt", message)
 }
 

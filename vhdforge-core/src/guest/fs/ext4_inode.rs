@@ -9,8 +9,9 @@
 //! directory that exists only in a not yet checkpointed transaction is not found: the caller
 //! then has no identity for it, which only costs `ls -R` its cycle check for that directory.
 
+use super::ext4::{corrupt, le16, le32};
 use super::volume::{ReadRange, Volume};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 
 const SB_OFFSET: u64 = 1024;
 const ROOT_INO: u32 = 2;
@@ -43,17 +44,6 @@ const MAX_TREE_BLOCKS: usize = 2 * MAX_RUNS;
 const MAX_DIR_BYTES: u64 = 1 << 30;
 const S_IFMT: u16 = 0xF000;
 const S_IFDIR: u16 = 0x4000;
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn corrupt(message: String) -> Error {
-    Error::new(ErrorKind::Corrupt, "guest.fs.ext4_corrupt", message)
-}
 
 /// The geometry needed to find an inode and read a directory.
 pub(super) struct InodeWalk {
