@@ -829,3 +829,45 @@ mod tests {
         assert_eq!(e.code(), "test.code");
     }
 }
+
+/// Why [`read_named_file`] gave nothing.
+#[derive(Debug)]
+pub enum NamedFileError {
+    /// The open failed (missing, no permission, ...).
+    Open(io::Error),
+    /// Something other than a regular file is there (its kind, e.g. "a FIFO").
+    NotAFile(&'static str),
+    /// Reading failed.
+    Read(io::Error),
+    /// More than the limit the caller gave.
+    TooLarge,
+}
+
+/// Read a small file the user named (a CA bundle, a token file) without ever hanging or
+/// reading without end: the open never blocks (a FIFO waits for a writer forever
+/// otherwise), anything but a regular file is refused on the open descriptor (so
+/// `/dev/zero` is not read), and more than `max_bytes` is refused, checked while reading.
+/// Symbolic links are followed: the user chose the name.
+pub fn read_named_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, NamedFileError> {
+    use std::io::Read as _;
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC);
+    }
+    let file = o.open(path).map_err(NamedFileError::Open)?;
+    let kind = FileKind::of_metadata(&file.metadata().map_err(NamedFileError::Read)?);
+    if kind != FileKind::Regular {
+        return Err(NamedFileError::NotAFile(kind.describe()));
+    }
+    let mut bytes = Vec::new();
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(NamedFileError::Read)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(NamedFileError::TooLarge);
+    }
+    Ok(bytes)
+}

@@ -21,37 +21,18 @@ fn ca_error(msg: String) -> Error {
 
 /// The certificates of the PEM file at `path`, with errors that say what is wrong with it.
 fn read_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>> {
-    use std::io::Read as _;
+    use crate::fsutil::{read_named_file, NamedFileError};
     let shown = path.display();
-    let mut o = std::fs::OpenOptions::new();
-    o.read(true);
-    // A FIFO must not hang the open: O_NONBLOCK, then the kind is checked on the descriptor.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC);
-    }
-    let file = o
-        .open(path)
-        .map_err(|e| ca_error(format!("--ca-cert {shown}: cannot open it ({e})")))?;
-    let is_file = file
-        .metadata()
-        .map_err(|e| ca_error(format!("--ca-cert {shown}: cannot read it ({e})")))?
-        .is_file();
-    if !is_file {
-        return Err(ca_error(format!(
+    let pem = read_named_file(path, MAX_CA_FILE).map_err(|e| match e {
+        NamedFileError::Open(e) => ca_error(format!("--ca-cert {shown}: cannot open it ({e})")),
+        NamedFileError::Read(e) => ca_error(format!("--ca-cert {shown}: cannot read it ({e})")),
+        NamedFileError::NotAFile(_) => ca_error(format!(
             "--ca-cert {shown} is not a regular file; give the PEM file of the CA certificates"
-        )));
-    }
-    let mut pem = Vec::new();
-    file.take(MAX_CA_FILE + 1)
-        .read_to_end(&mut pem)
-        .map_err(|e| ca_error(format!("--ca-cert {shown}: cannot read it ({e})")))?;
-    if pem.len() as u64 > MAX_CA_FILE {
-        return Err(ca_error(format!(
+        )),
+        NamedFileError::TooLarge => ca_error(format!(
             "--ca-cert {shown} is larger than 4 MiB; expected a PEM file of CA certificates"
-        )));
-    }
+        )),
+    })?;
     if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
         return Err(ca_error(format!(
             "--ca-cert {shown} holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the CA \

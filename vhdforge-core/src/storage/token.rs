@@ -144,32 +144,30 @@ impl TokenSource for TokenFile {
     }
     fn token(&self) -> TokenFuture<'_> {
         Box::pin(async move {
-            use std::io::Read as _;
+            use crate::fsutil::{read_named_file, NamedFileError};
             let shown = self.0.display();
-            let mut o = std::fs::OpenOptions::new();
-            o.read(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                // A plain open of a FIFO waits for a writer forever (with the refresh lock
-                // held): never block in open, and then refuse anything but a file.
-                o.custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC);
-            }
-            let f = o.open(&self.0).map_err(|e| {
-                login_error(format!("{TEST_TOKEN_FILE_VAR}: cannot open {shown} ({e})"))
+            // The open never blocks (a FIFO would hang with the refresh lock held).
+            let bytes = read_named_file(&self.0, MAX_TOKEN_FILE).map_err(|e| {
+                login_error(match e {
+                    NamedFileError::Open(e) => {
+                        format!("{TEST_TOKEN_FILE_VAR}: cannot open {shown} ({e})")
+                    }
+                    NamedFileError::Read(e) => {
+                        format!("{TEST_TOKEN_FILE_VAR}: cannot read {shown} ({e})")
+                    }
+                    NamedFileError::NotAFile(_) => format!(
+                        "{TEST_TOKEN_FILE_VAR}: {shown} is not a regular file; point it at a file holding the token"
+                    ),
+                    NamedFileError::TooLarge => format!(
+                        "{TEST_TOKEN_FILE_VAR}: {shown} is larger than {MAX_TOKEN_FILE} bytes; a token is a few KiB"
+                    ),
+                })
             })?;
-            let is_file = f.metadata().is_ok_and(|m| m.is_file());
-            if !is_file {
-                return Err(login_error(format!(
-                    "{TEST_TOKEN_FILE_VAR}: {shown} is not a regular file; point it at a file holding the token"
-                )));
-            }
-            let mut text = String::new();
-            f.take(MAX_TOKEN_FILE)
-                .read_to_string(&mut text)
-                .map_err(|e| {
-                    login_error(format!("{TEST_TOKEN_FILE_VAR}: cannot read {shown} ({e})"))
-                })?;
+            let text = String::from_utf8(bytes).map_err(|_| {
+                login_error(format!(
+                    "{TEST_TOKEN_FILE_VAR}: cannot read {shown} (it is not UTF-8 text)"
+                ))
+            })?;
             let t = text.trim();
             if t.is_empty() {
                 return Err(login_error(format!(
