@@ -18,7 +18,11 @@ use vhdforge_core::storage::CredentialEnv;
 /// Clean-up, also after a failure or Ctrl-C (unless --keep): in a container, the blobs it
 /// creates (vhdforge-bench-*.vhd) are deleted. A managed disk is the user's and is never
 /// created or deleted: bench writes it only when it holds no data, and afterwards clears
-/// every page it wrote (Clear Pages) and lists the disk to prove it is empty again.
+/// every page it wrote (Clear Pages) and lists the disk to prove it is empty again; nothing
+/// else may write to it meanwhile.
+///
+/// Credentials as for `upload`: a SAS in DEST, else the account key from the environment,
+/// or Entra ID sign-in with VHDFORGE_AUTH=login.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// A container URL (https://ACCOUNT.blob.core.windows.net/CONTAINER[?SAS]; a SAS needs

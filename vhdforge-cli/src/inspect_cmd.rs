@@ -12,7 +12,8 @@ use vhdforge_core::{inspect, Inspection, OpenOptions, Severity};
 #[command(
     long_about = "Show what an image is: format (by content, not name), disk type, virtual size, \
 sector sizes, block size, bytes allocated according to its metadata, parent chain, and every finding \
-(structure and Azure readiness). Exit 0 when the report was produced, 2 when the file cannot be read."
+(structure and Azure readiness). Exit 0 when the report was produced, 2 when the file cannot be read. \
+FILE may also be an uploaded blob's URL (credentials as for `check`)."
 )]
 pub struct InfoArgs {
     /// The image: raw, VHD (fixed/dynamic/differencing) or VHDX.
@@ -36,7 +37,12 @@ length = size + 512 with the footer last, 20 MiB to 32 767 GiB), plus warnings f
 OS-disk range and sizes above 2040 GiB. Every finding has a stable code (see the README).
 
 Exit 0: valid and Azure-ready. Exit 1: at least one error finding (the text says what to do, \
-usually `vhdforge convert`). Exit 2: the file could not be read at all."
+usually `vhdforge convert`). Exit 2: the file could not be read at all.
+
+FILE may also be an uploaded blob's URL (https://ACCOUNT.blob.core.windows.net/CONTAINER/BLOB): \
+then the blob is checked where it is (page blob, fixed VHD footer last, size rules) from its properties, \
+page list and the VHD's own metadata, without downloading its data. Credentials as for `verify`: a SAS in the URL, else the account key from \
+the environment, or Entra ID sign-in with VHDFORGE_AUTH=login."
 )]
 pub struct CheckArgs {
     /// The image to check.
