@@ -54,7 +54,11 @@ pub fn bench_clone(dir: &Path, bin: &Path) -> Result<()> {
     );
     let img = dir.join("clone-xfs.img");
     let mnt = dir.join("clone-mnt");
-    let _ = Command::new("umount").arg(&mnt).status();
+    // Left mounted by an interrupted earlier run, or (usually) not mounted at all.
+    let _ = Command::new("umount")
+        .arg(&mnt)
+        .stderr(std::process::Stdio::null())
+        .status();
     let _ = std::fs::remove_file(&img);
     std::fs::create_dir_all(&mnt)?;
     // Room for the raw source and the VHDX made from it at once, then for one output.
@@ -113,6 +117,15 @@ pub fn bench_clone(dir: &Path, bin: &Path) -> Result<()> {
     let mut results: Vec<(&str, Option<(f64, u64)>)> = Vec::new();
     for (name, mut cmd) in runs {
         let _ = std::fs::remove_file(&out);
+        // XFS frees a deleted file's blocks in the background (deferred inode
+        // inactivation), so `df` right after the previous run's output is removed can still
+        // count it, and the next run then looks as if it added nothing. Unmounting finishes
+        // that work; the remount also starts the run with the file system's caches cold.
+        run(Command::new("umount").arg(&mnt))?;
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&mnt))?;
         let before = used(&mnt)?;
         if !crate::upload::drop_caches() {
             bail!("cannot drop the page cache (run as root)");
