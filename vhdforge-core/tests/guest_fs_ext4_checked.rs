@@ -325,3 +325,93 @@ fn unwritten_extents_read_as_zeros_as_the_kernel_reads_them() {
         }
     }
 }
+
+/// The physical blocks of `path` in logical order (`debugfs blocks`).
+fn blocks_of(img: &Path, path: &str) -> Vec<usize> {
+    run(
+        "debugfs",
+        &["-R", &format!("blocks {path}"), img.to_str().unwrap()],
+    )
+    .split_whitespace()
+    .map(|w| w.parse().unwrap())
+    .collect()
+}
+
+#[test]
+fn a_name_found_in_a_damaged_directory_leaf_is_not_trusted() {
+    // With checksums the renamed leaf fails its own; without, the name is there twice.
+    for features in ["metadata_csum", "^metadata_csum"] {
+        name_in_a_damaged_leaf(features);
+    }
+}
+
+fn name_in_a_damaged_leaf(features: &str) {
+    // An htree directory of 2000 files of equal size, mode and owner, each holding its own
+    // name. The crate finds a name through the hash index and reads only the leaf the hash
+    // leads to; the inode walk scans the leaves in order. A name written into an earlier
+    // leaf (whose checksum then fails) was found there first, and the fast path read that
+    // entry's file: another file's bytes under the asked name.
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("h")).unwrap();
+    for i in 0..2000 {
+        let n = format!("f{i:04}");
+        std::fs::write(tree.join("h").join(&n), &n).unwrap();
+    }
+    let img = mkfs(dir.path(), features, 32, 32);
+    // mke2fs -d writes linear directories; `e2fsck -D` indexes them (exit 1: "changed").
+    let st = std::process::Command::new("e2fsck")
+        .args(["-fyD"])
+        .arg(&img)
+        .output()
+        .expect("oracle `e2fsck` (e2fsprogs) is required for this test");
+    assert!(
+        st.status.code().is_some_and(|c| c <= 1),
+        "e2fsck -fyD: {st:?}"
+    );
+    let stat = run("debugfs", &["-R", "stat /h", img.to_str().unwrap()]);
+    assert!(
+        stat.contains("Flags: 0x81000"),
+        "/h is not an htree: {stat}"
+    );
+    let blocks = blocks_of(&img, "/h");
+    assert!(blocks.len() > 4, "{blocks:?}");
+    let mut d = std::fs::read(&img).unwrap();
+    let block = |d: &[u8], b: usize| d[b * BS..(b + 1) * BS].to_vec();
+    // Leaves: blocks whose first entry is one of the files (`debugfs blocks` also lists the
+    // index root, whose first entry is ".", and any extent tree block).
+    let leaves: Vec<usize> = blocks
+        .iter()
+        .copied()
+        .filter(|&b| {
+            let x = block(&d, b);
+            x[0..4] != [0; 4] && x[6] == 5 && x[8] == b'f'
+        })
+        .collect();
+    assert!(leaves.len() >= 2, "{leaves:?} of {blocks:?}");
+    // The asked name: the first entry of the last leaf; an earlier leaf's first entry is
+    // renamed to it.
+    let asked = String::from_utf8(block(&d, leaves[leaves.len() - 1])[8..13].to_vec()).unwrap();
+    let early = leaves[0];
+    let victim = String::from_utf8(block(&d, early)[8..13].to_vec()).unwrap();
+    assert_ne!(victim, asked);
+    d[early * BS + 8..early * BS + 13].copy_from_slice(asked.as_bytes());
+    std::fs::write(&img, &d).unwrap();
+    let report = e2fsck(&img);
+    if features == "metadata_csum" {
+        assert!(report.contains("checksum"), "{features}: e2fsck: {report}");
+    } else {
+        assert!(
+            report.contains("HTREE") || report.contains("Duplicate"),
+            "{features}: e2fsck: {report}"
+        );
+    }
+    match cat(d, &format!("/h/{asked}")) {
+        Ok(b) => assert_eq!(
+            String::from_utf8_lossy(&b),
+            asked,
+            "{features}: read {victim}'s bytes for {asked}"
+        ),
+        Err(e) => assert_eq!(e.code(), "guest.fs.ext4_corrupt", "{features}: {e}"),
+    }
+}

@@ -331,7 +331,7 @@ impl FileSystem for Ext4Fs {
         let Some(walk) = &self.walk else {
             return Ok(None);
         };
-        Ok(walk.lookup(path).ok().flatten().map(|ino| FileId {
+        Ok(walk.lookup(path, false).ok().flatten().map(|ino| FileId {
             volume: 0,
             number: u64::from(ino),
         }))
@@ -350,7 +350,7 @@ impl Ext4Fs {
         let Some(walk) = self.walk.as_ref() else {
             return Ok(None);
         };
-        let Some(ino) = walk.lookup(path).ok().flatten() else {
+        let Some(ino) = walk.lookup(path, true).ok().flatten() else {
             return Ok(None);
         };
         let (f, runs) = match walk.file_runs(ino) {

@@ -271,14 +271,20 @@ impl InodeWalk {
 
     /// The inode number of the resolved path `path`, or `None` when a component is not
     /// found or a directory on the way stores its entries inline.
-    pub(super) fn lookup(&self, path: &[u8]) -> Result<Option<u32>> {
+    ///
+    /// `unique`: every directory on the way is scanned whole, and a name found twice in one
+    /// is an error. The crate finds a name through an htree directory's hash index, which
+    /// reads one leaf; this walk scans the leaves in order. They can disagree only when a
+    /// directory holds the name twice (damage a checksum may not catch: `^metadata_csum`),
+    /// so a caller that reads a file's data by this walk's answer asks for `unique`.
+    pub(super) fn lookup(&self, path: &[u8], unique: bool) -> Result<Option<u32>> {
         let mut ino = ROOT_INO;
         for name in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
             let dir = self.inode(ino)?;
             if dir.mode & S_IFMT != S_IFDIR || dir.flags & INLINE_DATA_FL != 0 {
                 return Ok(None);
             }
-            match self.find(&dir, name)? {
+            match self.find(&dir, name, unique)? {
                 Some(next) => ino = next,
                 None => return Ok(None),
             }
@@ -519,7 +525,7 @@ impl InodeWalk {
 
     /// Search a directory's blocks for `name`. A linear scan finds every entry in hashed
     /// (htree) directories too: their index blocks look like one empty entry.
-    fn find(&self, dir: &RawInode, name: &[u8]) -> Result<Option<u32>> {
+    fn find(&self, dir: &RawInode, name: &[u8], unique: bool) -> Result<Option<u32>> {
         if dir.size > MAX_DIR_BYTES {
             return Err(corrupt(format!(
                 "a directory claims {} bytes, over the {MAX_DIR_BYTES}-byte limit",
@@ -529,13 +535,20 @@ impl InodeWalk {
         let blocks = dir.size.div_ceil(self.block_bytes);
         let mut buf = vec![0u8; usize::try_from(self.block_bytes).unwrap_or(4096)];
         let mut found = None;
+        let mut hits = 0usize;
         let mut visit = |physical: u64| -> Result<bool> {
             let at = physical
                 .checked_mul(self.block_bytes)
                 .ok_or_else(|| corrupt(format!("directory block {physical} lies past any disk")))?;
             self.vol.read_at(&mut buf, at)?;
-            found = self.scan_block(&buf, name)?;
-            Ok(found.is_none())
+            let before = hits;
+            self.scan_block(&buf, name, &mut hits, &mut found)?;
+            if hits > before {
+                if let Some(seed) = dir.csum_seed {
+                    check_dirent_tail(dir.ino, physical, seed, &buf)?;
+                }
+            }
+            Ok(if unique { hits < 2 } else { hits == 0 })
         };
         let mut left = blocks;
         if dir.flags & EXTENTS_FL != 0 {
@@ -571,10 +584,24 @@ impl InodeWalk {
         } else {
             self.block_map(&dir.map, &mut left, &mut visit)?;
         }
+        if hits > 1 {
+            return Err(corrupt(format!(
+                "directory inode {} holds the name {} more than once",
+                dir.ino,
+                super::show(name)
+            )));
+        }
         Ok(found)
     }
 
-    fn scan_block(&self, b: &[u8], name: &[u8]) -> Result<Option<u32>> {
+    /// Count the entries of `b` named `name` in `hits`; the first one's inode in `found`.
+    fn scan_block(
+        &self,
+        b: &[u8],
+        name: &[u8],
+        hits: &mut usize,
+        found: &mut Option<u32>,
+    ) -> Result<()> {
         let mut off = 0usize;
         while off + 8 <= b.len() {
             let ino = le32(b, off);
@@ -591,11 +618,12 @@ impl InodeWalk {
                 )));
             }
             if ino != 0 && &b[off + 8..off + 8 + name_len] == name {
-                return Ok(Some(ino));
+                *hits += 1;
+                found.get_or_insert(ino);
             }
             off += rec_len;
         }
-        Ok(None)
+        Ok(())
     }
 
     /// Visit the blocks of an ext2/3 block map: 12 direct, then single, double and triple
@@ -681,6 +709,25 @@ fn check_inode_csum(ino: u32, seed: u32, raw: &[u8], at: u64) -> Result<()> {
     if stored != c {
         return Err(corrupt(format!(
             "inode {ino} (at byte {at} of the volume) fails its checksum: stored {stored:#010x}, computed {c:#010x}"
+        )));
+    }
+    Ok(())
+}
+
+/// The kernel's `ext4_dirblock_csum_verify` for the leaf block where a name was found: an
+/// `ext4_dir_entry_tail` in its last 12 bytes (inode 0, `rec_len` 12, `name_len` 0, type
+/// 0xDE) holding crc32c(the directory's seed, the block before the tail). Only a block that
+/// yields a match is checked (htree index blocks, which hold no names, carry another tail):
+/// the crate finds a name through the hash index and never reads the other leaves, so an
+/// unverified match in a damaged leaf could name another file than the crate opened.
+fn check_dirent_tail(dir_ino: u32, block: u64, seed: u32, b: &[u8]) -> Result<()> {
+    let t = b.len() - 12;
+    let is_tail = le32(b, t) == 0 && le16(b, t + 4) == 12 && b[t + 6] == 0 && b[t + 7] == 0xDE;
+    let computed = crc32c_raw(seed, &b[..t]);
+    if !is_tail || le32(b, t + 8) != computed {
+        return Err(corrupt(format!(
+            "directory inode {dir_ino}'s block {block} fails its checksum (no valid ext4_dir_entry_tail, or stored {:#010x} where {computed:#010x} was computed)",
+            le32(b, t + 8)
         )));
     }
     Ok(())
