@@ -259,12 +259,17 @@ fn extents_the_kernel_would_refuse_are_errors_not_data() {
     }
 }
 
-/// Set or clear `INCOMPAT_RECOVER` and fix the superblock checksum (crc32c of its first
-/// 1020 bytes, at 0x3FC).
+/// Set `INCOMPAT_RECOVER` (the journal needs replaying) and fix the superblock checksum.
 fn set_recover(d: &mut [u8]) {
     let sb = &mut d[1024..2048];
     let f = u32::from_le_bytes(sb[0x60..0x64].try_into().unwrap()) | 0x4;
     sb[0x60..0x64].copy_from_slice(&f.to_le_bytes());
+    fix_sb_csum(d);
+}
+
+/// Recompute the superblock checksum (crc32c of its first 1020 bytes, at 0x3FC).
+fn fix_sb_csum(d: &mut [u8]) {
+    let sb = &mut d[1024..2048];
     // ext4 stores the crc32c register without the final inversion.
     let c = !(crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &sb[..0x3FC]) as u32);
     sb[0x3FC..0x400].copy_from_slice(&c.to_le_bytes());
@@ -413,5 +418,31 @@ fn name_in_a_damaged_leaf(features: &str) {
             "{features}: read {victim}'s bytes for {asked}"
         ),
         Err(e) => assert_eq!(e.code(), "guest.fs.ext4_corrupt", "{features}: {e}"),
+    }
+}
+
+#[test]
+fn odd_inode_sizes_are_left_to_the_crate_without_a_panic() {
+    // s_inode_size 129..=255 is no size mkfs makes (the kernel wants a power of two); the
+    // inode walk (which `ls -R` uses for identities) must refuse it, not slice an inode's
+    // checksum fields past its end. The superblock checksum is fixed so the crate loads it.
+    let dir = tempfile::tempdir().unwrap();
+    tree(dir.path());
+    let img = mkfs(dir.path(), "metadata_csum", 32, 32);
+    let clean = std::fs::read(&img).unwrap();
+    for size in [129u16, 130, 131, 200, 255] {
+        let mut d = clean.clone();
+        d[1024 + 0x58..1024 + 0x5A].copy_from_slice(&size.to_le_bytes());
+        fix_sb_csum(&mut d);
+        let r = std::panic::catch_unwind(move || {
+            let image: Arc<dyn vhdforge_core::DiskImage> =
+                Arc::from(vhdforge_core::open_bytes(d).unwrap());
+            let Ok(fs) = fs::open(Volume::whole(image)) else {
+                return;
+            };
+            let _ = fs.file_id_resolved(b"/small");
+            let _ = fs.open(b"/small").map(|mut f| f.read(&mut [0u8; 64]));
+        });
+        assert!(r.is_ok(), "s_inode_size {size}: panicked");
     }
 }

@@ -183,7 +183,13 @@ impl InodeWalk {
             32
         };
         let inodes_per_group = le32(&sb, 0x28);
-        if inodes_per_group == 0 || inode_bytes < 128 || inode_bytes > block_bytes {
+        // As the kernel: a power of two from 128 to the block size (so an inode larger than
+        // 128 bytes holds `i_extra_isize` and `i_checksum_hi`).
+        if inodes_per_group == 0
+            || inode_bytes < 128
+            || inode_bytes > block_bytes
+            || !inode_bytes.is_power_of_two()
+        {
             return Err(corrupt(format!(
                 "s_inodes_per_group {inodes_per_group}, s_inode_size {inode_bytes}: the superblock is damaged"
             )));
@@ -689,7 +695,8 @@ fn check_inode_csum(ino: u32, seed: u32, raw: &[u8], at: u64) -> Result<()> {
     c = crc32c_raw(c, &[0, 0]);
     c = crc32c_raw(c, &raw[INODE_CSUM_LO + 2..GOOD_OLD_INODE_BYTES]);
     let mut has_hi = false;
-    if raw.len() > GOOD_OLD_INODE_BYTES {
+    // (`new` admits only 128 or a power of two from 256: the extra fields are there.)
+    if raw.len() >= INODE_CSUM_HI + 2 {
         c = crc32c_raw(c, &raw[GOOD_OLD_INODE_BYTES..INODE_CSUM_HI]);
         let extra = usize::from(le16(raw, INODE_EXTRA_ISIZE));
         let mut rest = INODE_CSUM_HI;
