@@ -15,6 +15,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use serde_json::json;
 use vhdforge_core::guest::fs::{FileId, FileSystem, FileType, Stat};
+use vhdforge_core::guest::text::must_escape;
 use vhdforge_core::guest::{scan, DiskVolumes, OsFamily, Scheme};
 use vhdforge_core::{DiskImage, ErrorKind, OpenOptions};
 
@@ -42,7 +43,13 @@ an LVM vg/lv, or a file-system label or UUID. Default: the volume holding the OS
     long_about = "List the partitions and volumes of a disk image (raw, VHD, VHDX or a \
 differencing chain): number, start, size, partition type, file system, label, UUID, LVM vg/lv, \
 and which one holds the operating system's root. The NAME column is what `ls`/`cat --volume` \
-take.
+take. A disk with no partition table that is itself a file system (mkfs.ext4, mkfs.xfs, \
+mkntfs -F or mkfs.vfat on the whole disk) is one volume, `disk` (or `--volume 0`).
+
+Labels are the guest's text: in the table, control characters, bidirectional controls \
+(U+202A-U+202E, U+2066-U+2069, U+200E, U+200F, U+061C) and invisible format characters \
+(U+200B, U+FEFF, ...) are printed as their UTF-8 bytes, each as \\xNN (a label must not \
+read as another); --json keeps them exact.
 
 Examples:
   vhdforge volumes disk.vhdx
@@ -70,10 +77,14 @@ Entries are listed in the order the directory stores them; -R lists subdirectori
 parent's entries, at most 256 levels deep; a directory that is one of its own ancestors again \
 (a damaged file system) is listed but not entered, and reported on stderr.
 
-Names that are not UTF-8 (Linux names are bytes) are printed with each invalid byte as \\xNN; \
-control characters are printed the same way. In --json, `path` and `target` are the lossy UTF-8 \
-form (U+FFFD for invalid bytes) and `path_escaped` / `target_escaped` appear with the \\xNN form \
-whenever it differs.
+Names that are not UTF-8 (Linux names are bytes) are printed with each invalid byte as \\xNN. \
+So is each UTF-8 byte of a character that would make a name move the cursor or read as \
+another: control characters, bidirectional controls (U+202A-U+202E, U+2066-U+2069, U+200E, \
+U+200F, U+061C) and invisible format characters (zero-width space U+200B, U+FEFF, soft \
+hyphen, ...): `a<U+202E>txt.exe` is printed `a\\xe2\\x80\\xaetxt.exe`, and a backslash as \
+\\\\. In --json, `path` and `target` are exact (the lossy UTF-8 form, U+FFFD, for invalid \
+bytes) and `path_escaped` / `target_escaped` appear with the \\xNN form when the name is \
+not UTF-8.
 
 --json prints ONE array of {\"path\", \"type\": \"file\"|\"dir\"|\"symlink\"|\"other\", \"size\", \
 \"mode\", \"uid\", \"gid\", \"mtime\", \"mtime_nsec\", \"target\"}; mode is the permission bits as a \
@@ -241,16 +252,19 @@ pub fn run_volumes(a: &VolumesArgs, ui: &Ui) -> Result<ExitCode> {
 // ---------------------------------------------------------------------------------------
 // ls
 
-/// A guest name or path for display: valid UTF-8 stays as it is, each invalid byte and each
-/// control character becomes `\xNN` (a name must not move the terminal's cursor), and a
-/// backslash becomes `\\` so the escaped form is unambiguous.
+/// A guest name or path for display: valid UTF-8 stays as it is, each invalid byte becomes
+/// `\xNN`, and so does each byte of a character [`must_escape`] names — a control character
+/// (a name must not move the terminal's cursor), a bidirectional control or an invisible
+/// format character (a name must not show as another: `a\u{202E}txt.exe` would read
+/// `aexe.txt`); a backslash becomes `\\` so the escaped form is unambiguous. `ls`,
+/// `volumes` and `preflight` print guest names, labels and link targets through this.
 pub fn escape(name: &[u8]) -> String {
     let mut out = String::with_capacity(name.len());
     for chunk in name.utf8_chunks() {
         for c in chunk.valid().chars() {
             if c == '\\' {
                 out.push_str("\\\\");
-            } else if c.is_control() {
+            } else if must_escape(c) {
                 let mut b = [0u8; 4];
                 for byte in c.encode_utf8(&mut b).bytes() {
                     out.push_str(&format!("\\x{byte:02x}"));
@@ -696,17 +710,42 @@ mod tests {
 
     #[test]
     fn names_that_are_not_printable_utf8_are_escaped_unambiguously() {
-        // (raw name, shown) — invalid bytes, control characters and the escape character.
-        let cases: [(&[u8], &str); 5] = [
+        // (raw name, shown) — invalid bytes, control characters, the escape character, and
+        // characters that would make the name read as another.
+        let cases: [(&[u8], &str); 10] = [
             (b"plain.txt", "plain.txt"),
             ("héllo ✓".as_bytes(), "héllo ✓"),
             (b"bad\xff\xfename", "bad\\xff\\xfename"),
             (b"esc\x1b[2Jclear", "esc\\x1b[2Jclear"),
             (b"back\\x41slash", "back\\\\x41slash"),
+            // RIGHT-TO-LEFT OVERRIDE: shown raw, this reads "invoiceexe.pdf".
+            (
+                "invoice\u{202E}fdp.exe".as_bytes(),
+                "invoice\\xe2\\x80\\xaefdp.exe",
+            ),
+            // LEFT-TO-RIGHT ISOLATE … POP DIRECTIONAL ISOLATE.
+            (
+                "a\u{2066}b\u{2069}".as_bytes(),
+                "a\\xe2\\x81\\xa6b\\xe2\\x81\\xa9",
+            ),
+            // ZERO WIDTH SPACE and BYTE ORDER MARK: invisible, "passwd" is not this name.
+            ("passwd\u{200B}".as_bytes(), "passwd\\xe2\\x80\\x8b"),
+            ("\u{FEFF}grub.cfg".as_bytes(), "\\xef\\xbb\\xbfgrub.cfg"),
+            // Right-to-left text itself is a name like any other.
+            ("שלום.txt".as_bytes(), "שלום.txt"),
         ];
         for (raw, want) in cases {
             assert_eq!(escape(raw), want);
         }
+    }
+
+    #[test]
+    fn messages_quoting_guest_text_escape_bidi_and_invisible_characters() {
+        // Errors and findings quote names through `terminal_safe`: line breaks stay.
+        assert_eq!(
+            crate::ui::terminal_safe("'/etc/a\u{202E}b' does not exist\n\tx\u{200B}"),
+            "'/etc/a\\xe2\\x80\\xaeb' does not exist\n\tx\\xe2\\x80\\x8b"
+        );
     }
 
     #[test]

@@ -388,21 +388,23 @@ pub fn report_error(e: &anyhow::Error, code: &str, json: bool) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// `text` safe to print on a terminal: every control character but line feed and tab
-/// becomes `\xNN` (each byte of it). Error messages quote what an input holds — a guest's
+/// `text` safe to print on a terminal: every control character but line feed and tab, and
+/// every bidirectional control or invisible format character, becomes `\xNN` (each byte
+/// of it). Error messages quote what an input holds — a guest's
 /// file names and symlink targets, a disk's parent path, an inventory's VM names — and an
 /// escape sequence in one must not rewrite the terminal (its title, colours, the lines
 /// above) or hide the message itself.
 pub fn terminal_safe(text: &str) -> String {
-    if !text
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
-    {
+    // Bidirectional controls and invisible format characters too: a quoted name must not
+    // read as another (`vhdforge_core::guest::text`).
+    let unsafe_char =
+        |c: char| c != '\n' && c != '\t' && vhdforge_core::guest::text::must_escape(c);
+    if !text.chars().any(unsafe_char) {
         return text.to_string();
     }
     let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
-        if c.is_control() && c != '\n' && c != '\t' {
+        if unsafe_char(c) {
             let mut b = [0u8; 4];
             for byte in c.encode_utf8(&mut b).bytes() {
                 let _ = write!(out, "\\x{byte:02x}");

@@ -106,6 +106,12 @@ fn damaged_ext4_never_panics_allocates_without_bound_or_hangs() {
         check(&format!("root directory size_high {size_high:#x}"), d);
     }
 
+    // The image cut short (a partial copy or download): a quarter, half, three quarters.
+    for pct in [25, 50, 75] {
+        let keep = clean.len() * pct / 100;
+        check(&format!("truncated to {pct}%"), clean[..keep].to_vec());
+    }
+
     // Random bytes of the metadata: where the clean image is not zero in its first 1 MiB
     // (superblock, descriptors, bitmaps, inode table, directories, extent nodes, journal head).
     let live: Vec<usize> = (0..MIB).filter(|&i| clean[i] != 0).collect();

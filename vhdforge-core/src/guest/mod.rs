@@ -13,6 +13,7 @@ pub mod linux;
 pub mod lvm;
 pub mod partition;
 pub mod registry;
+pub mod text;
 mod tree;
 pub mod volumes;
 mod window;

@@ -157,7 +157,27 @@ pub fn scan(image: &Arc<dyn DiskImage>) -> Result<DiskVolumes> {
     let whole = Window::whole(image.as_ref());
     if out.table.partitions.is_empty() {
         // Only a disk with no table at all is read as one volume: a GPT whose entries are
-        // all damaged is not a file system.
+        // all damaged is not a file system. A sector 0 with `55 AA` and four empty records
+        // is read as an (empty) MBR by the partition layer, as Linux reads it — but it is
+        // also exactly what an NTFS or FAT boot sector written on the whole disk looks
+        // like (`mkntfs -F` on a file, `mkfs.vfat` on a device), and Linux then finds the
+        // file system on the whole disk. So does this.
+        if out.table.scheme == partition::Scheme::Mbr {
+            let id = fs::identify(&whole)?;
+            if id.kind != FsKind::Unknown {
+                out.table.scheme = partition::Scheme::None;
+                out.table.disk_id = None;
+                out.findings.push(Finding::new(
+                    Severity::Info,
+                    partition::CODE_NONE,
+                    Some(0),
+                    format!(
+                        "sector 0 ends in 55 AA but its four partition records are empty: it is the boot sector of the {} file system on the whole disk, read as volume 'disk' (Linux reads it the same way)",
+                        id.kind
+                    ),
+                ));
+            }
+        }
         if out.table.scheme == partition::Scheme::None {
             add_volume(
                 image,
@@ -333,12 +353,16 @@ pub fn os_of(fs: &dyn FileSystem) -> Option<OsFamily> {
 }
 
 impl DiskVolumes {
-    /// The volume `spec` names — a partition number, `vg/lv`, `disk`, or a file-system
-    /// label or UUID — or, without `spec`, the OS root (or the only readable file system).
+    /// The volume `spec` names — a partition number, `vg/lv`, `disk` (or `0`: the whole
+    /// disk has no partition number, and 0 is none Linux gives), or a file-system label or
+    /// UUID — or, without `spec`, the OS root (or the only readable file system).
     pub fn choose(&self, spec: Option<&str>) -> Result<&GuestVolume> {
-        let Some(spec) = spec else {
+        let Some(mut spec) = spec else {
             return self.default_volume();
         };
+        if spec == "0" {
+            spec = "disk";
+        }
         let by_name: Vec<&GuestVolume> = self.volumes.iter().filter(|v| v.name == spec).collect();
         let hits = if by_name.is_empty() {
             self.volumes

@@ -215,7 +215,8 @@ pub(crate) fn read_file(
     Ok(Some(buf))
 }
 
-/// Guest bytes as shown to the user: lossy UTF-8, control characters escaped, cut at
+/// Guest bytes as shown to the user: lossy UTF-8, control, bidirectional and invisible
+/// format characters escaped (`\u{202e}`), cut at
 /// [`MAX_SHOWN`] characters.
 pub fn shown(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
@@ -225,7 +226,9 @@ pub fn shown(bytes: &[u8]) -> String {
             out.push('…');
             break;
         }
-        if c.is_control() {
+        // Bidi controls and invisible characters too (`guest::text`): evidence quoting a
+        // guest line must show what the line holds, not what it makes a terminal draw.
+        if crate::guest::text::must_escape(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -253,6 +256,11 @@ mod tests {
         let long = vec![b'x'; 1000];
         assert_eq!(shown(&long).chars().count(), MAX_SHOWN + 1);
         assert_eq!(shown(b"\xff"), "\u{fffd}");
+        // A right-to-left override would make the evidence read as another line.
+        assert_eq!(
+            shown("a\u{202E}b\u{200B}".as_bytes()),
+            "a\\u{202e}b\\u{200b}"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use ext4_view::{Ext4, Ext4Error, Ext4Read};
 
-use super::ext4_inode::{InodeWalk, Run};
+use super::ext4_inode::{FileMap, InodeWalk, Run};
 use super::volume::{ReadRange, Volume};
 use super::{
     child, show, DirEntry, FileId, FileReader, FileSystem, FileType, FsKind, Stat, Timestamp,
@@ -314,7 +314,7 @@ impl FileSystem for Ext4Fs {
     /// block cache, which made `cat` of 1 GiB run at 0.4× the kernel's speed.
     fn open_resolved(&self, path: &[u8]) -> Result<Box<dyn FileReader + '_>> {
         let file = self.fs.open(path).map_err(|e| map_err(e, path))?;
-        if let Some(fast) = self.extent_reader(path, file.metadata().len())? {
+        if let Some(fast) = self.extent_reader(path, file.metadata())? {
             return Ok(Box::new(fast));
         }
         Ok(Box::new(Ext4File {
@@ -331,7 +331,7 @@ impl FileSystem for Ext4Fs {
         let Some(walk) = &self.walk else {
             return Ok(None);
         };
-        Ok(walk.lookup(path).ok().flatten().map(|ino| FileId {
+        Ok(walk.lookup(path, false).ok().flatten().map(|ino| FileId {
             volume: 0,
             number: u64::from(ino),
         }))
@@ -341,19 +341,20 @@ impl FileSystem for Ext4Fs {
 impl Ext4Fs {
     /// A reader over the file's extents, or `None` to read through the crate (any doubt:
     /// the walk failed, the journal needs replaying, the file is not extent-mapped, or the
-    /// size at home differs from the crate's). A damaged extent tree is an error, not a
+    /// inode at home differs from the crate's in size, mode or owner). The walk verifies
+    /// the inode's and every extent tree block's checksum, as the crate does on its path. A damaged extent tree is an error, not a
     /// reason to hand the file to the crate: the crate walks the same tree without bounding
     /// its work, and a tree whose index entries name one node many times kept it busy for
     /// days (red team r3).
-    fn extent_reader(&self, path: &[u8], size: u64) -> Result<Option<ExtentFile>> {
+    fn extent_reader(&self, path: &[u8], md: &ext4_view::Metadata) -> Result<Option<ExtentFile>> {
         let Some(walk) = self.walk.as_ref() else {
             return Ok(None);
         };
-        let Some(ino) = walk.lookup(path).ok().flatten() else {
+        let Some(ino) = walk.lookup(path, true).ok().flatten() else {
             return Ok(None);
         };
-        let (home_size, runs) = match walk.file_runs(ino) {
-            Ok(Some(m)) => m,
+        let (f, runs) = match walk.file_runs(ino) {
+            Ok(FileMap::Runs(f, runs)) => (f, runs),
             Err(e) if e.code() == "guest.fs.ext4_corrupt" => {
                 return Err(corrupt(format!(
                     "reading {}: the file system is damaged: {}; `e2fsck -n` in the guest shows the damage",
@@ -361,12 +362,25 @@ impl Ext4Fs {
                     e.message()
                 )))
             }
-            Ok(None) | Err(_) => return Ok(None),
+            Err(e) if e.code() == "guest.fs.ext4_unsupported" => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    e.code(),
+                    format!("reading {}: {}", show(path), e.message()),
+                ))
+            }
+            Ok(FileMap::Crate) | Err(_) => return Ok(None),
         };
-        Ok((home_size == size).then(|| ExtentFile {
+        // The walk found this inode by a linear scan of the directories; the crate by their
+        // hash index. Only when both agree on what the file is are its extents read here.
+        let same = f.size == md.len()
+            && f.mode & 0o7777 == md.mode() & 0o7777
+            && f.uid == md.uid()
+            && f.gid == md.gid();
+        Ok(same.then(|| ExtentFile {
             vol: walk.volume().clone(),
             block_bytes: walk.block_bytes(),
-            size,
+            size: f.size,
             runs,
             pos: 0,
             path: path.to_vec(),

@@ -5,13 +5,18 @@
 //! and the directory's blocks (extent tree or ext2/3 block map) — each bounded by the
 //! volume and by the directory's size.
 //!
+//! Every inode read here has its checksum verified, and every extent tree block its tail
+//! checksum, when the file system has `metadata_csum` (the kernel's seeds: §2.3); every
+//! extent is bounds-checked as the kernel's `ext4_ext_check` does before any data is read
+//! through it, so a damaged tree is an error naming the inode and block, never wrong bytes.
+//!
 //! The journal is not replayed here (the crate replays it for everything else), so a
 //! directory that exists only in a not yet checkpointed transaction is not found: the caller
 //! then has no identity for it, which only costs `ls -R` its cycle check for that directory.
 
 use super::ext4::{corrupt, le16, le32};
 use super::volume::{ReadRange, Volume};
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 
 const SB_OFFSET: u64 = 1024;
 const ROOT_INO: u32 = 2;
@@ -44,6 +49,52 @@ const MAX_TREE_BLOCKS: usize = 2 * MAX_RUNS;
 const MAX_DIR_BYTES: u64 = 1 << 30;
 const S_IFMT: u16 = 0xF000;
 const S_IFDIR: u16 = 0x4000;
+/// `RO_COMPAT_METADATA_CSUM`: inodes, extent blocks and the rest carry crc32c checksums.
+const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
+/// `INCOMPAT_CSUM_SEED`: the checksum seed is stored in `s_checksum_seed` (so the UUID can
+/// change without rewriting every checksum) instead of derived from the UUID.
+const INCOMPAT_CSUM_SEED: u32 = 0x2000;
+/// An extent's `ee_len` above this marks it unwritten (preallocated): it maps
+/// `ee_len - 32768` blocks that read as zeros.
+const EXT_INIT_MAX_LEN: u16 = 32_768;
+/// Logical blocks are 32-bit: an extent may not reach past block 2³² − 1.
+const EXT_MAX_BLOCKS: u64 = 0xFFFF_FFFF;
+/// The extent node header and each entry (index or leaf) are 12 bytes.
+const EXTENT_ENTRY_BYTES: usize = 12;
+/// `ext4_inode`: `l_i_checksum_lo` (in the 128-byte base) and `i_checksum_hi` (in the
+/// extra part, present when `i_extra_isize` reaches it).
+const INODE_CSUM_LO: usize = 0x7C;
+const INODE_EXTRA_ISIZE: usize = 0x80;
+const INODE_CSUM_HI: usize = 0x82;
+const GOOD_OLD_INODE_BYTES: usize = 128;
+
+/// crc32c as the kernel's `ext4_chksum` computes it: the running value is the seed, no
+/// final inversion. (Reflected Castagnoli polynomial.)
+fn crc32c_raw(mut crc: u32, bytes: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut t = [0u32; 256];
+        let mut i: u32 = 0;
+        while i < 256 {
+            let mut c = i;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 {
+                    (c >> 1) ^ 0x82F6_3B78
+                } else {
+                    c >> 1
+                };
+                k += 1;
+            }
+            t[i as usize] = c;
+            i += 1;
+        }
+        t
+    };
+    for &b in bytes {
+        crc = TABLE[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8);
+    }
+    crc
+}
 
 /// The geometry needed to find an inode and read a directory.
 pub(super) struct InodeWalk {
@@ -55,6 +106,29 @@ pub(super) struct InodeWalk {
     desc_bytes: u64,
     descriptors_at: u64,
     incompat: u32,
+    /// `s_blocks_count`: no extent may reach past it.
+    blocks_count: u64,
+    /// `s_first_data_block`: the superblock's block; extents start after it.
+    first_data_block: u64,
+    /// The file system's checksum seed, when it has `metadata_csum`.
+    csum_seed: Option<u32>,
+}
+
+/// An extent tree being walked: whose, how far, and what it mapped so far.
+struct Tree {
+    ino: u32,
+    csum_seed: Option<u32>,
+    /// Tree blocks read so far (at most [`MAX_TREE_BLOCKS`]).
+    blocks: usize,
+    runs: Vec<Run>,
+    /// More than [`MAX_RUNS`] extents: the rest were checked but not kept.
+    past_limit: bool,
+    /// Some extent, kept or not, is unwritten.
+    any_unwritten: bool,
+}
+
+fn usize_of(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 /// A run of a file's blocks: `len` blocks from logical block `logical`, at physical block
@@ -67,12 +141,27 @@ pub(super) struct Run {
 }
 
 /// The fields of an inode the walk uses.
-struct RawInode {
-    mode: u16,
+pub(super) struct RawInode {
+    ino: u32,
+    pub mode: u16,
+    pub uid: u32,
+    pub gid: u32,
     flags: u32,
-    size: u64,
+    pub size: u64,
     /// `i_block`: the extent tree root or the block map.
     map: [u8; 60],
+    /// The seed of this inode's extent block checksums (fs seed, inode number,
+    /// generation), when the file system has `metadata_csum`.
+    csum_seed: Option<u32>,
+}
+
+/// What [`InodeWalk::file_runs`] decided for a regular file.
+pub(super) enum FileMap {
+    /// Read it through this map: its inode and its (sorted, checked) extents.
+    Runs(RawInode, Vec<Run>),
+    /// Read it through the crate (block map, inline, encrypted, or a journal to replay
+    /// and no preallocated extent at home).
+    Crate,
 }
 
 impl InodeWalk {
@@ -94,11 +183,32 @@ impl InodeWalk {
             32
         };
         let inodes_per_group = le32(&sb, 0x28);
-        if inodes_per_group == 0 || inode_bytes < 128 || inode_bytes > block_bytes {
+        // As the kernel: a power of two from 128 to the block size (so an inode larger than
+        // 128 bytes holds `i_extra_isize` and `i_checksum_hi`).
+        if inodes_per_group == 0
+            || inode_bytes < 128
+            || inode_bytes > block_bytes
+            || !inode_bytes.is_power_of_two()
+        {
             return Err(corrupt(format!(
                 "s_inodes_per_group {inodes_per_group}, s_inode_size {inode_bytes}: the superblock is damaged"
             )));
         }
+        let blocks_count = if incompat & INCOMPAT_64BIT != 0 {
+            u64::from(le32(&sb, 0x04)) | (u64::from(le32(&sb, 0x150)) << 32)
+        } else {
+            u64::from(le32(&sb, 0x04))
+        };
+        // The kernel's seed: `s_checksum_seed` when the feature says it is stored, else
+        // crc32c(~0, s_uuid). Checked against e2fsprogs-made images (the tests change the
+        // UUID with tune2fs to tell the two apart).
+        let csum_seed = (le32(&sb, 0x64) & RO_COMPAT_METADATA_CSUM != 0).then(|| {
+            if incompat & INCOMPAT_CSUM_SEED != 0 {
+                le32(&sb, 0x270)
+            } else {
+                crc32c_raw(!0, &sb[0x68..0x78])
+            }
+        });
         Ok(InodeWalk {
             vol,
             block_bytes,
@@ -108,6 +218,9 @@ impl InodeWalk {
             desc_bytes,
             descriptors_at: (u64::from(le32(&sb, 0x14)) + 1) * block_bytes,
             incompat,
+            blocks_count,
+            first_data_block: u64::from(le32(&sb, 0x14)),
+            csum_seed,
         })
     }
 
@@ -134,28 +247,50 @@ impl InodeWalk {
             .checked_mul(self.block_bytes)
             .and_then(|t| t.checked_add(index * self.inode_bytes))
             .ok_or_else(|| corrupt(format!("inode {ino}'s table lies past any disk")))?;
-        let mut raw = [0u8; 128];
+        // The whole on-disk inode (at most a block, checked in `new`): the checksum covers it.
+        let mut raw = vec![0u8; usize_of(self.inode_bytes)];
         self.vol.read_at(&mut raw, at)?;
         let mut map = [0u8; 60];
         map.copy_from_slice(&raw[0x28..0x64]);
+        let csum_seed = match self.csum_seed {
+            Some(fs_seed) => {
+                let seed = crc32c_raw(
+                    crc32c_raw(fs_seed, &ino.to_le_bytes()),
+                    &raw[0x64..0x68], // i_generation
+                );
+                check_inode_csum(ino, seed, &raw, at)?;
+                Some(seed)
+            }
+            None => None,
+        };
         Ok(RawInode {
+            ino,
             mode: le16(&raw, 0x00),
+            uid: u32::from(le16(&raw, 0x02)) | (u32::from(le16(&raw, 0x78)) << 16),
+            gid: u32::from(le16(&raw, 0x18)) | (u32::from(le16(&raw, 0x7A)) << 16),
             flags: le32(&raw, 0x20),
             size: u64::from(le32(&raw, 0x04)) | (u64::from(le32(&raw, 0x6C)) << 32),
             map,
+            csum_seed,
         })
     }
 
     /// The inode number of the resolved path `path`, or `None` when a component is not
     /// found or a directory on the way stores its entries inline.
-    pub(super) fn lookup(&self, path: &[u8]) -> Result<Option<u32>> {
+    ///
+    /// `unique`: every directory on the way is scanned whole, and a name found twice in one
+    /// is an error. The crate finds a name through an htree directory's hash index, which
+    /// reads one leaf; this walk scans the leaves in order. They can disagree only when a
+    /// directory holds the name twice (damage a checksum may not catch: `^metadata_csum`),
+    /// so a caller that reads a file's data by this walk's answer asks for `unique`.
+    pub(super) fn lookup(&self, path: &[u8], unique: bool) -> Result<Option<u32>> {
         let mut ino = ROOT_INO;
         for name in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
             let dir = self.inode(ino)?;
             if dir.mode & S_IFMT != S_IFDIR || dir.flags & INLINE_DATA_FL != 0 {
                 return Ok(None);
             }
-            match self.find(&dir, name)? {
+            match self.find(&dir, name, unique)? {
                 Some(next) => ino = next,
                 None => return Ok(None),
             }
@@ -173,28 +308,63 @@ impl InodeWalk {
         &self.vol
     }
 
-    /// The extent map of the regular file `ino` (sorted, not overlapping) and its size, for
-    /// reading its data in large pieces; `None` when the crate should read it instead: the
-    /// journal needs replaying (the map at home could be stale), or the file is inline,
-    /// encrypted, block-mapped (ext2/3) or mapped by more than [`MAX_RUNS`] extents.
-    pub(super) fn file_runs(&self, ino: u32) -> Result<Option<(u64, Vec<Run>)>> {
-        if self.incompat & INCOMPAT_RECOVER != 0 {
-            return Ok(None);
-        }
+    /// The extent map of the regular file `ino` (sorted, not overlapping, every extent
+    /// checked), for reading its data in large pieces; [`FileMap::Crate`] when the crate
+    /// should read it instead: the file is inline, encrypted or block-mapped (ext2/3), or
+    /// the journal needs replaying (the map at home could be stale).
+    ///
+    /// The crate reads an unwritten (preallocated) extent's blocks as data — whatever the
+    /// disk held before — where the kernel reads zeros. So a file is never handed to it
+    /// while its tree at home holds an unwritten extent: a journal to replay then makes
+    /// the file an error, and so does one with more than [`MAX_RUNS`] extents (too many to
+    /// hold here) among which one is unwritten.
+    pub(super) fn file_runs(&self, ino: u32) -> Result<FileMap> {
         let f = self.inode(ino)?;
         if f.mode & S_IFMT != S_IFREG
             || f.flags & (INLINE_DATA_FL | ENCRYPT_FL) != 0
             || f.flags & EXTENTS_FL == 0
         {
-            return Ok(None);
+            return Ok(FileMap::Crate);
         }
-        let mut runs = Vec::new();
-        if !self.extent_runs(&f.map, None, &mut 0, &mut runs)? {
-            return Ok(None);
+        let mut tree = Tree {
+            ino,
+            csum_seed: f.csum_seed,
+            blocks: 0,
+            runs: Vec::new(),
+            past_limit: false,
+            any_unwritten: false,
+        };
+        let walked = self.extent_runs(&f.map, None, None, &mut tree);
+        if self.incompat & INCOMPAT_RECOVER != 0 {
+            // Whatever the home tree says, the crate replays the journal and reads what
+            // it finds; only a visible unwritten extent is reason not to let it.
+            if walked.is_ok() && tree.any_unwritten {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "guest.fs.ext4_unsupported",
+                    format!(
+                        "inode {ino} has preallocated (unwritten) extents and the journal holds transactions not yet written in place; vhdforge cannot read it exactly. Boot the guest once (or run `e2fsck` on the file system) to replay the journal"
+                    ),
+                ));
+            }
+            return Ok(FileMap::Crate);
+        }
+        walked?;
+        if tree.past_limit {
+            if !tree.any_unwritten {
+                return Ok(FileMap::Crate);
+            }
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "guest.fs.ext4_unsupported",
+                format!(
+                    "inode {ino} is mapped by more than {MAX_RUNS} extents, some of them preallocated (unwritten); vhdforge reads such files only up to {MAX_RUNS} extents. `e4defrag` in the guest merges them"
+                ),
+            ));
         }
         // Logical order, no overlap: what the kernel writes, and what a reader that binary
         // searches the map needs.
-        for w in runs.windows(2) {
+        for w in tree.runs.windows(2) {
             if w[0].logical + w[0].len > w[1].logical {
                 return Err(corrupt(format!(
                     "inode {ino}'s extents overlap or are out of order (blocks {}+{} then {})",
@@ -202,73 +372,166 @@ impl InodeWalk {
                 )));
             }
         }
-        Ok(Some((f.size, runs)))
+        let runs = std::mem::take(&mut tree.runs);
+        Ok(FileMap::Runs(f, runs))
     }
 
-    /// Collect the leaf extents under `node`; `false` when there are more than [`MAX_RUNS`].
-    /// `blocks` counts the tree blocks read so far (at most [`MAX_TREE_BLOCKS`]).
+    /// The bounds the kernel's `ext4_inode_block_valid` puts on `count` blocks from
+    /// `start`: after the superblock's block, within `s_blocks_count`.
+    fn check_blocks(&self, ino: u32, what: &str, start: u64, count: u64) -> Result<()> {
+        if start <= self.first_data_block
+            || start
+                .checked_add(count)
+                .is_none_or(|end| end > self.blocks_count)
+        {
+            return Err(corrupt(format!(
+                "inode {ino}'s {what} maps blocks {start}+{count}; the file system's blocks are {} to {}",
+                self.first_data_block + 1,
+                self.blocks_count.saturating_sub(1)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Collect the leaf extents under `node` into `tree`, checking each node as the
+    /// kernel's `ext4_ext_check` does: magic, `eh_entries <= eh_max <=` what the node
+    /// holds, the depth, the tail checksum of a tree block, index entries in order, each
+    /// child's first entry at its index entry's logical block, and every extent inside the
+    /// file system. `node_block` is the tree block `node` came from (`None`: the root in
+    /// the inode, which the inode checksum covers); `first` the logical block the parent's
+    /// index entry says the node starts at.
     fn extent_runs(
         &self,
         node: &[u8],
-        depth: Option<u16>,
-        blocks: &mut usize,
-        out: &mut Vec<Run>,
-    ) -> Result<bool> {
+        node_block: Option<u64>,
+        first: Option<(u16, u64)>,
+        tree: &mut Tree,
+    ) -> Result<()> {
+        let ino = tree.ino;
+        let here = || match node_block {
+            Some(b) => format!("inode {ino}'s extent tree block {b}"),
+            None => format!("inode {ino}'s extent tree root (in the inode)"),
+        };
         let magic = le16(node, 0);
         let entries = usize::from(le16(node, 2));
+        let max = usize::from(le16(node, 4));
         let d = le16(node, 6);
+        let fits = (node.len() - EXTENT_ENTRY_BYTES) / EXTENT_ENTRY_BYTES;
         if magic != EXTENT_MAGIC
-            || 12 + entries * 12 > node.len()
+            || max == 0
+            || max > fits
+            || entries > max
             || d > MAX_EXTENT_DEPTH
-            || depth.is_some_and(|want| want != d)
+            || first.is_some_and(|(want, _)| want != d)
         {
             return Err(corrupt(format!(
-                "an extent tree node has magic {magic:#06x}, {entries} entries, depth {d} (expected 0xf30a, entries fitting the node, a depth one less than its parent's)"
+                "{} has magic {magic:#06x}, {entries} entries of at most {max}, depth {d} (expected 0xf30a, entries <= max <= {fits}, a depth {})",
+                here(),
+                first.map_or_else(|| format!("of at most {MAX_EXTENT_DEPTH}"), |(w, _)| format!("of {w}, one less than its parent's"))
             )));
         }
-        for i in 0..entries {
-            let e = &node[12 + i * 12..24 + i * 12];
-            if d == 0 {
-                if out.len() >= MAX_RUNS {
-                    return Ok(false);
-                }
-                let mut len = u64::from(le16(e, 4));
-                let uninit = len > 32_768;
-                if uninit {
-                    len -= 32_768;
-                }
-                let start = u64::from(le32(e, 8)) | (u64::from(le16(e, 6)) << 32);
-                if len > 0 {
-                    out.push(Run {
-                        logical: u64::from(le32(e, 0)),
-                        physical: (!uninit).then_some(start),
-                        len,
-                    });
-                }
-            } else {
-                let child = u64::from(le32(e, 4)) | (u64::from(le16(e, 8)) << 32);
-                *blocks += 1;
-                if *blocks > MAX_TREE_BLOCKS {
-                    return Err(corrupt(format!(
-                        "an extent tree reaches more than {MAX_TREE_BLOCKS} tree blocks (block {child} again and again: index entries name the same node more than once)"
-                    )));
-                }
-                let mut block = vec![0u8; usize::try_from(self.block_bytes).unwrap_or(4096)];
-                let at = child
-                    .checked_mul(self.block_bytes)
-                    .ok_or_else(|| corrupt(format!("extent block {child} lies past any disk")))?;
-                self.vol.read_at(&mut block, at)?;
-                if !self.extent_runs(&block, Some(d - 1), blocks, out)? {
-                    return Ok(false);
-                }
+        if let (Some(block), Some(seed)) = (node_block, tree.csum_seed) {
+            // `ext4_extent_tail` follows the `eh_max` slots; it fits any block (a power of
+            // two of at least 1 KiB leaves 4 bytes after the last whole slot).
+            let tail = EXTENT_ENTRY_BYTES + EXTENT_ENTRY_BYTES * max;
+            if tail + 4 > node.len() {
+                return Err(corrupt(format!("{} has no room for its checksum", here())));
+            }
+            let stored = le32(node, tail);
+            let computed = crc32c_raw(seed, &node[..tail]);
+            if stored != computed {
+                return Err(corrupt(format!(
+                    "inode {ino}'s extent tree block {block} fails its checksum (stored {stored:#010x}, computed {computed:#010x}): the block is damaged"
+                )));
             }
         }
-        Ok(true)
+        let mut prev: Option<u64> = None;
+        for i in 0..entries {
+            let e = &node[12 + i * 12..24 + i * 12];
+            let logical = u64::from(le32(e, 0));
+            if i == 0 {
+                if let Some((_, want)) = first {
+                    if logical != want {
+                        return Err(corrupt(format!(
+                            "{} starts at logical block {logical}, but its parent's index entry says {want}",
+                            here()
+                        )));
+                    }
+                }
+            }
+            if d == 0 {
+                self.leaf_extent(e, i, tree, &here)?;
+            } else {
+                if prev.is_some_and(|p| p >= logical) {
+                    return Err(corrupt(format!(
+                        "{}: index entries out of order (logical block {logical} after {})",
+                        here(),
+                        prev.unwrap_or(0)
+                    )));
+                }
+                prev = Some(logical);
+                let child = u64::from(le32(e, 4)) | (u64::from(le16(e, 8)) << 32);
+                tree.blocks += 1;
+                if tree.blocks > MAX_TREE_BLOCKS {
+                    return Err(corrupt(format!(
+                        "inode {ino}'s extent tree reaches more than {MAX_TREE_BLOCKS} tree blocks (block {child} again and again: index entries name the same node more than once)"
+                    )));
+                }
+                self.check_blocks(ino, "extent tree index", child, 1)?;
+                let mut block = vec![0u8; usize_of(self.block_bytes)];
+                // `check_blocks` keeps `child` inside the file system, which fits its volume.
+                self.vol
+                    .read_at(&mut block, child.saturating_mul(self.block_bytes))?;
+                self.extent_runs(&block, Some(child), Some((d - 1, logical)), tree)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Check one leaf extent (`e`, entry `i` of its node) and keep it in `tree`.
+    fn leaf_extent(
+        &self,
+        e: &[u8],
+        i: usize,
+        tree: &mut Tree,
+        here: &dyn Fn() -> String,
+    ) -> Result<()> {
+        let logical = u64::from(le32(e, 0));
+        let raw_len = le16(e, 4);
+        let (len, unwritten) = if raw_len > EXT_INIT_MAX_LEN {
+            (u64::from(raw_len - EXT_INIT_MAX_LEN), true)
+        } else {
+            (u64::from(raw_len), false)
+        };
+        let start = u64::from(le32(e, 8)) | (u64::from(le16(e, 6)) << 32);
+        if len == 0 || logical + len > EXT_MAX_BLOCKS {
+            return Err(corrupt(format!(
+                "{}: extent {i} maps {len} blocks from logical block {logical} (ee_len {raw_len}); an extent maps 1 or more blocks below block {EXT_MAX_BLOCKS}",
+                here()
+            )));
+        }
+        self.check_blocks(
+            tree.ino,
+            &format!("extent at logical block {logical}"),
+            start,
+            len,
+        )?;
+        tree.any_unwritten |= unwritten;
+        if tree.runs.len() >= MAX_RUNS {
+            tree.past_limit = true;
+            return Ok(());
+        }
+        tree.runs.push(Run {
+            logical,
+            physical: (!unwritten).then_some(start),
+            len,
+        });
+        Ok(())
     }
 
     /// Search a directory's blocks for `name`. A linear scan finds every entry in hashed
     /// (htree) directories too: their index blocks look like one empty entry.
-    fn find(&self, dir: &RawInode, name: &[u8]) -> Result<Option<u32>> {
+    fn find(&self, dir: &RawInode, name: &[u8], unique: bool) -> Result<Option<u32>> {
         if dir.size > MAX_DIR_BYTES {
             return Err(corrupt(format!(
                 "a directory claims {} bytes, over the {MAX_DIR_BYTES}-byte limit",
@@ -278,23 +541,39 @@ impl InodeWalk {
         let blocks = dir.size.div_ceil(self.block_bytes);
         let mut buf = vec![0u8; usize::try_from(self.block_bytes).unwrap_or(4096)];
         let mut found = None;
+        let mut hits = 0usize;
         let mut visit = |physical: u64| -> Result<bool> {
             let at = physical
                 .checked_mul(self.block_bytes)
                 .ok_or_else(|| corrupt(format!("directory block {physical} lies past any disk")))?;
             self.vol.read_at(&mut buf, at)?;
-            found = self.scan_block(&buf, name)?;
-            Ok(found.is_none())
+            let before = hits;
+            self.scan_block(&buf, name, &mut hits, &mut found)?;
+            if hits > before {
+                if let Some(seed) = dir.csum_seed {
+                    check_dirent_tail(dir.ino, physical, seed, &buf)?;
+                }
+            }
+            Ok(if unique { hits < 2 } else { hits == 0 })
         };
         let mut left = blocks;
         if dir.flags & EXTENTS_FL != 0 {
-            let mut runs = Vec::new();
-            if !self.extent_runs(&dir.map, None, &mut 0, &mut runs)? {
+            let mut tree = Tree {
+                ino: dir.ino,
+                csum_seed: dir.csum_seed,
+                blocks: 0,
+                runs: Vec::new(),
+                past_limit: false,
+                any_unwritten: false,
+            };
+            self.extent_runs(&dir.map, None, None, &mut tree)?;
+            if tree.past_limit {
                 return Err(corrupt(format!(
-                    "a directory is mapped by more than {MAX_RUNS} extents"
+                    "directory inode {} is mapped by more than {MAX_RUNS} extents",
+                    dir.ino
                 )));
             }
-            'runs: for r in runs {
+            'runs: for r in tree.runs {
                 for k in 0..r.len {
                     if left == 0 {
                         break 'runs;
@@ -311,10 +590,24 @@ impl InodeWalk {
         } else {
             self.block_map(&dir.map, &mut left, &mut visit)?;
         }
+        if hits > 1 {
+            return Err(corrupt(format!(
+                "directory inode {} holds the name {} more than once",
+                dir.ino,
+                super::show(name)
+            )));
+        }
         Ok(found)
     }
 
-    fn scan_block(&self, b: &[u8], name: &[u8]) -> Result<Option<u32>> {
+    /// Count the entries of `b` named `name` in `hits`; the first one's inode in `found`.
+    fn scan_block(
+        &self,
+        b: &[u8],
+        name: &[u8],
+        hits: &mut usize,
+        found: &mut Option<u32>,
+    ) -> Result<()> {
         let mut off = 0usize;
         while off + 8 <= b.len() {
             let ino = le32(b, off);
@@ -331,11 +624,12 @@ impl InodeWalk {
                 )));
             }
             if ino != 0 && &b[off + 8..off + 8 + name_len] == name {
-                return Ok(Some(ino));
+                *hits += 1;
+                found.get_or_insert(ino);
             }
             off += rec_len;
         }
-        Ok(None)
+        Ok(())
     }
 
     /// Visit the blocks of an ext2/3 block map: 12 direct, then single, double and triple
@@ -391,4 +685,57 @@ impl InodeWalk {
         }
         Ok(true)
     }
+}
+
+/// The kernel's `ext4_inode_csum_verify`: crc32c over the whole inode with the two
+/// checksum fields counted as zeros; only the low 16 bits are stored (and compared)
+/// when the inode is 128 bytes or its extra part stops short of `i_checksum_hi`.
+fn check_inode_csum(ino: u32, seed: u32, raw: &[u8], at: u64) -> Result<()> {
+    let mut c = crc32c_raw(seed, &raw[..INODE_CSUM_LO]);
+    c = crc32c_raw(c, &[0, 0]);
+    c = crc32c_raw(c, &raw[INODE_CSUM_LO + 2..GOOD_OLD_INODE_BYTES]);
+    let mut has_hi = false;
+    // (`new` admits only 128 or a power of two from 256: the extra fields are there.)
+    if raw.len() >= INODE_CSUM_HI + 2 {
+        c = crc32c_raw(c, &raw[GOOD_OLD_INODE_BYTES..INODE_CSUM_HI]);
+        let extra = usize::from(le16(raw, INODE_EXTRA_ISIZE));
+        let mut rest = INODE_CSUM_HI;
+        if GOOD_OLD_INODE_BYTES + extra >= INODE_CSUM_HI + 2 {
+            c = crc32c_raw(c, &[0, 0]);
+            rest += 2;
+            has_hi = true;
+        }
+        c = crc32c_raw(c, &raw[rest..]);
+    }
+    let mut stored = u32::from(le16(raw, INODE_CSUM_LO));
+    if has_hi {
+        stored |= u32::from(le16(raw, INODE_CSUM_HI)) << 16;
+    } else {
+        c &= 0xFFFF;
+    }
+    if stored != c {
+        return Err(corrupt(format!(
+            "inode {ino} (at byte {at} of the volume) fails its checksum: stored {stored:#010x}, computed {c:#010x}"
+        )));
+    }
+    Ok(())
+}
+
+/// The kernel's `ext4_dirblock_csum_verify` for the leaf block where a name was found: an
+/// `ext4_dir_entry_tail` in its last 12 bytes (inode 0, `rec_len` 12, `name_len` 0, type
+/// 0xDE) holding crc32c(the directory's seed, the block before the tail). Only a block that
+/// yields a match is checked (htree index blocks, which hold no names, carry another tail):
+/// the crate finds a name through the hash index and never reads the other leaves, so an
+/// unverified match in a damaged leaf could name another file than the crate opened.
+fn check_dirent_tail(dir_ino: u32, block: u64, seed: u32, b: &[u8]) -> Result<()> {
+    let t = b.len() - 12;
+    let is_tail = le32(b, t) == 0 && le16(b, t + 4) == 12 && b[t + 6] == 0 && b[t + 7] == 0xDE;
+    let computed = crc32c_raw(seed, &b[..t]);
+    if !is_tail || le32(b, t + 8) != computed {
+        return Err(corrupt(format!(
+            "directory inode {dir_ino}'s block {block} fails its checksum (no valid ext4_dir_entry_tail, or stored {:#010x} where {computed:#010x} was computed)",
+            le32(b, t + 8)
+        )));
+    }
+    Ok(())
 }
