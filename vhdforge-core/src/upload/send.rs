@@ -1291,6 +1291,55 @@ mod tests {
     }
 
     #[test]
+    fn only_images_read_straight_from_their_file_are_mapped() {
+        use fixtures::vhdx::{self as fvhdx, VhdxSpec};
+        let dir = tempfile::tempdir().unwrap();
+        let content = fixtures::raw::disk_with_regions(4 << 20, &[(0, 8192)], 3);
+        let raw = dir.path().join("d.raw");
+        std::fs::write(&raw, &content).unwrap();
+        let clean = fvhdx::build(
+            &VhdxSpec::dynamic(1 << 20, uuid::Uuid::from_u128(1)),
+            &content,
+        );
+        let mut dirty = clean.clone();
+        fvhdx::make_dirty(&mut dirty, uuid::Uuid::from_u128(2), None);
+        let open = |p: &std::path::Path| crate::open(p, &crate::OpenOptions::default()).unwrap();
+        // (case, image, layers with a file to map)
+        let cases: [(&str, Box<dyn DiskImage>, Vec<bool>); 4] = [
+            // The file is the disk.
+            ("raw file", open(&raw), vec![true]),
+            // Payload blocks are ranges of the file.
+            (
+                "clean vhdx",
+                open(&fvhdx::write_file(dir.path(), "c.vhdx", &clean.bytes)),
+                vec![true],
+            ),
+            // Read through the log replayed in memory: the file's bytes are not the disk's.
+            (
+                "dirty vhdx",
+                open(&fvhdx::write_file(dir.path(), "d.vhdx", &dirty.bytes)),
+                vec![false],
+            ),
+            // Memory has no file.
+            (
+                "memory",
+                crate::open_bytes(content.clone()).unwrap(),
+                vec![false],
+            ),
+        ];
+        for (name, image, want) in cases {
+            let files = SourceFiles::new(image.as_ref(), true);
+            let got: Vec<bool> = files.sizes.iter().map(Option::is_some).collect();
+            assert_eq!(got, want, "{name}");
+            assert_eq!(files.lost.is_some(), want.contains(&true), "{name}");
+            // Switched off: nothing is mapped, the files are still watched for a cut.
+            let off = SourceFiles::new(image.as_ref(), false);
+            assert!(off.lost.is_none(), "{name}");
+            assert!(!off.cut(image.as_ref(), true), "{name}");
+        }
+    }
+
+    #[test]
     fn aimd_cuts_on_throttle_and_recovers() {
         let a = Aimd::new(8);
         assert_eq!(a.limit(), 8);
