@@ -1,13 +1,13 @@
 //! The send phase: a reader thread reads each planned piece once (mapped from the source
-//! file when it is one stored range of one regular file, else `pread`: `docs/upload-io.md`,
-//! which also explains the `SIGBUS` guard and the `upload.source_changed` checks), tests its pages for zero
-//! and coalesces the non-zero ones into Put Page requests as it goes (the exact plan is
-//! made here, not in an earlier pass over the data: issue 16), fills bounded buffers in
-//! plan order (CRC-64 or MD5 per request, the whole-stream MD5 when asked; all computed a
-//! cache-sized step at a time right after the step is read, see `STEP`); up to N Put
-//! Pages in flight, retried with backoff, N cut on throttling (AIMD); a piece is recorded
-//! in the journal once every request carrying its bytes completed; then the footer page,
-//! last (docs/azure-page-blob.md).
+//! file when it is one stored range of one regular file, else with `pread`; see
+//! `docs/upload-io.md` for the `SIGBUS` guard and the `upload.source_changed` checks),
+//! tests its pages for zero and coalesces the non-zero ones into Put Page requests as it
+//! goes (the exact plan is made here, not in an earlier pass over the data: issue 16),
+//! fills bounded buffers in plan order (CRC-64 or MD5 per request, the whole-stream MD5
+//! when asked; all computed a cache-sized step at a time right after the step is read, see
+//! `STEP`); up to N Put Pages in flight, retried with backoff, N cut on throttling (AIMD);
+//! a piece is recorded in the journal once every request carrying its bytes completed;
+//! then the footer page, last (docs/azure-page-blob.md).
 
 use super::journal::{self, Journal};
 use super::plan::{normalize, subtract, StreamCoalescer, PAGE};
@@ -1331,7 +1331,9 @@ mod tests {
             let files = SourceFiles::new(image.as_ref(), true);
             let got: Vec<bool> = files.sizes.iter().map(Option::is_some).collect();
             assert_eq!(got, want, "{name}");
-            assert_eq!(files.lost.is_some(), want.contains(&true), "{name}");
+            // Mappings are made on Linux only.
+            let mapped = want.contains(&true) && cfg!(target_os = "linux");
+            assert_eq!(files.lost.is_some(), mapped, "{name}");
             // Switched off: nothing is mapped, the files are still watched for a cut.
             let off = SourceFiles::new(image.as_ref(), false);
             assert!(off.lost.is_none(), "{name}");
