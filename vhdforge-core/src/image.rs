@@ -183,6 +183,22 @@ pub trait DiskImage: Send + Sync + std::fmt::Debug {
     fn parent(&self) -> Option<&dyn DiskImage> {
         None
     }
+
+    /// The open file that [`Allocation::Data`] offsets of layer 0 point into, when those
+    /// bytes are read straight from it (no log overlay, not memory): the handle the image
+    /// was opened and validated with, never a reopen by path.
+    fn own_file(&self) -> Option<&std::fs::File> {
+        None
+    }
+}
+
+/// The open file of chain layer `layer` of `image` (see [`DiskImage::own_file`]).
+pub fn layer_file(image: &dyn DiskImage, layer: u32) -> Option<&std::fs::File> {
+    let mut cur = image;
+    for _ in 0..layer {
+        cur = cur.parent()?;
+    }
+    cur.own_file()
 }
 
 /// Check that `[offset, offset + len)` lies inside an image of `virtual_size` bytes.

@@ -47,6 +47,12 @@ pub trait ReadAt: Send + Sync + fmt::Debug {
 
     /// Where this source lives, for messages.
     fn name(&self) -> String;
+
+    /// The open file whose bytes these are, offset for offset, when the source is exactly
+    /// that (not a view, overlay or memory): the uploader maps ranges of it.
+    fn as_file(&self) -> Option<&File> {
+        None
+    }
 }
 
 /// Read `len` bytes at `offset` into a new buffer, refusing reads that would run past the
@@ -207,6 +213,10 @@ impl ReadAt for FileSource {
 
     fn name(&self) -> String {
         self.path.display().to_string()
+    }
+
+    fn as_file(&self) -> Option<&File> {
+        Some(&self.file)
     }
 }
 

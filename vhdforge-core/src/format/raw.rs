@@ -198,6 +198,10 @@ impl DiskImage for RawImage {
     fn findings(&self) -> &[Finding] {
         &self.findings
     }
+
+    fn own_file(&self) -> Option<&std::fs::File> {
+        self.src.as_file()
+    }
 }
 
 #[cfg(test)]

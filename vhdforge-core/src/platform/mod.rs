@@ -9,6 +9,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub mod clone;
+pub mod mapped;
 #[cfg(windows)]
 pub mod windows;
 

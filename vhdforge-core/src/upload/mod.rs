@@ -38,7 +38,7 @@
 //! | `upload.resume` | --resume refused: no journal, the source, a parent of it, the plan or the blob changed, or the source is not a regular file (InvalidInput) |
 //! | `upload.journal` | the journal cannot be read or written (Corrupt/Io) |
 //! | `upload.cancelled` | interrupted on request (Ctrl-C) in any phase of upload or verify (Interrupted); the message says whether --resume continues |
-//! | `upload.source_changed` | an Azure-ready VHD shrank while being opened (Corrupt) |
+//! | `upload.source_changed` | the source changed size while it was being opened or read: an Azure-ready VHD shrank, or the file was cut short under the upload (Corrupt) |
 //! | `upload.internal`, `verify.internal` | a worker task panicked or was cancelled (Io) |
 
 mod destination;
@@ -116,6 +116,10 @@ pub struct UploadOptions {
     pub credentials: CredentialEnv,
     /// How to open the source.
     pub open: OpenOptions,
+    /// Read pieces that are one range of one regular file through a guarded read-only
+    /// mapping instead of `pread` (Linux; `docs/upload-io.md`). The environment variable
+    /// `VHDFORGE_UPLOAD_PREAD=1` turns it off as well, so both paths can be compared.
+    pub map_source: bool,
 }
 
 impl Default for UploadOptions {
@@ -138,6 +142,7 @@ impl Default for UploadOptions {
             policy: Policy::default(),
             credentials: CredentialEnv::default(),
             open: OpenOptions::default(),
+            map_source: true,
         }
     }
 }

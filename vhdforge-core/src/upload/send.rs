@@ -1,11 +1,13 @@
-//! The send phase: a reader thread reads each planned piece once, tests its pages for zero
-//! and coalesces the non-zero ones into Put Page requests as it goes (the exact plan is
-//! made here, not in an earlier pass over the data: issue 16), fills bounded buffers in
-//! plan order (CRC-64 or MD5 per request, the whole-stream MD5 when asked; all computed a
-//! cache-sized step at a time right after the step is read, see `STEP`); up to N Put
-//! Pages in flight, retried with backoff, N cut on throttling (AIMD); a piece is recorded
-//! in the journal once every request carrying its bytes completed; then the footer page,
-//! last (docs/azure-page-blob.md).
+//! The send phase: a reader thread reads each planned piece once (mapped from the source
+//! file when it is one stored range of one regular file, else with `pread`; see
+//! `docs/upload-io.md` for the `SIGBUS` guard and the `upload.source_changed` checks),
+//! tests its pages for zero and coalesces the non-zero ones into Put Page requests as it
+//! goes (the exact plan is made here, not in an earlier pass over the data: issue 16),
+//! fills bounded buffers in plan order (CRC-64 or MD5 per request, the whole-stream MD5
+//! when asked; all computed a cache-sized step at a time right after the step is read, see
+//! `STEP`); up to N Put Pages in flight, retried with backoff, N cut on throttling (AIMD);
+//! a piece is recorded in the journal once every request carrying its bytes completed;
+//! then the footer page, last (docs/azure-page-blob.md).
 
 use super::journal::{self, Journal};
 use super::plan::{normalize, subtract, StreamCoalescer, PAGE};
@@ -13,8 +15,9 @@ use super::{Cancel, Progress, UploadOptions};
 use crate::azure::FixedVhdLayout;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::vhd::footer::FOOTER_SIZE;
-use crate::image::DiskImage;
+use crate::image::{layer_file, Allocation, DiskImage, Extent};
 use crate::io::usize_from;
+use crate::platform::mapped::{LossFlag, Mapping};
 use crate::storage::blob::{crc64_header, md5_header};
 use crate::storage::{BlobClient, Class, Failure, Integrity};
 use base64::Engine as _;
@@ -99,6 +102,60 @@ struct Ctx {
     cleared: AtomicU64,
     /// Which pieces are complete (journal) — shared by the reader and the driver.
     pieces: Mutex<PieceTracker>,
+    /// The source's files and whether pieces are read through mappings.
+    files: SourceFiles,
+}
+
+/// The source's files as the send phase found them: per chain layer, the length of its file
+/// when it is a regular file the image reads straight from (else `None`: that layer is
+/// never mapped, nor checked), and, when pieces are mapped (`docs/upload-io.md`), the flag
+/// every mapping of this upload raises when its file lost pages.
+struct SourceFiles {
+    sizes: Vec<Option<u64>>,
+    lost: Option<Arc<LossFlag>>,
+}
+
+impl SourceFiles {
+    /// The files of `image`'s chain; mappings when `map` and this platform allows them.
+    fn new(image: &dyn DiskImage, map: bool) -> SourceFiles {
+        let mut sizes = Vec::new();
+        let mut cur = Some(image);
+        while let Some(i) = cur {
+            sizes.push(
+                i.own_file()
+                    .and_then(|f| f.metadata().ok())
+                    .filter(std::fs::Metadata::is_file)
+                    .map(|m| m.len()),
+            );
+            cur = i.parent();
+        }
+        let map = map
+            && cfg!(target_os = "linux")
+            && std::env::var_os("VHDFORGE_UPLOAD_PREAD").is_none()
+            && sizes.iter().any(Option::is_some);
+        SourceFiles {
+            sizes,
+            lost: map.then(|| Arc::new(LossFlag::default())),
+        }
+    }
+
+    /// True when a mapped file lost pages, or (`stat`) a file is now shorter than at the
+    /// start. The kernel's own copy of a mapping's lost pages into the socket fails with
+    /// `EFAULT` and raises no signal, and a `pread` past the new end fails, so failures
+    /// check the lengths too.
+    fn cut(&self, image: &dyn DiskImage, stat: bool) -> bool {
+        if self.lost.as_ref().is_some_and(|l| l.is_raised()) {
+            return true;
+        }
+        stat && self.sizes.iter().enumerate().any(|(layer, size)| {
+            let (Some(size), Ok(layer)) = (size, u32::try_from(layer)) else {
+                return false;
+            };
+            layer_file(image, layer)
+                .and_then(|f| f.metadata().ok())
+                .is_some_and(|m| m.len() < *size)
+        })
+    }
 }
 
 impl Ctx {
@@ -118,6 +175,48 @@ impl Ctx {
         self.opts.request_timeout + self.opts.timeout_per_mib.mul_f64(mib_f64(len))
     }
 
+    /// Piece `r` mapped from its file, when it is one stored range of one regular file
+    /// inside what that file held at the start; else `None` (read it with `pread`).
+    fn map_piece(&self, r: &Range<u64>) -> Option<Mapping> {
+        let lost = self.files.lost.as_ref()?;
+        if r.end > self.azure.source_size {
+            return None;
+        }
+        let len = r.end - r.start;
+        let mut map = Vec::new();
+        self.azure
+            .disk_extents(self.image.as_ref(), r.start, len, &mut map)
+            .ok()?;
+        let [Extent {
+            allocation: Allocation::Data { layer, file_offset },
+            ..
+        }] = map.as_slice()
+        else {
+            return None;
+        };
+        let size = (*self.files.sizes.get(usize::try_from(*layer).ok()?)?)?;
+        if file_offset.checked_add(len)? > size {
+            return None;
+        }
+        let file = layer_file(self.image.as_ref(), *layer)?;
+        match Mapping::map(file, *file_offset, usize::try_from(len).ok()?, lost) {
+            Ok(mapping) => mapping,
+            Err(e) => {
+                tracing::debug!("cannot map {len} bytes at {file_offset:#x} (read instead): {e}");
+                None
+            }
+        }
+    }
+
+    /// The clear error when the source was cut short under the upload (see
+    /// [`SourceFiles::cut`]; `stat`: also compare the files' lengths).
+    fn check_source(&self, stat: bool) -> Result<()> {
+        if self.files.cut(self.image.as_ref(), stat) {
+            return Err(source_cut(&self.image.info().path));
+        }
+        Ok(())
+    }
+
     /// Read stream bytes `range` (disk area or footer).
     fn read(&self, range: &Range<u64>) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; usize_from(range.end - range.start)];
@@ -129,6 +228,20 @@ impl Ctx {
         }
         Ok(buf)
     }
+}
+
+/// The source file was cut short (or lost pages) while the upload read it.
+fn source_cut(path: &std::path::Path) -> Error {
+    Error::new(
+        ErrorKind::Corrupt,
+        "upload.source_changed",
+        format!(
+            "{} changed size while it was being read (something truncated or rewrote it during \
+             the upload); nothing read after the change was sent or journaled as sent: re-run \
+             after nothing writes to it",
+            path.display()
+        ),
+    )
 }
 
 fn integrity_value(kind: Integrity, data: &[u8]) -> (Integrity, String) {
@@ -165,6 +278,8 @@ async fn send_one(
             }
             Err(f) => f,
         };
+        // A body mapped from a file cut short meanwhile fails to send (EFAULT): say so.
+        ctx.check_source(true)?;
         let class = failure.class();
         if class == Class::Fatal || attempt >= ctx.opts.retry.max_attempts {
             let op = if class == Class::Fatal {
@@ -399,6 +514,68 @@ impl Drop for Pooled {
             if v.len() < POOL_MAX {
                 v.push(std::mem::take(&mut self.buf));
             }
+        }
+    }
+}
+
+/// Ask the CPU to fetch `bytes` into its caches ahead of the scan: a mapped step comes
+/// straight from memory (a `pread` copy used to bring it in), and the zero test, which
+/// looks at the start of each sector, would otherwise wait on each cache line in turn.
+#[inline]
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: a prefetch is only a hint; it never faults and reads nothing we use.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            );
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
+}
+
+/// A piece's bytes while it is scanned: mapped from its file, or read into a pooled buffer.
+enum Piece {
+    Mapped(Mapping),
+    Read(Vec<u8>),
+}
+
+impl Piece {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Piece::Mapped(m) => m.as_ref(),
+            Piece::Read(b) => b,
+        }
+    }
+    /// The piece's bytes `[0, end)`, with `[from, end)` read first into a buffer (the piece
+    /// starts at stream offset `start`) or, mapped, fetched into the caches.
+    fn fill(&mut self, ctx: &Ctx, start: u64, from: usize, end: usize) -> Result<&[u8]> {
+        if let Piece::Mapped(m) = self {
+            prefetch(&m.as_ref()[from..end]);
+        }
+        if let Piece::Read(buf) = self {
+            let read =
+                ctx.azure
+                    .read_disk(ctx.image.as_ref(), &mut buf[from..end], start + from as u64);
+            // A read past a new, shorter end: say what happened, not just "end of file".
+            if let Err(e) = read {
+                ctx.check_source(true)?;
+                return Err(e);
+            }
+        }
+        Ok(&self.bytes()[..end])
+    }
+    /// The piece as the owner of the requests sliced from it: a mapping stays mapped (and
+    /// guarded) until the last of them is dropped, a buffer then goes back to `pool`.
+    fn into_bytes(self, pool: &Pool) -> Bytes {
+        match self {
+            Piece::Mapped(m) => Bytes::from_owner(m),
+            Piece::Read(buf) => Bytes::from_owner(Pooled {
+                buf,
+                pool: pool.clone(),
+            }),
         }
     }
 }
@@ -644,27 +821,33 @@ fn reader(
                 continue;
             }
         }
-        let mut buf = pool.take(usize_from(r.end - r.start));
+        let len = usize_from(r.end - r.start);
+        // A piece that is one range of one file is mapped (no copy out of the page cache);
+        // anything else, and pieces read only for the whole-stream MD5, is read into a
+        // pooled buffer.
+        let mut piece = match send.then(|| ctx.map_piece(r)).flatten() {
+            Some(m) => Piece::Mapped(m),
+            None => Piece::Read(pool.take(len)),
+        };
         runs.clear();
-        // Read the piece a step at a time and do everything that looks at the bytes before
-        // the next step evicts them: the whole-stream MD5, the zero test, the coalescing and
-        // the digests of the requests (see STEP). The requests are handed over once the
-        // whole piece is read, as slices of it.
+        // Go through the piece a step at a time and do everything that looks at the bytes
+        // before the next step evicts them: the whole-stream MD5, the zero test, the
+        // coalescing and the digests of the requests (see STEP). The requests are handed
+        // over once the whole piece is scanned, as slices of it.
         let mut off = 0usize;
-        while off < buf.len() {
-            let step_end = (off + STEP).min(buf.len());
+        while off < len {
+            let step_end = (off + STEP).min(len);
             let at = r.start + off as u64;
-            ctx.azure
-                .read_disk(ctx.image.as_ref(), &mut buf[off..step_end], at)?;
+            let bytes = piece.fill(ctx, r.start, off, step_end)?;
             if let Some(m) = md5.as_mut() {
                 zeros(at - pos, &mut |b| m.update(b));
-                m.update(&buf[off..step_end]);
+                m.update(&bytes[off..step_end]);
                 pos = r.start + step_end as u64;
             }
             if send {
                 let src = Sources {
                     held: &held,
-                    current: Some((r.start, &buf[..step_end])),
+                    current: Some((r.start, bytes)),
                 };
                 scan_step(
                     &src,
@@ -680,13 +863,9 @@ fn reader(
         if !send {
             continue;
         }
-        held.push_back((
-            r.clone(),
-            Bytes::from_owner(Pooled {
-                buf,
-                pool: pool.clone(),
-            }),
-        ));
+        // Bytes a mapping lost read as zeros: none of this piece's requests may go out.
+        ctx.check_source(false)?;
+        held.push_back((r.clone(), piece.into_bytes(&pool)));
         out.clear_zero_pages(i, &runs, present);
         // Any request emitted while adding this piece's runs may carry its bytes.
         out.requests(&mut emitted, &held, Some(i));
@@ -842,6 +1021,7 @@ pub(super) struct Sent {
 /// Send every data request still to do, journaling each completion, then the footer.
 pub(super) async fn send_all(input: SendInput, jstate: &mut JournalState) -> Result<Sent> {
     let concurrency = input.opts.concurrency;
+    let files = SourceFiles::new(input.image.as_ref(), input.opts.map_source);
     let ctx = Arc::new(Ctx {
         client: input.client,
         seq: input.seq,
@@ -856,6 +1036,7 @@ pub(super) async fn send_all(input: SendInput, jstate: &mut JournalState) -> Res
         requests: AtomicU64::new(0),
         cleared: AtomicU64::new(0),
         pieces: Mutex::new(PieceTracker::default()),
+        files,
     });
     let md5 = send_data(&ctx, input.pieces, input.todo, input.present, jstate).await?;
     if ctx.cancel.is_cancelled() {
@@ -987,6 +1168,9 @@ async fn drive(
 /// Journal the pieces completed since the last look, then report them: with a zero
 /// interval a reported piece is durably recorded.
 fn record_completed(ctx: &Ctx, jstate: &mut JournalState) -> Result<()> {
+    // Acknowledged is not enough when a mapping lost pages: what was sent may hold zeros
+    // the file never had, so nothing more is journaled.
+    ctx.check_source(false)?;
     let done = match ctx.pieces.lock() {
         Ok(mut t) => std::mem::take(&mut t.completed),
         Err(_) => return Ok(()),
@@ -1103,6 +1287,57 @@ mod tests {
                 let again = d.finish(&req, &src);
                 assert_eq!(again, got);
             }
+        }
+    }
+
+    #[test]
+    fn only_images_read_straight_from_their_file_are_mapped() {
+        use fixtures::vhdx::{self as fvhdx, VhdxSpec};
+        let dir = tempfile::tempdir().unwrap();
+        let content = fixtures::raw::disk_with_regions(4 << 20, &[(0, 8192)], 3);
+        let raw = dir.path().join("d.raw");
+        std::fs::write(&raw, &content).unwrap();
+        let clean = fvhdx::build(
+            &VhdxSpec::dynamic(1 << 20, uuid::Uuid::from_u128(1)),
+            &content,
+        );
+        let mut dirty = clean.clone();
+        fvhdx::make_dirty(&mut dirty, uuid::Uuid::from_u128(2), None);
+        let open = |p: &std::path::Path| crate::open(p, &crate::OpenOptions::default()).unwrap();
+        // (case, image, layers with a file to map)
+        let cases: [(&str, Box<dyn DiskImage>, Vec<bool>); 4] = [
+            // The file is the disk.
+            ("raw file", open(&raw), vec![true]),
+            // Payload blocks are ranges of the file.
+            (
+                "clean vhdx",
+                open(&fvhdx::write_file(dir.path(), "c.vhdx", &clean.bytes)),
+                vec![true],
+            ),
+            // Read through the log replayed in memory: the file's bytes are not the disk's.
+            (
+                "dirty vhdx",
+                open(&fvhdx::write_file(dir.path(), "d.vhdx", &dirty.bytes)),
+                vec![false],
+            ),
+            // Memory has no file.
+            (
+                "memory",
+                crate::open_bytes(content.clone()).unwrap(),
+                vec![false],
+            ),
+        ];
+        for (name, image, want) in cases {
+            let files = SourceFiles::new(image.as_ref(), true);
+            let got: Vec<bool> = files.sizes.iter().map(Option::is_some).collect();
+            assert_eq!(got, want, "{name}");
+            // Mappings are made on Linux only.
+            let mapped = want.contains(&true) && cfg!(target_os = "linux");
+            assert_eq!(files.lost.is_some(), mapped, "{name}");
+            // Switched off: nothing is mapped, the files are still watched for a cut.
+            let off = SourceFiles::new(image.as_ref(), false);
+            assert!(off.lost.is_none(), "{name}");
+            assert!(!off.cut(image.as_ref(), true), "{name}");
         }
     }
 

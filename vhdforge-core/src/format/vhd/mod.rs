@@ -577,6 +577,10 @@ impl DiskImage for VhdImage {
         &self.findings
     }
 
+    fn own_file(&self) -> Option<&std::fs::File> {
+        self.src.as_file()
+    }
+
     fn parent(&self) -> Option<&dyn DiskImage> {
         match &self.layout {
             Layout::Sparse {

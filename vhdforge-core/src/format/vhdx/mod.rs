@@ -430,6 +430,10 @@ impl DiskImage for VhdxImage {
         &self.findings
     }
 
+    fn own_file(&self) -> Option<&std::fs::File> {
+        self.src.as_file()
+    }
+
     fn parent(&self) -> Option<&dyn DiskImage> {
         self.parent.as_deref()
     }

@@ -1,0 +1,416 @@
+//! Read-only mappings of file ranges, guarded against `SIGBUS` (Linux), for the uploader's
+//! hot path: the bytes go from the page cache to the socket without a copy into our memory
+//! (`docs/upload-io.md`).
+//!
+//! A mapped file that another process truncates while we read it makes every access to the
+//! lost pages raise `SIGBUS`, which by default kills the process. The guard is a process-wide
+//! handler, installed once on first use, that knows our live mappings through a fixed table
+//! of atomics ([`SLOTS`]): for a fault inside one of them it maps anonymous zero pages over
+//! the rest of that mapping, raises the mapping's loss flag and returns, so the access
+//! retries and reads zeros; the uploader sees the flag and fails instead of sending them.
+//! Faults anywhere else go to the handler that was there before (Rust's own stack-overflow
+//! handler, or the default action), so nothing else changes behaviour.
+//!
+//! Elsewhere [`Mapping::map`] always answers `None` and callers read with `pread`.
+
+use std::fs::File;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Raised (for good) when any mapping made with it lost pages: the file shrank (or, on some
+/// file systems, had a hole punched) under it, and the zeros now there are not the file's.
+#[derive(Debug, Default)]
+pub struct LossFlag(AtomicBool);
+
+impl LossFlag {
+    /// True once a mapping made with this flag lost pages.
+    pub fn is_raised(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+#[cfg(target_os = "linux")]
+pub use linux::Mapping;
+
+#[cfg(not(target_os = "linux"))]
+pub use other::Mapping;
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use super::{Arc, File, LossFlag};
+    use std::io;
+    use std::os::unix::io::AsRawFd;
+    use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+
+    /// Live mappings the guard knows at most. A mapping that finds no free slot is not made
+    /// (the caller reads with `pread`): an unguarded mapping could kill the process.
+    const SLOTS_MAX: usize = 256;
+
+    /// One registered mapping: `[start, end)` of our address space and the flag to raise.
+    /// `start == 0` means free. Only atomics: the signal handler reads them without locks.
+    struct Slot {
+        /// 0 while free or being filled/emptied; set last when registering, cleared first
+        /// when unregistering.
+        start: AtomicUsize,
+        end: AtomicUsize,
+        flag: AtomicPtr<LossFlag>,
+        /// Owned by a mapping (set before `start`, cleared after).
+        taken: std::sync::atomic::AtomicBool,
+    }
+
+    #[allow(clippy::declare_interior_mutable_const)] // only used to build the array below
+    const FREE: Slot = Slot {
+        start: AtomicUsize::new(0),
+        end: AtomicUsize::new(0),
+        flag: AtomicPtr::new(std::ptr::null_mut()),
+        taken: std::sync::atomic::AtomicBool::new(false),
+    };
+
+    static SLOTS: [Slot; SLOTS_MAX] = [FREE; SLOTS_MAX];
+
+    /// The `SIGBUS` action in place before ours, to pass foreign faults on to.
+    struct Previous(libc::sigaction);
+    // SAFETY: a plain C struct of function pointers and flags, written once before the
+    // handler is installed and only read afterwards.
+    unsafe impl Sync for Previous {}
+    unsafe impl Send for Previous {}
+
+    static PREVIOUS: OnceLock<Previous> = OnceLock::new();
+    /// Whether the handler is in place (false: it could not be installed; never map).
+    static INSTALLED: OnceLock<bool> = OnceLock::new();
+
+    fn page_size() -> usize {
+        static PAGE: OnceLock<usize> = OnceLock::new();
+        // SAFETY: sysconf takes no pointers.
+        *PAGE.get_or_init(|| {
+            usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+                .ok()
+                .filter(|p| p.is_power_of_two())
+                .unwrap_or(4096)
+        })
+    }
+
+    /// Install the handler once; true when it is in place.
+    fn install() -> bool {
+        *INSTALLED.get_or_init(|| {
+            // SAFETY: sigaction with a null new action only reads the current one into `old`.
+            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+            if unsafe { libc::sigaction(libc::SIGBUS, std::ptr::null(), &raw mut old) } != 0 {
+                return false;
+            }
+            // Known before ours runs, so a foreign fault always finds where to go.
+            let _ = PREVIOUS.set(Previous(old));
+            // SAFETY: a zeroed sigaction is a valid empty one; we fill handler, mask, flags.
+            let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
+            new.sa_sigaction = on_sigbus as *const () as libc::sighandler_t;
+            new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+            // SAFETY: sa_mask is ours to initialise; sigaction copies `new`.
+            unsafe {
+                libc::sigemptyset(&raw mut new.sa_mask);
+                libc::sigaction(libc::SIGBUS, &raw const new, std::ptr::null_mut()) == 0
+            }
+        })
+    }
+
+    /// The `SIGBUS` handler. Async-signal-safe: atomics, `mmap` and `sigaction` only.
+    extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+        // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
+        let addr = if info.is_null() {
+            0
+        } else {
+            unsafe { (*info).si_addr() as usize }
+        };
+        if addr != 0 && rescue(addr) {
+            return;
+        }
+        pass_on(sig, info, ctx);
+    }
+
+    /// Map zeros over `addr`'s page and the rest of its mapping when `addr` lies in one of
+    /// ours; true when the faulting access can now retry.
+    fn rescue(addr: usize) -> bool {
+        for slot in &SLOTS {
+            let start = slot.start.load(Ordering::Acquire);
+            if start == 0 || addr < start {
+                continue;
+            }
+            let end = slot.end.load(Ordering::Acquire);
+            if addr >= end {
+                continue;
+            }
+            let page = addr & !(page_size() - 1);
+            // Everything past a truncation is gone, so the rest of the mapping is replaced
+            // in one call rather than one fault per page.
+            // SAFETY: [page, end) lies inside a mapping we own and keep until its slot is
+            // freed; MAP_FIXED replaces exactly those pages with private zero pages.
+            let r = unsafe {
+                libc::mmap(
+                    page as *mut libc::c_void,
+                    end - page,
+                    libc::PROT_READ,
+                    libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if r == libc::MAP_FAILED {
+                return false;
+            }
+            let flag = slot.flag.load(Ordering::Acquire);
+            if !flag.is_null() {
+                // SAFETY: the flag is kept alive by the mapping that registered this slot,
+                // which unregisters (clearing `start`) before dropping it.
+                unsafe { (*flag).0.store(true, Ordering::Release) };
+            }
+            return true;
+        }
+        false
+    }
+
+    /// A fault that is not ours: what would have happened without us.
+    fn pass_on(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+        let prev = PREVIOUS.get().map(|p| p.0);
+        match prev {
+            Some(p) if p.sa_sigaction != libc::SIG_DFL && p.sa_sigaction != libc::SIG_IGN => {
+                if p.sa_flags & libc::SA_SIGINFO != 0 {
+                    // SAFETY: the previous handler was installed with SA_SIGINFO, so it has
+                    // this signature.
+                    let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                        unsafe { std::mem::transmute(p.sa_sigaction) };
+                    f(sig, info, ctx);
+                } else {
+                    // SAFETY: as above, a plain handler.
+                    let f: extern "C" fn(libc::c_int) =
+                        unsafe { std::mem::transmute(p.sa_sigaction) };
+                    f(sig);
+                }
+            }
+            _ => {
+                // Back to the default action and return: the faulting access runs again and
+                // the fault ends the process as it would have without us (ignoring a
+                // synchronous SIGBUS would only loop).
+                // SAFETY: a zeroed sigaction with SIG_DFL (0) is the default action.
+                unsafe {
+                    let mut dfl: libc::sigaction = std::mem::zeroed();
+                    dfl.sa_sigaction = libc::SIG_DFL;
+                    libc::sigaction(sig, &raw const dfl, std::ptr::null_mut());
+                }
+            }
+        }
+    }
+
+    /// A read-only mapping of a file range, registered with the guard while it lives.
+    pub struct Mapping {
+        /// Page-aligned base and length of the whole mapping.
+        base: *mut libc::c_void,
+        map_len: usize,
+        /// Where the requested bytes start inside it, and how many.
+        skip: usize,
+        len: usize,
+        slot: usize,
+        flag: Arc<LossFlag>,
+    }
+
+    // SAFETY: the mapping is read-only memory owned by this value; any thread may read it
+    // and the one dropping it unmaps it.
+    unsafe impl Send for Mapping {}
+    unsafe impl Sync for Mapping {}
+
+    impl std::fmt::Debug for Mapping {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Mapping({} bytes)", self.len)
+        }
+    }
+
+    impl Mapping {
+        /// Map `len` bytes of `file` at `offset` read-only, pages faulted in up front.
+        /// `Ok(None)` when the guard cannot cover it (no handler, every slot taken, empty
+        /// range): the caller reads with `pread` instead. A fault on pages the file lost
+        /// later reads zeros and raises `flag`.
+        pub fn map(
+            file: &File,
+            offset: u64,
+            len: usize,
+            flag: &Arc<LossFlag>,
+        ) -> io::Result<Option<Mapping>> {
+            if len == 0 || !install() {
+                return Ok(None);
+            }
+            let page = page_size();
+            let skip = usize::try_from(offset % page as u64).unwrap_or(0);
+            let (Ok(at), Some(map_len)) = (
+                libc::off_t::try_from(offset - skip as u64),
+                len.checked_add(skip),
+            ) else {
+                return Ok(None);
+            };
+            let Some(slot) = SLOTS.iter().position(|s| {
+                s.taken
+                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            }) else {
+                return Ok(None);
+            };
+            // SAFETY: a fresh read-only shared mapping of a descriptor we hold; the kernel
+            // picks the address. MAP_POPULATE faults the pages in with this one call rather
+            // than a fault per 64 KiB (measured within noise; docs/upload-io.md).
+            let base = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    map_len,
+                    libc::PROT_READ,
+                    libc::MAP_SHARED | libc::MAP_POPULATE,
+                    file.as_raw_fd(),
+                    at,
+                )
+            };
+            if base == libc::MAP_FAILED {
+                let e = io::Error::last_os_error();
+                SLOTS[slot].taken.store(false, Ordering::Release);
+                return Err(e);
+            }
+            let s = &SLOTS[slot];
+            s.flag
+                .store(Arc::as_ptr(flag).cast_mut(), Ordering::Release);
+            s.end.store(base as usize + map_len, Ordering::Release);
+            s.start.store(base as usize, Ordering::Release);
+            Ok(Some(Mapping {
+                base,
+                map_len,
+                skip,
+                len,
+                slot,
+                flag: flag.clone(),
+            }))
+        }
+
+        /// True when this mapping (or another made with its flag) lost pages.
+        pub fn lost(&self) -> bool {
+            self.flag.is_raised()
+        }
+    }
+
+    impl AsRef<[u8]> for Mapping {
+        fn as_ref(&self) -> &[u8] {
+            // SAFETY: [base + skip, base + skip + len) is mapped readable for our lifetime;
+            // pages the file loses are replaced by zeros (never unmapped) by the guard.
+            unsafe { std::slice::from_raw_parts(self.base.cast::<u8>().add(self.skip), self.len) }
+        }
+    }
+
+    impl Drop for Mapping {
+        fn drop(&mut self) {
+            let s = &SLOTS[self.slot];
+            // Unregister before unmapping: the address range may be reused at once.
+            s.start.store(0, Ordering::Release);
+            s.end.store(0, Ordering::Release);
+            s.flag.store(std::ptr::null_mut(), Ordering::Release);
+            // SAFETY: exactly the mapping made in `map`, unmapped once.
+            unsafe { libc::munmap(self.base, self.map_len) };
+            s.taken.store(false, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod other {
+    use super::{Arc, File, LossFlag};
+    use std::io;
+
+    /// No mappings here: the uploader reads with `pread`.
+    #[derive(Debug)]
+    pub struct Mapping(std::convert::Infallible);
+
+    impl Mapping {
+        /// Always `None`: read with `pread`.
+        #[allow(clippy::unnecessary_wraps)] // the Linux version's signature
+        pub fn map(
+            _file: &File,
+            _offset: u64,
+            _len: usize,
+            _flag: &Arc<LossFlag>,
+        ) -> io::Result<Option<Mapping>> {
+            Ok(None)
+        }
+
+        /// Never made, so never lost.
+        pub fn lost(&self) -> bool {
+            match self.0 {}
+        }
+    }
+
+    impl AsRef<[u8]> for Mapping {
+        fn as_ref(&self) -> &[u8] {
+            match self.0 {}
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// The slot table is process-wide: the test that fills it must not starve the other.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    #[test]
+    fn a_truncated_mapping_reads_zeros_and_raises_the_flag_instead_of_killing_us() {
+        let _one = ONE_AT_A_TIME.lock();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("src.raw");
+        let mut f = File::create(&p).unwrap();
+        f.write_all(&vec![0xA5u8; 1 << 20]).unwrap();
+        f.sync_all().unwrap();
+        let file = File::open(&p).unwrap();
+        let flag = Arc::new(LossFlag::default());
+        // An unaligned offset: the mapping starts on the page before it.
+        let m = Mapping::map(&file, 1000, 600_000, &flag).unwrap().unwrap();
+        assert!(m.as_ref().iter().all(|&b| b == 0xA5));
+        assert!(!m.lost());
+        // Another writer cuts the file to 64 KiB: everything past it is gone.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(64 << 10)
+            .unwrap();
+        let bytes = m.as_ref();
+        // Still the file's bytes before the cut, zeros after; and we are still alive.
+        let cut = (64 << 10) - 1000;
+        assert!(bytes[..cut].iter().all(|&b| b == 0xA5));
+        assert!(
+            bytes[cut..].iter().all(|&b| b == 0),
+            "lost pages read zeros"
+        );
+        assert!(m.lost(), "the loss is flagged");
+        // A mapping made with another flag is not blamed.
+        let other = Arc::new(LossFlag::default());
+        let m2 = Mapping::map(&file, 0, 4096, &other).unwrap().unwrap();
+        assert!(m2.as_ref().iter().all(|&b| b == 0xA5));
+        assert!(!m2.lost());
+        drop((m, m2));
+    }
+
+    #[test]
+    fn slots_are_freed_on_drop_and_a_full_table_means_no_mapping() {
+        let _one = ONE_AT_A_TIME.lock();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![1u8; 8192]).unwrap();
+        let file = File::open(&p).unwrap();
+        let flag = Arc::new(LossFlag::default());
+        // Other tests may hold a few slots meanwhile: fill until the table says no.
+        let mut held = Vec::new();
+        while let Some(m) = Mapping::map(&file, 0, 8192, &flag).unwrap() {
+            held.push(m);
+            assert!(held.len() <= 256, "more mappings than slots");
+        }
+        assert!(held.len() >= 200, "{}", held.len());
+        drop(held);
+        let again = Mapping::map(&file, 4096, 4096, &flag).unwrap();
+        assert_eq!(again.unwrap().as_ref(), &[1u8; 4096][..]);
+        assert!(Mapping::map(&file, 0, 0, &flag).unwrap().is_none());
+    }
+}
