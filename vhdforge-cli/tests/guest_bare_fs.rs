@@ -8,23 +8,13 @@
 //! A missing oracle fails, never skips.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 
 use fixtures::guest::{run, Mount};
 
 const MIB: u64 = 1 << 20;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn vhdforge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vhdforge"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
+mod guest_cli;
+use guest_cli::{s, vhdforge};
 
 fn blank(p: &Path, mib: u64) {
     let _ = std::fs::remove_file(p);

@@ -17,17 +17,8 @@ use fixtures::vhdx as fx;
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn vhdforge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vhdforge"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
+mod guest_cli;
+use guest_cli::{s, vhdforge};
 
 /// `vhdforge ls -R --json IMAGE /` as records (content hashes not yet filled).
 fn listed(image: &Path, volume: Option<&str>) -> BTreeMap<Vec<u8>, Record> {

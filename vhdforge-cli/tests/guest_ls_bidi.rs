@@ -5,22 +5,10 @@
 //! the JSON output keeps them exact. The ext4 image is made by `mkfs.ext4 -d` from a host
 //! directory holding those names, so the names are the kernel's.
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
-
 use fixtures::guest::run;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn vhdforge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vhdforge"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
+mod guest_cli;
+use guest_cli::{s, vhdforge};
 
 /// (name on disk, how `ls` text shows it)
 const NAMES: [(&str, &str); 5] = [

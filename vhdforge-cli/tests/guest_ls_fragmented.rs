@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 
 use fixtures::guest::tree::{kernel_view, Record};
 use fixtures::guest::{build, run, Content, Kind, Mount, Part, Table};
@@ -19,17 +18,8 @@ const MIB: u64 = 1 << 20;
 const FS_MIB: u64 = 300;
 const BLOCKS: u64 = 300;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn vhdforge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vhdforge"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
+mod guest_cli;
+use guest_cli::{s, vhdforge};
 
 /// Write 4 KiB block `i` of `a` then of `b`, each flushed before the next is written, so the
 /// allocator places them one after the other: `a` and `b` alternate on disk. `b` skips every

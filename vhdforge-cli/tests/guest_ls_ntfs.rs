@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use fixtures::guest::tree::pattern;
 use fixtures::guest::{build, run, Content, Kind, Part, Table};
@@ -25,17 +25,8 @@ const OS_MIB: u64 = 64;
 const DATA_MIB: u64 = 8;
 const BIG_DIR_ENTRIES: usize = 2000;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn vhdforge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vhdforge"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
+mod guest_cli;
+use guest_cli::{s, vhdforge};
 
 /// Run one of ntfs-3g's tools in UTC (ntfsls prints local times); its stdout as bytes.
 fn ntfs_tool(program: &str, args: &[&str]) -> Vec<u8> {
