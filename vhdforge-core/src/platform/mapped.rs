@@ -116,7 +116,10 @@ mod linux {
     /// The `SIGBUS` handler. Async-signal-safe: atomics, `mmap` and `sigaction` only.
     extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
         // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
-        let addr = if info.is_null() {
+        // A SIGBUS sent by a process (`kill`, `sigqueue`: si_code <= 0) has no fault
+        // address; the field read as one holds the sender's pid and uid (or what a sender
+        // chose), so it must never pick one of our mappings to zero.
+        let addr = if info.is_null() || unsafe { (*info).si_code } <= 0 {
             0
         } else {
             unsafe { (*info).si_addr() as usize }
@@ -166,6 +169,17 @@ mod linux {
             return true;
         }
         false
+    }
+
+    /// True while `SIGBUS` is still handled by [`on_sigbus`]. Whoever handles a foreign
+    /// `SIGBUS` puts the default action back (Rust's runtime does, and so does
+    /// [`pass_on`]): for a fault the process then dies, but a `kill -BUS` it survives, and
+    /// a mapping made after that would be unguarded — its truncation would kill us.
+    fn guarding() -> bool {
+        // SAFETY: sigaction with a null new action only reads the current one.
+        let mut cur: libc::sigaction = unsafe { std::mem::zeroed() };
+        let read = unsafe { libc::sigaction(libc::SIGBUS, std::ptr::null(), &raw mut cur) };
+        read == 0 && cur.sa_sigaction == on_sigbus as *const () as libc::sighandler_t
     }
 
     /// A fault that is not ours: what would have happened without us.
@@ -225,8 +239,8 @@ mod linux {
 
     impl Mapping {
         /// Map `len` bytes of `file` at `offset` read-only, pages faulted in up front.
-        /// `Ok(None)` when the guard cannot cover it (no handler, every slot taken, empty
-        /// range): the caller reads with `pread` instead. A fault on pages the file lost
+        /// `Ok(None)` when the guard cannot cover it (no handler or no longer ours, every
+        /// slot taken, empty range): the caller reads with `pread` instead. A fault on pages the file lost
         /// later reads zeros and raises `flag`.
         pub fn map(
             file: &File,
@@ -234,7 +248,7 @@ mod linux {
             len: usize,
             flag: &Arc<LossFlag>,
         ) -> io::Result<Option<Mapping>> {
-            if len == 0 || !install() {
+            if len == 0 || !install() || !guarding() {
                 return Ok(None);
             }
             let page = page_size();
@@ -351,6 +365,7 @@ mod other {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::os::unix::io::AsRawFd;
 
     /// The slot table is process-wide: the test that fills it must not starve the other.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -391,6 +406,116 @@ mod tests {
         assert!(m2.as_ref().iter().all(|&b| b == 0xA5));
         assert!(!m2.lost());
         drop((m, m2));
+    }
+
+    /// Run `test` (this module's test of that name) alone in a child process, where it may
+    /// die of a signal, and return how the child ended (bounded: 60 s).
+    fn in_child(test: &str) -> std::process::ExitStatus {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                &format!("platform::mapped::tests::{test}"),
+                "--test-threads=1",
+                "--nocapture",
+            ])
+            .env("VHDFORGE_MAPPED_CHILD", test)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{test}: the child hung (a SIGBUS looping in the handler?)");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    fn is_child(test: &str) -> bool {
+        std::env::var_os("VHDFORGE_MAPPED_CHILD").is_some_and(|v| v == test)
+    }
+
+    /// A file of `len` bytes of 0xA5 in `dir`, opened for reading.
+    fn source(dir: &std::path::Path, len: usize) -> (std::path::PathBuf, File) {
+        let p = dir.join("src.raw");
+        std::fs::write(&p, vec![0xA5u8; len]).unwrap();
+        let f = File::open(&p).unwrap();
+        (p, f)
+    }
+
+    fn cut(p: &std::path::Path, to: u64) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_len(to)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_fault_outside_our_mappings_still_kills_with_sigbus() {
+        use std::os::unix::process::ExitStatusExt;
+        const ME: &str = "a_fault_outside_our_mappings_still_kills_with_sigbus";
+        if !is_child(ME) {
+            let st = in_child(ME);
+            assert_eq!(st.signal(), Some(libc::SIGBUS), "{st:?}");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (p, file) = source(dir.path(), 1 << 20);
+        // The guard is in place (and one mapping of ours is live)...
+        let flag = Arc::new(LossFlag::default());
+        let ours = Mapping::map(&file, 0, 1 << 20, &flag).unwrap().unwrap();
+        // ...but this mapping is not ours: its lost page must fault as without the guard.
+        // SAFETY: a fresh read-only shared mapping of a descriptor we hold.
+        let theirs = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                1 << 20,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(theirs, libc::MAP_FAILED);
+        cut(&p, 4096);
+        // SAFETY: inside the mapping; the page past the end raises SIGBUS, which must kill.
+        let b = unsafe { std::ptr::read_volatile(theirs.cast::<u8>().add(512 << 10)) };
+        eprintln!("read {b} from a lost page and lived: {}", ours.lost());
+        std::process::exit(0);
+    }
+
+    #[test]
+    fn a_sigbus_sent_by_another_process_does_not_leave_mappings_unguarded() {
+        use std::os::unix::process::ExitStatusExt;
+        const ME: &str = "a_sigbus_sent_by_another_process_does_not_leave_mappings_unguarded";
+        if !is_child(ME) {
+            let st = in_child(ME);
+            assert!(st.success(), "{st:?} (signal {:?})", st.signal());
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (p, file) = source(dir.path(), 1 << 20);
+        let flag = Arc::new(LossFlag::default());
+        drop(Mapping::map(&file, 0, 4096, &flag).unwrap().unwrap());
+        // `kill -BUS` (no fault address): whoever handles it last puts the default action
+        // back (Rust's runtime does, for any SIGBUS that is not a stack overflow)...
+        // SAFETY: raising a signal in our own thread.
+        unsafe { libc::raise(libc::SIGBUS) };
+        // ...so a mapping made now is either not made (read with pread) or still guarded:
+        // its truncation must not kill the upload.
+        if let Some(m) = Mapping::map(&file, 0, 1 << 20, &flag).unwrap() {
+            cut(&p, 4096);
+            assert!(m.as_ref()[(512 << 10)..].iter().all(|&b| b == 0));
+            assert!(m.lost());
+        }
+        std::process::exit(0);
     }
 
     #[test]
