@@ -1,0 +1,95 @@
+//! Red-team RT5 (issue 16's mapped upload reads), against a real Azurite
+//! (scripts/azurite.sh install): a source truncated to nothing and grown back to its old
+//! length mid-upload keeps its size, so neither the `SIGBUS` guard (the pages exist again,
+//! as zeros) nor the length check sees it; the upload must still not end in a valid VHD that
+//! is half the old disk and half zeros.
+
+mod upload_common;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use upload_common::*;
+use vhdforge_core::upload::{self, Progress, RetryPolicy, UploadOptions};
+
+const MIB: u64 = 1 << 20;
+
+fn azurite() -> &'static Azurite {
+    static AZ: OnceLock<Azurite> = OnceLock::new();
+    AZ.get_or_init(Azurite::start)
+}
+
+/// Truncates the source to 0 and grows it back to `size` as soon as the first piece is
+/// journaled: same length, contents now zeros (as `cp --sparse` over it, or a VM manager
+/// recreating the file, would leave it for a moment).
+struct RegrowAtFirstPiece {
+    path: PathBuf,
+    size: u64,
+    done: AtomicBool,
+}
+
+impl Progress for RegrowAtFirstPiece {
+    fn advance(&self, _bytes: u64) {
+        if !self.done.swap(true, Ordering::SeqCst) {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.path)
+                .unwrap();
+            f.set_len(0).unwrap();
+            f.set_len(self.size).unwrap();
+        }
+    }
+}
+
+async fn regrow_mid_upload(az: &Azurite, blob_name: &str, map: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 48 * MIB as usize;
+    let src = dir.path().join("regrow.raw");
+    std::fs::write(&src, noise(7, size)).unwrap();
+    let url = az.blob_url("regrow", blob_name);
+    let o = UploadOptions {
+        credentials: az.env(),
+        concurrency: 1,
+        map_source: map,
+        journal_interval: Duration::ZERO,
+        retry: RetryPolicy {
+            max_attempts: 6,
+            base_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(200),
+        },
+        ..UploadOptions::default()
+    };
+    let progress = Arc::new(RegrowAtFirstPiece {
+        path: src.clone(),
+        size: size as u64,
+        done: AtomicBool::new(false),
+    });
+    let res = tokio::time::timeout(
+        Duration::from_secs(120),
+        upload::upload(&src, &url, o, progress.clone()),
+    )
+    .await
+    .expect("the upload ends in bounded time");
+    assert!(progress.done.load(Ordering::SeqCst), "the regrow happened");
+    let e = res.expect_err("a source rewritten under the upload must not be reported uploaded");
+    assert_eq!(e.code(), "upload.source_changed", "map {map}: {e}");
+    assert!(
+        e.to_string().contains("re-run after nothing writes to it"),
+        "{e}"
+    );
+    // No footer: the blob is not a valid VHD anyone could attach.
+    let (blob, _) = az.download("regrow", blob_name).await;
+    assert!(
+        blob[size..].iter().all(|&b| b == 0),
+        "map {map}: a footer was written over a half-old, half-zero disk"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_truncated_and_regrown_mid_upload_is_not_reported_uploaded() {
+    let az = azurite();
+    az.create_container("regrow").await;
+    regrow_mid_upload(az, "mapped.vhd", true).await;
+    regrow_mid_upload(az, "read.vhd", false).await;
+}
