@@ -2,7 +2,8 @@
 //! (scripts/azurite.sh install): a source truncated to nothing and grown back to its old
 //! length mid-upload keeps its size, so neither the `SIGBUS` guard (the pages exist again,
 //! as zeros) nor the length check sees it; the upload must still not end in a valid VHD that
-//! is half the old disk and half zeros.
+//! is half the old disk and half zeros. Nor may a hole punched into it (`fallocate -p`),
+//! and a failed upload leaves no mapping of its source behind.
 
 mod upload_common;
 
@@ -26,6 +27,9 @@ fn azurite() -> &'static Azurite {
 struct RegrowAtFirstPiece {
     path: PathBuf,
     size: u64,
+    /// Punch a hole over everything past the first MiB instead (`fallocate -p`): same
+    /// length, zeros read back, no signal on local file systems.
+    punch: bool,
     done: AtomicBool,
 }
 
@@ -36,16 +40,40 @@ impl Progress for RegrowAtFirstPiece {
                 .write(true)
                 .open(&self.path)
                 .unwrap();
-            f.set_len(0).unwrap();
-            f.set_len(self.size).unwrap();
+            if self.punch {
+                use std::os::unix::io::AsRawFd;
+                let len = i64::try_from(self.size - MIB).unwrap();
+                // SAFETY: fallocate on a descriptor we hold, no pointers.
+                let r = unsafe {
+                    libc::fallocate(
+                        f.as_raw_fd(),
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        1 << 20,
+                        len,
+                    )
+                };
+                assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+            } else {
+                f.set_len(0).unwrap();
+                f.set_len(self.size).unwrap();
+            }
         }
     }
 }
 
-async fn regrow_mid_upload(az: &Azurite, blob_name: &str, map: bool) {
+/// Lines of /proc/self/maps that map `name`: none may outlive an upload.
+fn mappings_of(name: &str) -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(name))
+        .count()
+}
+
+async fn regrow_mid_upload(az: &Azurite, blob_name: &str, map: bool, punch: bool) {
     let dir = tempfile::tempdir().unwrap();
     let size = 48 * MIB as usize;
-    let src = dir.path().join("regrow.raw");
+    let src = dir.path().join(format!("regrow-{blob_name}.raw"));
     std::fs::write(&src, noise(7, size)).unwrap();
     let url = az.blob_url("regrow", blob_name);
     let o = UploadOptions {
@@ -63,6 +91,7 @@ async fn regrow_mid_upload(az: &Azurite, blob_name: &str, map: bool) {
     let progress = Arc::new(RegrowAtFirstPiece {
         path: src.clone(),
         size: size as u64,
+        punch,
         done: AtomicBool::new(false),
     });
     let res = tokio::time::timeout(
@@ -84,12 +113,20 @@ async fn regrow_mid_upload(az: &Azurite, blob_name: &str, map: bool) {
         blob[size..].iter().all(|&b| b == 0),
         "map {map}: a footer was written over a half-old, half-zero disk"
     );
+    // The failed upload let go of every mapping of its source (in-flight bodies included).
+    let name = format!("regrow-{blob_name}.raw");
+    let t = std::time::Instant::now();
+    while mappings_of(&name) > 0 && t.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(mappings_of(&name), 0, "map {map}: mappings leaked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_truncated_and_regrown_mid_upload_is_not_reported_uploaded() {
     let az = azurite();
     az.create_container("regrow").await;
-    regrow_mid_upload(az, "mapped.vhd", true).await;
-    regrow_mid_upload(az, "read.vhd", false).await;
+    regrow_mid_upload(az, "mapped.vhd", true, false).await;
+    regrow_mid_upload(az, "read.vhd", false, false).await;
+    regrow_mid_upload(az, "punched.vhd", true, true).await;
 }
