@@ -130,3 +130,64 @@ async fn a_source_truncated_and_regrown_mid_upload_is_not_reported_uploaded() {
     regrow_mid_upload(az, "read.vhd", false, false).await;
     regrow_mid_upload(az, "punched.vhd", true, true).await;
 }
+
+/// Writes noise into what was a hole of the source once the plan is made (`set_total`),
+/// before the first piece is read.
+struct FillHoleAfterPlan {
+    path: PathBuf,
+    at: u64,
+    done: AtomicBool,
+}
+
+impl Progress for FillHoleAfterPlan {
+    fn set_total(&self, _bytes: u64) {
+        if !self.done.swap(true, Ordering::SeqCst) {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.path)
+                .unwrap();
+            f.write_all_at(&noise(99, MIB as usize), self.at).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_written_into_a_planned_hole_before_the_send_is_not_silently_left_out() {
+    let az = azurite();
+    az.create_container("hole").await;
+    for map in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        // 32 MiB with data only in its first MiB: the plan sends one piece.
+        let src = sparse_image(dir.path(), "hole.raw", 32 * MIB, &[(0, MIB as usize)]);
+        let blob_name = format!("hole-{map}.vhd");
+        let url = az.blob_url("hole", &blob_name);
+        let o = UploadOptions {
+            credentials: az.env(),
+            map_source: map,
+            ..UploadOptions::default()
+        };
+        let progress = Arc::new(FillHoleAfterPlan {
+            path: src.clone(),
+            at: 8 * MIB,
+            done: AtomicBool::new(false),
+        });
+        let res = tokio::time::timeout(
+            Duration::from_secs(120),
+            upload::upload(&src, &url, o, progress.clone()),
+        )
+        .await
+        .expect("the upload ends in bounded time");
+        assert!(
+            progress.done.load(Ordering::SeqCst),
+            "the write happened: {res:?}"
+        );
+        let e = res.expect_err("an upload missing data the source holds must not succeed");
+        assert_eq!(e.code(), "upload.source_changed", "map {map}: {e}");
+        let (blob, _) = az.download("hole", &blob_name).await;
+        assert!(
+            blob[32 * MIB as usize..].iter().all(|&b| b == 0),
+            "map {map}: no footer"
+        );
+    }
+}

@@ -290,16 +290,16 @@ fn source_cut(path: &std::path::Path) -> Error {
 }
 
 /// The source file was written to (same length) while the upload read it.
-fn source_rewritten(path: &std::path::Path) -> Error {
+fn source_rewritten(path: &std::path::Path, what: Option<&str>) -> Error {
     Error::new(
         ErrorKind::Corrupt,
         "upload.source_changed",
         format!(
-            "{} was written to while it was being read (its modification or status-change \
-             time moved during the upload): the blob holds part of the old and part of the \
-             new contents, so its footer was not written and it is not a valid VHD: re-run \
-             after nothing writes to it",
-            path.display()
+            "{} was written to while it was being uploaded ({}): the blob may hold part of \
+             each version or miss data planned as a hole, so its footer was not written and \
+             it is not a valid VHD: re-run after nothing writes to it",
+            path.display(),
+            what.unwrap_or("its modification or status-change time moved")
         ),
     )
 }
@@ -968,6 +968,19 @@ pub(super) struct JournalState {
 }
 
 impl JournalState {
+    /// What changed in the source or one of its parents since this run's journal described
+    /// them (at the start of the upload, before its plan); `None` when nothing did.
+    fn source_change(&self) -> Option<String> {
+        std::iter::once(&self.journal.source)
+            .chain(&self.journal.parents)
+            .find_map(|then| {
+                match super::journal::SourceIdentity::of(std::path::Path::new(&then.path)) {
+                    Ok(now) => then.change(&now),
+                    Err(e) => Some(e.to_string()),
+                }
+            })
+    }
+
     /// A journal at `path` starting from `journal`, with `done` already completed.
     pub(super) fn new(
         path: PathBuf,
@@ -1107,9 +1120,13 @@ pub(super) async fn send_all(input: SendInput, jstate: &mut JournalState) -> Res
     // Every check so far looks for a source cut short; one rewritten to the same length
     // (truncated and grown back, written in place) would otherwise end as a valid VHD
     // holding part of each version. The footer is what makes the blob usable: not on that.
-    if ctx.files.rewritten(ctx.image.as_ref()) {
+    // The files as the journal found them, before the plan was made (a write into a
+    // range planned as a hole would otherwise be missing from the blob), by path (a file
+    // put in the source's place), parents too.
+    let change = jstate.source_change();
+    if ctx.files.rewritten(ctx.image.as_ref()) || change.is_some() {
         let _ = jstate.clean_stop(&ctx.client).await;
-        return Err(source_rewritten(&ctx.image.info().path));
+        return Err(source_rewritten(&ctx.image.info().path, change.as_deref()));
     }
     if let Err(e) = send_footer(&ctx).await {
         let _ = jstate.clean_stop(&ctx.client).await;
