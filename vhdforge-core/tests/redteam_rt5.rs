@@ -3,7 +3,8 @@
 //! length mid-upload keeps its size, so neither the `SIGBUS` guard (the pages exist again,
 //! as zeros) nor the length check sees it; the upload must still not end in a valid VHD that
 //! is half the old disk and half zeros. Nor may a hole punched into it (`fallocate -p`),
-//! and a failed upload leaves no mapping of its source behind.
+//! and a failed upload leaves no mapping of its source behind. A VHDX cut short under its
+//! mapped payload fails with `upload.source_changed` and no footer (held; kept as a test).
 
 mod upload_common;
 
@@ -188,6 +189,84 @@ async fn data_written_into_a_planned_hole_before_the_send_is_not_silently_left_o
         assert!(
             blob[32 * MIB as usize..].iter().all(|&b| b == 0),
             "map {map}: no footer"
+        );
+    }
+}
+
+/// Cuts the source to `to` bytes as soon as the first piece is journaled.
+struct CutAtFirstPiece {
+    path: PathBuf,
+    to: u64,
+    done: AtomicBool,
+}
+
+impl Progress for CutAtFirstPiece {
+    fn advance(&self, _bytes: u64) {
+        if !self.done.swap(true, Ordering::SeqCst) {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.path)
+                .unwrap()
+                .set_len(self.to)
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vhdx_cut_short_under_its_mapped_payload_fails_cleanly() {
+    let az = azurite();
+    az.create_container("vhdxcut").await;
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("n.raw");
+    std::fs::write(&raw, noise(3, 48 * MIB as usize)).unwrap();
+    let src = dir.path().join("n.vhdx");
+    // qemu-img is a test prerequisite: missing, this fails.
+    let out = std::process::Command::new("qemu-img")
+        .args([
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vhdx",
+            "-o",
+            "subformat=dynamic",
+        ])
+        .arg(&raw)
+        .arg(&src)
+        .output()
+        .expect("qemu-img (scripts/setup.sh installs it)");
+    assert!(out.status.success(), "{out:?}");
+    let size = std::fs::metadata(&src).unwrap().len();
+    for (name, to) in [("early", 6 * MIB), ("late", size - 8 * MIB)] {
+        let url = az.blob_url("vhdxcut", &format!("{name}.vhd"));
+        let work = dir.path().join(format!("{name}.vhdx"));
+        std::fs::copy(&src, &work).unwrap();
+        let o = UploadOptions {
+            credentials: az.env(),
+            concurrency: 1,
+            map_source: true,
+            journal_interval: Duration::ZERO,
+            ..UploadOptions::default()
+        };
+        let progress = Arc::new(CutAtFirstPiece {
+            path: work.clone(),
+            to,
+            done: AtomicBool::new(false),
+        });
+        let res = tokio::time::timeout(
+            Duration::from_secs(120),
+            upload::upload(&work, &url, o, progress.clone()),
+        )
+        .await
+        .expect("bounded");
+        assert!(progress.done.load(Ordering::SeqCst), "{name}: cut: {res:?}");
+        let e = res.expect_err("a VHDX cut short under the upload must not be uploaded");
+        assert_eq!(e.code(), "upload.source_changed", "{name}: {e}");
+        let (blob, _) = az.download("vhdxcut", &format!("{name}.vhd")).await;
+        assert!(
+            blob[48 * MIB as usize..].iter().all(|&b| b == 0),
+            "{name}: no footer"
         );
     }
 }
