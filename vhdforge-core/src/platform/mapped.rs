@@ -49,25 +49,31 @@ mod linux {
 
     /// One registered mapping: `[start, end)` of our address space and the flag to raise.
     /// `start == 0` means free. Only atomics: the signal handler reads them without locks.
-    struct Slot {
+    pub(super) struct Slot {
+        /// Odd while the slot is being filled or emptied; bumped before and after each. The
+        /// handler reads `start` and `end` between two equal even values, so it never
+        /// pairs one mapping's start with the next one's end (a slot emptied and filled
+        /// again between its two loads would give a range over memory that is not ours).
+        seq: AtomicUsize,
         /// 0 while free or being filled/emptied; set last when registering, cleared first
         /// when unregistering.
         start: AtomicUsize,
         end: AtomicUsize,
         flag: AtomicPtr<LossFlag>,
         /// Owned by a mapping (set before `start`, cleared after).
-        taken: std::sync::atomic::AtomicBool,
+        pub(super) taken: std::sync::atomic::AtomicBool,
     }
 
     #[allow(clippy::declare_interior_mutable_const)] // only used to build the array below
     const FREE: Slot = Slot {
+        seq: AtomicUsize::new(0),
         start: AtomicUsize::new(0),
         end: AtomicUsize::new(0),
         flag: AtomicPtr::new(std::ptr::null_mut()),
         taken: std::sync::atomic::AtomicBool::new(false),
     };
 
-    static SLOTS: [Slot; SLOTS_MAX] = [FREE; SLOTS_MAX];
+    pub(super) static SLOTS: [Slot; SLOTS_MAX] = [FREE; SLOTS_MAX];
 
     /// The `SIGBUS` action in place before ours, to pass foreign faults on to.
     struct Previous(libc::sigaction);
@@ -116,7 +122,10 @@ mod linux {
     /// The `SIGBUS` handler. Async-signal-safe: atomics, `mmap` and `sigaction` only.
     extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
         // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
-        let addr = if info.is_null() {
+        // A SIGBUS sent by a process (`kill`, `sigqueue`: si_code <= 0) has no fault
+        // address; the field read as one holds the sender's pid and uid (or what a sender
+        // chose), so it must never pick one of our mappings to zero.
+        let addr = if info.is_null() || unsafe { (*info).si_code } <= 0 {
             0
         } else {
             unsafe { (*info).si_addr() as usize }
@@ -130,15 +139,10 @@ mod linux {
     /// Map zeros over `addr`'s page and the rest of its mapping when `addr` lies in one of
     /// ours; true when the faulting access can now retry.
     fn rescue(addr: usize) -> bool {
-        for slot in &SLOTS {
-            let start = slot.start.load(Ordering::Acquire);
-            if start == 0 || addr < start {
-                continue;
-            }
-            let end = slot.end.load(Ordering::Acquire);
-            if addr >= end {
-                continue;
-            }
+        let Some((slot, end)) = find(addr) else {
+            return false;
+        };
+        {
             let page = addr & !(page_size() - 1);
             // Everything past a truncation is gone, so the rest of the mapping is replaced
             // in one call rather than one fault per page.
@@ -163,9 +167,46 @@ mod linux {
                 // which unregisters (clearing `start`) before dropping it.
                 unsafe { (*flag).0.store(true, Ordering::Release) };
             }
-            return true;
+            true
         }
-        false
+    }
+
+    /// The registered mapping `addr` lies in: its slot and end. A slot changing while it is
+    /// read (its sequence moved) is not the faulting mapping's — a mapping being accessed
+    /// is not being dropped — so it is skipped.
+    pub(super) fn find(addr: usize) -> Option<(&'static Slot, usize)> {
+        for (i, slot) in SLOTS.iter().enumerate() {
+            let seq = slot.seq.load(Ordering::Acquire);
+            if seq % 2 == 1 {
+                continue;
+            }
+            let start = slot.start.load(Ordering::Acquire);
+            if start == 0 || addr < start {
+                continue;
+            }
+            #[cfg(test)]
+            super::tests::between_loads(i);
+            #[cfg(not(test))]
+            let _ = i;
+            let end = slot.end.load(Ordering::Acquire);
+            std::sync::atomic::fence(Ordering::Acquire);
+            if slot.seq.load(Ordering::Relaxed) != seq || addr >= end {
+                continue;
+            }
+            return Some((slot, end));
+        }
+        None
+    }
+
+    /// True while `SIGBUS` is still handled by [`on_sigbus`]. Whoever handles a foreign
+    /// `SIGBUS` puts the default action back (Rust's runtime does, and so does
+    /// [`pass_on`]): for a fault the process then dies, but a `kill -BUS` it survives, and
+    /// a mapping made after that would be unguarded — its truncation would kill us.
+    fn guarding() -> bool {
+        // SAFETY: sigaction with a null new action only reads the current one.
+        let mut cur: libc::sigaction = unsafe { std::mem::zeroed() };
+        let read = unsafe { libc::sigaction(libc::SIGBUS, std::ptr::null(), &raw mut cur) };
+        read == 0 && cur.sa_sigaction == on_sigbus as *const () as libc::sighandler_t
     }
 
     /// A fault that is not ours: what would have happened without us.
@@ -200,6 +241,26 @@ mod linux {
         }
     }
 
+    /// Publish `[start, end)` and its flag in slot `i` (taken by the caller).
+    pub(super) fn register(i: usize, start: usize, end: usize, flag: *const LossFlag) {
+        let s = &SLOTS[i];
+        s.seq.fetch_add(1, Ordering::AcqRel);
+        s.flag.store(flag.cast_mut(), Ordering::Release);
+        s.end.store(end, Ordering::Release);
+        s.start.store(start, Ordering::Release);
+        s.seq.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Withdraw slot `i`'s range (it stays taken until its caller frees it).
+    pub(super) fn unregister(i: usize) {
+        let s = &SLOTS[i];
+        s.seq.fetch_add(1, Ordering::AcqRel);
+        s.start.store(0, Ordering::Release);
+        s.end.store(0, Ordering::Release);
+        s.flag.store(std::ptr::null_mut(), Ordering::Release);
+        s.seq.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// A read-only mapping of a file range, registered with the guard while it lives.
     pub struct Mapping {
         /// Page-aligned base and length of the whole mapping.
@@ -225,8 +286,8 @@ mod linux {
 
     impl Mapping {
         /// Map `len` bytes of `file` at `offset` read-only, pages faulted in up front.
-        /// `Ok(None)` when the guard cannot cover it (no handler, every slot taken, empty
-        /// range): the caller reads with `pread` instead. A fault on pages the file lost
+        /// `Ok(None)` when the guard cannot cover it (no handler or no longer ours, every
+        /// slot taken, empty range): the caller reads with `pread` instead. A fault on pages the file lost
         /// later reads zeros and raises `flag`.
         pub fn map(
             file: &File,
@@ -234,7 +295,7 @@ mod linux {
             len: usize,
             flag: &Arc<LossFlag>,
         ) -> io::Result<Option<Mapping>> {
-            if len == 0 || !install() {
+            if len == 0 || !install() || !guarding() {
                 return Ok(None);
             }
             let page = page_size();
@@ -270,11 +331,12 @@ mod linux {
                 SLOTS[slot].taken.store(false, Ordering::Release);
                 return Err(e);
             }
-            let s = &SLOTS[slot];
-            s.flag
-                .store(Arc::as_ptr(flag).cast_mut(), Ordering::Release);
-            s.end.store(base as usize + map_len, Ordering::Release);
-            s.start.store(base as usize, Ordering::Release);
+            register(
+                slot,
+                base as usize,
+                base as usize + map_len,
+                Arc::as_ptr(flag),
+            );
             Ok(Some(Mapping {
                 base,
                 map_len,
@@ -301,11 +363,9 @@ mod linux {
 
     impl Drop for Mapping {
         fn drop(&mut self) {
-            let s = &SLOTS[self.slot];
             // Unregister before unmapping: the address range may be reused at once.
-            s.start.store(0, Ordering::Release);
-            s.end.store(0, Ordering::Release);
-            s.flag.store(std::ptr::null_mut(), Ordering::Release);
+            unregister(self.slot);
+            let s = &SLOTS[self.slot];
             // SAFETY: exactly the mapping made in `map`, unmapped once.
             unsafe { libc::munmap(self.base, self.map_len) };
             s.taken.store(false, Ordering::Release);
@@ -351,6 +411,7 @@ mod other {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::os::unix::io::AsRawFd;
 
     /// The slot table is process-wide: the test that fills it must not starve the other.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -391,6 +452,183 @@ mod tests {
         assert!(m2.as_ref().iter().all(|&b| b == 0xA5));
         assert!(!m2.lost());
         drop((m, m2));
+    }
+
+    /// Run `test` (this module's test of that name) alone in a child process, where it may
+    /// die of a signal, and return how the child ended (bounded: 60 s).
+    fn in_child(test: &str) -> std::process::ExitStatus {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                &format!("platform::mapped::tests::{test}"),
+                "--test-threads=1",
+                "--nocapture",
+            ])
+            .env("VHDFORGE_MAPPED_CHILD", test)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{test}: the child hung (a SIGBUS looping in the handler?)");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    fn is_child(test: &str) -> bool {
+        std::env::var_os("VHDFORGE_MAPPED_CHILD").is_some_and(|v| v == test)
+    }
+
+    /// A file of `len` bytes of 0xA5 in `dir`, opened for reading.
+    fn source(dir: &std::path::Path, len: usize) -> (std::path::PathBuf, File) {
+        let p = dir.join("src.raw");
+        std::fs::write(&p, vec![0xA5u8; len]).unwrap();
+        let f = File::open(&p).unwrap();
+        (p, f)
+    }
+
+    fn cut(p: &std::path::Path, to: u64) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_len(to)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_fault_outside_our_mappings_still_kills_with_sigbus() {
+        use std::os::unix::process::ExitStatusExt;
+        const ME: &str = "a_fault_outside_our_mappings_still_kills_with_sigbus";
+        if !is_child(ME) {
+            let st = in_child(ME);
+            assert_eq!(st.signal(), Some(libc::SIGBUS), "{st:?}");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (p, file) = source(dir.path(), 1 << 20);
+        // The guard is in place (and one mapping of ours is live)...
+        let flag = Arc::new(LossFlag::default());
+        let ours = Mapping::map(&file, 0, 1 << 20, &flag).unwrap().unwrap();
+        // ...but this mapping is not ours: its lost page must fault as without the guard.
+        // SAFETY: a fresh read-only shared mapping of a descriptor we hold.
+        let theirs = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                1 << 20,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(theirs, libc::MAP_FAILED);
+        cut(&p, 4096);
+        // SAFETY: inside the mapping; the page past the end raises SIGBUS, which must kill.
+        let b = unsafe { std::ptr::read_volatile(theirs.cast::<u8>().add(512 << 10)) };
+        eprintln!("read {b} from a lost page and lived: {}", ours.lost());
+        std::process::exit(0);
+    }
+
+    #[test]
+    fn a_sigbus_sent_by_another_process_does_not_leave_mappings_unguarded() {
+        use std::os::unix::process::ExitStatusExt;
+        const ME: &str = "a_sigbus_sent_by_another_process_does_not_leave_mappings_unguarded";
+        if !is_child(ME) {
+            let st = in_child(ME);
+            assert!(st.success(), "{st:?} (signal {:?})", st.signal());
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (p, file) = source(dir.path(), 1 << 20);
+        let flag = Arc::new(LossFlag::default());
+        drop(Mapping::map(&file, 0, 4096, &flag).unwrap().unwrap());
+        // `kill -BUS` (no fault address): whoever handles it last puts the default action
+        // back (Rust's runtime does, for any SIGBUS that is not a stack overflow)...
+        // SAFETY: raising a signal in our own thread.
+        unsafe { libc::raise(libc::SIGBUS) };
+        // ...so a mapping made now is either not made (read with pread) or still guarded:
+        // its truncation must not kill the upload.
+        if let Some(m) = Mapping::map(&file, 0, 1 << 20, &flag).unwrap() {
+            cut(&p, 4096);
+            assert!(m.as_ref()[(512 << 10)..].iter().all(|&b| b == 0));
+            assert!(m.lost());
+        }
+        std::process::exit(0);
+    }
+
+    /// The slot whose next read by the handler finds it emptied and filled again between
+    /// its `start` and `end` loads, and the range then registered there.
+    static TEAR: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
+    static TEAR_TO: [std::sync::atomic::AtomicUsize; 2] = [
+        std::sync::atomic::AtomicUsize::new(0),
+        std::sync::atomic::AtomicUsize::new(0),
+    ];
+
+    /// Called by the handler's lookup between its loads of a slot's `start` and `end`.
+    pub(super) fn between_loads(i: usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if TEAR.compare_exchange(i, usize::MAX, SeqCst, SeqCst).is_ok() {
+            // The mapping there is dropped and another one, elsewhere, takes its slot.
+            linux::unregister(i);
+            let (s, e) = (TEAR_TO[0].load(SeqCst), TEAR_TO[1].load(SeqCst));
+            linux::register(i, s, e, std::ptr::null());
+        }
+    }
+
+    #[test]
+    fn a_slot_refilled_while_the_handler_reads_it_is_not_taken_for_the_faulting_mapping() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let _one = ONE_AT_A_TIME.lock();
+        // Two free slots, i < j, holding made-up ranges (the lookup only compares numbers):
+        // N at 256 MiB in i, M at 512 MiB in j; the fault is in M.
+        let take = || {
+            linux::SLOTS
+                .iter()
+                .position(|s| {
+                    s.taken
+                        .compare_exchange(false, true, SeqCst, SeqCst)
+                        .is_ok()
+                })
+                .unwrap()
+        };
+        let (i, j) = (take(), take());
+        assert!(i < j);
+        let (n, m, len) = (0x1000_0000usize, 0x2000_0000usize, 4 << 20);
+        linux::register(i, n, n + len, std::ptr::null());
+        linux::register(j, m, m + len, std::ptr::null());
+        let addr = m + 100;
+        assert_eq!(linux::find(addr).map(|(_, e)| e), Some(m + len));
+        // While the handler is between N's start and end, N is dropped and P registered in
+        // its slot at 384 MiB..768 MiB: N's start with P's end would cover M and far past
+        // it (zeros mapped over memory that is not ours).
+        TEAR_TO[0].store(0x1800_0000, SeqCst);
+        TEAR_TO[1].store(0x3000_0000, SeqCst);
+        TEAR.store(i, SeqCst);
+        let found = linux::find(addr).map(|(s, e)| (std::ptr::from_ref(s), e));
+        assert_eq!(
+            TEAR.load(SeqCst),
+            usize::MAX,
+            "the slot was torn during the lookup"
+        );
+        // The slot that changed under the lookup is skipped: the answer is M's own range,
+        // never N's start with P's end.
+        assert_eq!(
+            found,
+            Some((std::ptr::from_ref(&linux::SLOTS[j]), m + len)),
+            "slot {i} (torn) or {j} (M)"
+        );
+        for k in [i, j] {
+            linux::unregister(k);
+            linux::SLOTS[k].taken.store(false, SeqCst);
+        }
     }
 
     #[test]

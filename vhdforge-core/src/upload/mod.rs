@@ -38,7 +38,7 @@
 //! | `upload.resume` | --resume refused: no journal, the source, a parent of it, the plan or the blob changed, or the source is not a regular file (InvalidInput) |
 //! | `upload.journal` | the journal cannot be read or written (Corrupt/Io) |
 //! | `upload.cancelled` | interrupted on request (Ctrl-C) in any phase of upload or verify (Interrupted); the message says whether --resume continues |
-//! | `upload.source_changed` | the source changed size while it was being opened or read: an Azure-ready VHD shrank, or the file was cut short under the upload (Corrupt) |
+//! | `upload.source_changed` | the source changed size while it was being opened or read: an Azure-ready VHD shrank, or the file was cut short (or written to: its times moved) under the upload (Corrupt) |
 //! | `upload.internal`, `verify.internal` | a worker task panicked or was cancelled (Io) |
 
 mod destination;

@@ -112,21 +112,52 @@ struct Ctx {
 /// every mapping of this upload raises when its file lost pages.
 struct SourceFiles {
     sizes: Vec<Option<u64>>,
+    /// Per layer, what its file's `stat` said at the start (see [`Stamp`]).
+    stamps: Vec<Option<Stamp>>,
     lost: Option<Arc<LossFlag>>,
+}
+
+/// A file's length and times: a file truncated to nothing and grown back to its old length
+/// (or rewritten in place, or hole-punched) keeps its length, and its mapped pages read
+/// again, as the new bytes, without a `SIGBUS`; only its modification and status-change
+/// times tell that the upload read part old, part new.
+#[derive(Debug, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    changed_ns: i128,
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Stamp {
+        #[cfg(unix)]
+        let changed_ns = {
+            use std::os::unix::fs::MetadataExt;
+            i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec())
+        };
+        #[cfg(not(unix))]
+        let changed_ns = 0;
+        Stamp {
+            len: m.len(),
+            modified: m.modified().ok(),
+            changed_ns,
+        }
+    }
 }
 
 impl SourceFiles {
     /// The files of `image`'s chain; mappings when `map` and this platform allows them.
     fn new(image: &dyn DiskImage, map: bool) -> SourceFiles {
         let mut sizes = Vec::new();
+        let mut stamps = Vec::new();
         let mut cur = Some(image);
         while let Some(i) = cur {
-            sizes.push(
-                i.own_file()
-                    .and_then(|f| f.metadata().ok())
-                    .filter(std::fs::Metadata::is_file)
-                    .map(|m| m.len()),
-            );
+            let meta = i
+                .own_file()
+                .and_then(|f| f.metadata().ok())
+                .filter(std::fs::Metadata::is_file);
+            sizes.push(meta.as_ref().map(std::fs::Metadata::len));
+            stamps.push(meta.as_ref().map(Stamp::of));
             cur = i.parent();
         }
         let map = map
@@ -135,8 +166,22 @@ impl SourceFiles {
             && sizes.iter().any(Option::is_some);
         SourceFiles {
             sizes,
+            stamps,
             lost: map.then(|| Arc::new(LossFlag::default())),
         }
+    }
+
+    /// True when a file's length or times are no longer those at the start: it was written
+    /// to during the upload, which then read part of it old and part new.
+    fn rewritten(&self, image: &dyn DiskImage) -> bool {
+        self.stamps.iter().enumerate().any(|(layer, stamp)| {
+            let (Some(stamp), Ok(layer)) = (stamp, u32::try_from(layer)) else {
+                return false;
+            };
+            layer_file(image, layer)
+                .and_then(|f| f.metadata().ok())
+                .is_none_or(|m| Stamp::of(&m) != *stamp)
+        })
     }
 
     /// True when a mapped file lost pages, or (`stat`) a file is now shorter than at the
@@ -240,6 +285,21 @@ fn source_cut(path: &std::path::Path) -> Error {
              the upload); nothing read after the change was sent or journaled as sent: re-run \
              after nothing writes to it",
             path.display()
+        ),
+    )
+}
+
+/// The source file was written to (same length) while the upload read it.
+fn source_rewritten(path: &std::path::Path, what: Option<&str>) -> Error {
+    Error::new(
+        ErrorKind::Corrupt,
+        "upload.source_changed",
+        format!(
+            "{} was written to while it was being uploaded ({}): the blob may hold part of \
+             each version or miss data planned as a hole, so its footer was not written and \
+             it is not a valid VHD: re-run after nothing writes to it",
+            path.display(),
+            what.unwrap_or("its modification or status-change time moved")
         ),
     )
 }
@@ -908,6 +968,19 @@ pub(super) struct JournalState {
 }
 
 impl JournalState {
+    /// What changed in the source or one of its parents since this run's journal described
+    /// them (at the start of the upload, before its plan); `None` when nothing did.
+    fn source_change(&self) -> Option<String> {
+        std::iter::once(&self.journal.source)
+            .chain(&self.journal.parents)
+            .find_map(|then| {
+                match super::journal::SourceIdentity::of(std::path::Path::new(&then.path)) {
+                    Ok(now) => then.change(&now),
+                    Err(e) => Some(e.to_string()),
+                }
+            })
+    }
+
     /// A journal at `path` starting from `journal`, with `done` already completed.
     pub(super) fn new(
         path: PathBuf,
@@ -1044,6 +1117,17 @@ pub(super) async fn send_all(input: SendInput, jstate: &mut JournalState) -> Res
         return Err(cancelled());
     }
     jstate.flush()?;
+    // Every check so far looks for a source cut short; one rewritten to the same length
+    // (truncated and grown back, written in place) would otherwise end as a valid VHD
+    // holding part of each version. The footer is what makes the blob usable: not on that.
+    // The files as the journal found them, before the plan was made (a write into a
+    // range planned as a hole would otherwise be missing from the blob), by path (a file
+    // put in the source's place), parents too.
+    let change = jstate.source_change();
+    if ctx.files.rewritten(ctx.image.as_ref()) || change.is_some() {
+        let _ = jstate.clean_stop(&ctx.client).await;
+        return Err(source_rewritten(&ctx.image.info().path, change.as_deref()));
+    }
     if let Err(e) = send_footer(&ctx).await {
         let _ = jstate.clean_stop(&ctx.client).await;
         return Err(e);
