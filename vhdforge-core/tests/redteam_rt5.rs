@@ -8,12 +8,10 @@
 
 mod upload_common;
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 use upload_common::*;
-use vhdforge_core::upload::{self, Progress, RetryPolicy, UploadOptions};
+use vhdforge_core::upload::{self, RetryPolicy, UploadOptions};
 
 const MIB: u64 = 1 << 20;
 
@@ -22,43 +20,28 @@ fn azurite() -> &'static Azurite {
     AZ.get_or_init(Azurite::start)
 }
 
-/// Truncates the source to 0 and grows it back to `size` as soon as the first piece is
-/// journaled: same length, contents now zeros (as `cp --sparse` over it, or a VM manager
-/// recreating the file, would leave it for a moment).
-struct RegrowAtFirstPiece {
-    path: PathBuf,
-    size: u64,
-    /// Punch a hole over everything past the first MiB instead (`fallocate -p`): same
-    /// length, zeros read back, no signal on local file systems.
-    punch: bool,
-    done: AtomicBool,
-}
-
-impl Progress for RegrowAtFirstPiece {
-    fn advance(&self, _bytes: u64) {
-        if !self.done.swap(true, Ordering::SeqCst) {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&self.path)
-                .unwrap();
-            if self.punch {
-                use std::os::unix::io::AsRawFd;
-                let len = i64::try_from(self.size - MIB).unwrap();
-                // SAFETY: fallocate on a descriptor we hold, no pointers.
-                let r = unsafe {
-                    libc::fallocate(
-                        f.as_raw_fd(),
-                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                        1 << 20,
-                        len,
-                    )
-                };
-                assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
-            } else {
-                f.set_len(0).unwrap();
-                f.set_len(self.size).unwrap();
-            }
-        }
+/// Truncate the source to 0 and grow it back to `size` (same length, contents now zeros, as
+/// `cp --sparse` over it or a VM manager recreating the file would leave it for a moment);
+/// with `punch`, punch a hole over everything past the first MiB instead (`fallocate -p`:
+/// same length, zeros read back, no signal on local file systems).
+fn regrow(path: &std::path::Path, size: u64, punch: bool) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    if punch {
+        use std::os::unix::io::AsRawFd;
+        let len = i64::try_from(size - MIB).unwrap();
+        // SAFETY: fallocate on a descriptor we hold, no pointers.
+        let r = unsafe {
+            libc::fallocate(
+                f.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                1 << 20,
+                len,
+            )
+        };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    } else {
+        f.set_len(0).unwrap();
+        f.set_len(size).unwrap();
     }
 }
 
@@ -89,19 +72,17 @@ async fn regrow_mid_upload(az: &Azurite, blob_name: &str, map: bool, punch: bool
         },
         ..UploadOptions::default()
     };
-    let progress = Arc::new(RegrowAtFirstPiece {
-        path: src.clone(),
-        size: size as u64,
-        punch,
-        done: AtomicBool::new(false),
-    });
+    let progress = {
+        let src = src.clone();
+        SourceHook::new(When::FirstPiece, move || regrow(&src, size as u64, punch))
+    };
     let res = tokio::time::timeout(
         Duration::from_secs(120),
         upload::upload(&src, &url, o, progress.clone()),
     )
     .await
     .expect("the upload ends in bounded time");
-    assert!(progress.done.load(Ordering::SeqCst), "the regrow happened");
+    assert!(progress.fired(), "the regrow happened");
     let e = res.expect_err("a source rewritten under the upload must not be reported uploaded");
     assert_eq!(e.code(), "upload.source_changed", "map {map}: {e}");
     assert!(
@@ -132,27 +113,6 @@ async fn a_source_truncated_and_regrown_mid_upload_is_not_reported_uploaded() {
     regrow_mid_upload(az, "punched.vhd", true, true).await;
 }
 
-/// Writes noise into what was a hole of the source once the plan is made (`set_total`),
-/// before the first piece is read.
-struct FillHoleAfterPlan {
-    path: PathBuf,
-    at: u64,
-    done: AtomicBool,
-}
-
-impl Progress for FillHoleAfterPlan {
-    fn set_total(&self, _bytes: u64) {
-        if !self.done.swap(true, Ordering::SeqCst) {
-            use std::os::unix::fs::FileExt;
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&self.path)
-                .unwrap();
-            f.write_all_at(&noise(99, MIB as usize), self.at).unwrap();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_written_into_a_planned_hole_before_the_send_is_not_silently_left_out() {
     let az = azurite();
@@ -168,10 +128,13 @@ async fn data_written_into_a_planned_hole_before_the_send_is_not_silently_left_o
             map_source: map,
             ..UploadOptions::default()
         };
-        let progress = Arc::new(FillHoleAfterPlan {
-            path: src.clone(),
-            at: 8 * MIB,
-            done: AtomicBool::new(false),
+        // Noise into what was a hole of the source once the plan is made, before the
+        // first piece is read.
+        let hole = src.clone();
+        let progress = SourceHook::new(When::Planned, move || {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(&hole).unwrap();
+            f.write_all_at(&noise(99, MIB as usize), 8 * MIB).unwrap();
         });
         let res = tokio::time::timeout(
             Duration::from_secs(120),
@@ -179,10 +142,7 @@ async fn data_written_into_a_planned_hole_before_the_send_is_not_silently_left_o
         )
         .await
         .expect("the upload ends in bounded time");
-        assert!(
-            progress.done.load(Ordering::SeqCst),
-            "the write happened: {res:?}"
-        );
+        assert!(progress.fired(), "the write happened: {res:?}");
         let e = res.expect_err("an upload missing data the source holds must not succeed");
         assert_eq!(e.code(), "upload.source_changed", "map {map}: {e}");
         let (blob, _) = az.download("hole", &blob_name).await;
@@ -190,26 +150,6 @@ async fn data_written_into_a_planned_hole_before_the_send_is_not_silently_left_o
             blob[32 * MIB as usize..].iter().all(|&b| b == 0),
             "map {map}: no footer"
         );
-    }
-}
-
-/// Cuts the source to `to` bytes as soon as the first piece is journaled.
-struct CutAtFirstPiece {
-    path: PathBuf,
-    to: u64,
-    done: AtomicBool,
-}
-
-impl Progress for CutAtFirstPiece {
-    fn advance(&self, _bytes: u64) {
-        if !self.done.swap(true, Ordering::SeqCst) {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&self.path)
-                .unwrap()
-                .set_len(self.to)
-                .unwrap();
-        }
     }
 }
 
@@ -249,18 +189,17 @@ async fn a_vhdx_cut_short_under_its_mapped_payload_fails_cleanly() {
             journal_interval: Duration::ZERO,
             ..UploadOptions::default()
         };
-        let progress = Arc::new(CutAtFirstPiece {
-            path: work.clone(),
-            to,
-            done: AtomicBool::new(false),
-        });
+        let progress = {
+            let work = work.clone();
+            SourceHook::new(When::FirstPiece, move || cut(&work, to))
+        };
         let res = tokio::time::timeout(
             Duration::from_secs(120),
             upload::upload(&work, &url, o, progress.clone()),
         )
         .await
         .expect("bounded");
-        assert!(progress.done.load(Ordering::SeqCst), "{name}: cut: {res:?}");
+        assert!(progress.fired(), "{name}: cut: {res:?}");
         let e = res.expect_err("a VHDX cut short under the upload must not be uploaded");
         assert_eq!(e.code(), "upload.source_changed", "{name}: {e}");
         let (blob, _) = az.download("vhdxcut", &format!("{name}.vhd")).await;

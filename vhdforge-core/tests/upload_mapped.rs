@@ -12,11 +12,10 @@
 mod upload_common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use upload_common::*;
-use vhdforge_core::upload::{self, NoProgress, Progress, RetryPolicy, UploadOptions};
+use vhdforge_core::upload::{self, NoProgress, RetryPolicy, UploadOptions};
 
 const MIB: u64 = 1 << 20;
 
@@ -159,28 +158,6 @@ async fn mapped_and_read_uploads_are_byte_identical() {
     }
 }
 
-/// Cuts the source short as soon as the first piece is journaled, from the upload's own
-/// thread: the reader is a few pieces ahead, so pieces already scanned but not yet sent and
-/// pieces not yet scanned both lose their bytes.
-struct CutAtFirstPiece {
-    path: PathBuf,
-    to: u64,
-    done: AtomicBool,
-}
-
-impl Progress for CutAtFirstPiece {
-    fn advance(&self, _bytes: u64) {
-        if !self.done.swap(true, Ordering::SeqCst) {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&self.path)
-                .unwrap()
-                .set_len(self.to)
-                .unwrap();
-        }
-    }
-}
-
 /// Upload a 96 MiB source that is cut to `cut_to` bytes once its first piece is journaled,
 /// and check the failure and what the journal and the blob claim.
 async fn cut_mid_upload(az: &Azurite, blob_name: &str, cut_to: u64, map: bool) {
@@ -196,15 +173,17 @@ async fn cut_mid_upload(az: &Azurite, blob_name: &str, cut_to: u64, map: bool) {
     o.concurrency = 1;
     o.state_dir = Some(state.path().to_path_buf());
     o.journal_interval = Duration::ZERO;
-    let progress = Arc::new(CutAtFirstPiece {
-        path: src.clone(),
-        to: cut_to,
-        done: AtomicBool::new(false),
-    });
+    // Cut from the upload's own thread as soon as the first piece is journaled: the reader
+    // is a few pieces ahead, so pieces already scanned but not yet sent and pieces not yet
+    // scanned both lose their bytes.
+    let progress = {
+        let src = src.clone();
+        SourceHook::new(When::FirstPiece, move || cut(&src, cut_to))
+    };
     let e = upload::upload(&src, &url, o, progress.clone())
         .await
         .expect_err("an upload whose source was cut short must fail");
-    assert!(progress.done.load(Ordering::SeqCst), "the cut happened");
+    assert!(progress.fired(), "the cut happened");
     assert_eq!(e.code(), "upload.source_changed", "cut to {cut_to}: {e}");
     let text = e.to_string();
     assert!(

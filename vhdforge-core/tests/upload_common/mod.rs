@@ -360,3 +360,59 @@ pub fn response(status: u16, reason: &str, headers: &[(&str, String)], body: &[u
     out.extend_from_slice(body);
     out
 }
+
+/// When a [`SourceHook`] acts: once the plan is made (`set_total`, before any byte is read)
+/// or when the first piece is acknowledged (`advance`, the reader a few pieces ahead).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    Planned,
+    FirstPiece,
+}
+
+/// A progress sink that changes the source once, at a chosen point of a running upload: the
+/// tests of what an upload does when its source is written, cut or punched under it.
+pub struct SourceHook<F: Fn() + Send + Sync> {
+    when: When,
+    action: F,
+    /// Set when the action ran (tests assert it did).
+    pub done: std::sync::atomic::AtomicBool,
+}
+
+impl<F: Fn() + Send + Sync> SourceHook<F> {
+    pub fn new(when: When, action: F) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(SourceHook {
+            when,
+            action,
+            done: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    fn fire(&self, at: When) {
+        if at == self.when && !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            (self.action)();
+        }
+    }
+
+    pub fn fired(&self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl<F: Fn() + Send + Sync> vhdforge_core::upload::Progress for SourceHook<F> {
+    fn set_total(&self, _bytes: u64) {
+        self.fire(When::Planned);
+    }
+    fn advance(&self, _bytes: u64) {
+        self.fire(When::FirstPiece);
+    }
+}
+
+/// Cut the file at `path` to `len` bytes (another writer truncating it).
+pub fn cut(path: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
