@@ -122,31 +122,45 @@ impl Azurite {
             "Azurite is not installed at {}: run `scripts/azurite.sh install`",
             bin.display()
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new(&bin)
-            .args(["--blobHost", "127.0.0.1", "--blobPort"])
-            .arg(port.to_string())
-            .args(["--inMemoryPersistence", "--disableTelemetry", "--silent"])
-            .args(extra)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start azurite-blob");
-        let az = Azurite { child, port };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "Azurite did not listen within 60 s (Node starts slowly on a loaded machine)"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        // The port is free when picked but not held (Node must bind it), so another test
+        // starting at the same moment can take it first; then this Azurite exits at once and
+        // the port answers with the other's. Such a start is detected and retried on a new
+        // port, so a test never talks to a server another test is about to stop.
+        for _attempt in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = std::process::Command::new(&bin)
+                .args(["--blobHost", "127.0.0.1", "--blobPort"])
+                .arg(port.to_string())
+                .args(["--inMemoryPersistence", "--disableTelemetry", "--silent"])
+                .args(extra)
+                .envs(env.iter().copied())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start azurite-blob");
+            let mut az = Azurite { child, port };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Ok(Some(_)) = az.child.try_wait() {
+                    break; // exited: most likely the port was taken; try another
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                    && listens_on(az.child.id(), port)
+                {
+                    return az;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "Azurite did not listen within 60 s (Node starts slowly on a loaded machine)"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
-        az
+        panic!("Azurite exited at start five times (ports taken by other tests?)");
     }
 
     /// The URL of `container/blob` in the development account.
@@ -353,4 +367,29 @@ impl ConnectProxy {
         });
         ConnectProxy { port, seen }
     }
+}
+
+/// True when process `pid` holds the socket listening on 127.0.0.1:`port` (its descriptors
+/// against the kernel's TCP table), i.e. the server that answers there is that process.
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let local = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // local address, state (0A = LISTEN), inode
+            (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| format!("socket:[{}]", f[9]))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|t| inodes.iter().any(|i| t.to_str() == Some(i.as_str())))
+    })
 }
