@@ -4,9 +4,9 @@
 //! Every test here runs offline: mock servers listen on 127.0.0.1 only and are bounded in
 //! time; tokens are made up (a JWT-shaped one and an opaque one).
 
+mod canned_http;
+
 use base64::Engine as _;
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use vhdforge_core::storage::auth::{bearer_may_go_to, resolve_for};
@@ -244,35 +244,7 @@ fn a_degenerate_endpoint_suffix_does_not_widen_where_the_token_goes() {
 /// A one-shot HTTP server on 127.0.0.1: answers each request with `reply`, and hands back
 /// what it received. Bounded: it stops after `max` connections or 10 s.
 fn serve(reply: String, max: usize) -> (u16, std::sync::mpsc::Receiver<String>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let (tx, rx) = std::sync::mpsc::channel();
-    l.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let mut n = 0;
-        while n < max && std::time::Instant::now() < deadline {
-            match l.accept() {
-                Ok((mut s, _)) => {
-                    n += 1;
-                    s.set_nonblocking(false).unwrap();
-                    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                    let mut buf = vec![0u8; 16 << 10];
-                    let mut got = Vec::new();
-                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(k) => got.extend_from_slice(&buf[..k]),
-                        }
-                    }
-                    let _ = tx.send(String::from_utf8_lossy(&got).into_owned());
-                    let _ = s.write_all(reply.as_bytes());
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    });
-    (port, rx)
+    canned_http::serve(reply, max, Duration::from_secs(10))
 }
 
 /// A 3xx from the service: reqwest must not follow it (it would carry the Authorization

@@ -8,8 +8,8 @@
 //! The only test in its binary: it sets process environment variables (proxy, identity
 //! endpoint, an empty PATH so no `az` answers first).
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
+mod canned_http;
+
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use vhdforge_core::storage::auth::resolve_for;
@@ -18,33 +18,7 @@ use vhdforge_core::storage::{Credential, CredentialEnv};
 /// An HTTP server on 127.0.0.1 answering every request with `reply` and passing on what
 /// it received; stops after 15 s.
 fn serve(reply: String) -> (u16, Receiver<String>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let (tx, rx) = std::sync::mpsc::channel();
-    l.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while std::time::Instant::now() < deadline {
-            match l.accept() {
-                Ok((mut s, _)) => {
-                    s.set_nonblocking(false).unwrap();
-                    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                    let mut buf = vec![0u8; 16 << 10];
-                    let mut got = Vec::new();
-                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(k) => got.extend_from_slice(&buf[..k]),
-                        }
-                    }
-                    let _ = tx.send(String::from_utf8_lossy(&got).into_owned());
-                    let _ = s.write_all(reply.as_bytes());
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    });
-    (port, rx)
+    canned_http::serve(reply, usize::MAX, Duration::from_secs(15))
 }
 
 #[test]
