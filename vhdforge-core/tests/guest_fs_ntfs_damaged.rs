@@ -59,24 +59,6 @@ fn check(img: &Path, what: &str) {
     damaged::check(what, || walk(img));
 }
 
-/// Walk copies of `img` cut to 25, 50 and 75 % of its length (a partial copy or download).
-fn truncated(img: &Path) {
-    let cut = img.with_extension("cut");
-    let len = std::fs::metadata(img).unwrap().len();
-    for pct in [25u64, 50, 75] {
-        std::fs::copy(img, &cut).unwrap();
-        let keep = len * pct / 100 / 512 * 512;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&cut)
-            .unwrap()
-            .set_len(keep)
-            .unwrap();
-        check(&cut, &format!("truncated to {pct}%"));
-    }
-    std::fs::remove_file(&cut).unwrap();
-}
-
 /// Set `len` bytes at `at` to each extreme in turn, check, and restore them.
 fn extremes(file: &std::fs::File, img: &Path, at: u64, len: usize, what: &str) {
     let mut saved = vec![0u8; len];
@@ -109,7 +91,7 @@ fn damaged_ntfs_never_panics_or_runs_away() {
         "the intact tree is not readable ({intact} entries)"
     );
 
-    truncated(&img);
+    damaged::truncated_copies(&img, check);
 
     // Boot sector fields.
     for (at, len) in [(11u64, 2usize), (13, 1), (40, 8), (48, 8), (64, 1), (68, 1)] {

@@ -94,24 +94,6 @@ fn check(img: &Path, what: &str) {
     damaged::check(what, || walk(img));
 }
 
-/// Walk copies of `img` cut to 25, 50 and 75 % of its length (a partial copy or download).
-fn truncated(img: &Path) {
-    let cut = img.with_extension("cut");
-    let len = std::fs::metadata(img).unwrap().len();
-    for pct in [25u64, 50, 75] {
-        std::fs::copy(img, &cut).unwrap();
-        let keep = len * pct / 100 / 512 * 512;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&cut)
-            .unwrap()
-            .set_len(keep)
-            .unwrap();
-        check(&cut, &format!("truncated to {pct}%"));
-    }
-    std::fs::remove_file(&cut).unwrap();
-}
-
 #[test]
 fn damaged_xfs_v4_and_v5_never_panic_or_run_away() {
     let dir = tempfile::tempdir().unwrap();
@@ -136,7 +118,7 @@ fn damaged_xfs_v4_and_v5_never_panic_or_run_away() {
             .unwrap();
     }
 
-    truncated(&img);
+    damaged::truncated_copies(&img, check);
 
     mutate_metadata(&file, &img, 150);
     // One test, not two: the allocation counter is process-wide.

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use upload_common::*;
-use vhdforge_core::upload::{self, NoProgress, RetryPolicy, UploadOptions};
+use vhdforge_core::upload::{self, NoProgress, UploadOptions};
 
 const MIB: u64 = 1 << 20;
 
@@ -29,25 +29,9 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn opts(az: &Azurite, map_source: bool) -> UploadOptions {
     UploadOptions {
-        credentials: az.env(),
-        concurrency: 4,
         map_source,
-        retry: RetryPolicy {
-            max_attempts: 12,
-            base_delay: Duration::from_millis(20),
-            max_delay: Duration::from_millis(300),
-        },
-        ..UploadOptions::default()
+        ..quick_opts(az)
     }
-}
-
-/// Bytes this process has read through read calls so far.
-fn rchar() -> u64 {
-    let io = std::fs::read_to_string("/proc/self/io").expect("/proc/self/io (Linux)");
-    io.lines()
-        .find_map(|l| l.strip_prefix("rchar: "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("rchar line")
 }
 
 /// A dense raw image of `size` bytes of noise (no zero byte) with a few zero stretches.

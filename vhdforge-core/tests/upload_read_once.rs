@@ -13,9 +13,8 @@ mod upload_common;
 
 use std::io::{Seek, SeekFrom, Write};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 use upload_common::*;
-use vhdforge_core::upload::{self, NoProgress, RetryPolicy, UploadOptions, VerifyOptions};
+use vhdforge_core::upload::{self, NoProgress, UploadOptions, VerifyOptions};
 
 const MIB: u64 = 1 << 20;
 
@@ -26,28 +25,6 @@ fn azurite() -> &'static Azurite {
 
 /// One measured upload at a time: `rchar` counts the whole process.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn opts(az: &Azurite) -> UploadOptions {
-    UploadOptions {
-        credentials: az.env(),
-        concurrency: 4,
-        retry: RetryPolicy {
-            max_attempts: 12,
-            base_delay: Duration::from_millis(20),
-            max_delay: Duration::from_millis(300),
-        },
-        ..UploadOptions::default()
-    }
-}
-
-/// Bytes this process has read through read calls so far.
-fn rchar() -> u64 {
-    let io = std::fs::read_to_string("/proc/self/io").expect("/proc/self/io (Linux)");
-    io.lines()
-        .find_map(|l| l.strip_prefix("rchar: "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("rchar line")
-}
 
 /// Write `len` zero bytes at `off` as real data (allocated, so the allocation map shows
 /// data there and only reading it shows it is zero).
@@ -79,7 +56,7 @@ async fn a_fresh_upload_reads_each_data_byte_once() {
     let before = rchar();
     let pread = UploadOptions {
         map_source: false,
-        ..opts(az)
+        ..quick_opts(az)
     };
     let s = upload::upload(&src, &url, pread, Arc::new(NoProgress))
         .await
@@ -119,7 +96,7 @@ async fn a_fresh_upload_reads_each_data_byte_once() {
     // planning pass nor by the send pass; only metadata and the service's answers are.
     let url = az.blob_url("once", "mapped.vhd");
     let before = rchar();
-    upload::upload(&src, &url, opts(az), Arc::new(NoProgress))
+    upload::upload(&src, &url, quick_opts(az), Arc::new(NoProgress))
         .await
         .unwrap();
     let read = rchar() - before;
@@ -152,7 +129,7 @@ async fn zero_pages_inside_pieces_are_cleared_on_a_reused_destination() {
     write_zeros(&new, 2 * MIB, 1 << 20);
     write_zeros(&new, 8 * MIB, 4096);
     let url = az.blob_url("reuse", "disk.vhd");
-    upload::upload(&old, &url, opts(az), Arc::new(NoProgress))
+    upload::upload(&old, &url, quick_opts(az), Arc::new(NoProgress))
         .await
         .unwrap();
     let s = upload::upload(
@@ -160,7 +137,7 @@ async fn zero_pages_inside_pieces_are_cleared_on_a_reused_destination() {
         &url,
         UploadOptions {
             managed_disk: true,
-            ..opts(az)
+            ..quick_opts(az)
         },
         Arc::new(NoProgress),
     )

@@ -110,3 +110,22 @@ pub fn check(case: &str, walk: impl FnOnce() -> usize) {
     assert!(used < ALLOC_BUDGET, "{case}: peak allocation {used} bytes");
     assert!(elapsed < WALK_LIMIT, "{case}: walk took {elapsed:?}");
 }
+
+/// Call `check(copy, case)` on copies of `img` cut to 25, 50 and 75 % of its length (a
+/// partial copy or download), on a 512-byte boundary; the copy is removed afterwards.
+pub fn truncated_copies(img: &std::path::Path, mut check: impl FnMut(&std::path::Path, &str)) {
+    let cut = img.with_extension("cut");
+    let len = std::fs::metadata(img).unwrap().len();
+    for pct in [25u64, 50, 75] {
+        std::fs::copy(img, &cut).unwrap();
+        let keep = len * pct / 100 / 512 * 512;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&cut)
+            .unwrap()
+            .set_len(keep)
+            .unwrap();
+        check(&cut, &format!("truncated to {pct}%"));
+    }
+    std::fs::remove_file(&cut).unwrap();
+}

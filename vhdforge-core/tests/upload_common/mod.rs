@@ -416,3 +416,27 @@ pub fn cut(path: &Path, len: u64) {
         .set_len(len)
         .unwrap();
 }
+
+/// Options for an upload to this Azurite with 4 requests in flight and quick retries (the
+/// read-accounting and mapped-source tests).
+pub fn quick_opts(az: &Azurite) -> vhdforge_core::upload::UploadOptions {
+    vhdforge_core::upload::UploadOptions {
+        credentials: az.env(),
+        concurrency: 4,
+        retry: vhdforge_core::upload::RetryPolicy {
+            max_attempts: 12,
+            base_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(300),
+        },
+        ..vhdforge_core::upload::UploadOptions::default()
+    }
+}
+
+/// Bytes this process has read through read calls so far (`rchar` of `/proc/self/io`).
+pub fn rchar() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").expect("/proc/self/io (Linux)");
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("rchar line")
+}
