@@ -850,6 +850,15 @@ pub enum NamedFileError {
 /// Symbolic links are followed: the user chose the name.
 pub fn read_named_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, NamedFileError> {
     use std::io::Read as _;
+    // Refused before the open too: opening is itself an effect on some kinds (a FIFO's
+    // blocked writer is let through, a tape rewinds, a watchdog is armed). The descriptor
+    // is still checked below (the name may be replaced in between).
+    if let Ok(m) = std::fs::metadata(path) {
+        let kind = FileKind::of_metadata(&m);
+        if kind != FileKind::Regular {
+            return Err(NamedFileError::NotAFile(kind.describe()));
+        }
+    }
     let mut o = std::fs::OpenOptions::new();
     o.read(true);
     #[cfg(unix)]
@@ -870,4 +879,66 @@ pub fn read_named_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, NamedFile
         return Err(NamedFileError::TooLarge);
     }
     Ok(bytes)
+}
+
+#[cfg(all(test, unix))]
+mod named_file_tests {
+    use super::*;
+
+    /// Red team RT6: the open itself has effects on some kinds of file (a FIFO's blocked
+    /// writer is let through and then gets `EPIPE`; a tape rewinds, a watchdog is armed):
+    /// a name that is not a regular file is refused before it is opened.
+    #[test]
+    fn a_fifo_is_refused_without_being_opened() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("token.fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo has no other memory effects.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                // Blocks until a reader opens the FIFO.
+                let _w = std::fs::OpenOptions::new().write(true).open(&fifo);
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let e = read_named_file(&fifo, 1024).unwrap_err();
+        assert!(matches!(e, NamedFileError::NotAFile(_)), "{e:?}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let released = writer.is_finished();
+        // Let the writer go (open for reading ourselves), then wait for it.
+        if !released {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _r = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+                .unwrap();
+            writer.join().unwrap();
+        }
+        assert!(
+            !released,
+            "read_named_file opened the FIFO (its writer was let through)"
+        );
+        // Through a symbolic link too, and a directory and /dev/zero still refused.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        assert!(matches!(
+            read_named_file(&link, 1024),
+            Err(NamedFileError::NotAFile(_))
+        ));
+        assert!(matches!(
+            read_named_file(dir.path(), 1024),
+            Err(NamedFileError::NotAFile(_))
+        ));
+        let f = dir.path().join("big");
+        std::fs::write(&f, vec![b'a'; 2048]).unwrap();
+        assert!(matches!(
+            read_named_file(&f, 1024),
+            Err(NamedFileError::TooLarge)
+        ));
+        assert_eq!(read_named_file(&f, 2048).unwrap().len(), 2048);
+    }
 }
