@@ -611,9 +611,18 @@ impl Piece {
     }
     /// The piece's bytes `[0, end)`, with `[from, end)` read first into a buffer (the piece
     /// starts at stream offset `start`) or, mapped, fetched into the caches.
-    fn fill(&mut self, ctx: &Ctx, start: u64, from: usize, end: usize) -> Result<&[u8]> {
+    fn fill(
+        &mut self,
+        ctx: &Ctx,
+        start: u64,
+        from: usize,
+        end: usize,
+        fetch: bool,
+    ) -> Result<&[u8]> {
         if let Piece::Mapped(m) = self {
-            prefetch(&m.as_ref()[from..end]);
+            if fetch {
+                prefetch(&m.as_ref()[from..end]);
+            }
         }
         if let Piece::Read(buf) = self {
             let read =
@@ -726,6 +735,20 @@ struct RunningDigest {
     pos: u64,
     crc: crc_fast::Digest,
     md5: md5::Md5,
+    /// The CRC-64 of a mapped step taken before its zero test (see [`Self::speculate`]).
+    spec: Option<Speculation>,
+    /// Speculations used (tests check that dense data does use them).
+    #[cfg(test)]
+    adopted: u32,
+}
+
+/// The CRC-64 state of the request starting at `start` once it covers the stream bytes up
+/// to `end`, computed ahead from its state at `from`.
+struct Speculation {
+    start: u64,
+    from: u64,
+    end: u64,
+    crc: crc_fast::Digest,
 }
 
 impl RunningDigest {
@@ -736,18 +759,79 @@ impl RunningDigest {
             pos: u64::MAX,
             crc: crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme),
             md5: md5::Md5::new(),
+            spec: None,
+            #[cfg(test)]
+            adopted: 0,
         }
+    }
+
+    /// Digest the mapped step `bytes` at stream offset `at` before its zero test, guessing
+    /// which request it belongs to: the pending one when it ends at `at` and has room for
+    /// the whole step, else one starting at `at`. On dense data the guess holds and the
+    /// CRC pass is what brings the step from memory (streamed: the CPU's own prefetchers
+    /// keep up with it), so the zero test then runs on cached bytes and no second CRC pass
+    /// is needed; a wrong guess costs one CRC pass over cached bytes.
+    fn speculate(&mut self, at: u64, bytes: &[u8], pending: Option<&Range<u64>>) {
+        let end = at + bytes.len() as u64;
+        let (start, mut crc) = match pending {
+            Some(p)
+                if p.end == at
+                    && self.start == p.start
+                    && self.pos == at
+                    && end - p.start <= super::plan::MAX_PUT_PAGE =>
+            {
+                (p.start, self.crc)
+            }
+            _ => (at, crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme)),
+        };
+        crc.update(bytes);
+        self.spec = Some(Speculation {
+            start,
+            from: at,
+            end,
+            crc,
+        });
+    }
+
+    /// Use or drop the step's speculation once its zero test is done: the pending request
+    /// `pending` is then what the step's bytes belong to.
+    fn settle(&mut self, pending: Option<&Range<u64>>, src: &Sources<'_>) {
+        if let Some(p) = pending {
+            self.cover(p, src, false);
+        }
+        self.spec = None;
     }
 
     /// Cover the request starting at `req.start` up to `req.end`: a request starting
     /// elsewhere than the one covered so far (or ending before it: never expected, but the
     /// digest must then cover exactly `req`) starts a new digest.
     fn advance(&mut self, req: &Range<u64>, src: &Sources<'_>) {
+        self.cover(req, src, true);
+    }
+
+    /// [`Self::advance`]; with `defer`, a request that so far ends inside the step a
+    /// speculation covers is left as it is until it ends or the step does.
+    fn cover(&mut self, req: &Range<u64>, src: &Sources<'_>, defer: bool) {
         if self.start != req.start || self.pos > req.end {
             self.start = req.start;
             self.pos = req.start;
             self.crc = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
             self.md5 = md5::Md5::new();
+        }
+        if let Some(s) = &self.spec {
+            if self.kind == Integrity::Crc64 && s.start == req.start && s.from == self.pos {
+                if req.end >= s.end {
+                    self.crc = s.crc;
+                    self.pos = s.end;
+                    self.spec = None;
+                    #[cfg(test)]
+                    {
+                        self.adopted += 1;
+                    }
+                } else if defer {
+                    return;
+                }
+            }
         }
         if req.end > self.pos {
             let (kind, crc, md5) = (self.kind, &mut self.crc, &mut self.md5);
@@ -761,7 +845,11 @@ impl RunningDigest {
 
     /// The integrity header of the whole request `req`, which is now complete.
     fn finish(&mut self, req: &Range<u64>, src: &Sources<'_>) -> (Integrity, String) {
-        self.advance(req, src);
+        self.cover(req, src, false);
+        // A speculation for this request that went past its end is of no use now.
+        if self.spec.as_ref().is_some_and(|s| s.start == req.start) {
+            self.spec = None;
+        }
         // The next request starts a new digest.
         self.start = u64::MAX;
         let value = match self.kind {
@@ -816,6 +904,7 @@ fn scan_step(
             digest.advance(p, src);
         }
     }
+    digest.settle(coalescer.pending(), src);
 }
 
 /// End the pending request (at a piece this run skips, or the end) into `emitted`.
@@ -865,6 +954,7 @@ fn reader(
         std::collections::VecDeque::new();
     let mut runs: Vec<Range<u64>> = Vec::new();
     let mut digest = RunningDigest::new(ctx.integrity());
+    let crc64 = ctx.integrity() == Integrity::Crc64;
     // Requests that can no longer grow, with their digests, to hand over once the piece
     // whose bytes they slice is wholly read.
     let mut emitted: Vec<Emitted> = Vec::new();
@@ -898,7 +988,13 @@ fn reader(
         while off < len {
             let step_end = (off + STEP).min(len);
             let at = r.start + off as u64;
-            let bytes = piece.fill(ctx, r.start, off, step_end)?;
+            // A mapped step to send is brought in by its speculative CRC-64 pass instead
+            // of a prefetch (RunningDigest::speculate).
+            let speculate = send && crc64 && matches!(piece, Piece::Mapped(_));
+            let bytes = piece.fill(ctx, r.start, off, step_end, !speculate)?;
+            if speculate {
+                digest.speculate(at, &bytes[off..step_end], coalescer.pending());
+            }
             if let Some(m) = md5.as_mut() {
                 zeros(at - pos, &mut |b| m.update(b));
                 m.update(&bytes[off..step_end]);
@@ -1370,6 +1466,118 @@ mod tests {
                 // A finished digest starts afresh for the next request, even at the same start.
                 let again = d.finish(&req, &src);
                 assert_eq!(again, got);
+            }
+        }
+    }
+
+    /// The requests and digests the reader's scan makes of `pieces` (stream offset, bytes;
+    /// in order, maybe with gaps), going through each piece `step` bytes at a time, with
+    /// or without the speculative CRC pass of mapped pieces; and how many speculations
+    /// were used.
+    fn scan_stream(
+        pieces: &[(u64, Vec<u8>)],
+        step: usize,
+        speculate: bool,
+        bridge: u64,
+    ) -> (Vec<Emitted>, u32) {
+        let mut held = std::collections::VecDeque::new();
+        let mut coalescer = StreamCoalescer::new(bridge);
+        let mut digest = RunningDigest::new(Integrity::Crc64);
+        let (mut runs, mut emitted) = (Vec::new(), Vec::new());
+        for (start, bytes) in pieces {
+            runs.clear();
+            let mut off = 0;
+            while off < bytes.len() {
+                let end = (off + step).min(bytes.len());
+                let at = start + off as u64;
+                let src = Sources {
+                    held: &held,
+                    current: Some((*start, &bytes[..end])),
+                };
+                if speculate {
+                    digest.speculate(at, &bytes[off..end], coalescer.pending());
+                }
+                scan_step(
+                    &src,
+                    at,
+                    &mut runs,
+                    &mut coalescer,
+                    &mut digest,
+                    &mut emitted,
+                );
+                off = end;
+            }
+            let range = *start..start + bytes.len() as u64;
+            held.push_back((range, Bytes::from(bytes.clone())));
+            match coalescer.pending() {
+                Some(p) => {
+                    let from = p.start;
+                    held.retain(|(r, _)| r.end > from);
+                }
+                None => held.clear(),
+            }
+        }
+        flush_pending(&mut coalescer, &mut digest, &held, &mut emitted);
+        (emitted, digest.adopted)
+    }
+
+    /// Bytes of `pages` 512-byte pages, each zero or not as `rng` says (`dense` in 16
+    /// pages hold data).
+    fn pages(rng: &mut u64, pages: usize, dense: u64) -> Vec<u8> {
+        let mut v = Vec::with_capacity(pages * 512);
+        for _ in 0..pages {
+            *rng = rng
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let seed = (*rng >> 33) as u8;
+            if (*rng >> 60) < dense {
+                v.extend(pattern(seed, 512));
+            } else {
+                v.extend([0u8; 512]);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn speculative_crc_gives_the_requests_and_digests_of_the_plain_scan() {
+        // Dense and sparse data, pieces with gaps between them and unaligned to the 4 MiB
+        // request cap (so requests end inside steps), steps of several sizes: the requests
+        // and their CRC-64s must be the same with and without the speculation, and each
+        // must be the CRC-64 of the request's body.
+        let mut rng = 7u64;
+        for (dense, step, layout) in [
+            (
+                16,
+                64 << 10,
+                vec![(0u64, 4096usize), (4096, 4096), (8192, 4096)],
+            ),
+            (16, 256 << 10, vec![(512, 8200), (9000, 3000)]),
+            (14, 32 << 10, vec![(0, 2048), (2048, 2048), (6000, 4096)]),
+            (8, 4096, vec![(0, 512), (600, 1024), (1700, 300)]),
+            (1, 16 << 10, vec![(0, 4096), (4096, 4096)]),
+            (0, 16 << 10, vec![(0, 1024)]),
+        ] {
+            let pieces: Vec<(u64, Vec<u8>)> = layout
+                .iter()
+                .map(|&(start_page, n)| (start_page * 512 + 512, pages(&mut rng, n, dense)))
+                .collect();
+            for bridge in [0u64, 64 << 10] {
+                let (plain, _) = scan_stream(&pieces, step, false, bridge);
+                let (spec, adopted) = scan_stream(&pieces, step, true, bridge);
+                assert_eq!(spec, plain, "dense {dense} step {step} bridge {bridge}");
+                if dense == 16 {
+                    assert!(adopted > 0, "dense data used no speculation");
+                }
+                let all: std::collections::VecDeque<(Range<u64>, Bytes)> = pieces
+                    .iter()
+                    .map(|(s, b)| (*s..s + b.len() as u64, Bytes::from(b.clone())))
+                    .collect();
+                for (req, integ) in &spec {
+                    assert!(req.end - req.start <= super::super::plan::MAX_PUT_PAGE);
+                    let body = body_for(req, &all);
+                    assert_eq!(integ, &integrity_value(Integrity::Crc64, &body), "{req:?}");
+                }
             }
         }
     }
