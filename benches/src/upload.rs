@@ -170,17 +170,8 @@ fn sink_vs_curl(repo: &Repo, dir: &Path) -> Result<()> {
     let (mut sink, addr) = start_sink(&repo.bin, (1u64 << 30) + 512)?;
     let chunk = dir.join("chunk-4m.bin");
     std::fs::write(&chunk, fixtures::raw::pattern(99, 4 << 20))?;
-    let mut cfg = String::new();
-    for i in 0..256u64 {
-        let s = i * (4 << 20);
-        cfg.push_str(&format!(
-            "url = \"http://{addr}/acct/c/b?comp=page\"\nupload-file = \"{}\"\nheader = \"x-ms-range: bytes={s}-{}\"\nheader = \"x-ms-page-write: update\"\nheader = \"Expect:\"\noutput = \"/dev/null\"\n",
-            chunk.display(),
-            s + (4 << 20) - 1
-        ));
-    }
     let cfg_path = dir.join("curl.cfg");
-    std::fs::write(&cfg_path, cfg)?;
+    std::fs::write(&cfg_path, curl_config(&addr, |_| chunk.clone()))?;
     // The same peer sending the same 1 GiB vhdforge sends: 256 files of 4 MiB cut from the
     // dense image (curl cannot upload a range of one file). The one-chunk peer above sends
     // one 4 MiB file that stays in the CPU's cache; this one reads 1 GiB from the page cache,
@@ -192,21 +183,15 @@ fn sink_vs_curl(repo: &Repo, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(&pieces)?;
         let mut src = std::fs::File::open(&dense)?;
         let mut buf = vec![0u8; 4 << 20];
-        let mut cfg = String::new();
+        let piece = |i: u64| pieces.join(format!("{i:03}.bin"));
         for i in 0..256u64 {
             src.read_exact(&mut buf)?;
-            let f = pieces.join(format!("{i:03}.bin"));
+            let f = piece(i);
             if std::fs::metadata(&f).map(|m| m.len()).ok() != Some(buf.len() as u64) {
                 std::fs::write(&f, &buf)?;
             }
-            let s = i * (4 << 20);
-            cfg.push_str(&format!(
-                "url = \"http://{addr}/acct/c/b?comp=page\"\nupload-file = \"{}\"\nheader = \"x-ms-range: bytes={s}-{}\"\nheader = \"x-ms-page-write: update\"\nheader = \"Expect:\"\noutput = \"/dev/null\"\n",
-                f.display(),
-                s + (4 << 20) - 1
-            ));
         }
-        std::fs::write(&same_cfg_path, cfg)?;
+        std::fs::write(&same_cfg_path, curl_config(&addr, piece))?;
     }
     let (mut same, mut same_cpu) = (Vec::new(), Vec::new());
     let (mut ours, mut curl, mut cpu, mut curl_cpu) =
@@ -232,20 +217,18 @@ fn sink_vs_curl(repo: &Repo, dir: &Path) -> Result<()> {
             base.push(t);
             base_cpu.push(c);
         }
-        let (t, _, c, _) = time_child_output(
-            Command::new("curl")
-                .args(["-s", "--parallel", "--parallel-max", "8", "-K"])
-                .arg(&cfg_path),
-        )?;
-        curl.push(t);
-        curl_cpu.push(c);
-        let (t, _, c, _) = time_child_output(
-            Command::new("curl")
-                .args(["-s", "--parallel", "--parallel-max", "8", "-K"])
-                .arg(&same_cfg_path),
-        )?;
-        same.push(t);
-        same_cpu.push(c);
+        for (cfg, times, cpus) in [
+            (&cfg_path, &mut curl, &mut curl_cpu),
+            (&same_cfg_path, &mut same, &mut same_cpu),
+        ] {
+            let (t, _, c, _) = time_child_output(
+                Command::new("curl")
+                    .args(["-s", "--parallel", "--parallel-max", "8", "-K"])
+                    .arg(cfg),
+            )?;
+            times.push(t);
+            cpus.push(c);
+        }
     }
     let _ = sink.kill();
     let _ = sink.wait();
@@ -275,6 +258,21 @@ fn sink_vs_curl(repo: &Repo, dir: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A curl config of 256 Put Pages of 4 MiB to the sink at `addr`, request `i` sending the
+/// file `file(i)`.
+fn curl_config(addr: &str, file: impl Fn(u64) -> PathBuf) -> String {
+    let mut cfg = String::new();
+    for i in 0..256u64 {
+        let s = i * (4 << 20);
+        cfg.push_str(&format!(
+            "url = \"http://{addr}/acct/c/b?comp=page\"\nupload-file = \"{}\"\nheader = \"x-ms-range: bytes={s}-{}\"\nheader = \"x-ms-page-write: update\"\nheader = \"Expect:\"\noutput = \"/dev/null\"\n",
+            file(i).display(),
+            s + (4 << 20) - 1
+        ));
+    }
+    cfg
 }
 
 fn ensure_venv(root: &Path) -> Result<PathBuf> {
