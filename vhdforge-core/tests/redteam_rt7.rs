@@ -430,6 +430,32 @@ async fn hostile_raw_layouts_upload_byte_identical_every_way() {
         );
         upload_all_ways(az, "rt7", name, &path, &area(&bytes), false).await;
     }
+    // A sparse file with data at 4 KiB-aligned offsets that are not step-aligned: pieces
+    // (and so steps) start where the data does, runs of hidden-word pages in them.
+    let size = 21 * MIB + 512;
+    let mut want = vec![0u8; size];
+    let path = dir.path().join("sparse-odd.raw");
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(size as u64).unwrap();
+    for (i, (off, len)) in [
+        (3 * 4096, 700 * 1024),
+        (MIB + 8192, 3 * MIB + 4096),
+        (5 * MIB - 4096, 8192),
+        (7 * MIB + 12 * 4096, 4 * MIB + 512),
+        (size - 4096 - 512, 4096 + 512),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        use std::os::unix::fs::FileExt;
+        let data: Vec<u8> = (0..len / 512)
+            .flat_map(|k| page([2u8, 1, 3, 0, 4][(k + i) % 5], (k * 7 + i) as u64))
+            .collect();
+        f.write_all_at(&data, off as u64).unwrap();
+        want[off..off + len].copy_from_slice(&data);
+    }
+    drop(f);
+    upload_all_ways(az, "rt7", "sparse odd", &path, &area(&want), false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -541,5 +567,82 @@ fn convert_keeps_every_hidden_byte() {
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
+    }
+}
+
+/// Sets `cancel` once `after` requests completed (Ctrl-C mid-upload).
+struct CancelAfter {
+    after: u64,
+    done: std::sync::atomic::AtomicU64,
+    cancel: vhdforge_core::progress::Cancel,
+}
+
+impl vhdforge_core::upload::Progress for CancelAfter {
+    fn cancel(&self) -> vhdforge_core::progress::Cancel {
+        self.cancel.clone()
+    }
+    fn advance(&self, _bytes: u64) {
+        use std::sync::atomic::Ordering;
+        if self.done.fetch_add(1, Ordering::SeqCst) + 1 >= self.after {
+            self.cancel.cancel();
+        }
+    }
+}
+
+/// A run interrupted after a few requests, then `--resume`d: the resumed run reads only
+/// the pieces not done (a request never spans a skipped piece, so speculations start over
+/// after each) and clears the pages the first run wrote where the source is zero. The
+/// blob must be the source, with no request retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_layouts_resumed_after_an_interruption_are_byte_identical() {
+    let az = azurite();
+    az.create_container("rt7r").await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let all = layouts();
+    for name in ["gaps at the bridge", "random runs", "hidden words"] {
+        let bytes = &all.iter().find(|(n, _)| *n == name).unwrap().1;
+        let path = write(
+            dir.path(),
+            &format!("r-{}.raw", name.replace(' ', "-")),
+            bytes,
+        );
+        let url = az.blob_url("rt7r", &format!("{}.vhd", name.replace(' ', "-")));
+        let opts = |resume: bool| UploadOptions {
+            concurrency: 1,
+            resume,
+            journal_interval: Duration::ZERO,
+            state_dir: Some(state.path().to_path_buf()),
+            ..quick_opts(az)
+        };
+        let stop = Arc::new(CancelAfter {
+            after: 3,
+            done: Default::default(),
+            cancel: vhdforge_core::progress::Cancel::new(),
+        });
+        let first = tokio::time::timeout(
+            Duration::from_secs(120),
+            upload::upload(&path, &url, opts(false), stop),
+        )
+        .await
+        .expect("bounded");
+        let e = first.expect_err("the first run was interrupted");
+        assert_eq!(e.code(), "upload.cancelled", "{name}: {e}");
+        let summary = tokio::time::timeout(
+            Duration::from_secs(120),
+            upload::upload(&path, &url, opts(true), Arc::new(NoProgress)),
+        )
+        .await
+        .expect("bounded")
+        .unwrap_or_else(|e| panic!("{name}: resume: {e}"));
+        assert!(
+            summary.bytes_already_present > 0,
+            "{name}: the resume sent everything again"
+        );
+        assert_eq!(summary.retries, 0, "{name}: requests were retried");
+        let (got, _) = az
+            .download("rt7r", &format!("{}.vhd", name.replace(' ', "-")))
+            .await;
+        assert_stream(&got, &area(bytes));
     }
 }
