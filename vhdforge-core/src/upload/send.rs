@@ -1670,4 +1670,93 @@ mod tests {
             assert!((lo..=hi).contains(&d), "attempt {attempt}: {d} ms");
         }
     }
+
+    /// Red team rt7: random page layouts built to put request boundaries inside steps
+    /// (requests starting at odd pages, zero gaps around the bridge, pieces with gaps or
+    /// touching, pages whose first word is zero): the speculative scan must give the plain
+    /// scan's requests and, for each, the CRC-64 of its body.
+    #[test]
+    fn rt7_speculation_holds_on_random_hostile_layouts() {
+        let mut rng = 0x5eed_u64;
+        let mut next = |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n.max(1)
+        };
+        let mut adopted_total = 0u32;
+        for case in 0..40 {
+            let bridge = [0u64, 512, 4096, 64 << 10, 1 << 20][usize_from(next(5))];
+            let step = [4096usize, 64 << 10, 256 << 10, 256 << 10][usize_from(next(4))];
+            let npieces = 1 + next(4);
+            let mut pieces: Vec<(u64, Vec<u8>)> = Vec::new();
+            let mut at = next(16) * 512;
+            for _ in 0..npieces {
+                let pages = usize_from(1 + next(3 * 8192 + 200));
+                let mut v = Vec::with_capacity(pages * 512);
+                let mode = next(6);
+                let mut p = 0;
+                while p < pages {
+                    // A run of pages of one kind, lengths around the bridge and the step.
+                    let k = [1, 8, 127, 128, 129, 512, 2048][usize_from(next(7))];
+                    let run = usize_from(1 + next(k)).min(pages - p);
+                    let zero = match mode {
+                        0 => false,
+                        1 => next(16) == 0,
+                        2 => next(2) == 0,
+                        _ => next(4) != 0,
+                    };
+                    for _ in 0..run {
+                        let mut page = [0u8; 512];
+                        if !zero {
+                            match next(4) {
+                                // First word zero, data later.
+                                0 => page[8 + usize_from(next(504))] = 1 + next(255) as u8,
+                                1 => page[511] = 0x80,
+                                _ => page.copy_from_slice(&pattern(next(256) as u8, 512)),
+                            }
+                        }
+                        v.extend_from_slice(&page);
+                    }
+                    p += run;
+                }
+                pieces.push((at, v));
+                at += (pages as u64) * 512 + [0, 0, 512, 64 << 10, 3 << 20][usize_from(next(5))];
+            }
+            let (plain, _) = scan_stream(&pieces, step, false, bridge);
+            let (spec, adopted) = scan_stream(&pieces, step, true, bridge);
+            adopted_total += adopted;
+            assert_eq!(spec, plain, "case {case} step {step} bridge {bridge}");
+            let all: std::collections::VecDeque<(Range<u64>, Bytes)> = pieces
+                .iter()
+                .map(|(s, b)| (*s..s + b.len() as u64, Bytes::from(b.clone())))
+                .collect();
+            let mut covered = 0u64;
+            for (req, integ) in &spec {
+                assert!(req.end - req.start <= super::super::plan::MAX_PUT_PAGE);
+                let body = body_for(req, &all);
+                assert_eq!(
+                    integ,
+                    &integrity_value(Integrity::Crc64, &body),
+                    "case {case} {req:?}"
+                );
+                covered += req.end - req.start;
+            }
+            // Every non-zero page is in a request (requests are sorted and disjoint).
+            for (s, b) in &pieces {
+                for (i, page) in b.chunks(512).enumerate() {
+                    if page.iter().any(|&x| x != 0) {
+                        let o = s + (i as u64) * 512;
+                        let k = spec.partition_point(|(r, _)| r.end <= o);
+                        assert!(
+                            spec.get(k).is_some_and(|(r, _)| r.contains(&o)),
+                            "case {case}: page {o} lost"
+                        );
+                    }
+                }
+            }
+            assert!(covered > 0 || pieces.iter().all(|(_, b)| b.iter().all(|&x| x == 0)));
+        }
+        assert!(adopted_total > 20, "only {adopted_total} speculations used");
+    }
 }
