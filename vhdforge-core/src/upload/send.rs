@@ -610,7 +610,8 @@ impl Piece {
         }
     }
     /// The piece's bytes `[0, end)`, with `[from, end)` read first into a buffer (the piece
-    /// starts at stream offset `start`) or, mapped, fetched into the caches.
+    /// starts at stream offset `start`) or, mapped and when `fetch` says so, fetched into the
+    /// caches.
     fn fill(
         &mut self,
         ctx: &Ctx,
@@ -635,6 +636,15 @@ impl Piece {
             }
         }
         Ok(&self.bytes()[..end])
+    }
+    /// Whether the step at stream offset `at` is brought in by its speculative CRC-64 pass
+    /// instead of a prefetch ([`RunningDigest::speculate`]): a mapped step that data runs
+    /// up to (`pending` ends at `at`), inside a dense region. Where the stream before it
+    /// was zero (an allocated but empty region of a fixed VHD or raw file is mostly that),
+    /// the step is likely zero too and a CRC of it would be wasted; it is prefetched and
+    /// tested as before.
+    fn speculates(&self, pending: Option<&Range<u64>>, at: u64) -> bool {
+        matches!(self, Piece::Mapped(_)) && pending.is_some_and(|p| p.end == at)
     }
     /// The piece as the owner of the requests sliced from it: a mapping stays mapped (and
     /// guarded) until the last of them is dropped, a buffer then goes back to `pool`.
@@ -988,9 +998,7 @@ fn reader(
         while off < len {
             let step_end = (off + STEP).min(len);
             let at = r.start + off as u64;
-            // A mapped step to send is brought in by its speculative CRC-64 pass instead
-            // of a prefetch (RunningDigest::speculate).
-            let speculate = send && crc64 && matches!(piece, Piece::Mapped(_));
+            let speculate = send && crc64 && piece.speculates(coalescer.pending(), at);
             let bytes = piece.fill(ctx, r.start, off, step_end, !speculate)?;
             if speculate {
                 digest.speculate(at, &bytes[off..step_end], coalescer.pending());
