@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use upload_common::*;
-use vhdforge_core::storage::auth::{string_to_sign, SharedKey};
 use vhdforge_core::upload::{self, NoProgress, UploadOptions};
 
 const MIB: usize = 1 << 20;
@@ -25,62 +24,24 @@ fn azurite() -> &'static Azurite {
     AZ.get_or_init(Azurite::start)
 }
 
-/// A Shared-Key-signed request with a body (the helpers in `upload_common` send none).
-async fn signed_with_body(
-    az: &Azurite,
-    method: &str,
-    path: &str,
-    query: &[(&str, &str)],
-    headers: &[(&str, String)],
-    body: Vec<u8>,
-) -> reqwest::Response {
-    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-    let mut all: Vec<(&str, String)> = headers.to_vec();
-    all.push(("x-ms-date", date));
-    all.push(("x-ms-version", VERSION.into()));
-    all.push(("content-length", body.len().to_string()));
-    let full_path = format!("/{ACCOUNT}{path}");
-    let pairs: Vec<(&str, &str)> = all.iter().map(|(n, v)| (*n, v.as_str())).collect();
-    let sts = string_to_sign(method, &pairs, ACCOUNT, &full_path, query);
-    let auth = SharedKey::new(ACCOUNT, KEY).unwrap().authorization(&sts);
-    let qs: Vec<String> = query.iter().map(|(n, v)| format!("{n}={v}")).collect();
-    let url = format!(
-        "http://127.0.0.1:{}{full_path}{}{}",
-        az.port,
-        if qs.is_empty() { "" } else { "?" },
-        qs.join("&")
-    );
-    let mut req = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .request(method.parse().unwrap(), url)
-        .header("authorization", auth)
-        .body(body);
-    for (n, v) in &all {
-        req = req.header(*n, v);
-    }
-    req.send().await.unwrap()
-}
-
 /// The oracle first: Azurite must refuse a Put Page whose CRC-64 header is wrong, and write
 /// nothing, or the upload tests below prove nothing about the per-request values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azurite_refuses_a_put_page_whose_crc64_is_wrong() {
     let az = azurite();
     az.create_container("oracle").await;
-    let r = signed_with_body(
-        az,
-        "PUT",
-        "/oracle/b.vhd",
-        &[],
-        &[
-            ("x-ms-blob-type", "PageBlob".into()),
-            ("x-ms-blob-content-length", "1048576".into()),
-        ],
-        Vec::new(),
-    )
-    .await;
+    let r = az
+        .signed_with_body(
+            "PUT",
+            "/oracle/b.vhd",
+            &[],
+            &[
+                ("x-ms-blob-type", "PageBlob"),
+                ("x-ms-blob-content-length", "1048576"),
+            ],
+            Vec::new(),
+        )
+        .await;
     assert!(r.status().is_success(), "create: {}", r.status());
     let body = noise(5, 4096);
     let good = vhdforge_core::storage::blob::crc64_header(&body);
@@ -89,15 +50,14 @@ async fn azurite_refuses_a_put_page_whose_crc64_is_wrong() {
     let bad = vhdforge_core::storage::blob::crc64_header(&bad_body);
     assert_ne!(good, bad);
     async fn put(az: &Azurite, crc: String, body: Vec<u8>) -> reqwest::Response {
-        signed_with_body(
-            az,
+        az.signed_with_body(
             "PUT",
             "/oracle/b.vhd",
             &[("comp", "page")],
             &[
-                ("x-ms-page-write", "update".into()),
-                ("x-ms-range", "bytes=8192-12287".into()),
-                ("x-ms-content-crc64", crc),
+                ("x-ms-page-write", "update"),
+                ("x-ms-range", "bytes=8192-12287"),
+                ("x-ms-content-crc64", crc.as_str()),
             ],
             body,
         )
@@ -469,16 +429,7 @@ async fn hostile_vhd_and_vhdx_layouts_upload_byte_identical_every_way() {
     // An Azure-ready fixed VHD (mapped, sent with its own footer).
     let content = area(hidden);
     let raw = write(dir.path(), "hidden.raw", &content);
-    let image = vhdforge_core::open(&raw, &Default::default()).unwrap();
-    let ready = dir.path().join("ready.vhd");
-    vhdforge_core::convert::convert_to_file(
-        image.as_ref(),
-        &ready,
-        &Default::default(),
-        &vhdforge_core::progress::NoProgress,
-    )
-    .unwrap();
-    drop(image);
+    let ready = azure_ready_vhd(&raw, dir.path(), "ready.vhd");
     let bytes = std::fs::read(&ready).unwrap();
     upload_all_ways(az, "rt7b", "fixed vhd", &ready, &bytes, true).await;
 

@@ -809,15 +809,7 @@ async fn every_format_fixture_round_trips() {
     }
 
     // An Azure-ready fixed VHD is sent as it is, its own footer included.
-    let image = vhdforge_core::open(&raw, &Default::default()).unwrap();
-    let ready = dir.path().join("ready.vhd");
-    vhdforge_core::convert::convert_to_file(
-        image.as_ref(),
-        &ready,
-        &Default::default(),
-        &vhdforge_core::progress::NoProgress,
-    )
-    .unwrap();
+    let ready = azure_ready_vhd(&raw, dir.path(), "ready.vhd");
     let url = az.blob_url("fixtures", "ready.vhd");
     upload::upload(&ready, &url, opts(az.env()), Arc::new(Counter::default()))
         .await

@@ -73,15 +73,7 @@ async fn mapped_and_read_uploads_are_byte_identical() {
     area.extend_from_slice(&[0u8; 512]);
     cases.push(("sparse raw", sparse, area));
     // An Azure-ready fixed VHD: sent as it is, its own footer included.
-    let image = vhdforge_core::open(&odd, &Default::default()).unwrap();
-    let ready = dir.path().join("ready.vhd");
-    vhdforge_core::convert::convert_to_file(
-        image.as_ref(),
-        &ready,
-        &Default::default(),
-        &vhdforge_core::progress::NoProgress,
-    )
-    .unwrap();
+    let ready = azure_ready_vhd(&odd, dir.path(), "ready.vhd");
     let bytes = std::fs::read(&ready).unwrap();
     cases.push(("fixed vhd", ready, bytes));
 

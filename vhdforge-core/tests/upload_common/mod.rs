@@ -111,11 +111,27 @@ kill $c 2>/dev/null
         query: &[(&str, &str)],
         headers: &[(&str, &str)],
     ) -> reqwest::Response {
+        self.signed_with_body(method, path, query, headers, Vec::new())
+            .await
+    }
+
+    /// [`Self::signed`] with a request body.
+    pub async fn signed_with_body(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> reqwest::Response {
         let date = httpdate::fmt_http_date(std::time::SystemTime::now());
         let mut all: Vec<(&str, String)> =
             headers.iter().map(|(n, v)| (*n, v.to_string())).collect();
         all.push(("x-ms-date", date));
         all.push(("x-ms-version", VERSION.into()));
+        if method == "PUT" || !body.is_empty() {
+            all.push(("content-length", body.len().to_string()));
+        }
         let full_path = format!("/{ACCOUNT}{path}");
         let pairs: Vec<(&str, &str)> = all.iter().map(|(n, v)| (*n, v.as_str())).collect();
         let sts = string_to_sign(method, &pairs, ACCOUNT, &full_path, query);
@@ -132,12 +148,10 @@ kill $c 2>/dev/null
             .build()
             .unwrap()
             .request(method.parse().unwrap(), url)
-            .header("authorization", auth);
+            .header("authorization", auth)
+            .body(body);
         for (n, v) in &all {
             req = req.header(*n, v);
-        }
-        if method == "PUT" {
-            req = req.header("content-length", "0");
         }
         req.send().await.unwrap()
     }
@@ -242,6 +256,21 @@ pub fn sparse_image(dir: &Path, name: &str, size: u64, regions: &[(u64, usize)])
 }
 
 /// The disk area an upload of the raw image at `path` must produce (source + zero padding to a MiB).
+/// `src` converted to an Azure-ready fixed VHD at `dir/name` (which an upload sends as it
+/// is, its own footer included).
+pub fn azure_ready_vhd(src: &Path, dir: &Path, name: &str) -> PathBuf {
+    let image = vhdforge_core::open(src, &Default::default()).unwrap();
+    let ready = dir.join(name);
+    vhdforge_core::convert::convert_to_file(
+        image.as_ref(),
+        &ready,
+        &Default::default(),
+        &vhdforge_core::progress::NoProgress,
+    )
+    .unwrap();
+    ready
+}
+
 pub fn expected_disk_area(path: &Path) -> Vec<u8> {
     let mut data = std::fs::read(path).unwrap();
     let size = (data.len() as u64).div_ceil(1 << 20) << 20;
