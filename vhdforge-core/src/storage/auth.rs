@@ -385,7 +385,7 @@ fn bearer(url: Option<&reqwest::Url>, env: &CredentialEnv) -> Result<Credential>
         return Ok(Credential::Bearer(b.clone()));
     }
     let cloud = env.cloud()?;
-    let http = super::http::client(super::token::authority_host(cloud), 2, env)?;
+    let http = super::http::client(super::token::authority_host(cloud), true, 2, env)?;
     let chain = super::token::SignIn::new(cloud, &http)?;
     tracing::info!(
         "--auth login: Entra ID sign-in ({}), trying {}",

@@ -277,7 +277,8 @@ impl BlobClient {
         let mut base = parsed;
         base.set_query(None);
         base.set_fragment(None);
-        let http = super::http::client(&host, connections, env)?;
+        let https = base.scheme() == "https";
+        let http = super::http::client(&host, https, connections, env)?;
         Ok(BlobClient {
             http,
             base: base.to_string(),

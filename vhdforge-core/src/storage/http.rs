@@ -49,14 +49,21 @@ fn read_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>> {
 
 /// The HTTP client for `host`: trusted roots as above, no redirects, no proxy for loopback
 /// hosts, idle connections dropped before Azurite drops them.
+///
+/// `https` is false for a client that only ever talks plain http (allowed to loopback hosts
+/// only, and no request follows a redirect): it loads no built-in or system roots, which
+/// costs several milliseconds of parsing per process and would never be used. Such a client
+/// trusts no server certificate at all, so it can fail an https request but never accept one
+/// it should not.
 pub(crate) fn client(
     host: &str,
+    https: bool,
     connections: usize,
     env: &CredentialEnv,
 ) -> Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
-        .tls_built_in_webpki_certs(true)
-        .tls_built_in_native_certs(true);
+        .tls_built_in_webpki_certs(https)
+        .tls_built_in_native_certs(https);
     if let Some(path) = &env.ca_cert {
         for cert in read_ca_file(path)? {
             builder = builder.add_root_certificate(cert);
@@ -97,12 +104,12 @@ mod tests {
             ..CredentialEnv::default()
         };
         let missing = dir.path().join("missing.pem");
-        let e = client("h", 1, &env(&missing)).unwrap_err();
+        let e = client("h", true, 1, &env(&missing)).unwrap_err();
         assert_eq!(e.code(), "upload.ca_cert");
         assert!(e.message().contains("cannot open"), "{e}");
         let der = dir.path().join("x.cer");
         std::fs::write(&der, [0x30, 0x82, 0x01, 0x00]).unwrap();
-        let e = client("h", 1, &env(&der)).unwrap_err();
+        let e = client("h", true, 1, &env(&der)).unwrap_err();
         assert!(e.message().contains("no PEM certificate"), "{e}");
         let broken = dir.path().join("b.pem");
         std::fs::write(
@@ -111,7 +118,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            client("h", 1, &env(&broken)).unwrap_err().code(),
+            client("h", true, 1, &env(&broken)).unwrap_err().code(),
             "upload.ca_cert"
         );
         // A FIFO (or any non-file) is refused at once instead of blocking the open.
@@ -121,10 +128,19 @@ mod tests {
             let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
             // SAFETY: a valid NUL-terminated path.
             assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-            let e = client("h", 1, &env(&fifo)).unwrap_err();
+            let e = client("h", true, 1, &env(&fifo)).unwrap_err();
             assert!(e.message().contains("not a regular file"), "{e}");
         }
         // No --ca-cert: the built-in and OS roots are enough to build a client.
-        assert!(client("h", 1, &CredentialEnv::default()).is_ok());
+        assert!(client("h", true, 1, &CredentialEnv::default()).is_ok());
+        // A plain-http client loads no roots and still builds, and a bad --ca-cert is
+        // still reported for it.
+        assert!(client("127.0.0.1", false, 1, &CredentialEnv::default()).is_ok());
+        assert_eq!(
+            client("127.0.0.1", false, 1, &env(&der))
+                .unwrap_err()
+                .code(),
+            "upload.ca_cert"
+        );
     }
 }
