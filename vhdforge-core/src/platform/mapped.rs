@@ -18,7 +18,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// Raised (for good) when any mapping made with it lost pages: the file shrank (or, on some
-/// file systems, had a hole punched) under it, and the zeros now there are not the file's.
+/// file systems, had a hole punched) under it, or the kernel could not read a page in (an
+/// I/O error also arrives as `SIGBUS`), and the zeros now there are not the file's.
 #[derive(Debug, Default)]
 pub struct LossFlag(AtomicBool);
 
@@ -26,6 +27,12 @@ impl LossFlag {
     /// True once a mapping made with this flag lost pages.
     pub fn is_raised(&self) -> bool {
         self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Raise it as the guard does, for tests of what the uploader then reports.
+    #[cfg(test)]
+    pub(crate) fn raise_for_test(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
     }
 }
 

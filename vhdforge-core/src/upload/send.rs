@@ -192,7 +192,12 @@ impl SourceFiles {
         if self.lost.as_ref().is_some_and(|l| l.is_raised()) {
             return true;
         }
-        stat && self.sizes.iter().enumerate().any(|(layer, size)| {
+        stat && self.shrunk(image)
+    }
+
+    /// True when a file is now shorter than at the start.
+    fn shrunk(&self, image: &dyn DiskImage) -> bool {
+        self.sizes.iter().enumerate().any(|(layer, size)| {
             let (Some(size), Ok(layer)) = (size, u32::try_from(layer)) else {
                 return false;
             };
@@ -200,6 +205,37 @@ impl SourceFiles {
                 .and_then(|f| f.metadata().ok())
                 .is_some_and(|m| m.len() < *size)
         })
+    }
+}
+
+impl SourceFiles {
+    /// Why the source's bytes can no longer be trusted, once [`SourceFiles::cut`] said so:
+    /// a file is shorter than at the start (cut short); else its times moved (cut short and
+    /// grown back, or rewritten: a mapping's pages vanished in between); else nothing changed
+    /// the file, and a mapped page raised `SIGBUS` because the kernel could not read it in:
+    /// an I/O error, reported as one rather than as a change nobody made.
+    fn loss_error(&self, image: &dyn DiskImage) -> Error {
+        let path = &image.info().path;
+        if self.shrunk(image) {
+            source_cut(path)
+        } else if self.rewritten(image) {
+            source_rewritten(
+                path,
+                Some("pages mapped from it vanished, then its times moved: it was cut short and grown back, or rewritten"),
+            )
+        } else {
+            Error::new(
+                ErrorKind::Io,
+                "io",
+                format!(
+                    "part of {} could not be read while it was being uploaded: the kernel failed \
+                     to bring its pages in (an I/O error from the disk or file system; `dmesg` \
+                     says more), and its length and times show no change; nothing read after \
+                     that was sent or journaled as sent: check the disk, then re-run",
+                    path.display()
+                ),
+            )
+        }
     }
 }
 
@@ -253,11 +289,11 @@ impl Ctx {
         }
     }
 
-    /// The clear error when the source was cut short under the upload (see
-    /// [`SourceFiles::cut`]; `stat`: also compare the files' lengths).
+    /// The clear error when the source was cut short under the upload, or a mapping of it
+    /// lost pages (see [`SourceFiles::cut`]; `stat`: also compare the files' lengths).
     fn check_source(&self, stat: bool) -> Result<()> {
         if self.files.cut(self.image.as_ref(), stat) {
-            return Err(source_cut(&self.image.info().path));
+            return Err(self.files.loss_error(self.image.as_ref()));
         }
         Ok(())
     }
@@ -1588,6 +1624,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn lost_pages_are_reported_as_what_the_file_shows() {
+        // The guard raises the loss flag for a truncation and for an I/O error alike; the
+        // error then says which, from the file: shorter, times moved, or neither.
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("d.raw");
+        std::fs::write(&raw, vec![7u8; 1 << 20]).unwrap();
+        let image = crate::open(&raw, &crate::OpenOptions::default()).unwrap();
+        let files = SourceFiles::new(image.as_ref(), true);
+        assert!(!files.cut(image.as_ref(), true));
+        files.lost.as_ref().unwrap().raise_for_test();
+        assert!(files.cut(image.as_ref(), false));
+        // Nothing changed the file: a read error.
+        let e = files.loss_error(image.as_ref());
+        assert_eq!(e.code(), "io", "{e}");
+        assert!(e.message().contains("could not be read"), "{e}");
+        assert!(e.message().contains("I/O error"), "{e}");
+        // Same length, times moved: cut short and grown back, or rewritten.
+        let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+        let e = files.loss_error(image.as_ref());
+        assert_eq!(e.code(), "upload.source_changed", "{e}");
+        assert!(e.message().contains("was written to"), "{e}");
+        // Shorter: cut short.
+        f.set_len(4096).unwrap();
+        let e = files.loss_error(image.as_ref());
+        assert_eq!(e.code(), "upload.source_changed", "{e}");
+        assert!(e.message().contains("changed size"), "{e}");
     }
 
     #[test]
