@@ -321,14 +321,16 @@ mod linux {
                 return Ok(None);
             };
             // SAFETY: a fresh read-only shared mapping of a descriptor we hold; the kernel
-            // picks the address. MAP_POPULATE faults the pages in with this one call rather
-            // than a fault per 64 KiB (measured within noise; docs/upload-io.md).
+            // picks the address. No MAP_POPULATE: when a page cannot be read in (an I/O
+            // error), the kernel's populate loop retries it for ever inside this call (seen
+            // on Linux 6.18), where a plain fault raises SIGBUS, which the guard turns into a
+            // clean error (docs/upload-io.md).
             let base = unsafe {
                 libc::mmap(
                     std::ptr::null_mut(),
                     map_len,
                     libc::PROT_READ,
-                    libc::MAP_SHARED | libc::MAP_POPULATE,
+                    libc::MAP_SHARED,
                     file.as_raw_fd(),
                     at,
                 )
