@@ -84,6 +84,11 @@ struct FailingFs {
     /// The mount's device number: its FUSE connection is `/sys/fs/fuse/connections/MINOR`.
     dev: Option<libc::dev_t>,
     failing: Arc<AtomicBool>,
+    /// Once set, `stat` of the file fails too (EIO), as on a file system that shut down.
+    dead: Arc<AtomicBool>,
+    /// When set, the first failing read also sets `dead`: the file system dies while a
+    /// piece is mapped (its extents were looked up, its pages not yet read).
+    die_on_read: Arc<AtomicBool>,
     reads_failed: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -118,11 +123,15 @@ impl FailingFs {
             std::io::Error::last_os_error()
         );
         let failing = Arc::new(AtomicBool::new(false));
+        let dead = Arc::new(AtomicBool::new(false));
+        let die_on_read = Arc::new(AtomicBool::new(false));
         let reads_failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
         {
-            let failing = failing.clone();
+            let (failing, dead, die) = (failing.clone(), dead.clone(), die_on_read.clone());
             let reads_failed = reads_failed.clone();
-            std::thread::spawn(move || serve(dev, &content, &failing, &reads_failed));
+            std::thread::spawn(move || {
+                serve(dev, &content, &failing, (&dead, &die), &reads_failed);
+            });
         }
         let dev = {
             use std::os::unix::fs::MetadataExt;
@@ -132,6 +141,8 @@ impl FailingFs {
             dir,
             dev,
             failing,
+            dead,
+            die_on_read,
             reads_failed,
         }
     }
@@ -178,6 +189,7 @@ fn serve(
     mut dev: std::fs::File,
     content: &[u8],
     failing: &AtomicBool,
+    (dead, die_on_read): (&AtomicBool, &AtomicBool),
     reads_failed: &std::sync::atomic::AtomicU64,
 ) {
     let mut buf = vec![0u8; (1 << 20) + 4096];
@@ -226,8 +238,9 @@ fn serve(
             }
             FUSE_LOOKUP if node == 1 && body.split(|&b| b == 0).next() == Some(b"disk.raw") => {
                 let mut p = Vec::with_capacity(128);
-                // nodeid, generation, entry_valid, attr_valid, their nsecs
-                for v in [FILE_NODE, 1, 3600, 3600] {
+                // nodeid, generation, entry_valid, attr_valid (0: every `stat` asks us,
+                // so `dead` is seen), their nsecs
+                for v in [FILE_NODE, 1, 3600, 0] {
                     p.extend_from_slice(&v.to_le_bytes());
                 }
                 p.extend_from_slice(&[0; 8]);
@@ -235,9 +248,12 @@ fn serve(
                 reply(0, &p)
             }
             FUSE_LOOKUP => reply(-libc::ENOENT, &[]),
+            FUSE_GETATTR if node == FILE_NODE && dead.load(Ordering::SeqCst) => {
+                reply(-libc::EIO, &[])
+            }
             FUSE_GETATTR => {
                 let mut p = Vec::with_capacity(104);
-                p.extend_from_slice(&3600u64.to_le_bytes());
+                p.extend_from_slice(&0u64.to_le_bytes());
                 p.extend_from_slice(&[0; 8]);
                 p.extend_from_slice(&fuse_attr(node, content.len() as u64));
                 reply(0, &p)
@@ -250,6 +266,9 @@ fn serve(
                 let size = le32(body, 16) as u64;
                 if failing.load(Ordering::SeqCst) {
                     reads_failed.fetch_add(1, Ordering::SeqCst);
+                    if die_on_read.load(Ordering::SeqCst) {
+                        dead.store(true, Ordering::SeqCst);
+                    }
                     reply(-libc::EIO, &[])
                 } else {
                     let len = content.len() as u64;
@@ -268,6 +287,21 @@ fn serve(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_that_fail_to_read_from_an_unchanged_file_are_an_io_error() {
+    io_error_midway(false).await;
+}
+
+/// The same on a file system that also stops answering `stat` (an XFS shut down after an
+/// I/O error does: `fstat` gives EIO): still an I/O error, not "written to" because the
+/// times could not be read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_that_fail_to_read_from_a_dead_file_system_are_an_io_error() {
+    io_error_midway(true).await;
+}
+
+/// Upload a 48 MiB file whose reads (and, when `dead`, its `stat`) begin to fail after the
+/// first piece: an `io` error, a journal of the source's own bytes, no footer; when the
+/// file only failed to read, `--resume` once it reads again gives the exact VHD.
+async fn io_error_midway(dead: bool) {
     let az = Azurite::start();
     az.create_container("fuse").await;
     let size = 48 * MIB as usize;
@@ -276,16 +310,19 @@ async fn pages_that_fail_to_read_from_an_unchanged_file_are_an_io_error() {
     let src = fs.file();
     assert_eq!(std::fs::metadata(&src).unwrap().len(), size as u64);
     let state = tempfile::tempdir().unwrap();
-    let opts = UploadOptions {
+    let opts_for = |resume: bool| UploadOptions {
         map_source: true,
         concurrency: 1,
+        resume,
         state_dir: Some(state.path().to_path_buf()),
         journal_interval: Duration::ZERO,
         ..quick_opts(&az)
     };
+    let opts = opts_for(false);
     let progress = {
-        let failing = fs.failing.clone();
+        let (failing, die) = (fs.failing.clone(), fs.die_on_read.clone());
         SourceHook::new(When::FirstPiece, move || {
+            die.store(dead, Ordering::SeqCst);
             failing.store(true, Ordering::SeqCst);
         })
     };
@@ -324,6 +361,11 @@ async fn pages_that_fail_to_read_from_an_unchanged_file_are_an_io_error() {
         "{text}"
     );
     assert!(text.contains(&src.display().to_string()), "{text}");
+    assert_eq!(
+        text.contains("no longer answers `stat`"),
+        dead,
+        "says whether the file system still answers: {text}"
+    );
     eprintln!("reported: {text}");
 
     // The guard's promises: the journal claims only the source's own bytes, and no footer.
@@ -351,4 +393,28 @@ async fn pages_that_fail_to_read_from_an_unchanged_file_are_an_io_error() {
         blob[size..].iter().all(|&b| b == 0),
         "no footer was written"
     );
+
+    // The file did not change, so the error's advice holds: once its reads work again,
+    // `--resume` continues from the journal and the blob becomes the source's VHD.
+    fs.failing.store(false, Ordering::SeqCst);
+    fs.die_on_read.store(false, Ordering::SeqCst);
+    fs.dead.store(false, Ordering::SeqCst);
+    let summary = tokio::time::timeout(
+        Duration::from_secs(120),
+        upload::upload(
+            &src,
+            &az.blob_url("fuse", "d.vhd"),
+            opts_for(true),
+            Arc::new(vhdforge_core::progress::NoProgress),
+        ),
+    )
+    .await
+    .expect("bounded")
+    .unwrap_or_else(|e| panic!("--resume after the reads recovered: {e}"));
+    assert!(
+        summary.bytes_already_present > 0,
+        "the resume sent everything again"
+    );
+    let (blob, _) = az.download("fuse", "d.vhd").await;
+    assert_stream(&blob, &original);
 }

@@ -209,33 +209,52 @@ impl SourceFiles {
 }
 
 impl SourceFiles {
+    /// True when a layer's file no longer answers `stat` (a file system that shut down
+    /// after an I/O error answers `EIO`).
+    fn unstatable(&self, image: &dyn DiskImage) -> bool {
+        (0..self.stamps.len()).any(|layer| {
+            self.stamps[layer].is_some()
+                && u32::try_from(layer)
+                    .ok()
+                    .and_then(|l| layer_file(image, l))
+                    .is_none_or(|f| f.metadata().is_err())
+        })
+    }
+
     /// Why the source's bytes can no longer be trusted, once [`SourceFiles::cut`] said so:
-    /// a file is shorter than at the start (cut short); else its times moved (cut short and
-    /// grown back, or rewritten: a mapping's pages vanished in between); else nothing changed
-    /// the file, and a mapped page raised `SIGBUS` because the kernel could not read it in:
-    /// an I/O error, reported as one rather than as a change nobody made.
+    /// a file is shorter than at the start (cut short); else a file no longer answers
+    /// `stat`, or nothing changed the file and a mapped page raised `SIGBUS` because the
+    /// kernel could not read it in: an I/O error, reported as one rather than as a change
+    /// nobody made; else its times moved (cut short and grown back, or rewritten: a
+    /// mapping's pages vanished in between).
     fn loss_error(&self, image: &dyn DiskImage) -> Error {
         let path = &image.info().path;
         if self.shrunk(image) {
-            source_cut(path)
-        } else if self.rewritten(image) {
-            source_rewritten(
+            return source_cut(path);
+        }
+        let dead = self.unstatable(image);
+        if !dead && self.rewritten(image) {
+            return source_rewritten(
                 path,
                 Some("pages mapped from it vanished, then its times moved: it was cut short and grown back, or rewritten"),
-            )
-        } else {
-            Error::new(
-                ErrorKind::Io,
-                "io",
-                format!(
-                    "part of {} could not be read while it was being uploaded: the kernel failed \
-                     to bring its pages in (an I/O error from the disk or file system; `dmesg` \
-                     says more), and its length and times show no change; nothing read after \
-                     that was sent or journaled as sent: check the disk, then re-run",
-                    path.display()
-                ),
-            )
+            );
         }
+        let how = if dead {
+            "its file system no longer answers `stat` either"
+        } else {
+            "its length and times show no change"
+        };
+        Error::new(
+            ErrorKind::Io,
+            "io",
+            format!(
+                "part of {} could not be read while it was being uploaded: the kernel failed to \
+                 bring its pages in (an I/O error from the disk or file system; `dmesg` says \
+                 more), and {how}; nothing read after that was sent or journaled as sent: \
+                 check the disk, then re-run with --resume to continue",
+                path.display()
+            ),
+        )
     }
 }
 
