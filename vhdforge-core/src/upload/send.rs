@@ -206,9 +206,7 @@ impl SourceFiles {
                 .is_some_and(|m| m.len() < *size)
         })
     }
-}
 
-impl SourceFiles {
     /// True when a layer's file no longer answers `stat` (a file system that shut down
     /// after an I/O error answers `EIO`).
     fn unstatable(&self, image: &dyn DiskImage) -> bool {
@@ -222,11 +220,12 @@ impl SourceFiles {
     }
 
     /// Why the source's bytes can no longer be trusted, once [`SourceFiles::cut`] said so:
-    /// a file is shorter than at the start (cut short); else a file no longer answers
-    /// `stat`, or nothing changed the file and a mapped page raised `SIGBUS` because the
-    /// kernel could not read it in: an I/O error, reported as one rather than as a change
-    /// nobody made; else its times moved (cut short and grown back, or rewritten: a
-    /// mapping's pages vanished in between).
+    /// - a file is shorter than at the start: it was cut short;
+    /// - else, when every file still answers `stat`, a file's times moved: it was cut short
+    ///   and grown back, or rewritten (a mapping's pages vanished in between);
+    /// - else a mapped page raised `SIGBUS` because the kernel could not read it in: an I/O
+    ///   error, reported as one rather than as a change nobody made. A file system that shut
+    ///   down after an I/O error fails `stat` too, which must not read as "times moved".
     fn loss_error(&self, image: &dyn DiskImage) -> Error {
         let path = &image.info().path;
         if self.shrunk(image) {
