@@ -11,27 +11,8 @@ mod remote_support;
 use common::{Azurite, ConnectProxy, TestPki, ACCOUNT, KEY};
 use remote_support::*;
 
-/// `vhdforge` with no credentials, cloud, CA or proxy from the environment.
-fn vf() -> assert_cmd::Command {
-    let mut c = vhdforge();
-    for v in [
-        "AZURE_CLOUD",
-        "VHDFORGE_CA_CERT",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-        "NO_PROXY",
-        "no_proxy",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-    ] {
-        c.env_remove(v);
-    }
-    c
-}
+// `vhdforge` with no credentials, cloud, CA or proxy from the environment.
+use remote_support::vhdforge_tls_clean as vf;
 
 /// Shared Key connection string for `host:port` over https.
 fn https_connection_string(host: &str, port: u16) -> String {

@@ -369,13 +369,7 @@ async fn io_error_midway(dead: bool) {
     eprintln!("reported: {text}");
 
     // The guard's promises: the journal claims only the source's own bytes, and no footer.
-    let journal = std::fs::read_dir(state.path())
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "json"))
-        .expect("the journal is kept");
-    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&journal).unwrap()).unwrap();
-    let done: Vec<(u64, u64)> = serde_json::from_value(j["done"].clone()).unwrap();
+    let done = journaled(state.path());
     let (blob, _) = az.download("fuse", "d.vhd").await;
     assert_eq!(blob.len(), size + 512);
     for &(s, e) in &done {

@@ -174,13 +174,7 @@ async fn cut_mid_upload(az: &Azurite, blob_name: &str, cut_to: u64, map: bool) {
     // The journal claims only ranges the blob holds with the source's original bytes (a
     // --resume, were it allowed, would keep only true data), and nothing past the cut
     // that was read after it.
-    let journal = std::fs::read_dir(state.path())
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "json"))
-        .expect("the journal is kept");
-    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&journal).unwrap()).unwrap();
-    let done: Vec<(u64, u64)> = serde_json::from_value(j["done"].clone()).unwrap();
+    let done = journaled(state.path());
     let (blob, _) = az.download("cut", blob_name).await;
     assert_eq!(blob.len(), size + 512);
     let claimed: u64 = done.iter().map(|(s, e)| e - s).sum();

@@ -30,6 +30,30 @@ pub fn vhdforge() -> Command {
     c
 }
 
+/// `vhdforge()` with no cloud, CA, proxy or certificate-store variables from the
+/// environment either: what an https test needs to control whom the binary trusts and how
+/// it connects.
+pub fn vhdforge_tls_clean() -> Command {
+    let mut c = vhdforge();
+    for v in [
+        "AZURE_CLOUD",
+        "VHDFORGE_CA_CERT",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+    ] {
+        c.env_remove(v);
+    }
+    c
+}
+
 /// Exit code, stdout, stderr.
 pub fn run(cmd: &mut Command) -> (i32, String, String) {
     let out = cmd.output().unwrap();

@@ -469,3 +469,15 @@ pub fn rchar() -> u64 {
         .and_then(|v| v.trim().parse().ok())
         .expect("rchar line")
 }
+
+/// The ranges the journal in `state` (the upload's state directory; it holds one) claims
+/// as sent.
+pub fn journaled(state: &Path) -> Vec<(u64, u64)> {
+    let journal = std::fs::read_dir(state)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("the journal is kept");
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&journal).unwrap()).unwrap();
+    serde_json::from_value(j["done"].clone()).unwrap()
+}
