@@ -210,8 +210,8 @@ impl SourceFiles {
     /// True when a layer's file no longer answers `stat` (a file system that shut down
     /// after an I/O error answers `EIO`).
     fn unstatable(&self, image: &dyn DiskImage) -> bool {
-        (0..self.stamps.len()).any(|layer| {
-            self.stamps[layer].is_some()
+        self.stamps.iter().enumerate().any(|(layer, stamp)| {
+            stamp.is_some()
                 && u32::try_from(layer)
                     .ok()
                     .and_then(|l| layer_file(image, l))
