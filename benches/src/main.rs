@@ -5,6 +5,7 @@
 //!   cargo run --release -p vhdforge-benches -- convert   # issue 3: convert vs qemu-img
 //!   cargo run --release -p vhdforge-benches -- upload    # issue 4: upload vs Python SDK, curl
 //!   cargo run --release -p vhdforge-benches -- sink      # issue 16: client vs curl on a loopback sink
+//!   cargo run --release -p vhdforge-benches -- sink-tls  # issue 16: the same over HTTPS
 //!   cargo run --release -p vhdforge-benches -- upload-read # issue 16: bytes read per data byte
 //!   cargo run --release -p vhdforge-benches -- clone     # issue 16: clone convert on XFS (root)
 //!   cargo run --release -p vhdforge-benches -- preflight # issue 12: preflight of a 30 GiB VHDX
@@ -33,7 +34,8 @@ fn main() -> Result<()> {
         "read" => bench_read(&dir),
         "convert" => bench_convert(&dir),
         "upload" => upload::bench_upload(&dir, &vhdforge_bin()?),
-        "sink" => upload::sink_vs_curl_only(&dir, &vhdforge_bin()?),
+        "sink" => upload::sink_vs_curl_only(&dir, &vhdforge_bin()?, false),
+        "sink-tls" => upload::sink_vs_curl_only(&dir, &vhdforge_bin()?, true),
         "upload-read" => upload::read_accounting(&dir, &vhdforge_bin()?),
         "clone" => convert::bench_clone(&dir, &vhdforge_bin()?),
         "guest" => guest::bench_guest(&dir, &vhdforge_bin()?),
@@ -44,7 +46,7 @@ fn main() -> Result<()> {
             upload::bench_upload(&dir, &vhdforge_bin()?)
         }
         other => {
-            bail!("unknown benchmark {other:?}: use read, convert, upload, sink, upload-read, clone, guest, preflight or all")
+            bail!("unknown benchmark {other:?}: use read, convert, upload, sink, sink-tls, upload-read, clone, guest, preflight or all")
         }
     }
 }

@@ -7,11 +7,18 @@
 //! 200. No authentication is checked. Prints `listening on 127.0.0.1:PORT`, and on Ctrl-C
 //! the request and byte counts.
 //!
-//! Usage: `pagesink [--port N] [--size BYTES]`
+//! With `--tls-cert` and `--tls-key` (PEM files) it speaks HTTPS instead (rustls, the same
+//! TLS library vhdforge uses), so a client's cost over TLS, which is how every upload to
+//! Azure travels, can be measured too.
+//!
+//! Usage: `pagesink [--port N] [--size BYTES] [--tls-cert PEM --tls-key PEM]`
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Largest request head accepted (a Put Page head is ~500 bytes).
 const MAX_HEAD: usize = 64 << 10;
@@ -35,13 +42,33 @@ fn main() -> anyhow::Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(1 << 40);
+    let tls = match (arg("--tls-cert"), arg("--tls-key")) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(&cert, &key)?),
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(port, size))
+    rt.block_on(serve(port, size, tls))
 }
 
-async fn serve(port: u16, size: u64) -> anyhow::Result<()> {
+/// A TLS acceptor for the certificate chain in `cert` and the private key in `key`.
+fn tls_acceptor(cert: &str, key: &str) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| anyhow::anyhow!("{cert}: {e}"))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn serve(port: u16, size: u64, tls: Option<tokio_rustls::TlsAcceptor>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("listening on {}", listener.local_addr()?);
     let stats = Arc::new(Stats::default());
@@ -54,9 +81,16 @@ async fn serve(port: u16, size: u64) -> anyhow::Result<()> {
                 };
                 let _ = sock.set_nodelay(true);
                 let stats = stats.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    // A broken connection only ends that connection.
-                    let _ = connection(sock, size, &stats).await;
+                    // A broken connection (or handshake) only ends that connection.
+                    let _ = match tls {
+                        Some(tls) => match tls.accept(sock).await {
+                            Ok(sock) => connection(sock, size, &stats).await,
+                            Err(e) => Err(e),
+                        },
+                        None => connection(sock, size, &stats).await,
+                    };
                 });
             }
         }
@@ -73,8 +107,12 @@ async fn serve(port: u16, size: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connection(sock: tokio::net::TcpStream, size: u64, stats: &Stats) -> std::io::Result<()> {
-    let (rd, mut wr) = sock.into_split();
+async fn connection<S: AsyncRead + AsyncWrite>(
+    sock: S,
+    size: u64,
+    stats: &Stats,
+) -> std::io::Result<()> {
+    let (rd, mut wr) = tokio::io::split(sock);
     let mut rd = BufReader::with_capacity(256 << 10, rd);
     let mut line = Vec::with_capacity(256);
     loop {
@@ -129,6 +167,8 @@ async fn connection(sock: tokio::net::TcpStream, size: u64, stats: &Stats) -> st
             .fetch_add(content_length, Ordering::Relaxed);
         let resp = respond(&method, &target, size, crc.as_deref());
         wr.write_all(resp.as_bytes()).await?;
+        // Over TLS the answer may still sit in the session's buffer.
+        wr.flush().await?;
     }
 }
 

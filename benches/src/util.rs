@@ -147,3 +147,54 @@ pub fn median(v: &mut [f64]) -> f64 {
 pub fn mibs(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / (1 << 20) as f64 / secs
 }
+
+/// A throwaway CA and a server certificate for 127.0.0.1 signed by it (EC P-256, made with
+/// the openssl command line), for the sink's HTTPS mode.
+pub struct BenchPki {
+    /// The CA certificate the clients are told to trust (PEM).
+    pub ca: std::path::PathBuf,
+    /// The server's certificate (PEM).
+    pub server_cert: std::path::PathBuf,
+    /// The server's private key (PEM).
+    pub server_key: std::path::PathBuf,
+}
+
+impl BenchPki {
+    /// Make them in `dir` (created if needed; existing files there are replaced).
+    pub fn generate(dir: &Path) -> Result<BenchPki> {
+        std::fs::create_dir_all(dir)?;
+        // Each step is one openssl command line (no argument holds a space).
+        let openssl = |line: &str| -> Result<()> {
+            let out = Command::new("openssl")
+                .args(line.split_whitespace())
+                .current_dir(dir)
+                .output()
+                .context("openssl is needed for the HTTPS benchmark")?;
+            if !out.status.success() {
+                bail!("openssl {line}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        openssl(&format!(
+            "req -x509 -days 2 {ec} -keyout ca.key -out ca.pem -subj /CN=vhdforge-bench-CA \
+             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign"
+        ))?;
+        openssl(&format!(
+            "req {ec} -keyout server.key -out server.csr -subj /CN=127.0.0.1"
+        ))?;
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )?;
+        openssl(
+            "x509 -req -days 2 -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+             -extfile server.ext -out server.pem",
+        )?;
+        Ok(BenchPki {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+        })
+    }
+}
