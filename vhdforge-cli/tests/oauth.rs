@@ -3,15 +3,16 @@
 //! its signature, so the test mints one. The token reaches vhdforge through the test hook
 //! `VHDFORGE_TEST_BEARER_TOKEN_FILE` (honoured only for loopback endpoints): upload, verify,
 //! copy and `check URL` work with it and no key anywhere; `sas --auth login` issues a user
-//! delegation SAS that reads; an expired or refused token is a clear error; and the token is
-//! never printed, even at -vvv.
+//! delegation SAS that reads; an expired or refused token is a clear error; an upload that
+//! lasts longer than its first token does not fail when that token runs out; and the token
+//! is never printed, even at -vvv.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 mod common;
 mod remote_support;
-use common::{Azurite, TestPki, ACCOUNT};
+use common::{Azurite, SlowLink, TestPki, ACCOUNT};
 use remote_support::*;
 
 /// `vhdforge` with no credentials, auth mode, cloud, CA or proxy from the environment.
@@ -329,6 +330,81 @@ fn an_expired_or_refused_token_is_a_clear_error() {
         "{msg}"
     );
     assert!(!leaks(&wrong, &out) && !leaks(&wrong, &err), "{out}{err}");
+}
+
+/// An upload outlives its first token. The token it starts with expires 36 s after the
+/// start; Azurite checks `exp` on every request, so a request still carrying that token
+/// after then is refused. Once vhdforge has connected (so it holds the first token), the test
+/// puts a token valid for an hour in the file. A link that passes 384 KiB/s makes the
+/// upload of 16 MiB of data (a 20 MiB disk, Azure's smallest) with one request at a time
+/// last about 43 s: it succeeds only if vhdforge fetched the new token while the upload ran.
+#[test]
+fn a_long_upload_outlives_its_first_token() {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(dir.path());
+    let az = Azurite::start_https(&pki);
+    let ca = pki.ca_cert.to_str().unwrap().to_string();
+    let data = fixtures::raw::disk_with_regions(20 * MIB, &[(0, 16 * MIB)], 7);
+    let src = dir.path().join("disk.raw");
+    std::fs::write(&src, data).unwrap();
+    let link = SlowLink::start(az.port, 384 << 10);
+    let lifetime = 36;
+    let first = mint("https://storage.azure.com", -60, lifetime);
+    let minted = Instant::now();
+    let tf = token_file(dir.path(), "token", &first);
+    let second = mint("https://storage.azure.com", -60, 3600);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let renew = {
+        let (tf, second, accepted) = (tf.clone(), second.clone(), link.accepted.clone());
+        let tmp = dir.path().join("token.new");
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let waited = Instant::now();
+            while accepted.load(Ordering::SeqCst) == 0 && !done.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::fs::write(&tmp, &second).unwrap();
+            std::fs::rename(&tmp, &tf).unwrap();
+            waited.elapsed()
+        })
+    };
+    let slow_url = format!("https://127.0.0.1:{}/{ACCOUNT}/vhds/long.vhd", link.port);
+    let (code, out, err) = run(vf()
+        .env("VHDFORGE_TEST_BEARER_TOKEN_FILE", &tf)
+        .args([
+            "upload",
+            "-v",
+            "--json",
+            "--auth",
+            "login",
+            "--create-container",
+        ])
+        .args(["--concurrency", "1", "--ca-cert", &ca])
+        .arg(&src)
+        .arg(&slow_url));
+    let took = minted.elapsed();
+    done.store(true, Ordering::SeqCst);
+    let renewed_after = renew.join().unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        renewed_after < Duration::from_secs(30),
+        "the new token went into the file only {renewed_after:?} after the start: the timing this test needs did not hold"
+    );
+    assert!(
+        took > Duration::from_secs(lifetime as u64 + 2),
+        "the upload took {took:?}: it did not outlast the first token, so nothing was shown"
+    );
+    assert!(!leaks(&first, &out) && !leaks(&first, &err), "{out}{err}");
+    assert!(!leaks(&second, &out) && !leaks(&second, &err), "{out}{err}");
+    // The blob holds the disk, read back straight from Azurite with the new token.
+    let (code, out, err) = run(vf()
+        .env("VHDFORGE_TEST_BEARER_TOKEN_FILE", &tf)
+        .args(["verify", "--full", "--auth", "login", "--ca-cert", &ca])
+        .arg(&src)
+        .arg(url(&az, "vhds", "long.vhd")));
+    assert_eq!(code, 0, "verify: {out}{err}");
 }
 
 #[test]

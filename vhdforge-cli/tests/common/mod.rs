@@ -369,6 +369,60 @@ impl ConnectProxy {
     }
 }
 
+/// A loopback TCP forwarder to 127.0.0.1:`upstream` that passes the client's bytes on at
+/// no more than a set rate (the answers flow freely). TLS passes through it untouched, so a
+/// certificate for 127.0.0.1 stays valid; it makes an upload last as long as a test needs.
+pub struct SlowLink {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Connections accepted so far.
+    pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SlowLink {
+    /// Start it; the listener thread lives as long as the test process.
+    pub fn start(upstream: u16, bytes_per_sec: u64) -> SlowLink {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut client) = conn else { continue };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Ok(mut up) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (Ok(mut up_r), Ok(mut client_w)) = (up.try_clone(), client.try_clone()) else {
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut up_r, &mut client_w);
+                    let _ = client_w.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let start = Instant::now();
+                    let mut sent = 0u64;
+                    let mut buf = [0u8; 16 << 10];
+                    while let Ok(n @ 1..) = client.read(&mut buf) {
+                        if up.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent += n as u64;
+                        let due = Duration::from_secs_f64(sent as f64 / bytes_per_sec as f64);
+                        if let Some(wait) = due.checked_sub(start.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                    let _ = up.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        SlowLink { port, accepted }
+    }
+}
+
 /// True when process `pid` holds the socket listening on 127.0.0.1:`port` (its descriptors
 /// against the kernel's TCP table), i.e. the server that answers there is that process.
 fn listens_on(pid: u32, port: u16) -> bool {
