@@ -3,7 +3,10 @@
 //! output (FIEMAP's shared flag, via `filefrag -v`, covers exactly the cloned bytes), the
 //! output is byte-identical to a copying convert, and on ext4 (no cloning) and for a
 //! dynamic VHD (blocks one bitmap sector off alignment) everything is copied, still
-//! identical. A missing tool (mkfs.xfs, mkfs.btrfs, qemu-img, filefrag) fails the test.
+//! identical. A file renamed over the input after it was opened lends the output none of its
+//! blocks: the clones come from the handle the image was opened with. A chain whose parent
+//! lies on another file system still clones the child's blocks. A missing tool (mkfs.xfs,
+//! mkfs.btrfs, qemu-img, qemu-io, filefrag) fails the test.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -223,5 +226,95 @@ fn dynamic_vhd_blocks_off_alignment_are_copied() {
     assert!(
         with.data_bytes_written + with.data_bytes_cloned >= without.data_bytes_written,
         "{with:?} {without:?}"
+    );
+}
+
+#[test]
+fn a_file_renamed_over_the_input_after_open_lends_no_blocks() {
+    // The image is opened, then another disk of the same length takes its name. Cloning
+    // must come from the file that was opened and validated, as the copy path's reads do,
+    // never from whatever the path names now.
+    let m = Mounted::new("xfs");
+    let input = m.at.join("disk.raw");
+    make_raw(&input);
+    let opened = std::fs::read(&input).unwrap();
+    let image = vhdforge_core::open(&input, &Default::default()).unwrap();
+    let other: Vec<u8> = opened.iter().map(|b| b ^ 0x5a).collect();
+    let tmp = m.at.join("other.raw");
+    std::fs::write(&tmp, &other).unwrap();
+    std::fs::rename(&tmp, &input).unwrap();
+    let out = m.at.join("out.vhd");
+    let opts = ConvertOptions {
+        policy: Policy {
+            unique_id: Some([7; 16]),
+            time_stamp: Some(1234),
+            ..Policy::default()
+        },
+        ..ConvertOptions::default()
+    };
+    let report = convert_to_file(image.as_ref(), &out, &opts, &NoProgress).unwrap();
+    assert!(
+        report.data_bytes_cloned >= 30 * MIB,
+        "the opened file's blocks are still cloned: {report:?}"
+    );
+    let written = std::fs::read(&out).unwrap();
+    assert!(
+        written[..opened.len()] == opened[..],
+        "the output holds the file that took the input's name, not the disk opened"
+    );
+}
+
+#[test]
+fn a_parent_on_another_file_system_does_not_stop_the_childs_clones() {
+    // Parent VHDX on ext4 (reached through a symlink beside the child), child and output on
+    // XFS. Cloning from the parent's file is refused (another file system); the child's own
+    // blocks, which come later on the disk, must still be cloned.
+    use fixtures::vhdx::{self as fvhdx, ChildSpec, VhdxSpec};
+    use uuid::Uuid;
+    let (e, x) = (Mounted::new("ext4"), Mounted::new("xfs"));
+    let raw = e.at.join("disk.raw");
+    make_raw(&raw);
+    let disk = std::fs::read(&raw).unwrap();
+    let block = 1u32 << 20;
+    let parent_spec = VhdxSpec::dynamic(block, Uuid::from_u128(0x61));
+    let parent = fvhdx::write_file(
+        &e.at,
+        "parent.vhdx",
+        &fvhdx::build(&parent_spec, &disk).bytes,
+    );
+    std::os::unix::fs::symlink(&parent, x.at.join("parent.vhdx")).unwrap();
+    // The child stores 24 whole 1 MiB blocks from 32 MiB on, past the parent's first run.
+    let mine = fixtures::raw::pattern(0x55, disk.len());
+    let present: Vec<bool> = (0..VIRTUAL / 512)
+        .map(|sector| (32 * MIB..56 * MIB).contains(&(sector * 512)))
+        .collect();
+    let mut spec = VhdxSpec::dynamic(block, Uuid::from_u128(0x62));
+    spec.child = Some(ChildSpec {
+        parent_linkage: Uuid::from_u128(0x61),
+        relative_path: Some(".\\parent.vhdx".into()),
+        absolute_win32_path: None,
+        present: present.clone(),
+    });
+    let child = fvhdx::write_file(&x.at, "child.avhdx", &fvhdx::build(&spec, &mine).bytes);
+    let (cloned, copied) = (x.at.join("cloned.vhd"), x.at.join("copied.vhd"));
+    let with = convert(&child, &cloned, false);
+    let without = convert(&child, &copied, true);
+    assert!(
+        with.data_bytes_cloned >= 24 * MIB,
+        "the child's blocks were not cloned: {with:?}"
+    );
+    assert!(
+        with.data_bytes_written > 0,
+        "the parent's data is copied: {with:?}"
+    );
+    let expected = fvhdx::chain_content(&disk, &mine, &present, 512);
+    let out = std::fs::read(&cloned).unwrap();
+    assert!(
+        out[..expected.len()] == expected[..],
+        "the output is not the chain's disk"
+    );
+    assert!(
+        out == std::fs::read(&copied).unwrap(),
+        "the cloned output differs from the copied one; {without:?}"
     );
 }

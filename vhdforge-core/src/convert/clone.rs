@@ -12,11 +12,16 @@
 //!
 //! Zero pages inside a cloned range are cloned too: they share the source's blocks (no new
 //! space), and upload skips them by content anyway.
+//!
+//! The source of each clone is the handle the layer was opened and validated with
+//! ([`layer_file`]), never the path opened again: a file renamed over the input after it was
+//! opened must not lend its blocks to the output (the copy path reads the same handle).
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::image::{Allocation, DiskImage, Extent};
+use crate::image::{layer_file, Allocation, DiskImage, Extent};
 use crate::platform::clone::{clone_alignment, clone_range};
 use crate::progress::Progress;
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::ops::Range;
 
@@ -58,8 +63,6 @@ pub struct CloneOutcome {
 
 /// Clones data from the files of an image's chain into one output file.
 pub struct Cloner {
-    /// Per chain layer, the file to clone from (`None`: that layer is copied).
-    layers: Vec<Option<File>>,
     align: u64,
     unit: u64,
 }
@@ -69,7 +72,6 @@ impl Cloner {
     /// be cloned: no clone support on this platform or file system, or a log overlay.
     pub fn new(image: &dyn DiskImage, dst: &File) -> Option<Cloner> {
         let align = clone_alignment(dst)?;
-        let mut layers = Vec::new();
         let mut cur = Some(image);
         while let Some(i) = cur {
             if i.findings().iter().any(|f| f.code == LOG_REPLAYED) {
@@ -79,16 +81,9 @@ impl Cloner {
                 );
                 return None;
             }
-            // The same file the image was opened from, as far as its length can tell; a
-            // file replaced since is copied through the image as before.
-            let f = File::open(&i.info().path)
-                .ok()
-                .filter(|f| f.metadata().is_ok_and(|m| m.len() == i.info().file_size));
-            layers.push(f);
             cur = i.parent();
         }
         Some(Cloner {
-            layers,
             align,
             unit: UNIT.max(align),
         })
@@ -96,8 +91,9 @@ impl Cloner {
 
     /// Clone what can be cloned of the stored ranges of `range` into `dst` (at the same
     /// virtual offset); return the cloned byte count and the stored ranges left to copy.
-    /// The first refusal by the file system stops cloning (the rest is copied); progress
-    /// advances by the cloned bytes.
+    /// A layer whose file the file system refuses to clone from (another file system, say)
+    /// is copied from then on; the other layers are still cloned. Progress advances by the
+    /// cloned bytes.
     pub fn run(
         &self,
         image: &dyn DiskImage,
@@ -108,7 +104,8 @@ impl Cloner {
         /// The map is walked in slices so memory grows with the extents of one slice.
         const SLICE: u64 = 256 << 20;
         let mut out = CloneOutcome::default();
-        let mut enabled = true;
+        // Layers the file system refused to clone from.
+        let mut refused = BTreeSet::new();
         let mut extents: Vec<Extent> = Vec::new();
         let mut pos = range.start;
         while pos < range.end {
@@ -126,12 +123,13 @@ impl Cloner {
                         "conversion interrupted; no output was written",
                     ));
                 }
-                let src = self
-                    .layers
-                    .get(usize::try_from(layer).unwrap_or(usize::MAX))
-                    .and_then(Option::as_ref);
+                let src = if refused.contains(&layer) {
+                    None
+                } else {
+                    layer_file(image, layer)
+                };
                 let part = clone_part(e.start, e.end(), file_offset, self.align, self.unit);
-                let (Some(src), Some(part), true) = (src, part, enabled) else {
+                let (Some(src), Some(part)) = (src, part) else {
                     push_range(&mut out.leftover, e.start..e.end());
                     continue;
                 };
@@ -148,9 +146,10 @@ impl Cloner {
                         }
                         Err(err) => {
                             tracing::debug!(
-                                "cloning refused at {at:#x} ({err}); copying the rest instead"
+                                "cloning from layer {layer} refused at {at:#x} ({err}); \
+                                 copying the rest of that layer instead"
                             );
-                            enabled = false;
+                            refused.insert(layer);
                             break;
                         }
                     }
