@@ -77,7 +77,10 @@ pub struct ConvertArgs {
     pub threads: Option<usize>,
     /// Copy every data byte; never share blocks with the input. By default, on a file system
     /// that can (XFS with reflink, btrfs, ReFS) and with the input on the same one, aligned
-    /// data blocks are cloned: shared with the input, no new space, no data read.
+    /// data blocks are cloned: shared with the input, no new space, no data read. Copied
+    /// even then: a dynamic VHD's blocks (a sector bitmap off alignment), a differencing
+    /// VHDX's partly present blocks, a VHDX read through its replayed log, and a chain layer
+    /// on another file system.
     #[arg(long, conflicts_with = "in_place")]
     pub no_clone: bool,
     /// Check everything and print the plan (sizes, data to write); write nothing.
@@ -285,7 +288,8 @@ pub fn run(a: &ConvertArgs, ui: &Ui) -> Result<ExitCode> {
             },
             format_bytes(r.zero_bytes_skipped),
             r.seconds,
-            format_rate(r.data_bytes_written, r.seconds),
+            // Cloned bytes count as done, as on the progress bar.
+            format_rate(r.data_bytes_written + r.data_bytes_cloned, r.seconds),
             if after.azure_ready {
                 "; Azure-ready"
             } else {
