@@ -155,7 +155,8 @@ fn dry_run(
     } else {
         ui.print(&format!(
             "dry run: {} -> {}: would write a fixed VHD of {} (file {output_size} bytes{}), \
-             at most {} of data (zero pages skipped); nothing was written\n{}",
+             at most {} of data (zero pages skipped; where the file system shares blocks, \
+             aligned data is cloned rather than written); nothing was written\n{}",
             shown(&a.input),
             shown(out),
             bytes(plan.disk_size),
