@@ -390,7 +390,9 @@ fn temp_prefix(target: &Path, tag: &str) -> String {
 /// Remove the temporaries [`TempFile::beside`] made for `target` with `tag` in processes
 /// that no longer run (killed mid-way). Linux and Windows ([`crate::platform::process_running`]
 /// tells whether a process runs); elsewhere they are left alone. Links are removed as links.
-pub fn remove_orphans(target: &Path, tag: &str) {
+/// The files in `keep` (the operation's inputs) are never removed, whatever their names: a
+/// name is only a guess that a file is an orphan.
+pub fn remove_orphans(target: &Path, tag: &str, keep: &[PathBuf]) {
     if crate::platform::process_running(std::process::id()).is_none() {
         return;
     }
@@ -398,6 +400,10 @@ pub fn remove_orphans(target: &Path, tag: &str) {
     let Ok(entries) = std::fs::read_dir(folder_of(target)) else {
         return;
     };
+    let keep: Vec<PathBuf> = keep
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(pid) = name
@@ -412,7 +418,11 @@ pub fn remove_orphans(target: &Path, tag: &str) {
         else {
             continue;
         };
-        if pid != std::process::id() && crate::platform::process_running(pid) == Some(false) {
+        let kept = || std::fs::canonicalize(e.path()).is_ok_and(|c| keep.contains(&c));
+        if pid != std::process::id()
+            && crate::platform::process_running(pid) == Some(false)
+            && !kept()
+        {
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -719,7 +729,7 @@ mod tests {
             b"old",
         )
         .unwrap();
-        remove_orphans(&target, "partial");
+        remove_orphans(&target, "partial", &[]);
         if cfg!(target_os = "linux") {
             assert_eq!(names(dir.path()), ["out.vhd"]);
         }

@@ -540,3 +540,25 @@ fn a_dirty_middle_layer_stops_all_cloning() {
     assert_eq!(r.data_bytes_cloned, 0, "{r:?}");
     assert_holds(&out, &disk, "chain with a dirty parent");
 }
+
+#[test]
+fn an_input_named_like_a_stale_temporary_file_is_not_deleted() {
+    // Before creating its temporary file, convert removes `.OUT.vhdforge-partial-PID-*`
+    // files whose process is gone. An input (or a parent) that happens to carry such a
+    // name is not an orphan: it must survive the conversion.
+    let m = Xfs::new();
+    let size = 8 * MIB;
+    let disk = disk_with_runs(size, &[(0, 8 * MIB)]);
+    // A PID above the kernel's maximum (4194304) is never running.
+    let input = m.at.join(".out.vhd.vhdforge-partial-4194999-abcdef");
+    std::fs::write(&input, &disk).unwrap();
+    let out = m.at.join("out.vhd");
+    let r = convert(&input, &out, false);
+    assert!(
+        input.exists(),
+        "convert deleted its own input {} ({r:?})",
+        input.display()
+    );
+    assert!(std::fs::read(&input).unwrap() == disk);
+    assert_holds(&out, &disk, "input named like an orphan");
+}

@@ -94,7 +94,8 @@ pub fn convert_to_file(
         check_free_space(out, data_upper_bound)?;
     }
 
-    fsutil::remove_orphans(out, TEMP_TAG);
+    // The chain's own files are kept even when named like a stale temporary of OUT.
+    fsutil::remove_orphans(out, TEMP_TAG, &chain_paths(image));
     // Removed again on any error or interruption (drop), so OUT's name only ever holds a
     // complete, checked image.
     let tmp = TempFile::beside(out, TEMP_TAG).map_err(|e| {
