@@ -32,8 +32,8 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// An XFS (reflink) in an image file, loop-mounted; unmounted on drop (`-o loop` releases
-/// the loop device with the mount).
+/// An XFS (reflink) or a btrfs in an image file, loop-mounted; unmounted on drop (`-o loop`
+/// releases the loop device with the mount).
 struct Xfs {
     at: PathBuf,
     _dir: tempfile::TempDir,
@@ -41,16 +41,24 @@ struct Xfs {
 
 impl Xfs {
     fn new() -> Xfs {
+        Xfs::of("xfs")
+    }
+
+    fn of(fs: &str) -> Xfs {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("fs.img");
         std::fs::File::create(&img)
             .unwrap()
             .set_len(512 * MIB)
             .unwrap();
-        run("mkfs.xfs", &["-q", "-m", "reflink=1", s(&img)]);
+        match fs {
+            "xfs" => run("mkfs.xfs", &["-q", "-m", "reflink=1", s(&img)]),
+            "btrfs" => run("mkfs.btrfs", &["-q", s(&img)]),
+            _ => unreachable!(),
+        }
         let at = dir.path().join("mnt");
         std::fs::create_dir(&at).unwrap();
-        run("mount", &["-t", "xfs", "-o", "loop", s(&img), s(&at)]);
+        run("mount", &["-t", fs, "-o", "loop", s(&img), s(&at)]);
         Xfs { at, _dir: dir }
     }
 }
@@ -327,6 +335,12 @@ fn a_symlink_planted_at_out_is_never_written_through() {
         .file_type()
         .is_symlink());
     assert_holds(&out, &disk, "forced over a link");
+    // A hard link to the victim at OUT: --force replaces the name, never the victim's data.
+    std::fs::remove_file(&out).unwrap();
+    std::fs::hard_link(&victim, &out).unwrap();
+    convert_to_file(open(&input).as_ref(), &out, &forced, &NoProgress).unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert_holds(&out, &disk, "forced over a hard link");
 }
 
 /// Cancels once `after` bytes of progress were reported.
@@ -561,4 +575,77 @@ fn an_input_named_like_a_stale_temporary_file_is_not_deleted() {
     );
     assert!(std::fs::read(&input).unwrap() == disk);
     assert_holds(&out, &disk, "input named like an orphan");
+}
+
+#[test]
+fn dynamic_vhd_blocks_that_land_aligned_honour_cleared_bitmap_bits() {
+    // A dynamic VHD laid out so that every 8th block's data is 4 KiB-aligned in the file
+    // (BAT of 512 entries: the first data starts at 4096, each block adds a 512-byte
+    // bitmap), with stale data kept under cleared bitmap bits of those blocks. Cloning a
+    // whole unit would bring the stale bytes back; the copy path honours the bitmap.
+    use fixtures::vhd::{Block, FooterOptions, SparseVhd};
+    let m = Xfs::new();
+    let bs: u32 = 2 << 20;
+    let size = 24 * MIB;
+    let disk = disk_with_runs(size, &[(0, 24 * MIB)]);
+    let mut v = SparseVhd::new(size, bs, FooterOptions::default());
+    v.max_table_entries = Some(512);
+    let bits = usize::try_from(bs / 512 / 8).unwrap();
+    for (i, chunk) in disk.chunks(bs as usize).enumerate() {
+        v.blocks.insert(
+            u32::try_from(i).unwrap(),
+            Block {
+                bitmap: vec![0xFF; bits],
+                data: chunk.to_vec(),
+            },
+        );
+    }
+    // Cleared: sector 1000 of block 0, sectors 64..2112 (a whole MiB unit) of block 8.
+    let mut expected = disk.clone();
+    for (block, range) in [(0u32, 1000..1001), (8, 64..2112)] {
+        let b = v.blocks.get_mut(&block).unwrap();
+        for s in range {
+            b.bitmap[s / 8] &= !(0x80 >> (s % 8));
+            let at = usize::try_from(u64::from(block) * u64::from(bs)).unwrap() + s * 512;
+            expected[at..at + 512].fill(0);
+        }
+    }
+    let bytes = v.build();
+    // The layout this test relies on: block 8's data is 4 KiB-aligned.
+    let bat = |i: usize| u32::from_be_bytes(bytes[1536 + 4 * i..1540 + 4 * i].try_into().unwrap());
+    assert_eq!(
+        (u64::from(bat(8)) * 512 + 512) % 4096,
+        0,
+        "block 8 is not aligned"
+    );
+    let input = m.at.join("dyn.vhd");
+    std::fs::write(&input, &bytes).unwrap();
+    let (cl, cp) = (m.at.join("cloned.vhd"), m.at.join("copied.vhd"));
+    let r = convert(&input, &cl, false);
+    // Of the two aligned blocks (0 and 8 of 12) only block 0's second MiB is whole data.
+    assert_eq!(r.data_bytes_cloned, MIB, "{r:?}");
+    convert(&input, &cp, true);
+    assert!(
+        std::fs::read(&cl).unwrap() == std::fs::read(&cp).unwrap(),
+        "cloning and copying disagree"
+    );
+    assert_holds(&cl, &expected, "dynamic VHD with cleared bits");
+}
+
+#[test]
+fn a_btrfs_nodatacow_input_is_copied_not_half_cloned() {
+    // btrfs refuses to share blocks between a NOCOW file and a normal one: the refusal
+    // comes at the first clone, and everything must then be copied exactly.
+    let m = Xfs::of("btrfs");
+    let size = 24 * MIB;
+    let disk = disk_with_runs(size, &[(0, 9 * MIB), (12 * MIB + 4096, 12 * MIB - 4096)]);
+    let input = m.at.join("nocow.raw");
+    std::fs::File::create(&input).unwrap();
+    run("chattr", &["+C", s(&input)]);
+    std::fs::write(&input, &disk).unwrap();
+    let out = m.at.join("out.vhd");
+    let r = convert(&input, &out, false);
+    assert_eq!(r.data_bytes_cloned, 0, "{r:?}");
+    assert!(r.data_bytes_written > 20 * MIB, "{r:?}");
+    assert_holds(&out, &disk, "btrfs NOCOW input");
 }
