@@ -575,6 +575,31 @@ fn an_input_named_like_a_stale_temporary_file_is_not_deleted() {
     );
     assert!(std::fs::read(&input).unwrap() == disk);
     assert_holds(&out, &disk, "input named like an orphan");
+
+    // The same for a parent: a child VHDX beside OUT whose parent carries such a name.
+    use fixtures::vhdx::{self as fvhdx, ChildSpec, VhdxSpec};
+    let pname = ".out2.vhd.vhdforge-partial-4194998-p";
+    let parent = fvhdx::write_file(
+        &m.at,
+        pname,
+        &fvhdx::build(&VhdxSpec::dynamic(MIB as u32, Uuid::from_u128(0xb1)), &disk).bytes,
+    );
+    let mut spec = VhdxSpec::dynamic(MIB as u32, Uuid::from_u128(0xb2));
+    spec.child = Some(ChildSpec {
+        parent_linkage: Uuid::from_u128(0xb1),
+        relative_path: Some(format!(".\\{pname}")),
+        absolute_win32_path: None,
+        present: vec![false; usize::try_from(size / 512).unwrap()],
+    });
+    let child = fvhdx::write_file(&m.at, "c.avhdx", &fvhdx::build(&spec, &disk).bytes);
+    let out2 = m.at.join("out2.vhd");
+    convert(&child, &out2, false);
+    assert!(
+        parent.exists(),
+        "convert deleted the parent {}",
+        parent.display()
+    );
+    assert_holds(&out2, &disk, "parent named like an orphan");
 }
 
 #[test]
