@@ -9,7 +9,7 @@ use vhdforge_core::convert::{
     check_output_for, convert_in_place, convert_to_file, ConvertOptions, InPlaceAction, Policy,
 };
 use vhdforge_core::progress::{format_bytes, format_rate};
-use vhdforge_core::sparse::data_pieces;
+use vhdforge_core::sparse::stored_bytes;
 use vhdforge_core::{inspect_quick as inspect, open, OpenOptions};
 
 /// Convert any image into an Azure-ready fixed VHD (sparse, parallel, safe).
@@ -138,8 +138,7 @@ fn dry_run(
     let plan = vhdforge_core::azure::FixedVhdLayout::for_image(image, policy)?;
     // The metadata bounds the data; zero pages inside it are found (and skipped) only by
     // reading, which a dry run does not do.
-    let pieces = data_pieces(image, 0..plan.source_size, 4 << 20)?;
-    let data_at_most: u64 = pieces.iter().map(|r| r.end - r.start).sum();
+    let data_at_most = stored_bytes(image, 0..plan.source_size)?;
     let output_size = plan.output_size();
     if a.json {
         ui.print_json(&json!({

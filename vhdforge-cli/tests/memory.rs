@@ -182,3 +182,70 @@ fn info_and_convert_of_4_vhd_layers_with_64_mib_bats_stay_under_256_mib() {
     assert_eq!(std::fs::metadata(&out).unwrap().len(), (8u64 << 30) + 512);
     assert_bounded(&conv, "convert of the chain");
 }
+
+/// A dynamic VHD of `blocks` 2 MiB blocks, every one present with a sector bitmap of 0x55:
+/// every other sector stored, the stored data itself file holes (zeros). Built from a
+/// one-layer chain of unallocated entries: the blocks go where its footer was, then the
+/// footer moves behind them.
+fn every_other_sector_vhd(dir: &Path, blocks: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::FileExt as _;
+    const BLOCK: u64 = 2 * MIB;
+    let path = write_huge_vhd_chain(dir, 1, blocks, BLOCK as u32, VhdBatFill::Unallocated)
+        .unwrap()
+        .remove(0);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let end = f.metadata().unwrap().len() - 512;
+    let mut footer = [0u8; 512];
+    f.read_exact_at(&mut footer, end).unwrap();
+    let mut be = [0u8; 8];
+    f.read_exact_at(&mut be, 512 + 16).unwrap();
+    let bat_at = u64::from_be_bytes(be);
+    // Each block: its 512-byte bitmap, then its data.
+    let stride = 512 + BLOCK;
+    for i in 0..u64::from(blocks) {
+        let at = end + i * stride;
+        f.write_all_at(&[0x55; 512], at).unwrap();
+        let sector = u32::try_from(at / 512).unwrap();
+        f.write_all_at(&sector.to_be_bytes(), bat_at + 4 * i)
+            .unwrap();
+    }
+    f.write_all_at(&footer, end + u64::from(blocks) * stride)
+        .unwrap();
+    path
+}
+
+/// A map fragmented to one extent per 512 bytes (4 Mi data extents for 4 GiB). Convert
+/// used to list every stored range of the whole disk first: 220 MiB peak here, growing with
+/// the virtual size past any bound. Now its lists cover one 256 MiB slice at a time
+/// (34 MiB). Each stored run is still read on its own, so such a map converts slowly
+/// (about 25 s here), never with more memory.
+#[test]
+fn convert_of_a_vhd_stored_every_other_sector_keeps_no_whole_disk_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = every_other_sector_vhd(dir.path(), 2048);
+    let out = dir.path().join("flat.vhd");
+    let conv = run(
+        dir.path(),
+        &[
+            "convert",
+            "--json",
+            img.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+        Duration::from_secs(300),
+    );
+    assert_eq!(conv.code, 0, "{}", conv.stderr);
+    let v = json(&conv);
+    // The stored sectors are zeros: nothing to write, all of it skipped.
+    assert_eq!(v["virtual_size"], 4u64 << 30, "{v}");
+    assert_eq!(v["data_bytes_written"], 0, "{v}");
+    assert!(
+        conv.peak_kib < 48 * 1024,
+        "peak RSS {} MiB: convert held a list for the whole disk",
+        conv.peak_kib / 1024
+    );
+}

@@ -18,7 +18,7 @@ use crate::fsutil::{self, FileKind, Occupant, PersistError, Replace, TempFile};
 use crate::image::DiskImage;
 use crate::io::{pwrite_all, usize_from};
 use crate::progress::Progress;
-use crate::sparse::{data_pieces, scan_pieces};
+use crate::sparse::{data_pieces, scan_pieces, stored_bytes};
 use serde::Serialize;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -27,6 +27,10 @@ use std::time::Instant;
 
 /// Bytes read per work item; also the largest write.
 const PIECE: u64 = 4 << 20;
+/// The virtual disk is cloned and copied this much at a time, so the lists of one slice's
+/// pieces stay small however fragmented the map is (a hostile map can store every other
+/// sector: one piece per KiB).
+const SLICE: u64 = 256 << 20;
 /// Zero-test and write granularity: the file system block size of common file systems,
 /// so every skipped page is a real hole.
 const PAGE: u64 = 4096;
@@ -88,8 +92,7 @@ pub fn convert_to_file(
     let started = Instant::now();
     let plan = FixedVhdLayout::for_image(image, &opts.policy)?;
     check_output_for(image, out, opts.force)?;
-    let pieces = data_pieces(image, 0..plan.source_size, PIECE)?;
-    let data_upper_bound: u64 = pieces.iter().map(|r| r.end - r.start).sum();
+    let data_upper_bound = stored_bytes(image, 0..plan.source_size)?;
     if opts.no_clone {
         check_free_space(out, data_upper_bound)?;
     }
@@ -117,18 +120,28 @@ pub fn convert_to_file(
 
     progress.set_total(data_upper_bound);
     let cloner = (!opts.no_clone).then(|| Cloner::new(image, file)).flatten();
-    let (data_bytes_cloned, pieces) = match cloner {
-        Some(c) => {
-            let done = c.run(image, file, 0..plan.source_size, progress)?;
-            (done.cloned, split_pieces(&done.leftover, PIECE))
-        }
-        None => (0, pieces),
-    };
-    if !opts.no_clone {
-        // Only now is it known how much will take new space: what cloning left to copy.
-        check_free_space(out, pieces.iter().map(|r| r.end - r.start).sum())?;
+    if cloner.is_none() && !opts.no_clone {
+        check_free_space(out, data_upper_bound)?;
     }
-    let data_bytes_written = write_data(image, file, &pieces, out, opts.threads, progress)?;
+    let pool = worker_pool(opts.threads)?;
+    let (mut data_bytes_cloned, mut data_bytes_written) = (0, 0);
+    let mut start = 0;
+    while start < plan.source_size {
+        let slice = start..plan.source_size.min(start + SLICE);
+        start = slice.end;
+        let pieces = match &cloner {
+            Some(c) => {
+                let done = c.run(image, file, slice, progress)?;
+                data_bytes_cloned += done.cloned;
+                let left = split_pieces(&done.leftover, PIECE);
+                // Only now is it known how much of this slice takes new space.
+                check_free_space(out, left.iter().map(|r| r.end - r.start).sum())?;
+                left
+            }
+            None => data_pieces(image, slice, PIECE)?,
+        };
+        data_bytes_written += write_data(&pool, image, file, &pieces, out, progress)?;
+    }
     pwrite_all(file, &plan.footer_bytes(), plan.disk_size).map_err(|e| {
         Error::io(
             format!("cannot write the new output for {}", out.display()),
@@ -177,16 +190,9 @@ pub fn convert_to_file(
 
 /// Copy every non-zero page of `image` into `file` at the same offset (the file was sized
 /// beforehand, so skipped pages read as zeros). Returns the data bytes written.
-fn write_data(
-    image: &dyn DiskImage,
-    file: &File,
-    pieces: &[std::ops::Range<u64>],
-    out: &Path,
-    threads: usize,
-    progress: &dyn Progress,
-) -> Result<u64> {
-    let written = AtomicU64::new(0);
-    let pool = rayon::ThreadPoolBuilder::new()
+/// The worker threads of `write_data` (`threads` 0: one per core).
+fn worker_pool(threads: usize) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .map_err(|e| {
@@ -196,7 +202,18 @@ fn write_data(
                 "cannot start worker threads",
             )
             .with_source(e)
-        })?;
+        })
+}
+
+fn write_data(
+    pool: &rayon::ThreadPool,
+    image: &dyn DiskImage,
+    file: &File,
+    pieces: &[std::ops::Range<u64>],
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<u64> {
+    let written = AtomicU64::new(0);
     pool.install(|| {
         scan_pieces(
             pieces,
