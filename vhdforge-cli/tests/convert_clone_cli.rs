@@ -3,55 +3,15 @@
 //! copies every byte; both outputs hold the disk byte for byte. A missing tool (mkfs.xfs, qemu-img)
 //! fails the test.
 
+// The loop-mount helper the core's clone tests use.
+#[path = "../../vhdforge-core/tests/loop_mount/mod.rs"]
+mod loop_mount;
+
 use assert_cmd::Command;
+use loop_mount::{run as tool, s, Mounted};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
 
 const MIB: usize = 1 << 20;
-
-fn tool(cmd: &str, args: &[&str]) {
-    let out = std::process::Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd} is required (scripts/setup.sh installs it): {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// An XFS with reflink in an image file, loop-mounted; unmounted on drop.
-struct Xfs {
-    at: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Xfs {
-    fn new() -> Xfs {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("fs.img");
-        std::fs::File::create(&img)
-            .unwrap()
-            .set_len(320 * MIB as u64)
-            .unwrap();
-        tool("mkfs.xfs", &["-q", "-m", "reflink=1", s(&img)]);
-        let at = dir.path().join("mnt");
-        std::fs::create_dir(&at).unwrap();
-        tool("mount", &["-t", "xfs", "-o", "loop", s(&img), s(&at)]);
-        Xfs { at, _dir: dir }
-    }
-}
-
-impl Drop for Xfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.at).status();
-    }
-}
 
 fn convert(args: &[&str]) -> (String, String) {
     let out = Command::cargo_bin("vhdforge")
@@ -71,7 +31,7 @@ fn convert(args: &[&str]) -> (String, String) {
 
 #[test]
 fn convert_clones_by_default_reports_it_and_no_clone_copies() {
-    let fs = Xfs::new();
+    let fs = Mounted::new("xfs");
     // 64 MiB disk with 24 MiB of data in 1 MiB-aligned runs.
     let mut disk = vec![0u8; 64 * MIB];
     disk[..8 * MIB].copy_from_slice(&fixtures::raw::pattern(1, 8 * MIB));

@@ -8,62 +8,16 @@
 //! lies on another file system still clones the child's blocks. A missing tool (mkfs.xfs,
 //! mkfs.btrfs, qemu-img, qemu-io, filefrag) fails the test.
 
-use std::path::{Path, PathBuf};
+mod loop_mount;
+
+use loop_mount::{run, s, Mounted};
+use std::path::Path;
 use std::process::Command;
 use vhdforge_core::convert::{convert_to_file, ConvertOptions, ConvertReport, Policy};
 use vhdforge_core::progress::NoProgress;
 
 const MIB: u64 = 1 << 20;
 const VIRTUAL: u64 = 96 * MIB;
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| {
-        panic!("{cmd} is required for this test (scripts/setup.sh installs it): {e}")
-    });
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A file system in an image file, loop-mounted; unmounted on drop (`-o loop` releases the
-/// loop device with the mount).
-struct Mounted {
-    at: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Mounted {
-    fn new(fs: &str) -> Mounted {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("fs.img");
-        std::fs::File::create(&img)
-            .unwrap()
-            .set_len(512 * MIB)
-            .unwrap();
-        match fs {
-            "xfs" => run("mkfs.xfs", &["-q", "-m", "reflink=1", s(&img)]),
-            "btrfs" => run("mkfs.btrfs", &["-q", s(&img)]),
-            "ext4" => run("mkfs.ext4", &["-q", "-F", s(&img)]),
-            _ => unreachable!(),
-        }
-        let at = dir.path().join("mnt");
-        std::fs::create_dir(&at).unwrap();
-        run("mount", &["-t", fs, "-o", "loop", s(&img), s(&at)]);
-        Mounted { at, _dir: dir }
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.at).status();
-    }
-}
 
 /// A raw disk with 40 MiB of data in scattered runs, zero pages inside each of them.
 /// Returns its bytes in non-zero 4 KiB pages.

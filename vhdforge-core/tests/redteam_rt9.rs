@@ -7,8 +7,10 @@
 //! with the disk (the fixture's known content, or `qemu-img convert -O raw`). A missing tool
 //! (mkfs.xfs, qemu-img) fails the test.
 
+mod loop_mount;
+
+use loop_mount::{run, s, Mounted};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use uuid::Uuid;
 use vhdforge_core::convert::{convert_to_file, ConvertOptions, ConvertReport, Policy};
@@ -17,70 +19,9 @@ use vhdforge_core::DiskImage;
 
 const MIB: u64 = 1 << 20;
 
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| {
-        panic!("{cmd} is required for this test (scripts/setup.sh installs it): {e}")
-    });
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// An XFS (reflink) or a btrfs in an image file, loop-mounted; unmounted on drop (`-o loop`
-/// releases the loop device with the mount).
-struct Xfs {
-    at: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Xfs {
-    fn new() -> Xfs {
-        Xfs::of("xfs")
-    }
-
-    fn of(fs: &str) -> Xfs {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("fs.img");
-        std::fs::File::create(&img)
-            .unwrap()
-            .set_len(512 * MIB)
-            .unwrap();
-        match fs {
-            "xfs" => run("mkfs.xfs", &["-q", "-m", "reflink=1", s(&img)]),
-            "btrfs" => run("mkfs.btrfs", &["-q", s(&img)]),
-            _ => unreachable!(),
-        }
-        let at = dir.path().join("mnt");
-        std::fs::create_dir(&at).unwrap();
-        run("mount", &["-t", fs, "-o", "loop", s(&img), s(&at)]);
-        Xfs { at, _dir: dir }
-    }
-}
-
-impl Drop for Xfs {
-    fn drop(&mut self) {
-        // Another test's child process, between its fork and exec, briefly holds copies of
-        // this test's descriptors, which makes umount answer "target is busy": retry, then
-        // detach lazily so the loop device is never left behind.
-        for _ in 0..50 {
-            let ok = Command::new("umount")
-                .arg(&self.at)
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
-    }
+/// The XFS (reflink) these attacks run on.
+fn xfs() -> Mounted {
+    Mounted::new("xfs")
 }
 
 fn opts(no_clone: bool) -> ConvertOptions {
@@ -144,7 +85,7 @@ fn a_log_that_rewrites_payload_is_never_cloned() {
     // The log holds new content for a page inside a stored payload block: the disk is the
     // replayed content, while the file still holds the old bytes there. Cloning that block
     // would put the old bytes in the output.
-    let m = Xfs::new();
+    let m = xfs();
     let size = 16 * MIB;
     let disk = disk_with_runs(size, &[(0, 8 * MIB), (10 * MIB, 6 * MIB)]);
     let spec = fixtures::vhdx::VhdxSpec::dynamic(MIB as u32, Uuid::from_u128(0xd1));
@@ -171,7 +112,7 @@ fn a_log_that_rewrites_payload_is_never_cloned() {
 
 #[test]
 fn raw_and_fixed_vhd_with_holes_and_odd_tails_clone_exactly() {
-    let m = Xfs::new();
+    let m = xfs();
     // Raw: 37 MiB + 3 sectors; data runs that start and end off MiB and off page, holes
     // between them, and a tail shorter than a unit.
     let size = 37 * MIB + 1536;
@@ -237,7 +178,7 @@ fn raw_and_fixed_vhd_with_holes_and_odd_tails_clone_exactly() {
 
 #[test]
 fn a_4k_sector_vhdx_is_refused_or_converted_exactly() {
-    let m = Xfs::new();
+    let m = xfs();
     let size = 12 * MIB;
     let disk = disk_with_runs(size, &[(0, 5 * MIB), (7 * MIB, 5 * MIB)]);
     let mut spec = fixtures::vhdx::VhdxSpec::dynamic(MIB as u32, Uuid::from_u128(0x4c));
@@ -280,7 +221,7 @@ fn self_parent_child(dir: &Path) -> PathBuf {
 #[test]
 fn a_child_that_is_its_own_parent_is_refused() {
     // Through a symbolic link and through a hard link: the same inode twice in one chain.
-    let m = Xfs::new();
+    let m = xfs();
     let child = self_parent_child(&m.at);
     let parent = m.at.join("parent.vhdx");
     for how in ["symlink", "hard link"] {
@@ -310,7 +251,7 @@ fn a_child_that_is_its_own_parent_is_refused() {
 
 #[test]
 fn a_symlink_planted_at_out_is_never_written_through() {
-    let m = Xfs::new();
+    let m = xfs();
     let size = 8 * MIB;
     let disk = disk_with_runs(size, &[(0, 8 * MIB)]);
     let input = m.at.join("in.raw");
@@ -365,7 +306,7 @@ impl Progress for CancelAfter {
 fn cancelling_in_the_middle_of_cloning_leaves_nothing() {
     // A VHDX with many separate stored blocks (one extent each, so the pass checks the
     // token between them); cancelled after the first clone.
-    let m = Xfs::new();
+    let m = xfs();
     let size = 64 * MIB;
     let runs: Vec<(u64, u64)> = (0..32).map(|k| (2 * k * MIB, MIB)).collect();
     let disk = disk_with_runs(size, &runs);
@@ -399,7 +340,7 @@ fn cancelling_in_the_middle_of_cloning_leaves_nothing() {
 fn an_input_rewritten_in_place_after_open_converts_as_a_copy_would() {
     // Same inode, new content, after open and before convert: cloning and copying both
     // take the file's content at the time they read it, so both give the new content.
-    let m = Xfs::new();
+    let m = xfs();
     let size = 16 * MIB;
     let old = disk_with_runs(size, &[(0, 16 * MIB)]);
     let input = m.at.join("in.raw");
@@ -431,7 +372,7 @@ fn an_input_truncated_in_place_after_open_is_refused_as_a_copy_would() {
     // A VHDX loses its end (same inode) after it was opened: the middle of a stored run now
     // lies past the end of the file. A copy cannot read it and fails; a clone must not
     // quietly share the part that is left and leave the rest as zeros.
-    let m = Xfs::new();
+    let m = xfs();
     let size = 24 * MIB;
     let disk = disk_with_runs(size, &[(0, 24 * MIB)]);
     let spec = fixtures::vhdx::VhdxSpec::dynamic(MIB as u32, Uuid::from_u128(0x7c));
@@ -534,7 +475,7 @@ fn every_layer_of_a_chain_on_one_file_system_clones_from_its_own_file() {
     // The existing chain test has its parent on another file system, so only layer 0 was
     // ever cloned; here layers 1 and 2 are cloned too, and a wrong layer-to-file mapping
     // would show in the content.
-    let m = Xfs::new();
+    let m = xfs();
     let (child, disk) = three_layers(&m.at, false);
     let (cl, cp) = (m.at.join("cloned.vhd"), m.at.join("copied.vhd"));
     let r = convert(&child, &cl, false);
@@ -547,7 +488,7 @@ fn every_layer_of_a_chain_on_one_file_system_clones_from_its_own_file() {
 
 #[test]
 fn a_dirty_middle_layer_stops_all_cloning() {
-    let m = Xfs::new();
+    let m = xfs();
     let (child, disk) = three_layers(&m.at, true);
     let out = m.at.join("out.vhd");
     let r = convert(&child, &out, false);
@@ -560,7 +501,7 @@ fn an_input_named_like_a_stale_temporary_file_is_not_deleted() {
     // Before creating its temporary file, convert removes `.OUT.vhdforge-partial-PID-*`
     // files whose process is gone. An input (or a parent) that happens to carry such a
     // name is not an orphan: it must survive the conversion.
-    let m = Xfs::new();
+    let m = xfs();
     let size = 8 * MIB;
     let disk = disk_with_runs(size, &[(0, 8 * MIB)]);
     // A PID above the kernel's maximum (4194304) is never running.
@@ -609,7 +550,7 @@ fn dynamic_vhd_blocks_that_land_aligned_honour_cleared_bitmap_bits() {
     // bitmap), with stale data kept under cleared bitmap bits of those blocks. Cloning a
     // whole unit would bring the stale bytes back; the copy path honours the bitmap.
     use fixtures::vhd::{Block, FooterOptions, SparseVhd};
-    let m = Xfs::new();
+    let m = xfs();
     let bs: u32 = 2 << 20;
     let size = 24 * MIB;
     let disk = disk_with_runs(size, &[(0, 24 * MIB)]);
@@ -661,7 +602,7 @@ fn dynamic_vhd_blocks_that_land_aligned_honour_cleared_bitmap_bits() {
 fn a_btrfs_nodatacow_input_is_copied_not_half_cloned() {
     // btrfs refuses to share blocks between a NOCOW file and a normal one: the refusal
     // comes at the first clone, and everything must then be copied exactly.
-    let m = Xfs::of("btrfs");
+    let m = Mounted::new("btrfs");
     let size = 24 * MIB;
     let disk = disk_with_runs(size, &[(0, 9 * MIB), (12 * MIB + 4096, 12 * MIB - 4096)]);
     let input = m.at.join("nocow.raw");
