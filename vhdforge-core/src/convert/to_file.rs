@@ -131,11 +131,18 @@ pub fn convert_to_file(
         start = slice.end;
         let pieces = match &cloner {
             Some(c) => {
-                let done = c.run(image, file, slice, progress)?;
+                let done = c.run(image, file, slice.clone(), progress)?;
                 data_bytes_cloned += done.cloned;
                 let left = split_pieces(&done.leftover, PIECE);
                 // Only now is it known how much of this slice takes new space.
-                check_free_space(out, left.iter().map(|r| r.end - r.start).sum())?;
+                let needed = left.iter().map(|r| r.end - r.start).sum();
+                check_slice_space(
+                    out,
+                    needed,
+                    image,
+                    slice.end..plan.source_size,
+                    data_bytes_written,
+                )?;
                 left
             }
             None => data_pieces(image, slice, PIECE)?,
@@ -441,6 +448,38 @@ fn check_free_space(out: &Path, needed: u64) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The clone path's check before copying what one slice left: a shortage is reported with
+/// the whole conversion's figures, not the slice's alone, so freeing what the message
+/// asks for is enough (the slice's figure would send the user round again at the next one).
+fn check_slice_space(
+    out: &Path,
+    needed: u64,
+    image: &dyn DiskImage,
+    rest: std::ops::Range<u64>,
+    copied: u64,
+) -> Result<()> {
+    let Err(e) = check_free_space(out, needed) else {
+        return Ok(());
+    };
+    if e.code() != "convert.no_space" {
+        return Err(e);
+    }
+    let later = stored_bytes(image, rest)?;
+    let avail = free_space(out).unwrap_or(0);
+    let total = copied + needed + later;
+    Err(Error::new(
+        ErrorKind::InvalidInput,
+        "convert.no_space",
+        format!(
+            "not enough free space for {}: what could not be cloned must be copied, and in all the output needs up to {total} bytes of new space \
+             ({copied} copied before this check and freed again now, {needed} for the next part, at most {later} after it), but only {avail} bytes are left free. \
+             Free at least {} more bytes, or write the output on the file system that holds the input so its blocks can be shared",
+            out.display(),
+            (needed + later + (needed + later) / 64 + (1 << 20)).saturating_sub(avail)
+        ),
+    ))
 }
 
 #[cfg(unix)]
