@@ -410,3 +410,59 @@ fn cloning_onto_a_nearly_full_fs_needs_no_free_space_for_the_data() {
     assert!(err.to_string().contains(&(120 * MIB).to_string()), "{err}");
     assert_eq!(others(&m.at, &["ballast", "in.raw"]), Vec::<String>::new());
 }
+
+/// An image that counts the map look-ups convert makes.
+#[derive(Debug)]
+struct CountingMap {
+    inner: Box<dyn DiskImage>,
+    calls: AtomicU64,
+}
+
+impl DiskImage for CountingMap {
+    fn info(&self) -> &vhdforge_core::ImageInfo {
+        self.inner.info()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> vhdforge_core::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn extents(
+        &self,
+        start: u64,
+        length: u64,
+        out: &mut Vec<vhdforge_core::Extent>,
+    ) -> vhdforge_core::Result<()> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.extents(start, length, out)
+    }
+    fn findings(&self) -> &[vhdforge_core::Finding] {
+        self.inner.findings()
+    }
+}
+
+#[test]
+fn cancelling_a_huge_empty_disk_is_noticed_between_slices() {
+    // 16 TiB of virtual disk with nothing stored: 65536 slices, none with a piece to read,
+    // so only the loop itself can notice the cancellation. Without a check per slice, a
+    // convert cancelled from the start still walked every slice's map (twice the look-ups
+    // of the whole-disk count made before the loop).
+    let m = Mounted::new("xfs");
+    let input = m.at.join("huge.vhdx");
+    let size = 16u64 << 40;
+    qemu_vhdx(&input, size, 256, &[]);
+    let out = m.at.join("out.vhd");
+    let image = CountingMap {
+        inner: open(&input),
+        calls: AtomicU64::new(0),
+    };
+    let p = Counting::new(0);
+    p.token.cancel();
+    let err =
+        convert_to_file(&image, &out, &opts(true), &p).expect_err("a cancelled convert succeeded");
+    assert_eq!(err.kind(), ErrorKind::Interrupted, "{err}");
+    let calls = image.calls.load(Ordering::SeqCst);
+    assert!(
+        calls <= size / SLICE + 1,
+        "cancelled before the first slice, yet {calls} map look-ups were made"
+    );
+    assert_eq!(others(&m.at, &["huge.vhdx"]), Vec::<String>::new());
+}

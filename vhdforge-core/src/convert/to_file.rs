@@ -127,6 +127,11 @@ pub fn convert_to_file(
     let (mut data_bytes_cloned, mut data_bytes_written) = (0, 0);
     let mut start = 0;
     while start < plan.source_size {
+        // A slice with nothing stored reads nothing, so only here is a Ctrl-C noticed on a
+        // huge sparse disk before every slice's map was walked.
+        if progress.is_cancelled() {
+            return Err(interrupted());
+        }
         let slice = start..plan.source_size.min(start + SLICE);
         start = slice.end;
         let pieces = match &cloner {
@@ -156,11 +161,7 @@ pub fn convert_to_file(
         )
     })?;
     if progress.is_cancelled() {
-        return Err(Error::new(
-            ErrorKind::Interrupted,
-            "interrupted",
-            "conversion interrupted; no output was written",
-        ));
+        return Err(interrupted());
     }
     self_check(&tmp_path, out, &opts.policy)?;
     // The file is flushed by persist before it is renamed; the folder after.
@@ -195,6 +196,15 @@ pub fn convert_to_file(
     })
 }
 
+/// The error of a cancelled conversion.
+fn interrupted() -> Error {
+    Error::new(
+        ErrorKind::Interrupted,
+        "interrupted",
+        "conversion interrupted; no output was written",
+    )
+}
+
 /// Copy every non-zero page of `image` into `file` at the same offset (the file was sized
 /// beforehand, so skipped pages read as zeros). Returns the data bytes written.
 /// The worker threads of `write_data` (`threads` 0: one per core).
@@ -227,11 +237,7 @@ fn write_data(
             PAGE,
             |buf, at| {
                 if progress.is_cancelled() {
-                    return Err(Error::new(
-                        ErrorKind::Interrupted,
-                        "interrupted",
-                        "conversion interrupted; no output was written",
-                    ));
+                    return Err(interrupted());
                 }
                 image.read_at(buf, at)
             },
