@@ -466,3 +466,26 @@ fn cancelling_a_huge_empty_disk_is_noticed_between_slices() {
     );
     assert_eq!(others(&m.at, &["huge.vhdx"]), Vec::<String>::new());
 }
+
+#[test]
+fn cancelling_a_cloning_convert_at_a_slice_edge_leaves_nothing() {
+    let m = Mounted::new("xfs");
+    let input = m.at.join("in.raw");
+    // 8 MiB of aligned (clonable) data at the end of each of three slices.
+    let runs: Vec<(u64, u64)> = (1..=3).map(|k| (k * SLICE - 8 * MIB, 8 * MIB)).collect();
+    sparse_raw(&input, 3 * SLICE, &runs);
+    // After slice 0's clone, and after the last slice (only the final check is left).
+    for cancel_at in [8 * MIB, 24 * MIB] {
+        let out = m.at.join("out.vhd");
+        let p = Counting::new(cancel_at);
+        let err = convert_to_file(open(&input).as_ref(), &out, &opts(false), &p)
+            .expect_err("a cancelled convert succeeded");
+        assert_eq!(err.kind(), ErrorKind::Interrupted, "at {cancel_at}: {err}");
+        assert_eq!(
+            p.done.load(Ordering::SeqCst),
+            cancel_at,
+            "cloned on after the cancel"
+        );
+        assert_eq!(others(&m.at, &["in.raw"]), Vec::<String>::new());
+    }
+}
