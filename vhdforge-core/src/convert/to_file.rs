@@ -127,15 +127,27 @@ pub fn convert_to_file(
     let (mut data_bytes_cloned, mut data_bytes_written) = (0, 0);
     let mut start = 0;
     while start < plan.source_size {
+        // A slice with nothing stored reads nothing, so only here is a Ctrl-C noticed on a
+        // huge sparse disk before every slice's map was walked.
+        if progress.is_cancelled() {
+            return Err(interrupted());
+        }
         let slice = start..plan.source_size.min(start + SLICE);
         start = slice.end;
         let pieces = match &cloner {
             Some(c) => {
-                let done = c.run(image, file, slice, progress)?;
+                let done = c.run(image, file, slice.clone(), progress)?;
                 data_bytes_cloned += done.cloned;
                 let left = split_pieces(&done.leftover, PIECE);
                 // Only now is it known how much of this slice takes new space.
-                check_free_space(out, left.iter().map(|r| r.end - r.start).sum())?;
+                let needed = left.iter().map(|r| r.end - r.start).sum();
+                check_slice_space(
+                    out,
+                    needed,
+                    image,
+                    slice.end..plan.source_size,
+                    data_bytes_written,
+                )?;
                 left
             }
             None => data_pieces(image, slice, PIECE)?,
@@ -149,11 +161,7 @@ pub fn convert_to_file(
         )
     })?;
     if progress.is_cancelled() {
-        return Err(Error::new(
-            ErrorKind::Interrupted,
-            "interrupted",
-            "conversion interrupted; no output was written",
-        ));
+        return Err(interrupted());
     }
     self_check(&tmp_path, out, &opts.policy)?;
     // The file is flushed by persist before it is renamed; the folder after.
@@ -188,6 +196,15 @@ pub fn convert_to_file(
     })
 }
 
+/// The error of a cancelled conversion.
+fn interrupted() -> Error {
+    Error::new(
+        ErrorKind::Interrupted,
+        "interrupted",
+        "conversion interrupted; no output was written",
+    )
+}
+
 /// Copy every non-zero page of `image` into `file` at the same offset (the file was sized
 /// beforehand, so skipped pages read as zeros). Returns the data bytes written.
 /// The worker threads of `write_data` (`threads` 0: one per core).
@@ -220,11 +237,7 @@ fn write_data(
             PAGE,
             |buf, at| {
                 if progress.is_cancelled() {
-                    return Err(Error::new(
-                        ErrorKind::Interrupted,
-                        "interrupted",
-                        "conversion interrupted; no output was written",
-                    ));
+                    return Err(interrupted());
                 }
                 image.read_at(buf, at)
             },
@@ -441,6 +454,38 @@ fn check_free_space(out: &Path, needed: u64) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The clone path's check before copying what one slice left: a shortage is reported with
+/// the whole conversion's figures, not the slice's alone, so freeing what the message
+/// asks for is enough (the slice's figure would send the user round again at the next one).
+fn check_slice_space(
+    out: &Path,
+    needed: u64,
+    image: &dyn DiskImage,
+    rest: std::ops::Range<u64>,
+    copied: u64,
+) -> Result<()> {
+    let Err(e) = check_free_space(out, needed) else {
+        return Ok(());
+    };
+    if e.code() != "convert.no_space" {
+        return Err(e);
+    }
+    let later = stored_bytes(image, rest)?;
+    let avail = free_space(out).unwrap_or(0);
+    let total = copied + needed + later;
+    Err(Error::new(
+        ErrorKind::InvalidInput,
+        "convert.no_space",
+        format!(
+            "not enough free space for {}: what could not be cloned must be copied, and in all the output needs up to {total} bytes of new space \
+             ({copied} copied before this check and freed again now, {needed} for the next part, at most {later} after it), but only {avail} bytes are left free. \
+             Free at least {} more bytes, or write the output on the file system that holds the input so its blocks can be shared",
+            out.display(),
+            (needed + later + (needed + later) / 64 + (1 << 20)).saturating_sub(avail)
+        ),
+    ))
 }
 
 #[cfg(unix)]
