@@ -205,8 +205,6 @@ fn interrupted() -> Error {
     )
 }
 
-/// Copy every non-zero page of `image` into `file` at the same offset (the file was sized
-/// beforehand, so skipped pages read as zeros). Returns the data bytes written.
 /// The worker threads of `write_data` (`threads` 0: one per core).
 fn worker_pool(threads: usize) -> Result<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new()
@@ -222,6 +220,8 @@ fn worker_pool(threads: usize) -> Result<rayon::ThreadPool> {
         })
 }
 
+/// Copy every non-zero page of `pieces` of `image` into `file` at the same offset (the file
+/// was sized beforehand, so skipped pages read as zeros). Returns the data bytes written.
 fn write_data(
     pool: &rayon::ThreadPool,
     image: &dyn DiskImage,
