@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use vhdforge_core::convert::{
     check_output_for, convert_in_place, convert_to_file, ConvertOptions, InPlaceAction, Policy,
 };
+use vhdforge_core::image::stored_bytes;
 use vhdforge_core::progress::{format_bytes, format_rate};
-use vhdforge_core::sparse::stored_bytes;
 use vhdforge_core::{inspect_quick as inspect, open, OpenOptions};
 
 /// Convert any image into an Azure-ready fixed VHD (sparse, parallel, safe).

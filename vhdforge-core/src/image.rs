@@ -215,27 +215,44 @@ pub fn check_virtual_range(virtual_size: u64, offset: u64, len: u64) -> Result<(
     }
 }
 
-/// Bytes of the virtual disk backed by stored data (any layer) according to the metadata,
-/// walking the map in slices so memory stays bounded whatever the disk size.
+/// Bytes of the virtual disk backed by stored data (any layer) according to the metadata.
 pub fn allocated_bytes(image: &dyn DiskImage) -> Result<u64> {
-    // Small enough that even a map fragmented to one extent per sector stays a few MiB.
-    const SLICE: u64 = 256 << 20;
-    let size = image.info().virtual_size;
-    let mut total = 0u64;
-    let mut pos = 0u64;
-    let mut buf = Vec::new();
-    while pos < size {
-        let len = SLICE.min(size - pos);
-        buf.clear();
-        image.extents(pos, len, &mut buf)?;
-        total += buf
+    stored_bytes(image, 0..image.info().virtual_size)
+}
+
+/// Bytes of `range` backed by stored data (any layer) according to the metadata, counted
+/// without keeping a list.
+pub fn stored_bytes(image: &dyn DiskImage, range: std::ops::Range<u64>) -> Result<u64> {
+    let mut total = 0;
+    walk_map(image, range, |extents| {
+        total += extents
             .iter()
             .filter(|e| e.allocation.is_data())
             .map(|e| e.length)
             .sum::<u64>();
+        Ok(())
+    })?;
+    Ok(total)
+}
+
+/// Hand the map of `range` to `visit` 256 MiB at a time: memory grows with the extents of
+/// one slice, a few MiB even for a map fragmented to one extent per sector.
+pub fn walk_map(
+    image: &dyn DiskImage,
+    range: std::ops::Range<u64>,
+    mut visit: impl FnMut(&[Extent]) -> Result<()>,
+) -> Result<()> {
+    const SLICE: u64 = 256 << 20;
+    let mut extents = Vec::new();
+    let mut pos = range.start;
+    while pos < range.end {
+        let len = SLICE.min(range.end - pos);
+        extents.clear();
+        image.extents(pos, len, &mut extents)?;
+        visit(&extents)?;
         pos += len;
     }
-    Ok(total)
+    Ok(())
 }
 
 /// Resolve the parts of `own` (this layer's map) that defer to the parent: `Unallocated`

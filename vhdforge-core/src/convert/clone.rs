@@ -18,7 +18,7 @@
 //! opened must not lend its blocks to the output (the copy path reads the same handle).
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::image::{layer_file, Allocation, DiskImage, Extent};
+use crate::image::{layer_file, walk_map, Allocation, DiskImage};
 use crate::platform::clone::{clone_alignment, clone_range};
 use crate::progress::Progress;
 use std::collections::BTreeSet;
@@ -101,18 +101,11 @@ impl Cloner {
         range: Range<u64>,
         progress: &dyn Progress,
     ) -> Result<CloneOutcome> {
-        /// The map is walked in slices so memory grows with the extents of one slice.
-        const SLICE: u64 = 256 << 20;
         let mut out = CloneOutcome::default();
         // Layers the file system refused to clone from.
         let mut refused = BTreeSet::new();
-        let mut extents: Vec<Extent> = Vec::new();
-        let mut pos = range.start;
-        while pos < range.end {
-            let len = SLICE.min(range.end - pos);
-            extents.clear();
-            image.extents(pos, len, &mut extents)?;
-            for e in &extents {
+        walk_map(image, range, |extents| {
+            for e in extents {
                 let Allocation::Data { layer, file_offset } = e.allocation else {
                     continue;
                 };
@@ -156,8 +149,8 @@ impl Cloner {
                 }
                 push_range(&mut out.leftover, at..e.end());
             }
-            pos += len;
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 }

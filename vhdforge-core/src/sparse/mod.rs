@@ -7,7 +7,7 @@
 //! parallel over the pieces ([`scan_pieces`]: the one scanner `convert` and `upload` share).
 
 use crate::error::Result;
-use crate::image::{DiskImage, Extent};
+use crate::image::{walk_map, DiskImage};
 use crate::io::usize_from;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -122,27 +122,6 @@ where
         .collect()
 }
 
-/// How many bytes of `range` the metadata says are stored: what [`data_pieces`] would
-/// cover, counted without keeping a list (memory stays a few MiB whatever the map).
-pub fn stored_bytes(image: &dyn DiskImage, range: Range<u64>) -> Result<u64> {
-    const SLICE: u64 = 256 << 20;
-    let mut total = 0;
-    let mut extents: Vec<Extent> = Vec::new();
-    let mut pos = range.start;
-    while pos < range.end {
-        let len = SLICE.min(range.end - pos);
-        extents.clear();
-        image.extents(pos, len, &mut extents)?;
-        total += extents
-            .iter()
-            .filter(|e| e.allocation.is_data())
-            .map(|e| e.end() - e.start)
-            .sum::<u64>();
-        pos += len;
-    }
-    Ok(total)
-}
-
 /// The virtual ranges of `[start, end)` that the metadata says hold stored bytes, split
 /// into pieces of at most `max_piece` bytes (split points aligned to `max_piece`).
 /// Walks the map in slices, so memory grows with the number of data pieces only.
@@ -151,15 +130,8 @@ pub fn data_pieces(
     range: Range<u64>,
     max_piece: u64,
 ) -> Result<Vec<Range<u64>>> {
-    // Small enough that even a map fragmented to one extent per sector stays a few MiB.
-    const SLICE: u64 = 256 << 20;
     let mut out: Vec<Range<u64>> = Vec::new();
-    let mut extents: Vec<Extent> = Vec::new();
-    let mut pos = range.start;
-    while pos < range.end {
-        let len = SLICE.min(range.end - pos);
-        extents.clear();
-        image.extents(pos, len, &mut extents)?;
+    walk_map(image, range, |extents| {
         for e in extents.iter().filter(|e| e.allocation.is_data()) {
             let mut s = e.start;
             while s < e.end() {
@@ -174,8 +146,8 @@ pub fn data_pieces(
                 s = piece_end;
             }
         }
-        pos += len;
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 
