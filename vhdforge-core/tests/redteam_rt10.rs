@@ -326,13 +326,61 @@ fn a_nearly_full_output_fs_gives_no_space_and_leaves_nothing() {
             "{what}: {err:#}"
         );
         assert_eq!(others(&m.at, &["ballast"]), Vec::<String>::new(), "{what}");
-        // The figure names the whole conversion's 120 MiB, not one slice's 40 MiB: the
-        // cloning convert found out only at the third slice, with 20 MiB left.
+        // The figure names the whole conversion's 120 MiB, not one slice's 40 MiB.
         assert!(
             err.to_string().contains(&(120 * MIB).to_string()),
             "{what}: the shortfall is not the whole disk's: {err}"
         );
+        // Found before any byte was copied: the first refused clone (EXDEV) shows the rest
+        // is a plain copy. (The cloning convert used to copy two slices first.)
+        assert_eq!(
+            p.done.load(Ordering::SeqCst),
+            0,
+            "{what}: copied before the refusal"
+        );
+        if !no_clone {
+            assert!(err.to_string().contains("another file system"), "{err}");
+        }
     }
+}
+
+#[test]
+fn a_file_system_that_cannot_clone_is_found_short_before_any_copy() {
+    // Input and output on one ext4, which has no block cloning (EOPNOTSUPP): the clone path
+    // learns so at its first clone and checks the whole copy at once.
+    let m = Mounted::new("ext4");
+    let input = m.at.join("in.raw");
+    let runs: Vec<(u64, u64)> = (0..3).map(|k| (k * SLICE + MIB, 40 * MIB)).collect();
+    sparse_raw(&input, 3 * SLICE, &runs);
+    leave_free(&m, 100 * MIB);
+    let out = m.at.join("out.vhd");
+    let p = Counting::never();
+    let err = convert_to_file(open(&input).as_ref(), &out, &opts(false), &p)
+        .expect_err("120 MiB of data fit in 100 MiB");
+    assert_eq!(err.code(), "convert.no_space", "{err:#}");
+    let msg = err.to_string();
+    assert!(msg.contains(&(120 * MIB).to_string()), "{msg}");
+    assert!(msg.contains("cannot share blocks"), "{msg}");
+    assert!(
+        !msg.contains("holds the input"),
+        "the input is already there: {msg}"
+    );
+    assert_eq!(
+        p.done.load(Ordering::SeqCst),
+        0,
+        "copied before the refusal"
+    );
+    assert_eq!(others(&m.at, &["ballast", "in.raw"]), Vec::<String>::new());
+    // With room, the same convert copies everything and matches the disk.
+    std::fs::remove_file(m.at.join("ballast")).unwrap();
+    let (r, p) = convert_counted(&input, &out, false);
+    assert_eq!(
+        (r.data_bytes_cloned, r.data_bytes_written),
+        (0, 120 * MIB),
+        "{r:?}"
+    );
+    check_progress(&p, "ext4 copy");
+    assert_same_disk(&out, &input, "ext4 copy");
 }
 
 #[test]

@@ -19,9 +19,9 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{layer_file, walk_map, Allocation, DiskImage};
-use crate::platform::clone::{clone_alignment, clone_range};
+use crate::platform::clone::{clone_alignment, clone_range, lasting_refusal, Refusal};
 use crate::progress::Progress;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::ops::Range;
 
@@ -65,6 +65,10 @@ pub struct CloneOutcome {
 pub struct Cloner {
     align: u64,
     unit: u64,
+    /// Files in the chain.
+    layers: usize,
+    /// Layers refused for every range ([`lasting_refusal`]): never tried again.
+    lasting: BTreeMap<u32, Refusal>,
 }
 
 impl Cloner {
@@ -72,8 +76,9 @@ impl Cloner {
     /// be cloned: no clone support on this platform or file system, or a log overlay.
     pub fn new(image: &dyn DiskImage, dst: &File) -> Option<Cloner> {
         let align = clone_alignment(dst)?;
-        let mut cur = Some(image);
+        let (mut cur, mut layers) = (Some(image), 0);
         while let Some(i) = cur {
+            layers += 1;
             if i.findings().iter().any(|f| f.code == LOG_REPLAYED) {
                 tracing::debug!(
                     "not cloning: {} is read through a log replayed in memory",
@@ -86,23 +91,40 @@ impl Cloner {
         Some(Cloner {
             align,
             unit: UNIT.max(align),
+            layers,
+            lasting: BTreeMap::new(),
         })
+    }
+
+    /// Why nothing more can be cloned, once that is known: the output's file system
+    /// refused cloning as such, or every layer of the chain lies on another file system.
+    /// From then on the rest of the disk is a plain copy. `None` while some layer may
+    /// still clone (or was never tried: it had no data yet).
+    pub fn exhausted(&self) -> Option<Refusal> {
+        if self.lasting.values().any(|r| *r == Refusal::Unsupported) {
+            Some(Refusal::Unsupported)
+        } else if self.lasting.len() >= self.layers {
+            Some(Refusal::OtherFileSystem)
+        } else {
+            None
+        }
     }
 
     /// Clone what can be cloned of the stored ranges of `range` into `dst` (at the same
     /// virtual offset); return the cloned byte count and the stored ranges left to copy.
-    /// A layer whose file the file system refuses to clone from (another file system, say)
-    /// is copied from then on; the other layers are still cloned. Progress advances by the
-    /// cloned bytes.
+    /// A layer whose file the file system refuses to clone from is copied from then on: for
+    /// the rest of `range`, or for good when the refusal holds for every range (another
+    /// file system, say; see [`Cloner::exhausted`]). The other layers are still cloned.
+    /// Progress advances by the cloned bytes.
     pub fn run(
-        &self,
+        &mut self,
         image: &dyn DiskImage,
         dst: &File,
         range: Range<u64>,
         progress: &dyn Progress,
     ) -> Result<CloneOutcome> {
         let mut out = CloneOutcome::default();
-        // Layers the file system refused to clone from.
+        // Layers refused for one range: not tried again in this `range`.
         let mut refused = BTreeSet::new();
         walk_map(image, range, |extents| {
             for e in extents {
@@ -116,7 +138,10 @@ impl Cloner {
                         "conversion interrupted; no output was written",
                     ));
                 }
-                let src = if refused.contains(&layer) {
+                let src = if refused.contains(&layer)
+                    || self.lasting.contains_key(&layer)
+                    || self.exhausted().is_some()
+                {
                     None
                 } else {
                     layer_file(image, layer)
@@ -142,7 +167,14 @@ impl Cloner {
                                 "cloning from layer {layer} refused at {at:#x} ({err}); \
                                  copying the rest of that layer instead"
                             );
-                            refused.insert(layer);
+                            match lasting_refusal(&err) {
+                                Some(why) => {
+                                    self.lasting.insert(layer, why);
+                                }
+                                None => {
+                                    refused.insert(layer);
+                                }
+                            }
                             break;
                         }
                     }

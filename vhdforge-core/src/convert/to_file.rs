@@ -18,6 +18,7 @@ use crate::fsutil::{self, FileKind, Occupant, PersistError, Replace, TempFile};
 use crate::image::stored_bytes;
 use crate::image::DiskImage;
 use crate::io::{pwrite_all, usize_from};
+use crate::platform::clone::Refusal;
 use crate::progress::Progress;
 use crate::sparse::{data_pieces, scan_pieces};
 use serde::Serialize;
@@ -120,7 +121,7 @@ pub fn convert_to_file(
     })?;
 
     progress.set_total(data_upper_bound);
-    let cloner = (!opts.no_clone).then(|| Cloner::new(image, file)).flatten();
+    let mut cloner = (!opts.no_clone).then(|| Cloner::new(image, file)).flatten();
     if cloner.is_none() && !opts.no_clone {
         check_free_space(out, data_upper_bound)?;
     }
@@ -135,20 +136,22 @@ pub fn convert_to_file(
         }
         let slice = start..plan.source_size.min(start + SLICE);
         start = slice.end;
-        let pieces = match &cloner {
+        let pieces = match &mut cloner {
             Some(c) => {
                 let done = c.run(image, file, slice.clone(), progress)?;
                 data_bytes_cloned += done.cloned;
                 let left = split_pieces(&done.leftover, PIECE);
                 // Only now is it known how much of this slice takes new space.
-                let needed = left.iter().map(|r| r.end - r.start).sum();
-                check_slice_space(
-                    out,
-                    needed,
-                    image,
-                    slice.end..plan.source_size,
-                    data_bytes_written,
-                )?;
+                let need = SliceNeed {
+                    copied: data_bytes_written,
+                    needed: left.iter().map(|r| r.end - r.start).sum(),
+                    rest: slice.end..plan.source_size,
+                    exhausted: c.exhausted(),
+                };
+                if check_slice_space(out, need, image)? {
+                    // The rest is a plain copy, and its whole need was checked just now.
+                    cloner = None;
+                }
                 left
             }
             None => data_pieces(image, slice, PIECE)?,
@@ -457,34 +460,66 @@ fn check_free_space(out: &Path, needed: u64) -> Result<()> {
     Ok(())
 }
 
-/// The clone path's check before copying what one slice left: a shortage is reported with
-/// the whole conversion's figures, not the slice's alone, so freeing what the message
-/// asks for is enough (the slice's figure would send the user round again at the next one).
-fn check_slice_space(
-    out: &Path,
-    needed: u64,
-    image: &dyn DiskImage,
-    rest: std::ops::Range<u64>,
+/// What the clone path is about to copy, and what may follow.
+struct SliceNeed {
+    /// Bytes copied before this slice.
     copied: u64,
-) -> Result<()> {
-    let Err(e) = check_free_space(out, needed) else {
-        return Ok(());
+    /// Bytes of this slice left to copy.
+    needed: u64,
+    /// The virtual range after this slice.
+    rest: std::ops::Range<u64>,
+    /// Why nothing more can be cloned, once that is known.
+    exhausted: Option<Refusal>,
+}
+
+/// The clone path's check before copying what one slice left. While cloning may still
+/// work, only the slice's copy is checked; once it cannot ([`Cloner::exhausted`]) the
+/// rest of the disk is a plain copy, and its whole need is checked now, before any of it
+/// is copied, rather than found short slices later. A shortage is reported with the whole
+/// conversion's figures, not the slice's alone, so freeing what the message asks for is
+/// enough. `Ok(true)` when the whole rest was checked.
+fn check_slice_space(out: &Path, s: SliceNeed, image: &dyn DiskImage) -> Result<bool> {
+    let later = match s.exhausted {
+        Some(_) => Some(stored_bytes(image, s.rest.clone())?),
+        None => None,
+    };
+    let Err(e) = check_free_space(out, s.needed + later.unwrap_or(0)) else {
+        return Ok(later.is_some());
     };
     if e.code() != "convert.no_space" {
         return Err(e);
     }
-    let later = stored_bytes(image, rest)?;
+    let later = match later {
+        Some(l) => l,
+        None => stored_bytes(image, s.rest)?,
+    };
     let avail = free_space(out).unwrap_or(0);
+    let (copied, needed) = (s.copied, s.needed);
     let total = copied + needed + later;
+    let left = needed + later;
+    let short = (left + left / 64 + (1 << 20)).saturating_sub(avail);
+    let (why, advice) = match s.exhausted {
+        Some(Refusal::Unsupported) => (
+            format!("the file system of {} cannot share blocks between files, so the data must be copied", out.display()),
+            "Free at least that much, or write the output on a file system that clones (XFS with reflink, btrfs, ReFS), or one with more room",
+        ),
+        Some(Refusal::OtherFileSystem) => (
+            "the input lies on another file system, so its blocks cannot be shared and the data must be copied".to_string(),
+            "Free at least that much, or write the output on the file system that holds the input so its blocks can be shared",
+        ),
+        None => (
+            "what could not be cloned must be copied".to_string(),
+            "Free at least that much, or write the output on the file system that holds the input so its blocks can be shared",
+        ),
+    };
     Err(Error::new(
         ErrorKind::InvalidInput,
         "convert.no_space",
         format!(
-            "not enough free space for {}: what could not be cloned must be copied, and in all the output needs up to {total} bytes of new space \
-             ({copied} copied before this check and freed again now, {needed} for the next part, at most {later} after it), but only {avail} bytes are left free. \
-             Free at least {} more bytes, or write the output on the file system that holds the input so its blocks can be shared",
+            "not enough free space for {}: {why}, and in all the output needs up to {total} bytes of new space \
+             ({copied} copied before this check and freed again now, {needed} for the next part, at most {later} after it), but only {avail} bytes are left free; \
+             {short} more bytes are needed. {advice}",
             out.display(),
-            (needed + later + (needed + later) / 64 + (1 << 20)).saturating_sub(avail)
         ),
     ))
 }

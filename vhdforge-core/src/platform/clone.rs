@@ -8,6 +8,7 @@
 //!   Wine implements neither control code, so this path only runs on a real Windows.
 //!
 //! Every refusal is an ordinary `io::Error`: callers copy the range instead.
+//! [`lasting_refusal`] tells the refusals that hold for every range of the two files.
 
 use std::fs::File;
 use std::io;
@@ -57,6 +58,51 @@ pub fn clone_range(
     {
         let _ = (src, src_offset, dst, dst_offset, len);
         Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+}
+
+/// A refusal that holds for every range of the two files, not for one range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The output's file system cannot share blocks between files at all (ext4, tmpfs, XFS
+    /// made without reflink; NTFS where Windows has no block cloning).
+    Unsupported,
+    /// The source lies on another file system (or volume) than the output.
+    OtherFileSystem,
+}
+
+/// Whether `e`, an error of [`clone_range`], is a [`Refusal`] that no other range of the
+/// same two files would escape. Other errors (a range the file system will not take, no
+/// space for its metadata, I/O) are `None`: they are taken range by range.
+///
+/// On Linux the kernel compares the two files' super blocks before it asks the file
+/// system, so a file system that cannot clone answers `EOPNOTSUPP` only when both files are
+/// on it; a source elsewhere gets `EXDEV`.
+pub fn lasting_refusal(e: &io::Error) -> Option<Refusal> {
+    let code = e.raw_os_error()?;
+    #[cfg(unix)]
+    {
+        match code {
+            libc::EXDEV => Some(Refusal::OtherFileSystem),
+            libc::EOPNOTSUPP | libc::ENOTTY | libc::ENOSYS => Some(Refusal::Unsupported),
+            _ => None,
+        }
+    }
+    #[cfg(windows)]
+    {
+        // ERROR_NOT_SAME_DEVICE: the two files are on different volumes. The volume has no
+        // such control code: ERROR_INVALID_FUNCTION, ERROR_NOT_SUPPORTED (Wine answers so
+        // too). ERROR_INVALID_PARAMETER is left out: it may be about one range only.
+        match code {
+            17 => Some(Refusal::OtherFileSystem),
+            1 | 50 => Some(Refusal::Unsupported),
+            _ => None,
+        }
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = code;
+        None
     }
 }
 
