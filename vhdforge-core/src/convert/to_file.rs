@@ -518,7 +518,7 @@ fn check_slice_space(out: &Path, s: SliceNeed, image: &dyn DiskImage) -> Result<
             beside_input,
         ),
         None if s.elsewhere => (
-            "what could not be cloned must be copied (part of the input lies on another file system)".to_string(),
+            "what could not be cloned must be copied (the input, or part of it, lies on another file system)".to_string(),
             beside_input,
         ),
         None => (
