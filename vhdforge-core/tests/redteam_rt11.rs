@@ -1,9 +1,10 @@
 //! Red team of convert's "lasting refusal" of block cloning (`platform::clone::lasting_refusal`,
 //! `Cloner::exhausted`): chains whose layers lie on different file systems, in both orders,
-//! with data in different slices; XFS made without reflink; btrfs subvolumes and bind mounts
-//! (another `st_dev` or another mount, yet cloning works); a nearly full output file system,
-//! where the figures and the advice of `convert.no_space` matter; progress totals against the
-//! sum of what was reported. Every output is compared with the disk (a sparse raw file written
+//! with data in different slices; XFS made without reflink; btrfs subvolumes, bind mounts and
+//! overlays (another `st_dev` or another mount, yet cloning works); a block device input; a
+//! nearly full output file system, where the figures and the advice of `convert.no_space`
+//! matter, and a fully written raw that fits only as a sparse output; progress totals
+//! against the sum of what was reported. Two ignored tests name defects left to decide. Every output is compared with the disk (a sparse raw file written
 //! here, or `qemu-img convert -O raw` of the input). File systems are loop-mounted (CI runs as
 //! root); a missing tool fails the test.
 
