@@ -110,6 +110,16 @@ impl Cloner {
         }
     }
 
+    /// Whether some layer was refused for good because it lies on another file system:
+    /// only then can writing the output beside the input let more of it be shared. (A
+    /// layer beside the output whose blocks are not aligned for cloning, a dynamic VHD's,
+    /// is copied whatever the place.)
+    pub fn elsewhere(&self) -> bool {
+        self.lasting
+            .values()
+            .any(|r| *r == Refusal::OtherFileSystem)
+    }
+
     /// Clone what can be cloned of the stored ranges of `range` into `dst` (at the same
     /// virtual offset); return the cloned byte count and the stored ranges left to copy.
     /// A layer whose file the file system refuses to clone from is copied from then on: for

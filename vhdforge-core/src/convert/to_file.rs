@@ -147,6 +147,7 @@ pub fn convert_to_file(
                     needed: left.iter().map(|r| r.end - r.start).sum(),
                     rest: slice.end..plan.source_size,
                     exhausted: c.exhausted(),
+                    elsewhere: c.elsewhere(),
                 };
                 if check_slice_space(out, need, image)? {
                     // The rest is a plain copy, and its whole need was checked just now.
@@ -470,6 +471,8 @@ struct SliceNeed {
     rest: std::ops::Range<u64>,
     /// Why nothing more can be cloned, once that is known.
     exhausted: Option<Refusal>,
+    /// Some layer lies on another file system ([`Cloner::elsewhere`]).
+    elsewhere: bool,
 }
 
 /// The clone path's check before copying what one slice left. While cloning may still
@@ -498,6 +501,13 @@ fn check_slice_space(out: &Path, s: SliceNeed, image: &dyn DiskImage) -> Result<
     let total = copied + needed + later;
     let left = needed + later;
     let short = (left + left / 64 + (1 << 20)).saturating_sub(avail);
+    // Moving the output beside the input helps only when some layer is known to lie
+    // elsewhere, and only if that file system clones at all (ext4 or tmpfs do not): the
+    // advice says so rather than promise sharing there, and is not given to an output
+    // already beside its input whose data is copied for being unaligned.
+    let beside_input =
+        "Free at least that much, or write the output on the file system that holds the input, \
+         if that one can share blocks (XFS with reflink, btrfs, ReFS)";
     let (why, advice) = match s.exhausted {
         Some(Refusal::Unsupported) => (
             format!("the file system of {} cannot share blocks between files, so the data must be copied", out.display()),
@@ -505,11 +515,15 @@ fn check_slice_space(out: &Path, s: SliceNeed, image: &dyn DiskImage) -> Result<
         ),
         Some(Refusal::OtherFileSystem) => (
             "the input lies on another file system, so its blocks cannot be shared and the data must be copied".to_string(),
-            "Free at least that much, or write the output on the file system that holds the input so its blocks can be shared",
+            beside_input,
+        ),
+        None if s.elsewhere => (
+            "what could not be cloned must be copied (the input, or part of it, lies on another file system)".to_string(),
+            beside_input,
         ),
         None => (
-            "what could not be cloned must be copied".to_string(),
-            "Free at least that much, or write the output on the file system that holds the input so its blocks can be shared",
+            "what could not be cloned (data not aligned to the file system's blocks, or refused by it) must be copied".to_string(),
+            "Free at least that much, or write the output on a file system with more room",
         ),
     };
     Err(Error::new(
