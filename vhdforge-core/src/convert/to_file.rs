@@ -127,7 +127,7 @@ pub fn convert_to_file(
     }
     let pool = worker_pool(opts.threads)?;
     let (mut data_bytes_cloned, mut data_bytes_written) = (0, 0);
-    let mut start = 0;
+    let (mut start, mut rest_checked) = (0, false);
     while start < plan.source_size {
         // A slice with nothing stored reads nothing, so only here is a Ctrl-C noticed on a
         // huge sparse disk before every slice's map was walked.
@@ -142,15 +142,18 @@ pub fn convert_to_file(
                 data_bytes_cloned += done.cloned;
                 let left = split_pieces(&done.leftover, PIECE);
                 // Only now is it known how much of this slice takes new space.
+                let exhausted = c.exhausted();
                 let need = SliceNeed {
                     copied: data_bytes_written,
                     needed: left.iter().map(|r| r.end - r.start).sum(),
                     rest: slice.end..plan.source_size,
-                    exhausted: c.exhausted(),
+                    exhausted,
+                    whole: exhausted.is_some() && !rest_checked,
                     elsewhere: c.elsewhere(),
                 };
-                if check_slice_space(out, need, image)? {
-                    // The rest is a plain copy, and its whole need was checked just now.
+                rest_checked |= exhausted.is_some();
+                if check_slice_space(out, &need, image)? {
+                    // The rest is a plain copy, and all of it fits.
                     cloner = None;
                 }
                 left
@@ -471,36 +474,65 @@ struct SliceNeed {
     rest: std::ops::Range<u64>,
     /// Why nothing more can be cloned, once that is known.
     exhausted: Option<Refusal>,
+    /// Check the whole rest now: the first slice since nothing more can be cloned.
+    whole: bool,
     /// Some layer lies on another file system ([`Cloner::elsewhere`]).
     elsewhere: bool,
 }
 
-/// The clone path's check before copying what one slice left. While cloning may still
-/// work, only the slice's copy is checked; once it cannot ([`Cloner::exhausted`]) the
-/// rest of the disk is a plain copy, and its whole need is checked now, before any of it
-/// is copied, rather than found short slices later. A shortage is reported with the whole
+/// The clone path's check before copying what one slice left; `Ok(true)` when the whole
+/// rest of the disk was found to fit, so no later slice needs checking.
+///
+/// Once nothing more can be cloned ([`Cloner::exhausted`]) the rest is a plain copy, and
+/// its whole need is checked at once: when even every stored byte fits, that settles it.
+/// When not, it is not refused: the allocation map counts written zeros (a thick disk) as
+/// stored, and zero pages are never copied, so it may well fit. A warning says so now, and
+/// each slice is checked before its copy as before. A shortage is reported with the whole
 /// conversion's figures, not the slice's alone, so freeing what the message asks for is
-/// enough. `Ok(true)` when the whole rest was checked.
-fn check_slice_space(out: &Path, s: SliceNeed, image: &dyn DiskImage) -> Result<bool> {
-    let later = match s.exhausted {
-        Some(_) => Some(stored_bytes(image, s.rest.clone())?),
-        None => None,
-    };
-    let Err(e) = check_free_space(out, s.needed + later.unwrap_or(0)) else {
-        return Ok(later.is_some());
+/// enough.
+fn check_slice_space(out: &Path, s: &SliceNeed, image: &dyn DiskImage) -> Result<bool> {
+    if s.whole {
+        let later = stored_bytes(image, s.rest.clone())?;
+        if check_free_space(out, s.needed + later).is_ok() {
+            return Ok(true);
+        }
+        let (why, _) = shortage_words(s, out);
+        tracing::warn!(
+            "{} may not fit: {why}, and the rest of the disk stores up to {} bytes, more than the {} bytes free. \
+             Zero pages are not copied, so it may still fit; each part is checked before it is copied, \
+             and a shortage stops the conversion with nothing left under that name",
+            out.display(),
+            s.needed + later,
+            free_space(out).unwrap_or(0)
+        );
+    }
+    let Err(e) = check_free_space(out, s.needed) else {
+        return Ok(false);
     };
     if e.code() != "convert.no_space" {
         return Err(e);
     }
-    let later = match later {
-        Some(l) => l,
-        None => stored_bytes(image, s.rest)?,
-    };
+    let later = stored_bytes(image, s.rest.clone())?;
     let avail = free_space(out).unwrap_or(0);
     let (copied, needed) = (s.copied, s.needed);
     let total = copied + needed + later;
     let left = needed + later;
     let short = (left + left / 64 + (1 << 20)).saturating_sub(avail);
+    let (why, advice) = shortage_words(s, out);
+    Err(Error::new(
+        ErrorKind::InvalidInput,
+        "convert.no_space",
+        format!(
+            "not enough free space for {}: {why}, and in all the output needs up to {total} bytes of new space \
+             ({copied} copied before this check and freed again now, {needed} for the next part, at most {later} after it), but only {avail} bytes are left free; \
+             {short} more bytes are needed. {advice}",
+            out.display(),
+        ),
+    ))
+}
+
+/// Why the clone path must copy, and what to do about a shortage.
+fn shortage_words(s: &SliceNeed, out: &Path) -> (String, &'static str) {
     // Moving the output beside the input helps only when some layer is known to lie
     // elsewhere, and only if that file system clones at all (ext4 or tmpfs do not): the
     // advice says so rather than promise sharing there, and is not given to an output
@@ -508,7 +540,7 @@ fn check_slice_space(out: &Path, s: SliceNeed, image: &dyn DiskImage) -> Result<
     let beside_input =
         "Free at least that much, or write the output on the file system that holds the input, \
          if that one can share blocks (XFS with reflink, btrfs, ReFS)";
-    let (why, advice) = match s.exhausted {
+    match s.exhausted {
         Some(Refusal::Unsupported) => (
             format!("the file system of {} cannot share blocks between files, so the data must be copied", out.display()),
             "Free at least that much, or write the output on a file system that clones (XFS with reflink, btrfs, ReFS), or one with more room",
@@ -525,17 +557,7 @@ fn check_slice_space(out: &Path, s: SliceNeed, image: &dyn DiskImage) -> Result<
             "what could not be cloned (data not aligned to the file system's blocks, or refused by it) must be copied".to_string(),
             "Free at least that much, or write the output on a file system with more room",
         ),
-    };
-    Err(Error::new(
-        ErrorKind::InvalidInput,
-        "convert.no_space",
-        format!(
-            "not enough free space for {}: {why}, and in all the output needs up to {total} bytes of new space \
-             ({copied} copied before this check and freed again now, {needed} for the next part, at most {later} after it), but only {avail} bytes are left free; \
-             {short} more bytes are needed. {advice}",
-            out.display(),
-        ),
-    ))
+    }
 }
 
 #[cfg(unix)]

@@ -33,12 +33,14 @@ pub struct Mounted {
 
 impl Mounted {
     pub fn new(fs: &str) -> Mounted {
+        Mounted::sized(fs, 512 << 20)
+    }
+
+    /// The same, `bytes` large.
+    pub fn sized(fs: &str, bytes: u64) -> Mounted {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("fs.img");
-        std::fs::File::create(&img)
-            .unwrap()
-            .set_len(512 << 20)
-            .unwrap();
+        std::fs::File::create(&img).unwrap().set_len(bytes).unwrap();
         match fs {
             "xfs" => run("mkfs.xfs", &["-q", "-m", "reflink=1", s(&img)]),
             "btrfs" => run("mkfs.btrfs", &["-q", s(&img)]),
