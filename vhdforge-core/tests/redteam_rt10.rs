@@ -9,7 +9,7 @@
 
 mod loop_mount;
 
-use loop_mount::{run, s, Mounted};
+use loop_mount::{assert_same_disk, run, s, Mounted};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -87,36 +87,6 @@ fn sparse_raw(path: &Path, size: u64, runs: &[(u64, u64)]) {
         f.write_all_at(&data, at).unwrap();
     }
     f.sync_all().unwrap();
-}
-
-/// The output holds the raw disk `disk` (compared 4 MiB at a time, so no test holds a
-/// whole disk), zero padding up to the footer, and the footer is a VHD footer.
-fn assert_same_disk(out: &Path, disk: &Path, what: &str) {
-    let (o, d) = (File::open(out).unwrap(), File::open(disk).unwrap());
-    let (olen, dlen) = (o.metadata().unwrap().len(), d.metadata().unwrap().len());
-    assert_eq!(olen % MIB, 512, "{what}: output not whole MiB + footer");
-    assert!(olen >= dlen + 512, "{what}: output shorter than the disk");
-    let mut a = vec![0u8; 4 << 20];
-    let mut b = vec![0u8; 4 << 20];
-    let mut at = 0;
-    while at < olen - 512 {
-        let n = usize::try_from((4 * MIB).min(olen - 512 - at)).unwrap();
-        o.read_exact_at(&mut a[..n], at).unwrap();
-        let in_disk = usize::try_from(dlen.saturating_sub(at).min(n as u64)).unwrap();
-        d.read_exact_at(&mut b[..in_disk], at).unwrap();
-        b[in_disk..n].fill(0);
-        if let Some(p) = a[..n].iter().zip(&b[..n]).position(|(x, y)| x != y) {
-            panic!(
-                "{what}: output differs from the disk at byte {:#x} (slice edge {:#x})",
-                at + p as u64,
-                (at + p as u64) / SLICE * SLICE
-            );
-        }
-        at += n as u64;
-    }
-    let mut footer = [0u8; 512];
-    o.read_exact_at(&mut footer, olen - 512).unwrap();
-    assert_eq!(&footer[..8], b"conectix", "{what}: no footer last");
 }
 
 /// Files in `dir` other than `keep`.

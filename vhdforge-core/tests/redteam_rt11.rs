@@ -10,7 +10,7 @@
 
 mod loop_mount;
 
-use loop_mount::{run, s};
+use loop_mount::{assert_same_disk, run, s, umount, Mounted};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -24,12 +24,12 @@ const MIB: u64 = 1 << 20;
 /// convert's slice.
 const SLICE: u64 = 256 * MIB;
 
-/// A 512 MiB (or `size`) file system made by `mkfs` with `args` (the image path is appended), loop-mounted;
-/// unmounted on drop, after whatever was mounted on top of it (`binds`).
+/// A loop-mounted file system (`loop_mount::Mounted`) and what was bind-mounted on top of
+/// it, unmounted first.
 struct Fs {
     at: PathBuf,
     binds: Vec<PathBuf>,
-    _dir: tempfile::TempDir,
+    _m: Mounted,
 }
 
 impl Fs {
@@ -37,19 +37,11 @@ impl Fs {
         Fs::sized(kind, mkfs, args, 512 * MIB)
     }
     fn sized(kind: &str, mkfs: &str, args: &[&str], size: u64) -> Fs {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("fs.img");
-        File::create(&img).unwrap().set_len(size).unwrap();
-        let mut a: Vec<&str> = args.to_vec();
-        a.push(s(&img));
-        run(mkfs, &a);
-        let at = dir.path().join("mnt");
-        std::fs::create_dir(&at).unwrap();
-        run("mount", &["-t", kind, "-o", "loop", s(&img), s(&at)]);
+        let m = Mounted::made_by(kind, mkfs, args, size);
         Fs {
-            at,
+            at: m.at.clone(),
             binds: Vec::new(),
-            _dir: dir,
+            _m: m,
         }
     }
     fn xfs() -> Fs {
@@ -71,28 +63,12 @@ impl Fs {
     }
 }
 
-fn umount(at: &Path) {
-    // A child process of another test may briefly hold descriptors: retry, then detach.
-    for _ in 0..50 {
-        let ok = Command::new("umount")
-            .arg(at)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let _ = Command::new("umount").arg("-l").arg(at).status();
-}
-
 impl Drop for Fs {
     fn drop(&mut self) {
+        // Before the file system under them (`_m`, dropped after this).
         for b in self.binds.drain(..).rev() {
             umount(&b);
         }
-        umount(&self.at);
     }
 }
 
@@ -174,35 +150,6 @@ fn sparse_raw(path: &Path, size: u64, runs: &[(u64, u64, u64)]) {
         f.write_all_at(&pat(seed, len), at).unwrap();
     }
     f.sync_all().unwrap();
-}
-
-/// The output holds the raw disk `disk` (compared 4 MiB at a time), zero padding up to the
-/// footer, and a VHD footer last.
-fn assert_same_disk(out: &Path, disk: &Path, what: &str) {
-    let (o, d) = (File::open(out).unwrap(), File::open(disk).unwrap());
-    let (olen, dlen) = (o.metadata().unwrap().len(), d.metadata().unwrap().len());
-    assert_eq!(olen % MIB, 512, "{what}: output not whole MiB + footer");
-    assert!(olen >= dlen + 512, "{what}: output shorter than the disk");
-    let mut a = vec![0u8; 4 << 20];
-    let mut b = vec![0u8; 4 << 20];
-    let mut at = 0;
-    while at < olen - 512 {
-        let n = usize::try_from((4 * MIB).min(olen - 512 - at)).unwrap();
-        o.read_exact_at(&mut a[..n], at).unwrap();
-        let in_disk = usize::try_from(dlen.saturating_sub(at).min(n as u64)).unwrap();
-        d.read_exact_at(&mut b[..in_disk], at).unwrap();
-        b[in_disk..n].fill(0);
-        if let Some(p) = a[..n].iter().zip(&b[..n]).position(|(x, y)| x != y) {
-            panic!(
-                "{what}: output differs from the disk at byte {:#x}",
-                at + p as u64
-            );
-        }
-        at += n as u64;
-    }
-    let mut footer = [0u8; 512];
-    o.read_exact_at(&mut footer, olen - 512).unwrap();
-    assert_eq!(&footer[..8], b"conectix", "{what}: no footer last");
 }
 
 /// Files in `dir` other than `keep`.
