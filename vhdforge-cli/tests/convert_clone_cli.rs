@@ -8,7 +8,7 @@
 mod loop_mount;
 
 use assert_cmd::Command;
-use loop_mount::{run as tool, s, Mounted};
+use loop_mount::{leave_free, run as tool, s, Mounted};
 use serde_json::Value;
 
 const MIB: usize = 1 << 20;
@@ -102,20 +102,7 @@ fn a_thick_disk_that_may_not_fit_is_warned_about_and_still_converted() {
         }
         f.sync_all().unwrap();
     }
-    let st = std::process::Command::new("stat")
-        .args(["-f", "-c", "%a %S", s(&fs.at)])
-        .output()
-        .unwrap();
-    let text = String::from_utf8(st.stdout).unwrap();
-    let v: Vec<u64> = text
-        .split_whitespace()
-        .map(|x| x.parse().unwrap())
-        .collect();
-    let fill = (v[0] * v[1]).saturating_sub(350 * MIB as u64);
-    tool(
-        "fallocate",
-        &["-l", &fill.to_string(), s(&fs.at.join("ballast"))],
-    );
+    leave_free(&fs.at, 350 * MIB as u64);
     let out = fs.at.join("out.vhd");
     let (_, err) = convert(&[s(&raw), s(&out)]);
     assert!(err.contains("may not fit"), "no warning: {err}");

@@ -9,7 +9,7 @@
 
 mod loop_mount;
 
-use loop_mount::{assert_same_disk, run, s, Mounted};
+use loop_mount::{assert_same_disk, leave_free, others, run, s, Mounted};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -87,15 +87,6 @@ fn sparse_raw(path: &Path, size: u64, runs: &[(u64, u64)]) {
         f.write_all_at(&data, at).unwrap();
     }
     f.sync_all().unwrap();
-}
-
-/// Files in `dir` other than `keep`.
-fn others(dir: &Path, keep: &[&str]) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| !keep.contains(&n.as_str()) && n != "lost+found")
-        .collect()
 }
 
 /// Runs chosen to sit on and around the slice edges of a disk of 2 slices + 3 MiB + 1536
@@ -258,22 +249,6 @@ fn cancelling_at_a_slice_edge_leaves_nothing() {
     }
 }
 
-/// Fill `m`'s file system until about `free` bytes are left.
-fn leave_free(m: &Mounted, free: u64) {
-    let out = std::process::Command::new("stat")
-        .args(["-f", "-c", "%a %S", s(&m.at)])
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let mut it = text.split_whitespace().map(|v| v.parse::<u64>().unwrap());
-    let (blocks, bsize) = (it.next().unwrap(), it.next().unwrap());
-    let fill = (blocks * bsize).saturating_sub(free);
-    run(
-        "fallocate",
-        &["-l", &fill.to_string(), s(&m.at.join("ballast"))],
-    );
-}
-
 #[test]
 fn a_nearly_full_output_fs_gives_no_space_and_leaves_nothing() {
     // The input lies on another file system, so nothing can be cloned from it: the clone
@@ -284,7 +259,7 @@ fn a_nearly_full_output_fs_gives_no_space_and_leaves_nothing() {
     let runs: Vec<(u64, u64)> = (0..3).map(|k| (k * SLICE + MIB, 40 * MIB)).collect();
     sparse_raw(&input, 3 * SLICE, &runs);
     let m = Mounted::new("xfs");
-    leave_free(&m, 100 * MIB);
+    leave_free(&m.at, 100 * MIB);
     for no_clone in [true, false] {
         let out = m.at.join("out.vhd");
         let p = Counting::never();
@@ -323,7 +298,7 @@ fn a_file_system_that_cannot_clone_says_so_when_short() {
     let input = m.at.join("in.raw");
     let runs: Vec<(u64, u64)> = (0..3).map(|k| (k * SLICE + MIB, 40 * MIB)).collect();
     sparse_raw(&input, 3 * SLICE, &runs);
-    leave_free(&m, 100 * MIB);
+    leave_free(&m.at, 100 * MIB);
     let out = m.at.join("out.vhd");
     let p = Counting::never();
     let err = convert_to_file(open(&input).as_ref(), &out, &opts(false), &p)
@@ -409,7 +384,7 @@ fn cloning_onto_a_nearly_full_fs_needs_no_free_space_for_the_data() {
     let input = m.at.join("in.raw");
     let runs: Vec<(u64, u64)> = (0..3).map(|k| (k * SLICE + MIB, 40 * MIB)).collect();
     sparse_raw(&input, 3 * SLICE, &runs);
-    leave_free(&m, 16 * MIB);
+    leave_free(&m.at, 16 * MIB);
     let out = m.at.join("out.vhd");
     let (r, p) = convert_counted(&input, &out, false);
     assert_eq!(r.data_bytes_cloned, 120 * MIB, "{r:?}");

@@ -10,7 +10,7 @@
 
 mod loop_mount;
 
-use loop_mount::{assert_same_disk, run, s, umount, Mounted};
+use loop_mount::{assert_same_disk, free_bytes, leave_free, others, run, s, umount, Mounted};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -150,38 +150,6 @@ fn sparse_raw(path: &Path, size: u64, runs: &[(u64, u64, u64)]) {
         f.write_all_at(&pat(seed, len), at).unwrap();
     }
     f.sync_all().unwrap();
-}
-
-/// Files in `dir` other than `keep`.
-fn others(dir: &Path, keep: &[&str]) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| !keep.contains(&n.as_str()) && n != "lost+found")
-        .collect()
-}
-
-/// Fill the file system at `at` until about `free` bytes are left.
-fn leave_free(at: &Path, free: u64) {
-    let fill = free_bytes(at).saturating_sub(free);
-    run(
-        "fallocate",
-        &["-l", &fill.to_string(), s(&at.join("ballast"))],
-    );
-}
-
-/// Free bytes of the file system at `at`, as `statfs` reports them.
-fn free_bytes(at: &Path) -> u64 {
-    let out = Command::new("stat")
-        .args(["-f", "-c", "%a %S", s(at)])
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let v: Vec<u64> = text
-        .split_whitespace()
-        .map(|v| v.parse().unwrap())
-        .collect();
-    v[0] * v[1]
 }
 
 /// Remove `leave_free`'s ballast and wait until its space shows as free (XFS frees a

@@ -491,18 +491,20 @@ struct SliceNeed {
 /// conversion's figures, not the slice's alone, so freeing what the message asks for is
 /// enough.
 fn check_slice_space(out: &Path, s: &SliceNeed, image: &dyn DiskImage) -> Result<bool> {
+    let mut later = None;
     if s.whole {
-        let later = stored_bytes(image, s.rest.clone())?;
-        if check_free_space(out, s.needed + later).is_ok() {
+        let rest = stored_bytes(image, s.rest.clone())?;
+        if check_free_space(out, s.needed + rest).is_ok() {
             return Ok(true);
         }
+        later = Some(rest);
         let (why, _) = shortage_words(s, out);
         tracing::warn!(
             "{} may not fit: {why}, and the rest of the disk stores up to {} bytes, more than the {} bytes free. \
              Zero pages are not copied, so it may still fit; each part is checked before it is copied, \
              and a shortage stops the conversion with nothing left under that name",
             out.display(),
-            s.needed + later,
+            s.needed + rest,
             free_space(out).unwrap_or(0)
         );
     }
@@ -512,7 +514,10 @@ fn check_slice_space(out: &Path, s: &SliceNeed, image: &dyn DiskImage) -> Result
     if e.code() != "convert.no_space" {
         return Err(e);
     }
-    let later = stored_bytes(image, s.rest.clone())?;
+    let later = match later {
+        Some(l) => l,
+        None => stored_bytes(image, s.rest.clone())?,
+    };
     let avail = free_space(out).unwrap_or(0);
     let (copied, needed) = (s.copied, s.needed);
     let total = copied + needed + later;

@@ -120,3 +120,35 @@ pub fn assert_same_disk(out: &Path, disk: &Path, what: &str) {
     o.read_exact_at(&mut footer, olen - 512).unwrap();
     assert_eq!(&footer[..8], b"conectix", "{what}: no footer last");
 }
+
+/// Files in `dir` other than `keep` (and `lost+found`).
+pub fn others(dir: &Path, keep: &[&str]) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !keep.contains(&n.as_str()) && n != "lost+found")
+        .collect()
+}
+
+/// Free bytes of the file system at `at`, as `statfs` reports them to unprivileged users.
+pub fn free_bytes(at: &Path) -> u64 {
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%a %S", s(at)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let v: Vec<u64> = text
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    v[0] * v[1]
+}
+
+/// Fill the file system at `at` with a file `ballast` until about `free` bytes are left.
+pub fn leave_free(at: &Path, free: u64) {
+    let fill = free_bytes(at).saturating_sub(free);
+    run(
+        "fallocate",
+        &["-l", &fill.to_string(), s(&at.join("ballast"))],
+    );
+}
