@@ -1,10 +1,11 @@
 //! What `convert` may create and replace: temporaries are new files under names nobody can
 //! plant in advance, an OUT that is a device (or a link to one) is refused even with
 //! `--force`, `--in-place` refuses anything but a regular file before writing anything,
-//! long OUT names work, and a dangling link at OUT is named for what it is.
+//! long OUT names work, a dangling link at OUT is named for what it is, and a live
+//! temporary of a process in another PID namespace is not taken for an orphan.
 //!
-//! Device and loop-device cases need root (CI runs as root); they fail, never skip, when
-//! `mknod` or `losetup` is missing.
+//! Device, loop-device and PID-namespace cases need root (CI runs as root); they fail, never skip, when
+//! `mknod`, `losetup` or `unshare` is missing.
 
 use assert_cmd::Command;
 use std::io::{Seek, SeekFrom, Write};
@@ -250,4 +251,47 @@ fn a_dangling_link_out_is_named_and_replaced_only_with_force() {
     assert!(!nowhere.exists());
     vhdforge().arg("check").arg(&out).assert().code(0);
     assert_eq!(names(dir.path()), ["in.raw", "out.vhd"]);
+}
+
+#[test]
+fn a_live_temporary_of_another_pid_namespace_is_left_alone() {
+    // This test process plays a convert on the host, writing OUT's temporary; the convert
+    // under test runs in a new PID namespace (a container sharing the folder), where no
+    // process has this test's id. The name alone says "dead"; the lock says "alive".
+    let dir = tempfile::tempdir().unwrap();
+    let input = raw_input(dir.path());
+    let out = dir.path().join("out.vhd");
+    let me = std::process::id();
+    let live = dir
+        .path()
+        .join(format!(".out.vhd.vhdforge-partial-{me}-0123456789abcdef"));
+    let held = std::fs::File::create_new(&live).unwrap();
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor `held` owns; no memory is passed.
+        let rc = unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
+    }
+    // One nobody holds, under the same id: the control, which must go, so the convert is
+    // known to have looked and to have found the id dead in its namespace.
+    let orphan = dir
+        .path()
+        .join(format!(".out.vhd.vhdforge-partial-{me}-fedcba9876543210"));
+    std::fs::write(&orphan, b"left by a killed run").unwrap();
+    let o = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(assert_cmd::cargo::cargo_bin("vhdforge"))
+        .arg("convert")
+        .arg(&input)
+        .arg(&out)
+        .output()
+        .expect("unshare (util-linux) runs the convert in a new PID namespace");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        live.exists(),
+        "a temporary still held by a live process was removed"
+    );
+    assert!(!orphan.exists(), "the orphan of a dead process was left");
+    vhdforge().arg("check").arg(&out).assert().code(0);
+    drop(held);
 }

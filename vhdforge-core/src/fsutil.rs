@@ -260,10 +260,11 @@ impl TempFile {
             ));
             match create_new(&path) {
                 Ok(file) => {
+                    hold(&file);
                     return Ok(TempFile {
                         file: Some(file),
                         path,
-                    })
+                    });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
                 Err(e) => return Err(e),
@@ -302,7 +303,9 @@ impl TempFile {
             .take()
             .expect("the file is only taken by persist, which consumes self");
         file.sync_all()?;
-        // Closed before the rename: Windows refuses to rename some open files.
+        // Closed before the rename: Windows refuses to rename some open files. Elsewhere it
+        // stays open, and so held (see [`hold`]), until the temporary name is gone.
+        #[cfg(windows)]
         drop(file);
         #[cfg(windows)]
         {
@@ -387,9 +390,62 @@ fn temp_prefix(target: &Path, tag: &str) -> String {
     format!(".{}.vhdforge-{tag}-", &name[..cut])
 }
 
+/// Mark a new temporary file as in use for as long as this process keeps it open (Unix: an
+/// exclusive `flock`, which the kernel drops when the process dies, however it dies).
+/// [`remove_orphans`] leaves a held file alone even when the process id in its name seems
+/// dead: that id may belong to another PID namespace (a container sharing the folder), where
+/// `/proc` cannot see the owner. A file system without locks only loses this guard.
+fn hold(file: &File) {
+    #[cfg(unix)]
+    if let Err(e) = try_flock(file) {
+        tracing::debug!("cannot lock the new temporary file ({e}); only its name marks it as ours");
+    }
+    // Windows: no such guard. `LockFileEx` locks are mandatory and would block the
+    // self-check's own reads through a second handle, and process ids there are global.
+    #[cfg(not(unix))]
+    let _ = file;
+}
+
+/// Whether a live process still holds the temporary at `path` ([`hold`]). Only a regular
+/// file can be held; a file this process may not open counts as held (not ours to judge).
+#[cfg(unix)]
+fn held(path: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    if !std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file()) {
+        return false;
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path);
+    match f {
+        Ok(f) => try_flock(&f).is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock),
+        Err(e) => e.kind() != io::ErrorKind::NotFound,
+    }
+}
+
+/// Take an exclusive `flock` on `file` without waiting; `WouldBlock` when another open
+/// file holds it. (`File::try_lock` is newer than this crate's minimum Rust.)
+#[cfg(unix)]
+fn try_flock(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this `File` owns; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(unix))]
+fn held(_path: &Path) -> bool {
+    false
+}
+
 /// Remove the temporaries [`TempFile::beside`] made for `target` with `tag` in processes
 /// that no longer run (killed mid-way). Linux and Windows ([`crate::platform::process_running`]
-/// tells whether a process runs); elsewhere they are left alone. Links are removed as links.
+/// tells whether a process runs); elsewhere they are left alone. A file still held by a
+/// live process ([`hold`]) is kept whatever its name says. Links are removed as links.
 /// The files in `keep` (the operation's inputs) are never removed, whatever their names: a
 /// name is only a guess that a file is an orphan.
 pub fn remove_orphans(target: &Path, tag: &str, keep: &[PathBuf]) {
@@ -422,6 +478,7 @@ pub fn remove_orphans(target: &Path, tag: &str, keep: &[PathBuf]) {
         if pid != std::process::id()
             && crate::platform::process_running(pid) == Some(false)
             && !kept()
+            && !held(&e.path())
         {
             let _ = std::fs::remove_file(e.path());
         }
@@ -712,6 +769,8 @@ mod tests {
         // the next run removes it once its process is gone.
         let t = TempFile::beside(&target, "partial").unwrap();
         let tmp = t.path().to_path_buf();
+        // The same open file, so the same lock: how this test lets its "owner" die.
+        let owner = t.file().try_clone().unwrap();
         std::mem::forget(t);
         assert_eq!(std::fs::read(&target).unwrap(), b"old complete");
         let dead = tmp.to_string_lossy().replace(
@@ -729,6 +788,22 @@ mod tests {
             b"old",
         )
         .unwrap();
+        // Its process id seems dead, but its lock is held: a process of another PID
+        // namespace (a container sharing the folder) still writes it. Kept; the old-form
+        // one, which nobody holds, goes.
+        remove_orphans(&target, "partial", &[]);
+        let dead_name = Path::new(&dead).file_name().unwrap().to_str().unwrap();
+        if cfg!(target_os = "linux") {
+            assert_eq!(names(dir.path()), [dead_name, "out.vhd"]);
+        }
+        // Its owner dies (the kernel drops the lock): now it is an orphan.
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock on a descriptor `owner` owns; no memory is passed.
+            assert_eq!(unsafe { libc::flock(owner.as_raw_fd(), libc::LOCK_UN) }, 0);
+        }
+        drop(owner);
         remove_orphans(&target, "partial", &[]);
         if cfg!(target_os = "linux") {
             assert_eq!(names(dir.path()), ["out.vhd"]);
