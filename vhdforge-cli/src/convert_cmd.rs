@@ -27,12 +27,13 @@ The output is sparse: zero ranges, known from metadata or found by content, beco
 uses about as much disk as the input's non-zero data. The input is never modified. The output is \
 written to a new file under a hidden, random temporary name in the same folder (never through a \
 symbolic link) and renamed only when complete, checked and flushed; an interrupted run leaves \
-nothing under OUT's name (a later run removes temporaries of runs that were killed). Free space \
-is checked before data is written: up front for a copy (--no-clone: every stored byte must fit); \
-when cloning, before each 256 MiB part's copy. At the first clone the file system refuses for \
-good (IN on another file system, or one that cannot clone, such as ext4) the whole rest is \
-checked too: if its stored bytes exceed the free space a warning says it may not fit (zero \
-pages are not copied, so a thick disk often does), and the convert goes on part by part.
+nothing under OUT's name (a later run removes temporaries of runs that were killed, never one \
+a live process still holds). Free space is checked before each 256 MiB part's copy. As soon as \
+the rest of the disk is known to be a plain copy (at once with --no-clone; otherwise when the \
+file system refuses cloning for good: IN on another file system, or one that cannot clone, \
+such as ext4) the whole rest is checked too: if its stored bytes exceed the free space a \
+warning says it may not fit (zero pages are not copied, so a thick disk often does), and the \
+convert goes on part by part.
 
 OUT must be a new name, or with --force a regular file (or a symbolic link, which is replaced \
 as a link: what it points to is never written). When OUT is an existing directory, the output \

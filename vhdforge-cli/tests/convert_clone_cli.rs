@@ -86,7 +86,8 @@ fn a_thick_disk_that_may_not_fit_is_warned_about_and_still_converted() {
     // ext4 cannot clone, so the copy's whole need is checked at the first refused clone.
     // A thick raw (every byte written, zeros included) stores 512 MiB, more than the
     // ~350 MiB left free, but holds only 40 MiB of data: the convert warns and succeeds
-    // (each 256 MiB part is checked before its copy, and fits).
+    // (each 256 MiB part is checked before its copy, and fits). `--no-clone` does the
+    // same (it used to refuse up front, counting the written zeros).
     let fs = Mounted::sized("ext4", 1 << 30);
     let raw = fs.at.join("thick.raw");
     let runs = [(MIB, 3), (300 * MIB, 4)];
@@ -104,11 +105,25 @@ fn a_thick_disk_that_may_not_fit_is_warned_about_and_still_converted() {
     }
     leave_free(&fs.at, 350 * MIB as u64);
     let out = fs.at.join("out.vhd");
-    let (_, err) = convert(&[s(&raw), s(&out)]);
-    assert!(err.contains("may not fit"), "no warning: {err}");
-    assert!(err.contains("cannot share blocks"), "{err}");
+    for (flags, why) in [
+        (&[][..], "cannot share blocks"),
+        (&["--no-clone"][..], "--no-clone"),
+    ] {
+        let mut args = flags.to_vec();
+        args.extend([s(&raw), s(&out)]);
+        let (_, err) = convert(&args);
+        assert!(err.contains("may not fit"), "{flags:?}: no warning: {err}");
+        assert!(err.contains(why), "{flags:?}: {err}");
+        assert_thick_output(&out, &runs);
+        std::fs::remove_file(&out).unwrap();
+    }
+}
+
+/// `out` holds the 512 MiB thick disk of 20 MiB `runs` (offset, pattern seed).
+fn assert_thick_output(out: &std::path::Path, runs: &[(usize, u64)]) {
+    use std::os::unix::fs::FileExt;
     // The output holds the disk: the two runs, zeros elsewhere, then the footer.
-    let o = std::fs::File::open(&out).unwrap();
+    let o = std::fs::File::open(out).unwrap();
     assert_eq!(o.metadata().unwrap().len(), 512 * MIB as u64 + 512);
     let pats: Vec<Vec<u8>> = runs
         .iter()

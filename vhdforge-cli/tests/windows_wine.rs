@@ -3,14 +3,18 @@
 //! the tests, so no `cargo build` runs inside `cargo test`), against the Linux build on the
 //! same fixtures: `--version`, `info --json`, `check`, `convert` (same SHA-256 but for the
 //! footer's timestamp, checksum and unique id; sparse),
-//! `upload` + `verify --full` to Azurite, an interrupted convert leaving nothing behind, and
-//! a disk another program holds open.
+//! `upload` + `verify --full` to Azurite, an interrupted convert leaving nothing behind, a
+//! convert onto a file system too small for its data (loop-mounted: CI runs as root), and a
+//! disk another program holds open.
 //!
 //! One test, steps in order: every step talks to the same wineserver, which is stopped at
 //! the end. Results and fixture checksums go straight to stderr (not captured), so CI output
 //! shows them. A missing exe, shim or Wine fails the test, never skips it.
 
 mod common;
+// The loop-mount helper the clone tests use.
+#[path = "../../vhdforge-core/tests/loop_mount/mod.rs"]
+mod loop_mount;
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -537,6 +541,7 @@ fn wine_smoke_suite() {
     report("upload + verify --full (Wine), verify --full (Linux) ok");
 
     interrupted_convert(&wine, dir.path());
+    short_of_space(&wine, dir.path());
     disk_in_use(&wine, dir.path());
     hyperv_unavailable(&wine);
     report(&format!("all steps passed in {:.0?}", started.elapsed()));
@@ -592,6 +597,38 @@ fn convert_until_temp(wine: &Wine, src: &Path, out: &Path) -> Child {
     }
     std::thread::sleep(Duration::from_millis(200));
     child
+}
+
+/// A convert onto a file system with 100 MiB free, of 384 MiB of data: the Windows build
+/// learns the free space from `GetDiskFreeSpaceExW`, says up front that it may not fit,
+/// stops before copying with `convert.no_space` (not a failed write), and leaves nothing.
+fn short_of_space(wine: &Wine, dir: &Path) {
+    let src = big_raw(dir);
+    let m = loop_mount::Mounted::new("ext4");
+    loop_mount::leave_free(&m.at, 100 * MIB as u64);
+    let out = m.at.join("out.vhd");
+    let w = wine.run(
+        &[
+            OsStr::new("convert"),
+            OsStr::new(&win(&src)),
+            OsStr::new(&win(&out)),
+        ],
+        &[],
+        Duration::from_secs(60),
+    );
+    let err = text(&w.stderr);
+    assert_eq!(w.status.code(), Some(2), "short of space: {err}");
+    assert!(err.contains("may not fit"), "no warning up front: {err}");
+    assert!(
+        err.contains("not enough free space") && err.contains(&(384 * MIB).to_string()),
+        "not the free-space check's error, or not the whole disk's figure: {err}"
+    );
+    assert_eq!(
+        loop_mount::others(&m.at, &["ballast"]),
+        Vec::<String>::new(),
+        "left behind on the full file system"
+    );
+    report("convert onto a file system too small: warned, refused before copying, nothing left");
 }
 
 fn interrupted_convert(wine: &Wine, dir: &Path) {

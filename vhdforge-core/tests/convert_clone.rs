@@ -272,3 +272,20 @@ fn a_parent_on_another_file_system_does_not_stop_the_childs_clones() {
         "the cloned output differs from the copied one; {without:?}"
     );
 }
+
+#[test]
+fn a_convert_that_clones_everything_needs_no_free_space() {
+    // Every data block of a raw disk is aligned, so all of it is shared and nothing takes
+    // new space: on an XFS with half a MiB left it converts. (Before, each slice's check
+    // asked for its 1 MiB of slack even with nothing to copy, and refused with "needs up
+    // to 0 bytes".)
+    let m = Mounted::new("xfs");
+    let input = m.at.join("in.raw");
+    make_raw(&input);
+    loop_mount::leave_free(&m.at, MIB / 2);
+    let out = m.at.join("out.vhd");
+    let r = convert(&input, &out, false);
+    assert_eq!(r.data_bytes_written, 0, "{r:?}");
+    assert!(r.data_bytes_cloned >= 40 * MIB, "{r:?}");
+    loop_mount::assert_same_disk(&out, &input, "cloned onto a full file system");
+}

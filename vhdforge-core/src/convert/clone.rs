@@ -61,6 +61,18 @@ pub struct CloneOutcome {
     pub leftover: Vec<Range<u64>>,
 }
 
+/// Why a convert copies (the rest of) the disk rather than cloning it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copying {
+    /// The file system refused cloning for every range ([`Cloner::exhausted`]), or the
+    /// output's file system cannot clone at all.
+    Refused(Refusal),
+    /// The user asked for a copy (`--no-clone`).
+    Asked,
+    /// The image is read through a VHDX log replayed in memory: the file is not the disk.
+    ReplayedLog,
+}
+
 /// Clones data from the files of an image's chain into one output file.
 pub struct Cloner {
     align: u64,
@@ -72,10 +84,13 @@ pub struct Cloner {
 }
 
 impl Cloner {
-    /// A cloner for `image` into `dst`, or `None` (with the reason logged) when nothing can
-    /// be cloned: no clone support on this platform or file system, or a log overlay.
-    pub fn new(image: &dyn DiskImage, dst: &File) -> Option<Cloner> {
-        let align = clone_alignment(dst)?;
+    /// A cloner for `image` into `dst`, or why nothing can be cloned (logged too): no clone
+    /// support on this platform or file system, or a log overlay.
+    pub fn new(image: &dyn DiskImage, dst: &File) -> std::result::Result<Cloner, Copying> {
+        let Some(align) = clone_alignment(dst) else {
+            tracing::debug!("not cloning: the output's file system reports no block size");
+            return Err(Copying::Refused(Refusal::Unsupported));
+        };
         let (mut cur, mut layers) = (Some(image), 0);
         while let Some(i) = cur {
             layers += 1;
@@ -84,11 +99,11 @@ impl Cloner {
                     "not cloning: {} is read through a log replayed in memory",
                     i.info().path.display()
                 );
-                return None;
+                return Err(Copying::ReplayedLog);
             }
             cur = i.parent();
         }
-        Some(Cloner {
+        Ok(Cloner {
             align,
             unit: UNIT.max(align),
             layers,

@@ -10,7 +10,7 @@
 //! block-aligned stored extent into the output when the file system can (XFS reflink,
 //! btrfs, `ReFS`); only what it leaves is read and copied as above.
 
-use super::clone::{split_pieces, Cloner};
+use super::clone::{split_pieces, Cloner, Copying};
 use super::Policy;
 use crate::azure::FixedVhdLayout;
 use crate::error::{Error, ErrorKind, Result};
@@ -95,9 +95,6 @@ pub fn convert_to_file(
     let plan = FixedVhdLayout::for_image(image, &opts.policy)?;
     check_output_for(image, out, opts.force)?;
     let data_upper_bound = stored_bytes(image, 0..plan.source_size)?;
-    if opts.no_clone {
-        check_free_space(out, data_upper_bound)?;
-    }
 
     // The chain's own files are kept even when named like a stale temporary of OUT.
     fsutil::remove_orphans(out, TEMP_TAG, &chain_paths(image));
@@ -121,13 +118,17 @@ pub fn convert_to_file(
     })?;
 
     progress.set_total(data_upper_bound);
-    let mut cloner = (!opts.no_clone).then(|| Cloner::new(image, file)).flatten();
-    if cloner.is_none() && !opts.no_clone {
-        check_free_space(out, data_upper_bound)?;
+    let (mut cloner, copying) = if opts.no_clone {
+        (None, Some(Copying::Asked))
+    } else {
+        Cloner::new(image, file).map_or_else(|why| (None, Some(why)), |c| (Some(c), None))
+    };
+    let mut space = SpaceChecks::new(out, image, copying);
+    if copying.is_some() {
+        space.before_copy(0, 0, 0..plan.source_size, Some(data_upper_bound), false)?;
     }
     let pool = worker_pool(opts.threads)?;
-    let (mut data_bytes_cloned, mut data_bytes_written) = (0, 0);
-    let (mut start, mut rest_checked) = (0, false);
+    let (mut data_bytes_cloned, mut data_bytes_written, mut start) = (0, 0, 0);
     while start < plan.source_size {
         // A slice with nothing stored reads nothing, so only here is a Ctrl-C noticed on a
         // huge sparse disk before every slice's map was walked.
@@ -136,30 +137,24 @@ pub fn convert_to_file(
         }
         let slice = start..plan.source_size.min(start + SLICE);
         start = slice.end;
-        let pieces = match &mut cloner {
+        let (pieces, elsewhere) = match &mut cloner {
             Some(c) => {
                 let done = c.run(image, file, slice.clone(), progress)?;
                 data_bytes_cloned += done.cloned;
-                let left = split_pieces(&done.leftover, PIECE);
-                // Only now is it known how much of this slice takes new space.
-                let exhausted = c.exhausted();
-                let need = SliceNeed {
-                    copied: data_bytes_written,
-                    needed: left.iter().map(|r| r.end - r.start).sum(),
-                    rest: slice.end..plan.source_size,
-                    exhausted,
-                    whole: exhausted.is_some() && !rest_checked,
-                    elsewhere: c.elsewhere(),
-                };
-                rest_checked |= exhausted.is_some();
-                if check_slice_space(out, &need, image)? {
-                    // The rest is a plain copy, and all of it fits.
-                    cloner = None;
+                if let Some(r) = c.exhausted() {
+                    space.copying = Some(Copying::Refused(r));
                 }
-                left
+                (split_pieces(&done.leftover, PIECE), c.elsewhere())
             }
-            None => data_pieces(image, slice, PIECE)?,
+            None => (data_pieces(image, slice.clone(), PIECE)?, false),
         };
+        // Only now is it known how much of this slice takes new space.
+        let needed = pieces.iter().map(|r| r.end - r.start).sum();
+        let rest = slice.end..plan.source_size;
+        if space.before_copy(data_bytes_written, needed, rest, None, elsewhere)? {
+            // The rest is a plain copy, and all of it fits.
+            cloner = None;
+        }
         data_bytes_written += write_data(&pool, image, file, &pieces, out, progress)?;
     }
     pwrite_all(file, &plan.footer_bytes(), plan.disk_size).map_err(|e| {
@@ -442,7 +437,8 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Refuse up front when the output's folder cannot hold the data that will be written.
+/// Refuse when the output's folder cannot hold `needed` bytes of new data (with a little
+/// slack for the file system's metadata).
 fn check_free_space(out: &Path, needed: u64) -> Result<()> {
     let Some(avail) = free_space(out) else {
         return Ok(());
@@ -464,7 +460,59 @@ fn check_free_space(out: &Path, needed: u64) -> Result<()> {
     Ok(())
 }
 
-/// What the clone path is about to copy, and what may follow.
+/// The free-space checks of one convert, slice by slice ([`check_slice_space`]).
+struct SpaceChecks<'a> {
+    out: &'a Path,
+    image: &'a dyn DiskImage,
+    /// Why the rest of the disk is a plain copy, once that is known.
+    copying: Option<Copying>,
+    /// The whole rest was checked since `copying` became known.
+    rest_checked: bool,
+    /// The whole rest fits: nothing more to check.
+    settled: bool,
+}
+
+impl<'a> SpaceChecks<'a> {
+    fn new(out: &'a Path, image: &'a dyn DiskImage, copying: Option<Copying>) -> Self {
+        SpaceChecks {
+            out,
+            image,
+            copying,
+            rest_checked: false,
+            settled: false,
+        }
+    }
+
+    /// Check before copying `needed` bytes, `copied` being copied already and `rest` (its
+    /// stored bytes `rest_stored`, when counted) following; `Ok(true)` when this check
+    /// found that all the rest fits, so none follows.
+    fn before_copy(
+        &mut self,
+        copied: u64,
+        needed: u64,
+        rest: std::ops::Range<u64>,
+        rest_stored: Option<u64>,
+        elsewhere: bool,
+    ) -> Result<bool> {
+        if self.settled {
+            return Ok(false);
+        }
+        let need = SliceNeed {
+            copied,
+            needed,
+            rest,
+            rest_stored,
+            copying: self.copying,
+            whole: self.copying.is_some() && !self.rest_checked,
+            elsewhere,
+        };
+        self.rest_checked |= self.copying.is_some();
+        self.settled = check_slice_space(self.out, &need, self.image)?;
+        Ok(self.settled)
+    }
+}
+
+/// What a convert is about to copy, and what may follow.
 struct SliceNeed {
     /// Bytes copied before this slice.
     copied: u64,
@@ -472,41 +520,55 @@ struct SliceNeed {
     needed: u64,
     /// The virtual range after this slice.
     rest: std::ops::Range<u64>,
-    /// Why nothing more can be cloned, once that is known.
-    exhausted: Option<Refusal>,
-    /// Check the whole rest now: the first slice since nothing more can be cloned.
+    /// The stored bytes of `rest`, when already counted.
+    rest_stored: Option<u64>,
+    /// Why the rest of the disk is a plain copy, once that is known.
+    copying: Option<Copying>,
+    /// Check the whole rest now: the first check since the rest is known to be a copy.
     whole: bool,
     /// Some layer lies on another file system ([`Cloner::elsewhere`]).
     elsewhere: bool,
 }
 
-/// The clone path's check before copying what one slice left; `Ok(true)` when the whole
-/// rest of the disk was found to fit, so no later slice needs checking.
+/// The check before copying what one slice left; `Ok(true)` when the whole rest of the
+/// disk was found to fit, so no later slice needs checking.
 ///
-/// Once nothing more can be cloned ([`Cloner::exhausted`]) the rest is a plain copy, and
-/// its whole need is checked at once: when even every stored byte fits, that settles it.
-/// When not, it is not refused: the allocation map counts written zeros (a thick disk) as
-/// stored, and zero pages are never copied, so it may well fit. A warning says so now, and
-/// each slice is checked before its copy as before. A shortage is reported with the whole
-/// conversion's figures, not the slice's alone, so freeing what the message asks for is
-/// enough.
+/// Once the rest is known to be a plain copy (from the start with `--no-clone`, or once
+/// nothing more can be cloned: [`Cloner::exhausted`]) its whole need is checked at once:
+/// when even every stored byte fits, that settles it. When not, it is not refused: the
+/// allocation map counts written zeros (a thick disk) as stored, and zero pages are never
+/// copied, so it may well fit. A warning says so now, and each slice is checked before its
+/// copy. A shortage is reported with the whole conversion's figures, not the slice's
+/// alone, so freeing what the message asks for is enough.
 fn check_slice_space(out: &Path, s: &SliceNeed, image: &dyn DiskImage) -> Result<bool> {
-    let mut later = None;
+    let mut later = s.rest_stored;
     if s.whole {
-        let rest = stored_bytes(image, s.rest.clone())?;
+        let rest = match later {
+            Some(r) => r,
+            None => stored_bytes(image, s.rest.clone())?,
+        };
         if check_free_space(out, s.needed + rest).is_ok() {
             return Ok(true);
         }
         later = Some(rest);
         let (why, _) = shortage_words(s, out);
+        let what = if s.rest.start == 0 {
+            "the disk"
+        } else {
+            "the rest of the disk"
+        };
         tracing::warn!(
-            "{} may not fit: {why}, and the rest of the disk stores up to {} bytes, more than the {} bytes free. \
+            "{} may not fit: {why}, and {what} stores up to {} bytes, more than the {} bytes free. \
              Zero pages are not copied, so it may still fit; each part is checked before it is copied, \
              and a shortage stops the conversion with nothing left under that name",
             out.display(),
             s.needed + rest,
             free_space(out).unwrap_or(0)
         );
+    }
+    // Nothing to copy needs no room (the check's slack would ask for some).
+    if s.needed == 0 {
+        return Ok(false);
     }
     let Err(e) = check_free_space(out, s.needed) else {
         return Ok(false);
@@ -536,7 +598,7 @@ fn check_slice_space(out: &Path, s: &SliceNeed, image: &dyn DiskImage) -> Result
     ))
 }
 
-/// Why the clone path must copy, and what to do about a shortage.
+/// Why the data must be copied, and what to do about a shortage.
 fn shortage_words(s: &SliceNeed, out: &Path) -> (String, &'static str) {
     // Moving the output beside the input helps only when some layer is known to lie
     // elsewhere, and only if that file system clones at all (ext4 or tmpfs do not): the
@@ -545,12 +607,22 @@ fn shortage_words(s: &SliceNeed, out: &Path) -> (String, &'static str) {
     let beside_input =
         "Free at least that much, or write the output on the file system that holds the input, \
          if that one can share blocks (XFS with reflink, btrfs, ReFS)";
-    match s.exhausted {
-        Some(Refusal::Unsupported) => (
+    match s.copying {
+        Some(Copying::Asked) => (
+            "cloning is off (--no-clone), so the data is copied".to_string(),
+            "Free at least that much, or write the output on a file system with more room; \
+             without --no-clone, an output beside the input on a file system that shares blocks \
+             (XFS with reflink, btrfs, ReFS) needs no new space for aligned data",
+        ),
+        Some(Copying::ReplayedLog) => (
+            "the input is read through a VHDX log replayed in memory, so its data must be copied".to_string(),
+            "Free at least that much, or write the output on a file system with more room",
+        ),
+        Some(Copying::Refused(Refusal::Unsupported)) => (
             format!("the file system of {} cannot share blocks between files, so the data must be copied", out.display()),
             "Free at least that much, or write the output on a file system that clones (XFS with reflink, btrfs, ReFS), or one with more room",
         ),
-        Some(Refusal::OtherFileSystem) => (
+        Some(Copying::Refused(Refusal::OtherFileSystem)) => (
             "the input lies on another file system, so its blocks cannot be shared and the data must be copied".to_string(),
             beside_input,
         ),
@@ -565,32 +637,9 @@ fn shortage_words(s: &SliceNeed, out: &Path) -> (String, &'static str) {
     }
 }
 
-#[cfg(unix)]
+/// Bytes free for new data in the output's folder, when the system says.
 fn free_space(out: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let dir = out
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe_zeroed_statvfs();
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer for statvfs.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &raw mut st) };
-    // The field types differ between platforms; both fit in u64.
-    #[allow(clippy::useless_conversion)]
-    let avail = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
-    (rc == 0).then_some(avail)
-}
-
-#[cfg(unix)]
-fn unsafe_zeroed_statvfs() -> libc::statvfs {
-    // SAFETY: statvfs is a plain C struct of integers; all-zero is a valid value.
-    unsafe { std::mem::zeroed() }
-}
-
-#[cfg(not(unix))]
-fn free_space(_out: &Path) -> Option<u64> {
-    None
+    crate::platform::free_bytes(fsutil::folder_of(out))
 }
 
 #[cfg(test)]

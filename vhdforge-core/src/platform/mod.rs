@@ -75,6 +75,34 @@ pub fn enable_ansi_on_stderr() -> bool {
     }
 }
 
+/// Bytes this user may still write on the file system holding the folder `dir`: `statvfs`'s
+/// blocks available to unprivileged users on Unix, `GetDiskFreeSpaceExW`'s bytes available
+/// to the caller (quotas counted) on Windows. `None` when the system does not say.
+pub fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        // SAFETY: statvfs is a plain C struct of integers; all-zero is a valid value.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+        let rc = unsafe { libc::statvfs(c.as_ptr(), &raw mut st) };
+        // The field types differ between platforms; both fit in u64.
+        #[allow(clippy::useless_conversion)]
+        let avail = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
+        (rc == 0).then_some(avail)
+    }
+    #[cfg(windows)]
+    {
+        windows::free_bytes(dir).ok()
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = dir;
+        None
+    }
+}
+
 /// Whether the process with this id still runs: `Some` where the platform can tell
 /// (Linux: `/proc`; Windows: `OpenProcess`), `None` elsewhere.
 pub fn process_running(pid: u32) -> Option<bool> {

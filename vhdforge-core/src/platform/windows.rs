@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use windows_sys::Win32::Foundation::{CloseHandle, GetLastError, ERROR_MORE_DATA};
 use windows_sys::Win32::Storage::FileSystem::{
-    MoveFileExW, MOVEFILE_REPLACE_EXISTING, MOVEFILE_WRITE_THROUGH,
+    GetDiskFreeSpaceExW, MoveFileExW, MOVEFILE_REPLACE_EXISTING, MOVEFILE_WRITE_THROUGH,
 };
 use windows_sys::Win32::System::Console::{
     GetConsoleMode, SetConsoleMode, ENABLE_VIRTUAL_TERMINAL_PROCESSING,
@@ -175,6 +175,27 @@ pub fn rename(from: &Path, to: &Path, replace: bool) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Bytes the caller may still write on the volume holding the folder `dir`
+/// (`GetDiskFreeSpaceExW`: quotas counted).
+pub fn free_bytes(dir: &Path) -> io::Result<u64> {
+    let d = wide(dir)?;
+    let mut avail = 0u64;
+    // SAFETY: `d` is a NUL-terminated UTF-16 string and `avail` a valid out-pointer, both
+    // outliving the call; the two totals are optional and passed as null.
+    let ok = unsafe {
+        GetDiskFreeSpaceExW(
+            d.as_ptr(),
+            &raw mut avail,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(avail)
 }
 
 /// Whether process `pid` still runs. A process we may not query (another user's) counts as
