@@ -11,11 +11,19 @@
 //! - An orphan whose name carries a pid that is live in the remover's namespace (pid 1: a
 //!   container's entrypoint) is never removed, though no lock holds it.
 //!
+//! - Free space (a60f2db): with --no-clone on an XFS with 512 KiB free, a disk storing 4 KiB
+//!   is refused ("needs up to 4096 bytes ... only 524288 bytes are left free; 528448 more
+//!   bytes are needed": its own figures say it fits), and an empty disk is warned about
+//!   ("stores up to 0 bytes, more than the 524288 bytes free").
+//!
 //! Holding up: the lock lasts through the final flush, link and rename (with and without
 //! `--force`); a SIGSTOPped convert of another namespace keeps its temporary against a host
 //! convert, and then refuses to replace the host's OUT; a killed one's orphan is removed.
 //!
 //! Needs root, `unshare`, `strace` (CI runs as root); a missing tool fails the test.
+
+#[path = "../../vhdforge-core/tests/loop_mount/mod.rs"]
+mod loop_mount;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -403,4 +411,74 @@ fn assert_out_is(out: &Path, disk: &Path) {
     let d = std::fs::read(disk).unwrap();
     assert_eq!(&o[..d.len()], &d[..], "OUT differs from the disk");
     assert_eq!(&o[o.len() - 512..o.len() - 504], b"conectix");
+}
+
+/// The first number after `pre` in `text`.
+fn number_after(text: &str, pre: &str) -> Option<u64> {
+    let at = text.find(pre)? + pre.len();
+    text[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `vhdforge convert --no-clone` of a 21 MiB raw disk storing `data` bytes onto an XFS
+/// with 512 KiB free: exit code and stderr.
+fn no_clone_onto_half_a_mib(data: usize) -> (Option<i32>, String) {
+    use std::os::unix::fs::FileExt;
+    let src = tempfile::tempdir().unwrap();
+    let input = src.path().join("in.raw");
+    let f = std::fs::File::create(&input).unwrap();
+    f.set_len(21 * MIB).unwrap();
+    if data > 0 {
+        f.write_all_at(&vec![0x5A; data], MIB).unwrap();
+    }
+    drop(f);
+    let m = loop_mount::Mounted::new("xfs");
+    loop_mount::leave_free(&m.at, MIB / 2);
+    let out = m.at.join("out.vhd");
+    let o = Command::new("timeout")
+        .arg("120")
+        .arg(bin())
+        .args(["convert", "--allow-any-size", "--no-clone"])
+        .arg(&input)
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    if o.status.success() {
+        assert!(out.exists());
+    } else {
+        assert!(!out.exists(), "{err}");
+    }
+    assert_eq!(
+        loop_mount::others(&m.at, &["out.vhd", "ballast"]),
+        Vec::<String>::new()
+    );
+    (o.status.code(), err)
+}
+
+#[test]
+fn a_refusal_for_space_is_backed_by_its_own_figures() {
+    let (code, err) = no_clone_onto_half_a_mib(4096);
+    if code != Some(0) {
+        let need = number_after(&err, "needs up to ").expect("a need in the message");
+        let free = number_after(&err, "but only ").expect("free bytes in the message");
+        assert!(
+            need > free,
+            "4 KiB of data with 512 KiB free was refused, and the message says it needs \
+             {need} bytes with {free} free: {err}"
+        );
+    }
+}
+
+#[test]
+fn an_empty_disk_is_not_warned_about_as_if_it_might_not_fit() {
+    let (code, err) = no_clone_onto_half_a_mib(0);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        !err.contains("may not fit"),
+        "a disk storing nothing was warned about: {err}"
+    );
 }
