@@ -40,6 +40,10 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v script >/dev/null 2>&1 || need_apt+=(bsdutils)
 command -v losetup >/dev/null 2>&1 || need_apt+=(mount)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# Races around temporary files, made deterministic by delaying or failing one system call
+# (redteam_rt12_cli.rs); unshare (util-linux) gives the convert its own PID namespace.
+command -v strace >/dev/null 2>&1 || need_apt+=(strace)
+command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 # The Windows cross-build (scripts/windows/build.sh) and the Wine smoke tests.
 command -v x86_64-w64-mingw32-gcc >/dev/null 2>&1 || need_apt+=(gcc-mingw-w64-x86-64-win32)
 [ -x /usr/lib/wine/wine64 ] || command -v wine64 >/dev/null 2>&1 || need_apt+=(wine64)

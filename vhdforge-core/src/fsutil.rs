@@ -259,13 +259,15 @@ impl TempFile {
                 &random[..16]
             ));
             match create_new(&path) {
-                Ok(file) => {
-                    hold(&file);
+                Ok(file) if hold(&file, &path) => {
                     return Ok(TempFile {
                         file: Some(file),
                         path,
                     });
                 }
+                // Taken for an orphan before it was locked (removed, or about to be): it is
+                // not ours any more; another name.
+                Ok(_) => last = Some(io::Error::other("the new temporary file was taken away")),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
                 Err(e) => return Err(e),
             }
@@ -390,38 +392,135 @@ fn temp_prefix(target: &Path, tag: &str) -> String {
     format!(".{}.vhdforge-{tag}-", &name[..cut])
 }
 
-/// Mark a new temporary file as in use for as long as this process keeps it open (Unix: an
-/// exclusive `flock`, which the kernel drops when the process dies, however it dies).
-/// [`remove_orphans`] leaves a held file alone even when the process id in its name seems
-/// dead: that id may belong to another PID namespace (a container sharing the folder), where
-/// `/proc` cannot see the owner. A file system without locks only loses this guard.
-fn hold(file: &File) {
+/// How long a new temporary may wait for a lock someone else holds: only another run's
+/// [`remove_orphans`] probing it, for the time of one `unlink`.
+#[cfg(unix)]
+const HOLD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// An empty temporary nobody holds is taken for an orphan only when older than this: a
+/// live one is empty and unlocked for the instant between its creation and its lock.
+const EMPTY_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Mark the new temporary `file` at `path` as in use for as long as this process keeps it
+/// open (Unix: an exclusive `flock`, which the kernel drops when the process dies, however
+/// it dies). [`remove_orphans`] leaves a held file alone whatever the process id in its name
+/// says: that id may belong to another PID namespace (a container sharing the folder),
+/// where `/proc` cannot see the owner, or be a container's pid 1, alive on the host. `false`
+/// when the name no longer leads to `file` (another run took it, unlocked, for an orphan):
+/// the caller tries another name. A file system without locks only loses this guard.
+fn hold(file: &File, path: &Path) -> bool {
     #[cfg(unix)]
-    if let Err(e) = try_flock(file) {
-        tracing::debug!("cannot lock the new temporary file ({e}); only its name marks it as ours");
+    {
+        use std::os::unix::fs::MetadataExt;
+        let started = std::time::Instant::now();
+        loop {
+            match try_flock(file) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if started.elapsed() >= HOLD_WAIT {
+                        return false;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => {
+                    tracing::debug!(
+                        "cannot lock the new temporary file ({e}); only its name marks it as ours"
+                    );
+                    break;
+                }
+            }
+        }
+        let (Ok(mine), Ok(there)) = (file.metadata(), std::fs::symlink_metadata(path)) else {
+            return false;
+        };
+        mine.dev() == there.dev() && mine.ino() == there.ino()
     }
-    // Windows: no such guard. `LockFileEx` locks are mandatory and would block the
-    // self-check's own reads through a second handle, and process ids there are global.
     #[cfg(not(unix))]
-    let _ = file;
+    {
+        // Windows: no such guard. `LockFileEx` locks are mandatory and would block the
+        // self-check's own reads through a second handle, and process ids there are global.
+        let _ = (file, path);
+        true
+    }
 }
 
-/// Whether a live process still holds the temporary at `path` ([`hold`]). Only a regular
-/// file can be held; a file this process may not open counts as held (not ours to judge).
+/// What [`probe`] found at a temporary's name.
+// Windows only ever finds `NoLocks`.
+#[cfg_attr(not(unix), allow(dead_code))]
+enum Probe {
+    /// A regular file nobody holds, now locked by this process (dropping it unlocks).
+    Free(File),
+    /// A live process holds it, or it changed while looked at, or it is not ours to open.
+    Held,
+    /// The file system has no locks: only the name can tell.
+    NoLocks,
+    /// Not a regular file (a link, say): only the name can tell.
+    NotRegular,
+}
+
+/// Whether a live process holds the temporary at `path` ([`hold`]), without following a
+/// link and without opening anything but the regular file found there: on Linux it is
+/// reached through an `O_PATH` descriptor first, so a device or FIFO swapped in is never
+/// opened. Opened for writing, since an exclusive lock on NFS needs that.
 #[cfg(unix)]
-fn held(path: &Path) -> bool {
-    use std::os::unix::fs::OpenOptionsExt;
-    if !std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file()) {
-        return false;
+fn probe(path: &Path) -> Probe {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Probe::Held;
+    };
+    if !meta.file_type().is_file() {
+        return Probe::NotRegular;
     }
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(path);
-    match f {
-        Ok(f) => try_flock(&f).is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock),
-        Err(e) => e.kind() != io::ErrorKind::NotFound,
+    let same = |m: &std::fs::Metadata| {
+        m.file_type().is_file() && m.ino() == meta.ino() && m.dev() == meta.dev()
+    };
+    let open_rw = |p: &Path, extra: libc::c_int| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC | extra)
+            .open(p)
+    };
+    #[cfg(target_os = "linux")]
+    let f = {
+        use std::os::fd::AsRawFd;
+        let Ok(pinned) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+        else {
+            return Probe::Held;
+        };
+        if !pinned.metadata().is_ok_and(|m| same(&m)) {
+            return Probe::Held;
+        }
+        // The same inode, opened for writing through the pinned descriptor (a magic link:
+        // following it is the point).
+        open_rw(
+            Path::new(&format!("/proc/self/fd/{}", pinned.as_raw_fd())),
+            0,
+        )
+    };
+    #[cfg(not(target_os = "linux"))]
+    let f = open_rw(path, libc::O_NOFOLLOW);
+    let Ok(f) = f else {
+        return Probe::Held;
+    };
+    if !f.metadata().is_ok_and(|m| same(&m)) {
+        return Probe::Held;
     }
+    match try_flock(&f) {
+        Ok(()) => Probe::Free(f),
+        Err(e) => match e.raw_os_error() {
+            Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::ENOSYS) => Probe::NoLocks,
+            // Held, or a lock that cannot be tested: never taken for "nobody holds it".
+            _ => Probe::Held,
+        },
+    }
+}
+
+#[cfg(not(unix))]
+fn probe(_path: &Path) -> Probe {
+    Probe::NoLocks
 }
 
 /// Take an exclusive `flock` on `file` without waiting; `WouldBlock` when another open
@@ -437,21 +536,14 @@ fn try_flock(file: &File) -> io::Result<()> {
     }
 }
 
-#[cfg(not(unix))]
-fn held(_path: &Path) -> bool {
-    false
-}
-
-/// Remove the temporaries [`TempFile::beside`] made for `target` with `tag` in processes
-/// that no longer run (killed mid-way). Linux and Windows ([`crate::platform::process_running`]
-/// tells whether a process runs); elsewhere they are left alone. A file still held by a
-/// live process ([`hold`]) is kept whatever its name says. Links are removed as links.
-/// The files in `keep` (the operation's inputs) are never removed, whatever their names: a
-/// name is only a guess that a file is an orphan.
+/// Remove the temporaries [`TempFile::beside`] made for `target` with `tag` that no
+/// process still writes (killed mid-way). Where the file system has locks ([`hold`]), that
+/// is a regular file nobody holds, whatever the process id in its name (an empty one only
+/// once older than [`EMPTY_GRACE`]). Otherwise the name decides: its process must no longer
+/// run (Linux and Windows: [`crate::platform::process_running`]; elsewhere nothing is
+/// removed). Links are removed as links. The files in `keep` (the operation's inputs) are
+/// never removed, whatever their names: a name is only a guess that a file is an orphan.
 pub fn remove_orphans(target: &Path, tag: &str, keep: &[PathBuf]) {
-    if crate::platform::process_running(std::process::id()).is_none() {
-        return;
-    }
     let prefix = temp_prefix(target, tag);
     let Ok(entries) = std::fs::read_dir(folder_of(target)) else {
         return;
@@ -474,13 +566,32 @@ pub fn remove_orphans(target: &Path, tag: &str, keep: &[PathBuf]) {
         else {
             continue;
         };
-        let kept = || std::fs::canonicalize(e.path()).is_ok_and(|c| keep.contains(&c));
-        if pid != std::process::id()
-            && crate::platform::process_running(pid) == Some(false)
-            && !kept()
-            && !held(&e.path())
-        {
-            let _ = std::fs::remove_file(e.path());
+        let path = e.path();
+        if std::fs::canonicalize(&path).is_ok_and(|c| keep.contains(&c)) {
+            continue;
+        }
+        match probe(&path) {
+            Probe::Free(locked) => {
+                let fresh_and_empty = locked.metadata().is_ok_and(|m| {
+                    m.len() == 0
+                        && m.modified()
+                            .ok()
+                            .and_then(|t| t.elapsed().ok())
+                            .is_none_or(|age| age < EMPTY_GRACE)
+                });
+                if !fresh_and_empty {
+                    // Removed while locked: a new run's `hold` waits, then finds its name gone.
+                    let _ = std::fs::remove_file(&path);
+                }
+                drop(locked);
+            }
+            Probe::Held => {}
+            Probe::NoLocks | Probe::NotRegular => {
+                if pid != std::process::id() && crate::platform::process_running(pid) == Some(false)
+                {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
         }
     }
 }
@@ -767,7 +878,10 @@ mod tests {
         assert_eq!(std::fs::read(&target).unwrap(), b"old complete");
         // Killed (no drop): the partial data exists only under the temporary name, and
         // the next run removes it once its process is gone.
-        let t = TempFile::beside(&target, "partial").unwrap();
+        let mut t = TempFile::beside(&target, "partial").unwrap();
+        // Written to: an empty temporary nobody holds is spared for a while (it may be
+        // between its creation and its lock).
+        t.file.as_mut().unwrap().write_all(b"half").unwrap();
         let tmp = t.path().to_path_buf();
         // The same open file, so the same lock: how this test lets its "owner" die.
         let owner = t.file().try_clone().unwrap();
