@@ -28,12 +28,13 @@ uses about as much disk as the input's non-zero data. The input is never modifie
 written to a new file under a hidden, random temporary name in the same folder (never through a \
 symbolic link) and renamed only when complete, checked and flushed; an interrupted run leaves \
 nothing under OUT's name (a later run removes temporaries of runs that were killed, never one \
-a live process still holds). Free space is checked before each 256 MiB part's copy. As soon as \
-the rest of the disk is known to be a plain copy (at once with --no-clone; otherwise when the \
-file system refuses cloning for good: IN on another file system, or one that cannot clone, \
-such as ext4) the whole rest is checked too: if its stored bytes exceed the free space a \
-warning says it may not fit (zero pages are not copied, so a thick disk often does), and the \
-convert goes on part by part.
+a live process still holds). Free space: as soon as the rest of the disk is known to be a \
+plain copy (at once with --no-clone; otherwise when the file system refuses cloning for good: \
+IN on another file system, or one that cannot clone, such as ext4) its stored bytes are \
+checked against the free space; if they do not fit, a warning says the output may not fit \
+(zero pages are not copied, so a thick disk often does) and the convert goes on, checking each \
+4 MiB piece's non-zero bytes before writing them. It stops with convert.no_space only when the \
+next piece does not fit (1 MiB is left free), with nothing left under OUT's name.
 
 OUT must be a new name, or with --force a regular file (or a symbolic link, which is replaced \
 as a link: what it points to is never written). When OUT is an existing directory, the output \

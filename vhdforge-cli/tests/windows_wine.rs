@@ -601,7 +601,8 @@ fn convert_until_temp(wine: &Wine, src: &Path, out: &Path) -> Child {
 
 /// A convert onto a file system with 100 MiB free, of 384 MiB of data: the Windows build
 /// learns the free space from `GetDiskFreeSpaceExW`, says up front that it may not fit,
-/// stops before copying with `convert.no_space` (not a failed write), and leaves nothing.
+/// stops with `convert.no_space` when the next piece does not fit (not a failed write), and
+/// leaves nothing.
 fn short_of_space(wine: &Wine, dir: &Path) {
     let src = big_raw(dir);
     let m = loop_mount::Mounted::new("ext4");
@@ -628,7 +629,9 @@ fn short_of_space(wine: &Wine, dir: &Path) {
         Vec::<String>::new(),
         "left behind on the full file system"
     );
-    report("convert onto a file system too small: warned, refused before copying, nothing left");
+    report(
+        "convert onto a file system too small: warned, stopped with convert.no_space, nothing left",
+    );
 }
 
 fn interrupted_convert(wine: &Wine, dir: &Path) {

@@ -139,6 +139,14 @@ impl Error {
         self
     }
 
+    /// Drop the file this error names: for a file the user never named (a temporary
+    /// output), when the caller's context says what it was.
+    #[must_use]
+    pub fn without_file(mut self) -> Self {
+        self.path = None;
+        self
+    }
+
     /// The coarse kind.
     pub fn kind(&self) -> ErrorKind {
         self.kind

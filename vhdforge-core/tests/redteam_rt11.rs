@@ -320,23 +320,16 @@ fn a_chain_refused_for_good_only_in_a_later_slice_reports_the_whole_conversion()
     let (err, done) = convert_refused(&child, &out);
     assert_eq!(err.code(), "convert.no_space", "{err:#}");
     let msg = err.to_string();
-    for (figure, what) in [
-        (100 * MIB, "the whole conversion"),
-        (40 * MIB, "copied before"),
-        (60 * MIB, "the next part"),
-    ] {
-        assert!(
-            msg.contains(&figure.to_string()),
-            "{what} ({figure}) not in: {msg}"
-        );
-    }
-    assert!(msg.contains("another file system"), "{msg}");
     assert!(
-        msg.contains(&format!("{} copied before", 40 * MIB)),
-        "{msg}"
+        msg.contains(&format!("up to {} bytes of new data", 100 * MIB)),
+        "the whole conversion's figure is not in: {msg}"
     );
-    // The child's slice was copied before the parent could be tried; nothing after.
-    assert_eq!(done, 40 * MIB, "{msg}");
+    assert!(msg.contains("another file system"), "{msg}");
+    // The child's slice was copied before the parent could be tried; the parent's slice,
+    // too big by its stored bytes, was copied piece by piece until one did not fit (rt12:
+    // stored bytes may be written zeros). The message names the bytes really copied.
+    assert!((40 * MIB..100 * MIB).contains(&done), "{done}: {msg}");
+    assert!(msg.contains("copied before it ran short"), "{msg}");
     assert_eq!(others(&x.at, &["ballast"]), Vec::<String>::new());
     // With room, the same chain converts exactly.
     remove_ballast(&x.at);
@@ -372,8 +365,9 @@ fn xfs_without_reflink_is_a_plain_copy_checked_at_once() {
         !msg.contains("holds the input"),
         "the input is already there: {msg}"
     );
-    // Two slices' 80 MiB fit and were copied; the third's 40 MiB did not.
-    assert_eq!(done, 80 * MIB, "{msg}");
+    // Two slices' 80 MiB fit and were copied; the third's 40 MiB did not, found piece by
+    // piece within it.
+    assert!((80 * MIB..120 * MIB).contains(&done), "{done}: {msg}");
     assert_eq!(others(&x.at, &["ballast", "in.raw"]), Vec::<String>::new());
     remove_ballast(&x.at);
     let (r, p) = convert_counted(&input, &out);
@@ -399,7 +393,7 @@ fn xfs_without_reflink_and_an_input_on_reflink_xfs_advises_moving_the_output() {
     let msg = err.to_string();
     assert!(msg.contains(&(120 * MIB).to_string()), "{msg}");
     assert!(msg.contains("another file system"), "{msg}");
-    assert_eq!(done, 80 * MIB, "{msg}");
+    assert!((80 * MIB..120 * MIB).contains(&done), "{done}: {msg}");
     // And there, beside the input, it is cloned whole into 16 MiB of free space.
     leave_free(&x1.at, 16 * MIB);
     let out = x1.at.join("out.vhd");
@@ -425,7 +419,7 @@ fn an_input_on_ext4_is_not_offered_as_a_place_to_share_blocks() {
     leave_free(&x.at, 100 * MIB);
     let (err, done) = convert_refused(&input, &x.at.join("out.vhd"));
     assert_eq!(err.code(), "convert.no_space", "{err:#}");
-    assert_eq!(done, 80 * MIB, "{err}");
+    assert!((80 * MIB..120 * MIB).contains(&done), "{done}: {err}");
     let msg = err.to_string();
     assert!(
         !msg.contains("so its blocks can be shared"),
@@ -593,12 +587,9 @@ fn a_chain_half_on_another_file_system_short_of_room_names_that_half() {
         "{msg}"
     );
     assert!(msg.contains("if that one can share blocks"), "{msg}");
-    assert!(
-        msg.contains(&format!("{} for the next part", 60 * MIB)),
-        "{msg}"
-    );
-    // Only the child's first 8 MiB were cloned before the check; nothing was copied.
-    assert_eq!(done, 8 * MIB, "{msg}");
+    // The child's first 8 MiB were cloned; the parent's 60 MiB were copied piece by piece
+    // until one did not fit.
+    assert!((8 * MIB..68 * MIB).contains(&done), "{done}: {msg}");
     assert_eq!(
         others(&x.at, &["ballast", "child.avhdx", "parent.vhdx"]),
         Vec::<String>::new()
@@ -730,7 +721,10 @@ fn a_block_device_input_is_copied_and_checked_at_once() {
     leave_free(&x.at, 100 * MIB);
     let (err, done) = convert_refused(Path::new(&dev.0), &out);
     assert_eq!(err.code(), "convert.no_space", "{err:#}");
-    assert_eq!(done, 0, "{err}");
+    // All 768 MiB count as stored, so the whole need is known not to fit at the first
+    // refused clone; only written zeros could save it, so it is copied piece by piece
+    // (rt12) until the third slice's 40 MiB of data do not fit.
+    assert!((2 * SLICE..3 * SLICE).contains(&done), "{done}: {err}");
     assert!(err.to_string().contains("another file system"), "{err}");
     remove_ballast(&x.at);
     let (r, p) = convert_counted(Path::new(&dev.0), &out);

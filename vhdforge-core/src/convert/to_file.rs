@@ -125,7 +125,7 @@ pub fn convert_to_file(
     };
     let mut space = SpaceChecks::new(out, image, copying);
     if copying.is_some() {
-        space.before_copy(0, 0, 0..plan.source_size, Some(data_upper_bound), false)?;
+        space.before_copy(0, 0..plan.source_size, Some(data_upper_bound))?;
     }
     let pool = worker_pool(opts.threads)?;
     let (mut data_bytes_cloned, mut data_bytes_written, mut start) = (0, 0, 0);
@@ -137,25 +137,37 @@ pub fn convert_to_file(
         }
         let slice = start..plan.source_size.min(start + SLICE);
         start = slice.end;
-        let (pieces, elsewhere) = match &mut cloner {
+        let pieces = match &mut cloner {
             Some(c) => {
                 let done = c.run(image, file, slice.clone(), progress)?;
                 data_bytes_cloned += done.cloned;
                 if let Some(r) = c.exhausted() {
                     space.copying = Some(Copying::Refused(r));
                 }
-                (split_pieces(&done.leftover, PIECE), c.elsewhere())
+                space.elsewhere = c.elsewhere();
+                split_pieces(&done.leftover, PIECE)
             }
-            None => (data_pieces(image, slice.clone(), PIECE)?, false),
+            None => data_pieces(image, slice.clone(), PIECE)?,
         };
-        // Only now is it known how much of this slice takes new space.
+        // Only now is it known how much of this slice may take new space.
         let needed = pieces.iter().map(|r| r.end - r.start).sum();
         let rest = slice.end..plan.source_size;
-        if space.before_copy(data_bytes_written, needed, rest, None, elsewhere)? {
+        let exact = space.before_copy(needed, rest.clone(), None)?;
+        if space.settled {
             // The rest is a plain copy, and all of it fits.
             cloner = None;
         }
-        data_bytes_written += write_data(&pool, image, file, &pieces, out, progress)?;
+        let copied = Copied::default();
+        let result = write_data(&pool, image, file, &pieces, out, progress, exact, &copied);
+        let (written, done) = (copied.written.into_inner(), copied.done.into_inner());
+        data_bytes_written += written;
+        if let Err(e) = result {
+            return Err(if e.code() == "convert.no_space" {
+                space.shortage(data_bytes_written, needed.saturating_sub(done), rest)?
+            } else {
+                e
+            });
+        }
     }
     pwrite_all(file, &plan.footer_bytes(), plan.disk_size).map_err(|e| {
         Error::io(
@@ -167,8 +179,26 @@ pub fn convert_to_file(
         return Err(interrupted());
     }
     self_check(&tmp_path, out, &opts.policy)?;
+    put_in_place(tmp, out, opts.force)?;
+    Ok(ConvertReport {
+        virtual_size: plan.source_size,
+        output_size: plan.output_size(),
+        data_bytes_written,
+        data_bytes_cloned,
+        zero_bytes_skipped: plan
+            .source_size
+            .saturating_sub(data_bytes_written)
+            .saturating_sub(data_bytes_cloned),
+        padded_bytes: plan.padding(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Give the complete, checked temporary `tmp` the name `out` (replacing a file there only
+/// with `force`).
+fn put_in_place(tmp: TempFile, out: &Path, force: bool) -> Result<()> {
     // The file is flushed by persist before it is renamed; the folder after.
-    let replace = if opts.force {
+    let replace = if force {
         Replace::RegularFile
     } else {
         Replace::Never
@@ -185,18 +215,7 @@ pub fn convert_to_file(
         PersistError::NotReplaceable(occupant) => not_a_file(out, &occupant),
         PersistError::Io(e) => Error::io(format!("cannot put the output in place as {}", out.display()), e),
     })?;
-    Ok(ConvertReport {
-        virtual_size: plan.source_size,
-        output_size: plan.output_size(),
-        data_bytes_written,
-        data_bytes_cloned,
-        zero_bytes_skipped: plan
-            .source_size
-            .saturating_sub(data_bytes_written)
-            .saturating_sub(data_bytes_cloned),
-        padded_bytes: plan.padding(),
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(())
 }
 
 /// The error of a cancelled conversion.
@@ -223,8 +242,30 @@ fn worker_pool(threads: usize) -> Result<rayon::ThreadPool> {
         })
 }
 
-/// Copy every non-zero page of `pieces` of `image` into `file` at the same offset (the file
-/// was sized beforehand, so skipped pages read as zeros). Returns the data bytes written.
+/// What one slice's copy did so far: read by the caller after an error too.
+#[derive(Default)]
+struct Copied {
+    /// Bytes written (non-zero pages) of the pieces done.
+    written: AtomicU64,
+    /// Stored bytes of the pieces done (a piece is done once all its pages are written).
+    done: AtomicU64,
+}
+
+/// The error a piece's copy stops with when the output's file system has no room for it;
+/// the caller turns it into the full report ([`SpaceChecks::shortage`]).
+fn ran_short() -> Error {
+    Error::new(
+        ErrorKind::InvalidInput,
+        "convert.no_space",
+        "the output's file system has no room for the next piece",
+    )
+}
+
+/// Read `pieces`, write their non-zero pages into `file` at the same offsets (in parallel;
+/// the file was sized beforehand, so skipped pages read as zeros), count into `copied`.
+/// With `exact`, each piece's non-zero bytes are checked against the free space before they
+/// are written. A write that finds the file system full ends the same way ([`ran_short`]).
+#[allow(clippy::too_many_arguments)]
 fn write_data(
     pool: &rayon::ThreadPool,
     image: &dyn DiskImage,
@@ -232,8 +273,9 @@ fn write_data(
     pieces: &[std::ops::Range<u64>],
     out: &Path,
     progress: &dyn Progress,
-) -> Result<u64> {
-    let written = AtomicU64::new(0);
+    exact: bool,
+    copied: &Copied,
+) -> Result<()> {
     pool.install(|| {
         scan_pieces(
             pieces,
@@ -245,25 +287,36 @@ fn write_data(
                 image.read_at(buf, at)
             },
             |piece, data, runs| {
+                let need: u64 = runs.iter().map(|r| r.end - r.start).sum();
+                if exact && need > 0 && !fits(out, need) {
+                    return Err(ran_short());
+                }
                 for run in runs {
                     let at = usize_from(run.start - piece.start);
                     let len = usize_from(run.end - run.start);
                     pwrite_all(file, &data[at..at + len], run.start).map_err(|e| {
+                        if crate::platform::is_out_of_space(&e) {
+                            return ran_short();
+                        }
                         Error::io(
                             format!("cannot write the new output for {}", out.display()),
                             e,
                         )
                         .at(run.start)
                     })?;
-                    written.fetch_add(run.end - run.start, Ordering::Relaxed);
                 }
+                // Counted once the whole piece is written, so the two counts agree.
+                copied.written.fetch_add(need, Ordering::Relaxed);
+                copied
+                    .done
+                    .fetch_add(piece.end - piece.start, Ordering::Relaxed);
                 start_writeback(file, piece.start, piece.end - piece.start);
                 progress.advance(piece.end - piece.start);
                 Ok(())
             },
         )
     })?;
-    Ok(written.into_inner())
+    Ok(())
 }
 
 /// The output at `tmp` must pass `check` before it gets its name `out`: every structural
@@ -277,8 +330,9 @@ fn self_check(tmp: &Path, out: &Path, policy: &Policy) -> Result<()> {
             format!("the converted image failed its own check ({what}); nothing was written to {}. Please report this", out.display()),
         )
     };
+    // The temporary's name is never shown: the context names OUT.
     let check = crate::inspect_quick(tmp, &crate::OpenOptions::default()).map_err(|e| {
-        e.context(
+        e.without_file().context(
             "convert.self_check",
             format!(
                 "the converted image could not be checked; nothing was written to {}",
@@ -437,35 +491,45 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Refuse when the output's folder cannot hold `needed` bytes of new data (with a little
-/// slack for the file system's metadata).
-fn check_free_space(out: &Path, needed: u64) -> Result<()> {
-    let Some(avail) = free_space(out) else {
-        return Ok(());
-    };
-    // Metadata and file-system overhead: a little slack on top of the data.
-    let want = needed + needed / 64 + (1 << 20);
-    if avail < want {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            "convert.no_space",
-            format!(
-                "not enough free space for {}: the output needs up to {} bytes of data (a sparse file; the virtual size does not count), \
-                 but only {avail} bytes are free",
-                out.display(),
-                needed
-            ),
-        ));
+/// Bytes left free beside `needed` bytes of new data, for the file system's own records
+/// (extent trees grow with the data): a copy never fills the file system beyond this.
+fn margin(needed: u64) -> u64 {
+    if needed == 0 {
+        0
+    } else {
+        needed / 64 + (1 << 20)
     }
-    Ok(())
 }
 
-/// The free-space checks of one convert, slice by slice ([`check_slice_space`]).
+/// Whether `needed` bytes of new data fit in the output's folder (yes when the system does
+/// not say).
+fn fits(out: &Path, needed: u64) -> bool {
+    free_space(out).is_none_or(|avail| avail >= needed + margin(needed))
+}
+
+/// The free-space checks of one convert.
+///
+/// The allocation map gives only an upper bound of what a copy writes: it counts written
+/// zeros (a thick disk copied without its holes) as stored, and zero pages are never
+/// written. So a bound that fits settles it, and a bound that does not fit refuses nothing:
+/// - as soon as the rest of the disk is known to be a plain copy (from the start with
+///   `--no-clone` or a replayed log; once nothing more can be cloned otherwise:
+///   [`Cloner::exhausted`]) the whole rest's bound is checked once; if it fits, nothing more
+///   is checked, and if not, a warning says the output may not fit;
+/// - then each slice's bound is checked before its copy, and a slice whose bound does not
+///   fit is copied with each piece's exact need (its non-zero pages) checked before the
+///   piece is written ([`write_data`]).
+///
+/// A shortage ([`SpaceChecks::shortage`]) thus stops the convert only when the next piece
+/// really does not fit, with [`margin`] left free; a file system that fills anyway (another
+/// program writing) ends the same way. Nothing is left under OUT's name either way.
 struct SpaceChecks<'a> {
     out: &'a Path,
     image: &'a dyn DiskImage,
     /// Why the rest of the disk is a plain copy, once that is known.
     copying: Option<Copying>,
+    /// Some layer lies on another file system ([`Cloner::elsewhere`]).
+    elsewhere: bool,
     /// The whole rest was checked since `copying` became known.
     rest_checked: bool,
     /// The whole rest fits: nothing more to check.
@@ -478,162 +542,121 @@ impl<'a> SpaceChecks<'a> {
             out,
             image,
             copying,
+            elsewhere: false,
             rest_checked: false,
             settled: false,
         }
     }
 
-    /// Check before copying `needed` bytes, `copied` being copied already and `rest` (its
-    /// stored bytes `rest_stored`, when counted) following; `Ok(true)` when this check
-    /// found that all the rest fits, so none follows.
+    /// Before copying a slice that stores up to `needed` bytes, with `rest` after it (its
+    /// stored bytes `rest_stored`, when counted): whether each piece of the slice must be
+    /// checked before it is written. Sets `settled` when the whole rest was found to fit.
     fn before_copy(
         &mut self,
-        copied: u64,
         needed: u64,
         rest: std::ops::Range<u64>,
         rest_stored: Option<u64>,
-        elsewhere: bool,
     ) -> Result<bool> {
         if self.settled {
             return Ok(false);
         }
-        let need = SliceNeed {
-            copied,
-            needed,
-            rest,
-            rest_stored,
-            copying: self.copying,
-            whole: self.copying.is_some() && !self.rest_checked,
-            elsewhere,
-        };
-        self.rest_checked |= self.copying.is_some();
-        self.settled = check_slice_space(self.out, &need, self.image)?;
-        Ok(self.settled)
-    }
-}
-
-/// What a convert is about to copy, and what may follow.
-struct SliceNeed {
-    /// Bytes copied before this slice.
-    copied: u64,
-    /// Bytes of this slice left to copy.
-    needed: u64,
-    /// The virtual range after this slice.
-    rest: std::ops::Range<u64>,
-    /// The stored bytes of `rest`, when already counted.
-    rest_stored: Option<u64>,
-    /// Why the rest of the disk is a plain copy, once that is known.
-    copying: Option<Copying>,
-    /// Check the whole rest now: the first check since the rest is known to be a copy.
-    whole: bool,
-    /// Some layer lies on another file system ([`Cloner::elsewhere`]).
-    elsewhere: bool,
-}
-
-/// The check before copying what one slice left; `Ok(true)` when the whole rest of the
-/// disk was found to fit, so no later slice needs checking.
-///
-/// Once the rest is known to be a plain copy (from the start with `--no-clone`, or once
-/// nothing more can be cloned: [`Cloner::exhausted`]) its whole need is checked at once:
-/// when even every stored byte fits, that settles it. When not, it is not refused: the
-/// allocation map counts written zeros (a thick disk) as stored, and zero pages are never
-/// copied, so it may well fit. A warning says so now, and each slice is checked before its
-/// copy. A shortage is reported with the whole conversion's figures, not the slice's
-/// alone, so freeing what the message asks for is enough.
-fn check_slice_space(out: &Path, s: &SliceNeed, image: &dyn DiskImage) -> Result<bool> {
-    let mut later = s.rest_stored;
-    if s.whole {
-        let rest = match later {
-            Some(r) => r,
-            None => stored_bytes(image, s.rest.clone())?,
-        };
-        if check_free_space(out, s.needed + rest).is_ok() {
-            return Ok(true);
+        if self.copying.is_some() && !self.rest_checked {
+            self.rest_checked = true;
+            let rest_stored = match rest_stored {
+                Some(r) => r,
+                None => stored_bytes(self.image, rest.clone())?,
+            };
+            if fits(self.out, needed + rest_stored) {
+                self.settled = true;
+                return Ok(false);
+            }
+            let what = if rest.start == 0 && needed == 0 {
+                "the disk"
+            } else {
+                "the rest of the disk"
+            };
+            tracing::warn!(
+                "{} may not fit: {}, and {what} stores up to {} bytes, more than the {} bytes free \
+                 (less {} left for the file system's own records). Zero pages are not copied, so it \
+                 may still fit; each piece is checked before it is written, and a shortage stops the \
+                 conversion with nothing left under that name",
+                self.out.display(),
+                self.why().0,
+                needed + rest_stored,
+                free_space(self.out).unwrap_or(0),
+                margin(needed + rest_stored),
+            );
         }
-        later = Some(rest);
-        let (why, _) = shortage_words(s, out);
-        let what = if s.rest.start == 0 {
-            "the disk"
-        } else {
-            "the rest of the disk"
-        };
-        tracing::warn!(
-            "{} may not fit: {why}, and {what} stores up to {} bytes, more than the {} bytes free. \
-             Zero pages are not copied, so it may still fit; each part is checked before it is copied, \
-             and a shortage stops the conversion with nothing left under that name",
-            out.display(),
-            s.needed + rest,
-            free_space(out).unwrap_or(0)
-        );
+        Ok(!fits(self.out, needed))
     }
-    // Nothing to copy needs no room (the check's slack would ask for some).
-    if s.needed == 0 {
-        return Ok(false);
-    }
-    let Err(e) = check_free_space(out, s.needed) else {
-        return Ok(false);
-    };
-    if e.code() != "convert.no_space" {
-        return Err(e);
-    }
-    let later = match later {
-        Some(l) => l,
-        None => stored_bytes(image, s.rest.clone())?,
-    };
-    let avail = free_space(out).unwrap_or(0);
-    let (copied, needed) = (s.copied, s.needed);
-    let total = copied + needed + later;
-    let left = needed + later;
-    let short = (left + left / 64 + (1 << 20)).saturating_sub(avail);
-    let (why, advice) = shortage_words(s, out);
-    Err(Error::new(
-        ErrorKind::InvalidInput,
-        "convert.no_space",
-        format!(
-            "not enough free space for {}: {why}, and in all the output needs up to {total} bytes of new space \
-             ({copied} copied before this check and freed again now, {needed} for the next part, at most {later} after it), but only {avail} bytes are left free; \
-             {short} more bytes are needed. {advice}",
-            out.display(),
-        ),
-    ))
-}
 
-/// Why the data must be copied, and what to do about a shortage.
-fn shortage_words(s: &SliceNeed, out: &Path) -> (String, &'static str) {
-    // Moving the output beside the input helps only when some layer is known to lie
-    // elsewhere, and only if that file system clones at all (ext4 or tmpfs do not): the
-    // advice says so rather than promise sharing there, and is not given to an output
-    // already beside its input whose data is copied for being unaligned.
-    let beside_input =
-        "Free at least that much, or write the output on the file system that holds the input, \
-         if that one can share blocks (XFS with reflink, btrfs, ReFS)";
-    match s.copying {
-        Some(Copying::Asked) => (
-            "cloning is off (--no-clone), so the data is copied".to_string(),
-            "Free at least that much, or write the output on a file system with more room; \
-             without --no-clone, an output beside the input on a file system that shares blocks \
-             (XFS with reflink, btrfs, ReFS) needs no new space for aligned data",
-        ),
-        Some(Copying::ReplayedLog) => (
-            "the input is read through a VHDX log replayed in memory, so its data must be copied".to_string(),
-            "Free at least that much, or write the output on a file system with more room",
-        ),
-        Some(Copying::Refused(Refusal::Unsupported)) => (
-            format!("the file system of {} cannot share blocks between files, so the data must be copied", out.display()),
-            "Free at least that much, or write the output on a file system that clones (XFS with reflink, btrfs, ReFS), or one with more room",
-        ),
-        Some(Copying::Refused(Refusal::OtherFileSystem)) => (
-            "the input lies on another file system, so its blocks cannot be shared and the data must be copied".to_string(),
-            beside_input,
-        ),
-        None if s.elsewhere => (
-            "what could not be cloned must be copied (the input, or part of it, lies on another file system)".to_string(),
-            beside_input,
-        ),
-        None => (
-            "what could not be cloned (data not aligned to the file system's blocks, or refused by it) must be copied".to_string(),
-            "Free at least that much, or write the output on a file system with more room",
-        ),
+    /// The error of a shortage found after `copied` bytes were written, when what is left
+    /// (`left` stored bytes of the current slice, and `rest` after it) did not fit.
+    fn shortage(&self, copied: u64, left: u64, rest: std::ops::Range<u64>) -> Result<Error> {
+        let later = left + stored_bytes(self.image, rest)?;
+        let avail = free_space(self.out).unwrap_or(0);
+        // The copied bytes are freed again with the temporary: what was free at the start.
+        let was_free = avail + copied;
+        let total = copied + later;
+        let want = total + margin(total);
+        let short = want.saturating_sub(was_free);
+        let (why, other) = self.why();
+        Ok(Error::new(
+            ErrorKind::InvalidInput,
+            "convert.no_space",
+            format!(
+                "not enough free space for {}: {why}, and the output needs up to {want} bytes of free space: \
+                 up to {total} bytes of new data ({copied} copied before it ran short and freed again now, \
+                 at most {later} more) and {} left free for the file system's own records, but only {was_free} \
+                 bytes were free. Zero pages are not written, so less may do; freeing {short} more bytes is \
+                 enough. Or {other}",
+                self.out.display(),
+                margin(total),
+            ),
+        ))
+    }
+
+    /// Why the data must be copied, and where else the output could go.
+    fn why(&self) -> (String, &'static str) {
+        // Moving the output beside the input helps only when some layer is known to lie
+        // elsewhere, and only if that file system clones at all (ext4 or tmpfs do not): the
+        // advice says so rather than promise sharing there, and is not given to an output
+        // already beside its input whose data is copied for being unaligned.
+        let beside_input = "write the output on the file system that holds the input, \
+             if that one can share blocks (XFS with reflink, btrfs, ReFS)";
+        let out = self.out.display();
+        match self.copying {
+            Some(Copying::Asked) => (
+                "cloning is off (--no-clone), so the data is copied".to_string(),
+                "write the output on a file system with more room; without --no-clone, an output \
+                 beside the input on a file system that shares blocks (XFS with reflink, btrfs, ReFS) \
+                 needs no new space for aligned data",
+            ),
+            Some(Copying::ReplayedLog) => (
+                "the input is read through a VHDX log replayed in memory, so its data must be copied"
+                    .to_string(),
+                "write the output on a file system with more room",
+            ),
+            Some(Copying::Refused(Refusal::Unsupported)) => (
+                format!("the file system of {out} cannot share blocks between files, so the data must be copied"),
+                "write the output on a file system that clones (XFS with reflink, btrfs, ReFS), or one with more room",
+            ),
+            Some(Copying::Refused(Refusal::OtherFileSystem)) => (
+                "the input lies on another file system, so its blocks cannot be shared and the data must be copied"
+                    .to_string(),
+                beside_input,
+            ),
+            None if self.elsewhere => (
+                "what could not be cloned must be copied (the input, or part of it, lies on another file system)"
+                    .to_string(),
+                beside_input,
+            ),
+            None => (
+                "what could not be cloned (data not aligned to the file system's blocks, or refused by it) must be copied"
+                    .to_string(),
+                "write the output on a file system with more room",
+            ),
+        }
     }
 }
 

@@ -103,6 +103,24 @@ pub fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     }
 }
 
+/// Whether `e` means the file system is full (or the user's quota is): `ENOSPC`/`EDQUOT` on
+/// Unix, `ERROR_DISK_FULL`/`ERROR_HANDLE_DISK_FULL` on Windows.
+pub fn is_out_of_space(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+    }
+    #[cfg(windows)]
+    {
+        matches!(e.raw_os_error(), Some(112 | 39))
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = e;
+        false
+    }
+}
+
 /// Whether the process with this id still runs: `Some` where the platform can tell
 /// (Linux: `/proc`; Windows: `OpenProcess`), `None` elsewhere.
 pub fn process_running(pid: u32) -> Option<bool> {

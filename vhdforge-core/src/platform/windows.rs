@@ -180,7 +180,12 @@ pub fn rename(from: &Path, to: &Path, replace: bool) -> io::Result<()> {
 /// Bytes the caller may still write on the volume holding the folder `dir`
 /// (`GetDiskFreeSpaceExW`: quotas counted).
 pub fn free_bytes(dir: &Path) -> io::Result<u64> {
-    let d = wide(dir)?;
+    let mut d = wide(dir)?;
+    // A share's root (`\\server\share`) must end in a backslash; any folder may.
+    let sep = u16::from(b'\\');
+    if d.len() >= 2 && d[d.len() - 2] != sep {
+        d.insert(d.len() - 1, sep);
+    }
     let mut avail = 0u64;
     // SAFETY: `d` is a NUL-terminated UTF-16 string and `avail` a valid out-pointer, both
     // outliving the call; the two totals are optional and passed as null.
