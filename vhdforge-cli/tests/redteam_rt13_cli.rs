@@ -1,4 +1,5 @@
-//! Red team rt13 of 94461d5 (free space): a write that fails with `EDQUOT` (a user quota:
+//! Red team rt13 of 01f8e91 and 94461d5. Temporaries: see the last test (a watcher's shared
+//! flock). Free space (94461d5): a write that fails with `EDQUOT` (a user quota:
 //! `statvfs` knows nothing of it) becomes `convert.no_space`, whose message then computes
 //! its figures from `statvfs` alone. With gigabytes free on the file system, the message
 //! says the output "needs up to" a few MiB "but only" gigabytes "were free", and that
@@ -8,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
 
@@ -138,5 +140,123 @@ fn an_input_reached_through_a_bind_mount_is_not_removed_as_an_orphan() {
         input.exists(),
         "the convert's own input, reached through a bind mount of OUT's folder, was deleted as \
          an orphan temporary: {err}"
+    );
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The watcher, in C (a Rust watcher built for tests is too slow to win as often): blocked
+/// in `read` on inotify, woken by the creation, it opens the new file read-only (what any
+/// user may do with a 0644 file in a shared folder) and takes a shared lock, kept for good.
+const WATCHER_C: &str = r#"
+#include <sys/inotify.h>
+#include <sys/file.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int in = inotify_init1(IN_CLOEXEC);
+    if (in < 0 || inotify_add_watch(in, argv[1], IN_CREATE) < 0) return 1;
+    char ready[4096];
+    snprintf(ready, sizeof ready, "%s/ready", argv[1]);
+    close(open(ready, O_CREAT | O_WRONLY, 0644));
+    char buf[65536];
+    for (;;) {
+        ssize_t n = read(in, buf, sizeof buf);
+        for (char *p = buf; n > 0 && p < buf + n;) {
+            struct inotify_event *e = (struct inotify_event *)p;
+            if (e->len) {
+                char path[4096];
+                snprintf(path, sizeof path, "%s/%s", argv[1], e->name);
+                int fd = open(path, O_RDONLY);
+                if (fd >= 0 && flock(fd, LOCK_SH | LOCK_NB) != 0) close(fd);
+            }
+            p += sizeof *e + e->len;
+        }
+    }
+}
+"#;
+
+struct Kill(std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// MEDIUM (denial of service by any local user; garbage left for good). 01f8e91's `hold`
+/// waits up to 2 s for the lock on a new temporary, then gives the name up *and leaves the
+/// empty file there*; after 8 names the convert fails. Any user who can read the new
+/// temporary (0644 under the usual umask, in a shared sticky folder such as /tmp) can take
+/// a shared `flock` on it with a read-only descriptor, and an inotify watcher wins the race
+/// between `create_new` and `hold`'s `flock` often (run as `nobody`: 11 wins in 10 converts,
+/// one convert took 12 s). Each win costs 2 s and leaves an empty root-owned temporary the
+/// watcher keeps locked, so `remove_orphans` never removes it. Someone else's lock does not
+/// threaten a temporary (held files are never removed; a remover's exclusive lock then
+/// unlink is told apart by the inode check after the wait), so giving up the name is not
+/// needed. Needs `cc`; a missing compiler fails the test.
+#[test]
+fn a_shared_lock_won_in_the_creation_race_neither_costs_time_nor_leaves_garbage() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("out.vhd");
+    let tools = tempfile::tempdir().unwrap();
+    let src = tools.path().join("watcher.c");
+    let exe = tools.path().join("watcher");
+    std::fs::write(&src, WATCHER_C).unwrap();
+    let st = Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .expect("cc runs (is a C compiler installed?)");
+    assert!(st.success(), "cc failed");
+    let watcher = Kill(Command::new(&exe).arg(dir.path()).spawn().unwrap());
+    let ready = dir.path().join("ready");
+    let t0 = Instant::now();
+    while !ready.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the watcher did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::remove_file(&ready).unwrap();
+    let input = raw_input(tools.path());
+    let mut slow = Vec::new();
+    let mut failed = 0;
+    for _ in 0..12 {
+        let started = Instant::now();
+        let o = Command::new("timeout")
+            .arg("120")
+            .arg(bin())
+            .args(["convert", "--allow-any-size", "--no-clone", "--force"])
+            .arg(&input)
+            .arg(&target)
+            .output()
+            .unwrap();
+        if !o.status.success() {
+            failed += 1;
+        }
+        if started.elapsed() > Duration::from_millis(1500) {
+            slow.push(started.elapsed());
+        }
+    }
+    drop(watcher);
+    let left: Vec<String> = names(dir.path())
+        .into_iter()
+        .filter(|n| n != "out.vhd")
+        .collect();
+    assert!(
+        slow.is_empty() && failed == 0 && left.is_empty(),
+        "a watcher's shared flock: {failed} of 12 converts failed, slow ones took {slow:?}, \
+         left behind (locked by the watcher, so never removed): {left:?}"
     );
 }
