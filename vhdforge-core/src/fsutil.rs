@@ -392,8 +392,8 @@ fn temp_prefix(target: &Path, tag: &str) -> String {
     format!(".{}.vhdforge-{tag}-", &name[..cut])
 }
 
-/// How long a new temporary may wait for a lock someone else holds: only another run's
-/// [`remove_orphans`] probing it, for the time of one `unlink`.
+/// How long a new temporary may wait for its lock while someone else holds an exclusive
+/// one: another run's [`remove_orphans`] probing it, for the time of one `unlink`.
 #[cfg(unix)]
 const HOLD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// An empty temporary nobody holds is taken for an orphan only when older than this: a
@@ -401,23 +401,33 @@ const HOLD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 const EMPTY_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Mark the new temporary `file` at `path` as in use for as long as this process keeps it
-/// open (Unix: an exclusive `flock`, which the kernel drops when the process dies, however
-/// it dies). [`remove_orphans`] leaves a held file alone whatever the process id in its name
+/// open (Unix: a shared `flock`, which the kernel drops when the process dies, however it
+/// dies). [`remove_orphans`] leaves a held file alone whatever the process id in its name
 /// says: that id may belong to another PID namespace (a container sharing the folder),
-/// where `/proc` cannot see the owner, or be a container's pid 1, alive on the host. `false`
-/// when the name no longer leads to `file` (another run took it, unlocked, for an orphan):
-/// the caller tries another name. A file system without locks only loses this guard.
+/// where `/proc` cannot see the owner, or be a container's pid 1, alive on the host.
+///
+/// Shared, not exclusive: anyone who may read the file can take a shared lock too (red team
+/// rt13: an inotify watcher wins the race between creation and this lock), and that only
+/// makes the file look held; an exclusive lock would then wait. Only a remover's brief
+/// exclusive probe is waited out, and if the wait runs out the file is kept unlocked. (On an
+/// SMB mount, where `flock` becomes a byte-range lock, a shared one still lets the
+/// self-check's second handle read.) `false` when the name no longer leads to `file`
+/// (another run took it, unlocked, for an orphan): the caller tries another name. A file
+/// system without locks only loses this guard.
 fn hold(file: &File, path: &Path) -> bool {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
         let started = std::time::Instant::now();
         loop {
-            match try_flock(file) {
+            match try_flock(file, libc::LOCK_SH) {
                 Ok(()) => break,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if started.elapsed() >= HOLD_WAIT {
-                        return false;
+                        tracing::debug!(
+                            "the new temporary file stays locked by another process; kept unlocked"
+                        );
+                        break;
                     }
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
@@ -508,7 +518,7 @@ fn probe(path: &Path) -> Probe {
     if !f.metadata().is_ok_and(|m| same(&m)) {
         return Probe::Held;
     }
-    match try_flock(&f) {
+    match try_flock(&f, libc::LOCK_EX) {
         Ok(()) => Probe::Free(f),
         Err(e) => match e.raw_os_error() {
             Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::ENOSYS) => Probe::NoLocks,
@@ -523,13 +533,14 @@ fn probe(_path: &Path) -> Probe {
     Probe::NoLocks
 }
 
-/// Take an exclusive `flock` on `file` without waiting; `WouldBlock` when another open
-/// file holds it. (`File::try_lock` is newer than this crate's minimum Rust.)
+/// Take a `flock` of `kind` (`LOCK_SH`, `LOCK_EX`) on `file` without waiting; `WouldBlock`
+/// when another open file holds a conflicting one. (`File::try_lock` is newer than this
+/// crate's minimum Rust.)
 #[cfg(unix)]
-fn try_flock(file: &File) -> io::Result<()> {
+fn try_flock(file: &File, kind: libc::c_int) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: flock on a descriptor this `File` owns; no memory is passed.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+    if unsafe { libc::flock(file.as_raw_fd(), kind | libc::LOCK_NB) } == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
@@ -548,10 +559,9 @@ pub fn remove_orphans(target: &Path, tag: &str, keep: &[PathBuf]) {
     let Ok(entries) = std::fs::read_dir(folder_of(target)) else {
         return;
     };
-    let keep: Vec<PathBuf> = keep
-        .iter()
-        .filter_map(|p| std::fs::canonicalize(p).ok())
-        .collect();
+    // By identity, not by path: one folder can be reached through two mounts (a bind
+    // mount, a container's /in and /out), where the input's path differs (red team rt13).
+    let keep: Vec<FileId> = keep.iter().filter_map(|p| FileId::of(p, true)).collect();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(pid) = name
@@ -567,7 +577,9 @@ pub fn remove_orphans(target: &Path, tag: &str, keep: &[PathBuf]) {
             continue;
         };
         let path = e.path();
-        if std::fs::canonicalize(&path).is_ok_and(|c| keep.contains(&c)) {
+        // The name itself, or what a link there leads to.
+        let ids = [FileId::of(&path, false), FileId::of(&path, true)];
+        if ids.iter().flatten().any(|id| keep.contains(id)) {
             continue;
         }
         match probe(&path) {
@@ -592,6 +604,36 @@ pub fn remove_orphans(target: &Path, tag: &str, keep: &[PathBuf]) {
                     let _ = std::fs::remove_file(&path);
                 }
             }
+        }
+    }
+}
+
+/// A file's identity: its device and inode (Unix), or its canonical path elsewhere.
+#[derive(PartialEq, Eq)]
+enum FileId {
+    #[cfg_attr(not(unix), allow(dead_code))]
+    Inode(u64, u64),
+    #[cfg_attr(unix, allow(dead_code))]
+    Path(PathBuf),
+}
+
+impl FileId {
+    /// The identity of `p` (of what a link at `p` leads to, with `follow`).
+    fn of(p: &Path, follow: bool) -> Option<FileId> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let m = if follow {
+                std::fs::metadata(p)
+            } else {
+                std::fs::symlink_metadata(p)
+            };
+            m.ok().map(|m| FileId::Inode(m.dev(), m.ino()))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = follow;
+            std::fs::canonicalize(p).ok().map(FileId::Path)
         }
     }
 }

@@ -163,7 +163,8 @@ pub fn convert_to_file(
         data_bytes_written += written;
         if let Err(e) = result {
             return Err(if e.code() == "convert.no_space" {
-                space.shortage(data_bytes_written, needed.saturating_sub(done), rest)?
+                let left = needed.saturating_sub(done);
+                space.shortage(data_bytes_written, left, rest, refusal(&e))?
             } else {
                 e
             });
@@ -251,14 +252,24 @@ struct Copied {
     done: AtomicU64,
 }
 
-/// The error a piece's copy stops with when the output's file system has no room for it;
-/// the caller turns it into the full report ([`SpaceChecks::shortage`]).
-fn ran_short() -> Error {
-    Error::new(
+/// The error a piece's copy stops with when the output's file system has no room for it
+/// (the check said so, or a write was `refused`); the caller turns it into the full report
+/// ([`SpaceChecks::shortage`]).
+fn ran_short(refused: Option<std::io::Error>) -> Error {
+    let e = Error::new(
         ErrorKind::InvalidInput,
         "convert.no_space",
         "the output's file system has no room for the next piece",
-    )
+    );
+    match refused {
+        Some(io) => e.with_source(io),
+        None => e,
+    }
+}
+
+/// The write error inside a [`ran_short`] error, if a write was refused.
+fn refusal(e: &Error) -> Option<&std::io::Error> {
+    std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>())
 }
 
 /// Read `pieces`, write their non-zero pages into `file` at the same offsets (in parallel;
@@ -289,14 +300,14 @@ fn write_data(
             |piece, data, runs| {
                 let need: u64 = runs.iter().map(|r| r.end - r.start).sum();
                 if exact && need > 0 && !fits(out, need) {
-                    return Err(ran_short());
+                    return Err(ran_short(None));
                 }
                 for run in runs {
                     let at = usize_from(run.start - piece.start);
                     let len = usize_from(run.end - run.start);
                     pwrite_all(file, &data[at..at + len], run.start).map_err(|e| {
                         if crate::platform::is_out_of_space(&e) {
-                            return ran_short();
+                            return ran_short(Some(e));
                         }
                         Error::io(
                             format!("cannot write the new output for {}", out.display()),
@@ -591,12 +602,30 @@ impl<'a> SpaceChecks<'a> {
     }
 
     /// The error of a shortage found after `copied` bytes were written, when what is left
-    /// (`left` stored bytes of the current slice, and `rest` after it) did not fit.
-    fn shortage(&self, copied: u64, left: u64, rest: std::ops::Range<u64>) -> Result<Error> {
+    /// (`left` stored bytes of the current slice, and `rest` after it) did not fit, or the
+    /// file system `refused` a write as full.
+    fn shortage(
+        &self,
+        copied: u64,
+        left: u64,
+        rest: std::ops::Range<u64>,
+        refused: Option<&std::io::Error>,
+    ) -> Result<Error> {
         let later = left + stored_bytes(self.image, rest)?;
         let avail = free_space(self.out).unwrap_or(0);
         // The copied bytes are freed again with the temporary: what was free at the start.
-        let was_free = avail + copied;
+        // A refused write says what the free space does not (a quota, thin provisioning):
+        // only what was written could be.
+        let (was_free, could) = match refused {
+            None => (avail + copied, "were free".to_string()),
+            Some(io) => (
+                copied,
+                format!(
+                    "could be written: the file system refused more ({io}) although it shows \
+                     {avail} bytes free, so a quota or thin provisioning may be the limit"
+                ),
+            ),
+        };
         let total = copied + later;
         let want = total + margin(total);
         let short = want.saturating_sub(was_free);
@@ -608,7 +637,7 @@ impl<'a> SpaceChecks<'a> {
                 "not enough free space for {}: {why}, and the output needs up to {want} bytes of free space: \
                  up to {total} bytes of new data ({copied} copied before it ran short and freed again now, \
                  at most {later} more) and {} left free for the file system's own records, but only {was_free} \
-                 bytes were free. Zero pages are not written, so less may do; freeing {short} more bytes is \
+                 bytes {could}. Zero pages are not written, so less may do; freeing {short} more bytes is \
                  enough. Or {other}",
                 self.out.display(),
                 margin(total),
