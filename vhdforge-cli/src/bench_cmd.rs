@@ -162,6 +162,7 @@ pub fn run(a: &BenchArgs, ui: &Ui) -> Result<ExitCode> {
         let mut f = tmp.file();
         f.write_all(bench::plot_svg(&report.steps).as_bytes())?;
         f.sync_all()?;
+        tmp.open_up()?;
         tmp.persist(p, vhdforge_core::fsutil::Replace::Never)
             .with_context(|| format!("cannot put the chart at {}", p.display()))?;
     }

@@ -295,3 +295,28 @@ fn a_live_temporary_of_another_pid_namespace_is_left_alone() {
     vhdforge().arg("check").arg(&out).assert().code(0);
     drop(held);
 }
+
+#[test]
+fn the_output_gets_a_new_files_usual_mode_though_written_owner_only() {
+    // The temporary is created 0600 (nobody else may open, or lock, it while it is
+    // written); the output then gets 0666 less the umask, as `cp` would give it.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let input = raw_input(dir.path());
+    for (umask, mode) in [("022", 0o644), ("027", 0o640), ("077", 0o600)] {
+        let out = dir.path().join(format!("out-{umask}.vhd"));
+        let o = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("umask {umask} && exec \"$0\" convert \"$1\" \"$2\""),
+            ])
+            .arg(assert_cmd::cargo::cargo_bin("vhdforge"))
+            .arg(&input)
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let got = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(got, mode, "umask {umask}: mode {got:o}");
+    }
+}

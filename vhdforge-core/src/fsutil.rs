@@ -48,6 +48,28 @@ pub fn create_new(path: &Path) -> io::Result<File> {
     o.open(path)
 }
 
+/// [`create_new`] readable and writable by the owner only (Unix): nobody else can open a
+/// temporary while it is written, so nobody else can lock it either (red team rt13: a lock
+/// taken by another user in the instant before the owner's). [`TempFile::open_up`] gives it
+/// the usual mode before it gets its final name.
+fn create_private(path: &Path) -> io::Result<File> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut o = std::fs::OpenOptions::new();
+        o.read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+        o.open(path)
+    }
+    #[cfg(not(unix))]
+    {
+        create_new(path)
+    }
+}
+
 /// What is at a path, looked at without following a link at its last component (and then,
 /// for a link, what the link leads to).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,14 +280,14 @@ impl TempFile {
                 std::process::id(),
                 &random[..16]
             ));
-            match create_new(&path) {
+            match create_private(&path) {
                 Ok(file) if hold(&file, &path) => {
                     return Ok(TempFile {
                         file: Some(file),
                         path,
                     });
                 }
-                // Taken for an orphan before it was locked (removed, or about to be): it is
+                // Taken for an orphan before it was locked (its name leads elsewhere now):
                 // not ours any more; another name.
                 Ok(_) => last = Some(io::Error::other("the new temporary file was taken away")),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
@@ -289,6 +311,19 @@ impl TempFile {
     /// Where the file is now.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Give the file the mode a plain new file would have (`0666` less the umask, Linux),
+    /// for an output others may read; a temporary is made owner-only ([`create_private`]).
+    /// Where the umask cannot be read it stays owner-only. Journals never call this.
+    pub fn open_up(&self) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        if let Some(umask) = current_umask() {
+            use std::os::unix::fs::PermissionsExt;
+            self.file()
+                .set_permissions(std::fs::Permissions::from_mode(0o666 & !umask))?;
+        }
+        Ok(())
     }
 
     /// Flush the file, rename it to `target` (which must be in the same folder) as
@@ -380,6 +415,15 @@ impl Drop for TempFile {
     }
 }
 
+/// The process's umask, from `/proc/self/status` (reading it with `umask(2)` would change it
+/// for a moment under other threads).
+#[cfg(target_os = "linux")]
+fn current_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
+}
+
 /// The temporary name's fixed start for `target` and `tag`, ending before the process id.
 fn temp_prefix(target: &Path, tag: &str) -> String {
     let name = target
@@ -397,7 +441,8 @@ fn temp_prefix(target: &Path, tag: &str) -> String {
 #[cfg(unix)]
 const HOLD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// An empty temporary nobody holds is taken for an orphan only when older than this: a
-/// live one is empty and unlocked for the instant between its creation and its lock.
+/// live one is empty and unlocked for the instant between its creation and its lock (on a
+/// file system where it is locked at all).
 const EMPTY_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Mark the new temporary `file` at `path` as in use for as long as this process keeps it
@@ -419,7 +464,7 @@ fn hold(file: &File, path: &Path) -> bool {
     {
         use std::os::unix::fs::MetadataExt;
         let started = std::time::Instant::now();
-        loop {
+        while !on_smb(file) {
             match try_flock(file, libc::LOCK_SH) {
                 Ok(()) => break,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -518,6 +563,9 @@ fn probe(path: &Path) -> Probe {
     if !f.metadata().is_ok_and(|m| same(&m)) {
         return Probe::Held;
     }
+    if on_smb(&f) {
+        return Probe::NoLocks;
+    }
     match try_flock(&f, libc::LOCK_EX) {
         Ok(()) => Probe::Free(f),
         Err(e) => match e.raw_os_error() {
@@ -531,6 +579,36 @@ fn probe(path: &Path) -> Probe {
 #[cfg(not(unix))]
 fn probe(_path: &Path) -> Probe {
     Probe::NoLocks
+}
+
+/// Whether `file` lies on an SMB mount (cifs, smb3). There `flock` becomes a byte-range
+/// lock with Windows' rules, under which even a shared lock stops writes through the handle
+/// that holds it: temporaries there are not locked, and [`probe`] says so, so the process id
+/// decides as where there are no locks. (Read from the kernel's cifs client; no SMB server
+/// was at hand to try it.)
+#[cfg(unix)]
+fn on_smb(file: &File) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        const CIFS_MAGIC: i64 = 0xFF53_4D42;
+        const SMB2_MAGIC: i64 = 0xFE53_4D42;
+        // SAFETY: statfs is a plain C struct of integers; all-zero is a valid value.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a descriptor `file` owns and a valid out-pointer.
+        if unsafe { libc::fstatfs(file.as_raw_fd(), &raw mut st) } != 0 {
+            return false;
+        }
+        // The field's type differs between architectures.
+        #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+        let magic = i64::from(st.f_type) & 0xFFFF_FFFF;
+        magic == CIFS_MAGIC || magic == SMB2_MAGIC
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        false
+    }
 }
 
 /// Take a `flock` of `kind` (`LOCK_SH`, `LOCK_EX`) on `file` without waiting; `WouldBlock`

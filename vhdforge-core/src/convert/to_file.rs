@@ -198,6 +198,16 @@ pub fn convert_to_file(
 /// Give the complete, checked temporary `tmp` the name `out` (replacing a file there only
 /// with `force`).
 fn put_in_place(tmp: TempFile, out: &Path, force: bool) -> Result<()> {
+    // Written owner-only; the output gets a new file's usual mode.
+    tmp.open_up().map_err(|e| {
+        Error::io(
+            format!(
+                "cannot set the mode of the new output for {}",
+                out.display()
+            ),
+            e,
+        )
+    })?;
     // The file is flushed by persist before it is renamed; the folder after.
     let replace = if force {
         Replace::RegularFile
@@ -616,15 +626,22 @@ impl<'a> SpaceChecks<'a> {
         // The copied bytes are freed again with the temporary: what was free at the start.
         // A refused write says what the free space does not (a quota, thin provisioning):
         // only what was written could be.
+        let quota = refused.is_some_and(crate::platform::is_over_quota);
         let (was_free, could) = match refused {
-            None => (avail + copied, "were free".to_string()),
-            Some(io) => (
+            Some(io) if quota => (
+                copied,
+                format!("could be written: the user's disk quota is exceeded ({io})"),
+            ),
+            // Refused although the file system shows room enough for what was left.
+            Some(io) if avail >= later + margin(later) => (
                 copied,
                 format!(
                     "could be written: the file system refused more ({io}) although it shows \
                      {avail} bytes free, so a quota or thin provisioning may be the limit"
                 ),
             ),
+            Some(io) => (avail + copied, format!("were free ({io})")),
+            None => (avail + copied, "were free".to_string()),
         };
         let total = copied + later;
         let want = total + margin(total);

@@ -121,6 +121,20 @@ pub fn is_out_of_space(e: &io::Error) -> bool {
     }
 }
 
+/// Whether `e` means the user's disk quota is exceeded (`EDQUOT`; Windows has no separate
+/// code for it).
+pub fn is_over_quota(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        e.raw_os_error() == Some(libc::EDQUOT)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
+    }
+}
+
 /// Whether the process with this id still runs: `Some` where the platform can tell
 /// (Linux: `/proc`; Windows: `OpenProcess`), `None` elsewhere.
 pub fn process_running(pid: u32) -> Option<bool> {
